@@ -1,0 +1,1 @@
+"""The benchmark harness: one measurement protocol for every runtime."""

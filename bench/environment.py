@@ -1,0 +1,63 @@
+"""What a measurement depends on besides the model: library versions and the CPU it ran on.
+
+Ratios such as int8-vs-fp32 speed-up depend on CPU features (VNNI, AMX, NEON dot-product), so every result
+records them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "edgecraft", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+    "tensorflow", "tensorflow-cpu", "ai-edge-litert", "tflite-runtime", "neural-compressor", "numpy",
+)
+# CPU features that change which int8/bf16/fp16 kernels a runtime can use.
+INTERESTING_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
+    "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def cpu_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"machine": platform.machine(), "logical_cores": os.cpu_count()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        fields: dict[str, str] = {}
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        info["model"] = fields.get("model name") or fields.get("Hardware") or fields.get("CPU part")
+        flags = set((fields.get("flags") or fields.get("Features") or "").split())
+        info["flags"] = [flag for flag in INTERESTING_FLAGS if flag in flags]
+    else:
+        info["model"] = platform.processor()
+    governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    if governor.exists():
+        info["governor"] = governor.read_text().strip()
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    return info
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "packages": package_versions(),
+    }

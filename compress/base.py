@@ -1,0 +1,82 @@
+"""The pass interface: a pass takes a model artifact and a config, and returns a new artifact plus a record.
+
+Pass modules must not import torch, onnxruntime or any other heavy library at module level: the registry
+imports every pass module to build the recipe schema, and that happens on the CLI's start-up path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model at one step of the pipeline.
+
+    ``format`` is ``"torch"`` (``model`` holds the live ``nn.Module``) or a file format such as ``"onnx"``
+    (``path`` holds the file).
+    """
+
+    format: str
+    input_shape: tuple[int, ...]
+    path: Path | None = None
+    model: Any = None
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its input: the data splits, a folder for its outputs, and a progress hook."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    calibration: tuple[np.ndarray, np.ndarray]
+    evaluation: tuple[np.ndarray, np.ndarray]
+    work_dir: Path
+    seed: int = 0
+    progress: Callable[[str, int, int], None] = field(default=lambda description, done, total: None)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of the shared supervised training loop (compress.training.fit)."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's recipe entry; ``type`` is the registered pass name (the union's discriminator)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+@dataclass
+class PassOutcome:
+    """A pass's new artifact and the facts it reports about what it did (flat, JSON-serialisable)."""
+
+    artifact: Artifact
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(ABC):
+    """One compression or conversion step. Subclasses set the class variables and register themselves."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[PassConfig]]
+    input_format: ClassVar[str]
+    output_format: ClassVar[str]
+
+    @abstractmethod
+    def apply(self, artifact: Artifact, config: PassConfig, context: PassContext) -> PassOutcome:
+        """Return the transformed artifact; write any file under ``context.work_dir``."""

@@ -1,0 +1,262 @@
+"""The recipe: a typed (pydantic) description of models, data, passes, variants, targets and benchmark settings.
+
+``load_recipe`` reads YAML and turns every validation problem into ``file:line: field: message`` so that a user
+can jump to the line; ``recipe_json_schema`` is what ``edgecraft recipe schema`` publishes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from compress import registry as pass_registry
+from compress.zoo import REFERENCE_MODELS
+from edgecraft.errors import EdgecraftError
+from targets import registry as target_registry
+from targets.base import TargetSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
+    """Resolve a path relative to the recipe's folder and insist that the file exists."""
+    if value is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = (base / value).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return str(path)
+
+
+class ModelSpec(_Strict):
+    """Exactly one of ``builtin``, ``factory`` or ``onnx``."""
+
+    name: str | None = Field(None, description="Name in results; defaults to the builtin name or the file stem.")
+    builtin: Literal[tuple(REFERENCE_MODELS)] | None = Field(  # type: ignore[valid-type]
+        None, description="A built-in reference model, trained in code on the digits set and cached."
+    )
+    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
+    weights: str | None = Field(None, description="State-dict file loaded into the factory's model.")
+    onnx: str | None = Field(None, description="A ready ONNX model file.")
+    input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
+        None, description="Shape of one input without the batch dimension, e.g. [3, 64, 64]."
+    )
+
+    _check_weights = field_validator("weights", "onnx")(_existing_file)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"expected 'package.module:function', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        sources = [key for key in ("builtin", "factory", "onnx") if getattr(self, key) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"give exactly one of builtin, factory or onnx (got {sources or 'none'})")
+        if self.weights and not self.factory:
+            raise ValueError("weights is only used with factory")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.builtin or self.factory or f"onnx:{self.onnx}"
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.builtin:
+            return self.builtin
+        if self.factory:
+            return self.factory.rpartition(":")[2]
+        return Path(self.onnx).stem
+
+
+class SplitSpec(_Strict):
+    """Fractions of the data set; the built-in models train on ``train``."""
+
+    train: float = Field(0.6, ge=0, lt=1)
+    calibration: float = Field(0.2, gt=0, lt=1)
+    evaluation: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        total = self.train + self.calibration + self.evaluation
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"train + calibration + evaluation must be 1, got {total:g}")
+        return self
+
+
+class DataSpec(_Strict):
+    source: str = Field(
+        "digits", description="'digits' (scikit-learn's bundled set), a .npz file (inputs, labels) or 'module:function'."
+    )
+    splits: SplitSpec = SplitSpec()
+    seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str, info: ValidationInfo) -> str:
+        if value.endswith(".npz"):
+            return _existing_file(value, info)  # type: ignore[return-value]
+        if value != "digits" and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"expected 'digits', a .npz file or 'module:function', got {value!r}")
+        return value
+
+
+def _pass_union() -> Any:
+    models = pass_registry.config_models()
+    union = Union[tuple(models)] if len(models) > 1 else models[0]  # noqa: UP007 - built at run time
+    return Annotated[union, Field(discriminator="type")] if len(models) > 1 else union
+
+
+PassEntry = _pass_union()
+
+
+class VariantSpec(_Strict):
+    """A named chain of passes applied to the exported fp32 ONNX model; no passes means fp32 itself."""
+
+    name: str
+    passes: list[PassEntry] = []  # type: ignore[valid-type]
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"use letters, digits, '.', '_' or '-' (got {value!r})")
+        return value
+
+
+class BenchmarkSpec(_Strict):
+    threads: int = Field(1, gt=0, description="Intra-op threads of every runtime.")
+    warmup_runs: int = Field(20, ge=0)
+    runs: int = Field(200, gt=1, description="Timed single-input inferences.")
+    timeout_s: float = Field(300, gt=0, description="A benchmark process running longer fails its row.")
+
+
+class Recipe(_Strict):
+    name: str
+    models: list[ModelSpec] = Field(min_length=1)
+    data: DataSpec = DataSpec()
+    passes: list[PassEntry] = Field(  # type: ignore[valid-type]
+        [], description="Passes on the PyTorch model before export, shared by every variant."
+    )
+    variants: list[VariantSpec] = Field(min_length=1)
+    targets: list[str] = Field(["onnxruntime:cpu"], min_length=1, description="'runtime:device' entries.")
+    benchmark: BenchmarkSpec = BenchmarkSpec()
+    output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
+
+    _name_slug = field_validator("name")(VariantSpec._slug.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, values: list[str]) -> list[str]:
+        runtimes = target_registry.runtimes()
+        for text in values:
+            spec = TargetSpec.parse(text)
+            if spec.runtime not in runtimes:
+                raise ValueError(f"unknown runtime {spec.runtime!r} in {text!r}; known: {', '.join(runtimes)}")
+            devices = runtimes[spec.runtime].devices
+            if spec.device not in devices:
+                raise ValueError(f"{spec.runtime} has no device {spec.device!r}; known: {', '.join(devices)}")
+        return [str(TargetSpec.parse(text)) for text in values]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        model_names = [model.display_name for model in self.models]
+        if len(set(model_names)) != len(model_names):
+            raise ValueError(f"model names must be unique (set models[].name), got {model_names}")
+        if self.passes and any(model.onnx for model in self.models):
+            raise ValueError("'passes' change a PyTorch model; they cannot apply to an onnx model")
+        _check_formats(self.passes, "torch", "passes")
+        for index, variant in enumerate(self.variants):
+            _check_formats(variant.passes, "onnx", f"variants[{index}].passes")
+        return self
+
+
+def _check_formats(entries: list[Any], start: str, where: str) -> None:
+    """Each pass must accept the format the previous step produced."""
+    current = start
+    for index, entry in enumerate(entries):
+        cls = pass_registry.passes()[entry.type]
+        if cls.input_format != current:
+            raise ValueError(f"{where}[{index}] ({entry.type}) needs a {cls.input_format} model but gets {current}")
+        current = cls.output_format
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    return Recipe.model_json_schema()
+
+
+def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
+    """Map each key path of the YAML document to its 1-based line."""
+    index = {} if index is None else index
+    index[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            index[path + (key.value,)] = key.start_mark.line + 1
+            _line_index(value, path + (key.value,), index)
+            index[path + (key.value,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            _line_index(item, path + (position,), index)
+    return index
+
+
+def _locate(loc: tuple, lines: dict[tuple, int]) -> tuple[str, int | None]:
+    """Turn a pydantic error location into 'a.b[2].c' and the line of its deepest part present in the file."""
+    path: tuple = ()
+    text = ""
+    for part in loc:
+        if path + (part,) in lines:
+            path += (part,)
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "recipe", lines.get(path)
+
+
+def load_recipe(path: Path) -> tuple[Recipe, str]:
+    """Read and validate a recipe file; return it with its text (stored verbatim in results)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecraftError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_index(yaml.compose(text)) if data is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise EdgecraftError(f"{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise EdgecraftError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors(include_url=False):
+            field, line = _locate(error["loc"], lines)
+            where = f"{path}:{line}" if line else str(path)
+            got = f" (got {error['input']!r})" if error["type"] not in ("missing",) and _short(error["input"]) else ""
+            messages.append(f"{where}: {field}: {error['msg']}{got}")
+        raise EdgecraftError("\n".join(messages)) from None
+    return recipe, text
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60

@@ -1,0 +1,266 @@
+"""Run a recipe: model → shared passes → ONNX export → variant passes → every target → results and report.
+
+A failure in one pass, export or measurement fails only the rows that depend on it; every other row is still
+measured and written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.environment import environment
+from bench.harness import BenchSettings, MeasurementFailed, accuracy, measure
+from compress import registry as pass_registry
+from compress.base import Artifact, PassContext
+from edgecraft import data as datasets
+from edgecraft import model_source
+from edgecraft.errors import EdgecraftError
+from edgecraft.recipe import ModelSpec, Recipe, load_recipe
+from reports.html import write_report
+from reports.schema import ModelRecord, PassRecord, ResultRow, RunResults
+from targets import registry as target_registry
+from targets.base import TargetSpec
+from targets.onnx_export import export_torch
+
+log = logging.getLogger(__name__)
+
+QUICK = BenchSettings(warmup_runs=3, runs=20)
+
+
+@dataclass
+class PreparedModel:
+    """A model ready for variants: its fp32 ONNX export, data splits and fp32 reference outputs."""
+
+    name: str
+    onnx: Artifact
+    context: PassContext
+    evaluation_inputs: Path
+    reference_outputs: np.ndarray
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def new_run_dir(output_dir: Path, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = output_dir / f"{name}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = output_dir / f"{name}-{stamp}-{suffix}"
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+class RecipeRun:
+    """One execution of a recipe into one run folder."""
+
+    def __init__(self, recipe: Recipe, recipe_text: str, run_dir: Path, settings: BenchSettings, progress: Progress):
+        self.recipe = recipe
+        self.recipe_text = recipe_text
+        self.run_dir = run_dir
+        self.settings = settings
+        self.progress = progress
+        self.models: list[ModelRecord] = []
+        self.passes: list[PassRecord] = []
+        self.rows: list[ResultRow] = []
+
+    def execute(self) -> RunResults:
+        targets = [TargetSpec.parse(text) for text in self.recipe.targets]
+        total = len(self.recipe.models) * len(self.recipe.variants) * len(targets)
+        task = self.progress.add_task("measuring", total=total)
+        for spec in self.recipe.models:
+            prepared = self._prepare(spec)
+            for variant in self.recipe.variants:
+                onnx, failure = self._variant(prepared, variant)
+                for target in targets:
+                    self.progress.update(task, description=f"{prepared.name} · {variant.name} · {target}")
+                    self.rows.append(self._measure(prepared, variant.name, onnx, failure, target))
+                    self.progress.advance(task)
+        return RunResults(
+            name=self.recipe.name,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            recipe=self.recipe.model_dump(mode="json"),
+            recipe_text=self.recipe_text,
+            environment=environment(),
+            models=self.models,
+            passes=self.passes,
+            rows=self.rows,
+        )
+
+    def _prepare(self, spec: ModelSpec) -> PreparedModel:
+        name = spec.display_name
+        model_dir = self.run_dir / "models" / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        data_spec = self.recipe.data
+        x, y = datasets.load_source(data_spec.source, Path("."), model_source.declared_input_shape(spec))
+        splits = datasets.split(
+            x, y, (data_spec.splits.train, data_spec.splits.calibration, data_spec.splits.evaluation), data_spec.seed
+        )
+        if spec.input_shape and tuple(spec.input_shape) != x.shape[1:]:
+            raise EdgecraftError(
+                f"wrong input shape: model {name!r} declares input_shape {spec.input_shape} but "
+                f"data.source {data_spec.source!r} gives {list(x.shape[1:])}"
+            )
+        model = None
+        if spec.builtin:
+            task = self.progress.add_task(f"training {name}", total=None)
+
+            def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+                self.progress.update(task, total=epochs, completed=epoch, description=f"training {name} (loss {loss:.3f})")
+
+            model = model_source.builtin_model(spec.builtin, splits.train, on_epoch)
+            self.progress.remove_task(task)
+        elif spec.factory:
+            model = model_source.factory_model(spec)
+        artifact = model_source.starting_artifact(spec, model, tuple(x.shape[1:]))
+        model_source.check_accepts(artifact, splits.evaluation[0][:1], data_spec.source)
+
+        context = PassContext(
+            train=splits.train,
+            calibration=splits.calibration,
+            evaluation=splits.evaluation,
+            work_dir=model_dir,
+            seed=data_spec.seed,
+        )
+        artifact = self._apply(name, None, artifact, self.recipe.passes, context, model_dir / "shared")
+        if artifact.format == "torch":
+            from compress.training import predict
+
+            reference = predict(artifact.model, splits.evaluation[0])
+            onnx_path = export_torch(artifact.model, artifact.input_shape, model_dir / "fp32.onnx")
+            parameters = sum(p.numel() for p in artifact.model.parameters())
+        else:
+            reference = _onnx_outputs(artifact.path, splits.evaluation[0])
+            onnx_path = artifact.path
+            parameters = None
+        evaluation_inputs = model_dir / "evaluation-inputs.npy"
+        np.save(evaluation_inputs, splits.evaluation[0])
+        self.models.append(
+            ModelRecord(
+                name=name,
+                source=spec.source,
+                input_shape=list(artifact.input_shape),
+                parameters=parameters,
+                reference_accuracy=accuracy(reference, splits.evaluation[1]),
+            )
+        )
+        return PreparedModel(name, Artifact("onnx", artifact.input_shape, path=onnx_path), context, evaluation_inputs, reference)
+
+    def _apply(
+        self, model: str, variant: str | None, artifact: Artifact, entries: list[Any], context: PassContext, folder: Path
+    ) -> Artifact:
+        for index, entry in enumerate(entries):
+            step_dir = folder / f"{index}-{entry.type}"
+            step_dir.mkdir(parents=True, exist_ok=True)
+            step_context = PassContext(**{**vars(context), "work_dir": step_dir})
+            start = time.perf_counter()
+            outcome = pass_registry.get(entry.type).apply(artifact, entry, step_context)
+            self.passes.append(
+                PassRecord(
+                    model=model,
+                    variant=variant,
+                    name=entry.type,
+                    config=entry.model_dump(mode="json"),
+                    seconds=time.perf_counter() - start,
+                    details=outcome.details,
+                )
+            )
+            artifact = outcome.artifact
+        return artifact
+
+    def _variant(self, prepared: PreparedModel, variant: Any) -> tuple[Artifact | None, str | None]:
+        """Apply the variant's passes; a failing pass fails this variant's rows, not the run."""
+        folder = self.run_dir / "models" / prepared.name / variant.name
+        try:
+            return self._apply(prepared.name, variant.name, prepared.onnx, variant.passes, prepared.context, folder), None
+        except Exception as exc:  # noqa: BLE001 - recorded in every row of the variant
+            log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, exc)
+            return None, f"pass failed: {type(exc).__name__}: {exc}"
+
+    def _measure(
+        self, prepared: PreparedModel, variant: str, onnx: Artifact | None, failure: str | None, spec: TargetSpec
+    ) -> ResultRow:
+        row = ResultRow(model=prepared.name, variant=variant, target=str(spec), status="failed", reason=failure)
+        if onnx is None:
+            return row
+        target = target_registry.get(spec.runtime)
+        reason = target.unavailable_reason(spec.device)
+        if reason:
+            log.info("skipped %s/%s on %s: %s", prepared.name, variant, spec, reason)
+            return row.model_copy(update={"status": "skipped", "reason": reason})
+        out_dir = self.run_dir / "models" / prepared.name / variant / f"{spec.runtime}-{spec.device}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            runnable = target.export(onnx.path, out_dir)
+        except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
+            log.warning("%s/%s: export to %s failed: %s", prepared.name, variant, spec, exc)
+            return row.model_copy(update={"reason": f"export failed: {type(exc).__name__}: {exc}"})
+        row = row.model_copy(
+            update={
+                "artifact": str(runnable.relative_to(self.run_dir)),
+                "size_bytes": runnable.stat().st_size,
+                "sha256": sha256(runnable),
+                "threads": self.settings.threads,
+            }
+        )
+        try:
+            measurement = measure(
+                spec.runtime,
+                spec.device,
+                runnable,
+                prepared.evaluation_inputs,
+                prepared.context.evaluation[1],
+                prepared.reference_outputs,
+                self.settings,
+                out_dir / "bench",
+            )
+        except MeasurementFailed as exc:
+            log.warning("%s/%s on %s: %s", prepared.name, variant, spec, exc)
+            return row.model_copy(update={"reason": str(exc)})
+        return row.model_copy(update={"status": "ok", "measurement": measurement})
+
+
+def _onnx_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Reference outputs of a user-supplied ONNX model (there is no PyTorch model to compare with)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i : i + 64]})[0] for i in range(0, len(inputs), 64)])
+
+
+def run_recipe(recipe_path: Path, *, output_dir: Path | None = None, quick: bool = False, console: Console | None = None) -> Path:
+    """Execute the recipe at ``recipe_path``; return the run folder holding results.json and report.html."""
+    recipe, text = load_recipe(recipe_path)
+    bench = recipe.benchmark
+    settings = BenchSettings(
+        threads=bench.threads,
+        warmup_runs=QUICK.warmup_runs if quick else bench.warmup_runs,
+        runs=QUICK.runs if quick else bench.runs,
+        timeout_s=bench.timeout_s,
+    )
+    run_dir = new_run_dir(Path(output_dir or recipe.output_dir), recipe.name)
+    (run_dir / "recipe.yaml").write_text(text)
+    console = console or Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        results = RecipeRun(recipe, text, run_dir, settings, progress).execute()
+    (run_dir / "results.json").write_text(results.model_dump_json(indent=2))
+    write_report(results, run_dir)
+    return run_dir

@@ -1,0 +1,105 @@
+"""The results.json schema: the contract between the runner that measures and the reports that read.
+
+It lives at the bottom of the import graph (pydantic only) so that ``reports`` can re-render any stored run
+without an ML framework installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencyStats(_Model):
+    """Latency of single-input synchronous inference, in milliseconds, over the warm measured runs.
+
+    Percentiles use numpy's default (linear interpolation between closest ranks).
+    """
+
+    runs: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    p50_ci95: tuple[float, float] = Field(description="Bootstrap 95 % confidence interval of the median.")
+
+
+class Fidelity(_Model):
+    """Agreement of a variant's outputs with the fp32 reference (the PyTorch model) on the evaluation split."""
+
+    top1_agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+
+
+class Measurement(_Model):
+    import_s: float
+    load_s: float
+    first_inference_ms: float
+    latency_ms: LatencyStats
+    throughput_per_s: float = Field(description="Single-stream: 1000 / mean latency.")
+    peak_rss_mb: float = Field(description="Peak resident memory of the fresh benchmark process.")
+    rss_after_import_mb: float
+    rss_after_load_mb: float
+    accuracy: float
+    fidelity: Fidelity
+    runtime_info: dict[str, Any] = {}
+
+
+class ResultRow(_Model):
+    """One (model, variant, target) combination."""
+
+    model: str
+    variant: str
+    target: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str | None = None
+    artifact: str | None = Field(None, description="Runnable file, relative to the run folder.")
+    size_bytes: int | None = None
+    sha256: str | None = None
+    threads: int | None = None
+    measurement: Measurement | None = None
+
+
+class PassRecord(_Model):
+    """What one pass did to one model."""
+
+    model: str
+    variant: str | None = Field(None, description="None for passes shared by every variant.")
+    name: str
+    config: dict[str, Any]
+    seconds: float
+    details: dict[str, Any] = {}
+
+
+class ModelRecord(_Model):
+    """The model a run started from, and how it scores before any pass."""
+
+    name: str
+    source: str
+    input_shape: list[int]
+    parameters: int | None = None
+    reference_accuracy: float
+
+
+class RunResults(_Model):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    created_at: str
+    recipe: dict[str, Any]
+    recipe_text: str
+    environment: dict[str, Any]
+    models: list[ModelRecord]
+    passes: list[PassRecord]
+    rows: list[ResultRow]

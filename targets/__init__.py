@@ -1,0 +1,1 @@
+"""Targets: export to a runtime's format, load it and run it on a device."""
