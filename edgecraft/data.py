@@ -6,13 +6,13 @@ should need torch to read them.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecraft.errors import EdgecraftError
+from edgecraft.imports import load_object
 
 # Normalisation of the built-in digits inputs after scaling to [0, 1] (mean/std of the whole set).
 DIGITS_MEAN, DIGITS_STD = 0.3051, 0.3799
@@ -61,12 +61,7 @@ def load_source(source: str, base_dir: Path, input_shape: tuple[int, ...] | None
                 )
             return _checked(archive["inputs"], archive["labels"], str(path))
     if ":" in source:
-        module_name, _, attr = source.partition(":")
-        try:
-            function = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise EdgecraftError(f"data.source {source!r}: cannot import: {exc}") from exc
-        result = function()
+        result = load_object(source, "data.source")()
         if not (isinstance(result, tuple) and len(result) == 2):
             raise EdgecraftError(f"data.source {source!r} must return (inputs, labels), got {type(result).__name__}")
         return _checked(*result, source)

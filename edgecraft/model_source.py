@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import logging
@@ -18,6 +17,7 @@ import numpy as np
 from compress.base import Artifact
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
+from edgecraft.imports import load_object
 from edgecraft.recipe import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ def factory_model(spec: ModelSpec) -> Any:
     """Call the user's ``module:function`` and load its state dict, with errors that name the recipe field."""
     import torch
 
-    module_name, _, attr = spec.factory.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise EdgecraftError(f"model.factory {spec.factory!r}: cannot import: {exc}") from exc
-    model = factory()
+    model = load_object(spec.factory, "model.factory")()
     if not isinstance(model, torch.nn.Module):
         raise EdgecraftError(f"model.factory {spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if spec.weights:

@@ -222,9 +222,12 @@ def _locate(loc: tuple, lines: dict[tuple, int]) -> tuple[str, int | None]:
     """Turn a pydantic error location into 'a.b[2].c' and the line of its deepest part present in the file."""
     path: tuple = ()
     text = ""
-    for part in loc:
-        if path + (part,) in lines:
+    for position, part in enumerate(loc):
+        present = path + (part,) in lines
+        if present:
             path += (part,)
+        # Parts absent from the file are pydantic's union tags (skipped) or a missing field (the last part).
+        if present or position == len(loc) - 1:
             text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "recipe", lines.get(path)
 
@@ -253,8 +256,8 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
             field, line = _locate(error["loc"], lines)
             where = f"{path}:{line}" if line else str(path)
             got = f" (got {error['input']!r})" if error["type"] not in ("missing",) and _short(error["input"]) else ""
-            messages.append(f"{where}: {field}: {error['msg']}{got}")
-        raise EdgecraftError("\n".join(messages)) from None
+            messages.append((line or 0, f"{where}: {field}: {error['msg']}{got}"))
+        raise EdgecraftError("\n".join(message for _, message in sorted(messages))) from None
     return recipe, text
 
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: one trained digits-cnn per test session, in a private model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test (and every CLI subprocess it starts) shares one fresh cache of trained built-in models."""
+    path = tmp_path_factory.mktemp("model-cache")
+    os.environ["EDGECRAFT_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The trained built-in digits-cnn, its fp32 ONNX export and the data splits it was trained on."""
+    from compress.base import Artifact, PassContext
+    from compress.zoo import REFERENCE_MODELS
+    from edgecraft import data, model_source
+    from targets.onnx_export import export_torch
+
+    x, y = data.digits(REFERENCE_MODELS["digits-cnn"].input_shape)
+    splits = data.split(x, y, (0.6, 0.2, 0.2), 0)
+    model = model_source.builtin_model("digits-cnn", splits.train, lambda *_: None)
+    folder = tmp_path_factory.mktemp("digits-cnn")
+    onnx_path = export_torch(model, (1, 32, 32), folder / "fp32.onnx")
+    context = PassContext(
+        train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation, work_dir=folder
+    )
+    return {
+        "model": model,
+        "onnx": Artifact("onnx", (1, 32, 32), path=onnx_path),
+        "context": context,
+        "splits": splits,
+    }
+
+
+def onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]

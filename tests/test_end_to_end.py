@@ -1,0 +1,119 @@
+"""A reduced quickstart through the real CLI, and a run in which some rows fail or are skipped."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.schema import RunResults
+from tests.conftest import REPO
+
+
+def edgecraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecraft", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def load_results(run_dir: Path) -> RunResults:
+    return RunResults.model_validate_json((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped quickstart recipe, with the --quick benchmark profile (few timed runs)."""
+    out = tmp_path_factory.mktemp("runs")
+    completed = edgecraft("run", "recipes/quickstart.yaml", "--quick", "--output-dir", str(out))
+    assert completed.returncode == 0, completed.stderr
+    report = Path(completed.stdout.strip().splitlines()[-1])
+    assert report.name == "report.html" and report.is_file()
+    return report.parent
+
+
+def test_quickstart_measures_every_row(quickstart_run: Path) -> None:
+    results = load_results(quickstart_run)
+    assert [(r.model, r.variant, r.target) for r in results.rows] == [
+        (model, variant, "onnxruntime:cpu")
+        for model in ("digits-cnn", "digits-mobilenet")
+        for variant in ("fp32", "int8-static", "int8-dynamic")
+    ]
+    for row in results.rows:
+        assert row.status == "ok", row.reason
+        m = row.measurement
+        assert row.size_bytes > 0 and (quickstart_run / row.artifact).stat().st_size == row.size_bytes
+        assert m.latency_ms.runs == 20 and 0 < m.latency_ms.p50 <= m.latency_ms.p95 <= m.latency_ms.p99
+        assert m.load_s > 0 and m.first_inference_ms > 0 and m.peak_rss_mb > 0
+        assert 0.9 <= m.accuracy <= 1 and m.fidelity.top1_agreement >= 0.97
+    assert results.environment["packages"]["onnxruntime"]
+    assert results.environment["cpu"]["logical_cores"] >= 1
+    assert "quantize.static" in results.recipe_text
+
+
+def test_quickstart_models_reach_their_accuracy(quickstart_run: Path) -> None:
+    accuracy = {m.name: m.reference_accuracy for m in load_results(quickstart_run).models}
+    assert accuracy["digits-cnn"] >= 0.97
+    assert accuracy["digits-mobilenet"] >= 0.95
+
+
+@pytest.mark.parametrize("model", ["digits-cnn", "digits-mobilenet"])
+def test_static_int8_is_3x_smaller_and_within_one_point(quickstart_run: Path, model: str) -> None:
+    rows = {r.variant: r for r in load_results(quickstart_run).rows if r.model == model}
+    fp32, int8 = rows["fp32"], rows["int8-static"]
+    assert fp32.size_bytes / int8.size_bytes >= 3
+    assert int8.measurement.accuracy >= fp32.measurement.accuracy - 0.01
+    # The fp32 export must agree with PyTorch: a conversion bug would show here first.
+    assert fp32.measurement.fidelity.max_abs_diff <= 1e-4
+
+
+def test_report_is_self_contained_and_has_every_row(quickstart_run: Path) -> None:
+    html = (quickstart_run / "report.html").read_text()
+    results = load_results(quickstart_run)
+    body = html[html.index('<table id="results">') : html.index("</table>", html.index('<table id="results">'))]
+    assert body.count('<tr class="status-ok">') == len(results.rows)
+    for row in results.rows:
+        assert f"<td>{row.model}</td><td>{row.variant}</td><td>{row.target}</td>" in body
+    assert '<figure class="chart" id="chart-accuracy-latency"><svg' in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything remotely"
+    assert "<script src" not in html
+
+
+def test_report_re_renders_from_results_alone(quickstart_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(quickstart_run / "results.json", copy)
+    completed = edgecraft("report", str(copy))
+    assert completed.returncode == 0, completed.stderr
+    assert (copy / "report.html").read_text().count('<tr class="status-ok">') == 6
+
+
+def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, monkeypatch) -> None:
+    import onnxruntime
+
+    from compress.passes.onnx_quantization import DynamicQuantization
+    from edgecraft.runner import run_recipe
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("simulated quantizer crash")
+
+    monkeypatch.setattr(DynamicQuantization, "apply", broken)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: partial\nmodels: [{builtin: digits-cnn}]\n"
+        "variants: [{name: fp32}, {name: dyn, passes: [{type: quantize.dynamic}]}]\n"
+        "targets: [onnxruntime:cpu, onnxruntime:cuda]\n"
+    )
+    run_dir = run_recipe(recipe, output_dir=tmp_path / "runs", quick=True)
+    rows = {(r.variant, r.target): r for r in load_results(run_dir).rows}
+    assert rows[("fp32", "onnxruntime:cpu")].status == "ok"
+    for target in ("onnxruntime:cpu", "onnxruntime:cuda"):
+        assert rows[("dyn", target)].status == "failed"
+        assert "simulated quantizer crash" in rows[("dyn", target)].reason
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        cuda = rows[("fp32", "onnxruntime:cuda")]
+        assert cuda.status == "skipped" and "CUDAExecutionProvider" in cuda.reason
+    html = (run_dir / "report.html").read_text()
+    assert "simulated quantizer crash" in html and html.count("<tr class=\"status-failed\">") == 2

@@ -1,0 +1,64 @@
+"""The ONNX export and the ONNX Runtime target: export, load, run, agree with PyTorch, report what is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.training import predict
+from targets import registry
+from targets.base import TargetSpec
+from targets.onnx_export import export_torch
+from tests.helpers import tiny_net
+
+
+def test_target_spec_parsing() -> None:
+    assert TargetSpec.parse("OnnxRuntime:CPU") == TargetSpec("onnxruntime", "cpu")
+    assert str(TargetSpec.parse("onnxruntime")) == "onnxruntime:cpu"
+
+
+def test_export_has_dynamic_batch_and_matches_pytorch(digits_cnn: dict, tmp_path) -> None:
+    target = registry.get("onnxruntime")
+    runnable = target.export(digits_cnn["onnx"].path, tmp_path)
+    assert runnable.exists() and runnable.parent == tmp_path
+    session = target.load(runnable, "cpu", threads=1)
+    x = digits_cnn["splits"].evaluation[0][:37]
+    outputs = target.run(session, x)
+    assert outputs.shape == (37, 10) and outputs.dtype == np.float32
+    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
+    assert target.run(session, x[:1]).shape == (1, 10)
+    assert target.describe(session)["providers"] == ["CPUExecutionProvider"]
+
+
+def test_export_of_a_user_model_with_a_sequential_forward(tmp_path) -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    path = export_torch(model, (1, 4, 4), tmp_path / "seq.onnx")
+    target = registry.get("onnxruntime")
+    x = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype(np.float32)
+    assert np.abs(target.run(target.load(path, "cpu", 1), x) - predict(model, x)).max() <= 1e-5
+
+
+def test_unavailable_device_gives_a_reason() -> None:
+    import onnxruntime
+
+    target = registry.get("onnxruntime")
+    assert target.unavailable_reason("cpu") is None
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: the reason is only given where it is missing")
+    assert "CUDAExecutionProvider" in target.unavailable_reason("cuda")
+
+
+def test_unknown_device_and_runtime_are_reported() -> None:
+    assert "no device 'tpu'" in registry.get("onnxruntime").unavailable_reason("tpu")
+    with pytest.raises(KeyError, match="known runtimes: onnxruntime"):
+        registry.get("tensorrt")
+
+
+def test_tiny_user_model_round_trip(tmp_path) -> None:
+    model = tiny_net().eval()
+    path = export_torch(model, (1, 16, 16), tmp_path / "tiny.onnx")
+    target = registry.get("onnxruntime")
+    x = np.ones((2, 1, 16, 16), np.float32)
+    assert np.allclose(target.run(target.load(path, "cpu", 2), x), predict(model, x), atol=1e-4)
