@@ -52,6 +52,7 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
 def measure(
     runtime: str,
     device: str,
+    options: dict,
     model_path: Path,
     inputs_path: Path,
     labels: np.ndarray,
@@ -64,6 +65,7 @@ def measure(
     job = {
         "runtime": runtime,
         "device": device,
+        "options": options,
         "model": str(model_path),
         "inputs": str(inputs_path),
         "outputs": str(work_dir / "outputs.npy"),

@@ -43,8 +43,9 @@ def run_job(job: dict) -> dict:
     import_s = time.perf_counter() - start
     rss_after_import = peak_rss_mb()
 
+    options = target.options_model(**job["options"])
     start = time.perf_counter()
-    session = target.load(Path(job["model"]), job["device"], job["threads"])
+    session = target.load(Path(job["model"]), job["device"], job["threads"], options)
     load_s = time.perf_counter() - start
     rss_after_load = peak_rss_mb()
 

@@ -31,12 +31,14 @@ class Artifact:
 
 @dataclass
 class PassContext:
-    """What a pass may use besides its input: the data splits, a folder for its outputs, and a progress hook."""
+    """What a pass may use besides its input: the data splits, a folder for its outputs, a folder for
+    intermediates that several passes of one run can share (keyed by content), and a progress hook."""
 
     train: tuple[np.ndarray, np.ndarray]
     calibration: tuple[np.ndarray, np.ndarray]
     evaluation: tuple[np.ndarray, np.ndarray]
     work_dir: Path
+    cache_dir: Path | None = None
     seed: int = 0
     progress: Callable[[str, int, int], None] = field(default=lambda description, done, total: None)
 
@@ -74,8 +76,12 @@ class Pass(ABC):
 
     name: ClassVar[str]
     config_model: ClassVar[type[PassConfig]]
-    input_format: ClassVar[str]
+    input_formats: ClassVar[tuple[str, ...]]
     output_format: ClassVar[str]
+
+    def is_lossless(self, config: PassConfig) -> bool:
+        """True when the pass only changes format, so outputs must still match the fp32 reference."""
+        return False
 
     @abstractmethod
     def apply(self, artifact: Artifact, config: PassConfig, context: PassContext) -> PassOutcome:

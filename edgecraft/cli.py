@@ -54,6 +54,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from targets import registry
+
+    table = Table("target", "runs", "available here", box=None, pad_edge=False)
+    for runtime, cls in registry.runtimes().items():
+        target = cls()
+        for device in cls.devices:
+            reason = target.unavailable_reason(device)
+            table.add_row(f"{runtime}:{device}", ", ".join(cls.accepts), "yes" if reason is None else f"no: {reason}")
+    Console(width=200).print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgecraft",
@@ -69,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", type=Path, help="where to create the run folder (default: the recipe's output_dir)")
     run.add_argument("--quick", action="store_true", help="few benchmark runs: for smoke tests, not for decisions")
     run.set_defaults(handler=_run)
+
+    targets = commands.add_parser("targets", help="list every target and whether it can run on this machine")
+    targets.set_defaults(handler=_targets)
 
     recipe = commands.add_parser("recipe", help="recipe utilities")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")

@@ -126,10 +126,16 @@ PassEntry = _pass_union()
 
 
 class VariantSpec(_Strict):
-    """A named chain of passes applied to the exported fp32 ONNX model; no passes means fp32 itself."""
+    """A named chain of passes applied to the exported fp32 ONNX model; no passes means fp32 itself.
+
+    Passes may change the format (convert.openvino, convert.tflite): the variant then runs on the targets
+    that accept its final format."""
 
     name: str
     passes: list[PassEntry] = []  # type: ignore[valid-type]
+    targets: list[str] | None = Field(
+        None, description="Only these of the recipe's targets (by label); default: every target that accepts the format."
+    )
 
     @field_validator("name")
     @classmethod
@@ -137,6 +143,45 @@ class VariantSpec(_Strict):
         if not _NAME.match(value):
             raise ValueError(f"use letters, digits, '.', '_' or '-' (got {value!r})")
         return value
+
+
+class TargetEntry(_Strict):
+    """A ``runtime:device`` to measure on, with the runtime's own options (e.g. OpenVINO's inference precision)."""
+
+    target: str = Field(description="'runtime:device', e.g. 'onnxruntime:cpu', 'openvino:gpu', 'litert:arm'.")
+    options: dict[str, Any] = Field({}, description="Runtime options; see each runtime's options in the README.")
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        spec = TargetSpec.parse(value)
+        runtimes = target_registry.runtimes()
+        if spec.runtime not in runtimes:
+            raise ValueError(f"unknown runtime {spec.runtime!r} in {value!r}; known: {', '.join(runtimes)}")
+        devices = runtimes[spec.runtime].devices
+        if spec.device not in devices:
+            raise ValueError(f"{spec.runtime} has no device {spec.device!r}; known: {', '.join(devices)}")
+        return str(spec)
+
+    @model_validator(mode="after")
+    def _valid_options(self) -> "TargetEntry":
+        options_model = target_registry.runtimes()[self.spec.runtime].options_model
+        try:
+            self.options = options_model(**self.options).model_dump(exclude_defaults=True)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            raise ValueError(f"options.{'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+        return self
+
+    @property
+    def spec(self) -> TargetSpec:
+        return TargetSpec.parse(self.target)
+
+    @property
+    def label(self) -> str:
+        """How rows name this target: the options that differ from the runtime's defaults are part of it."""
+        extra = ",".join(f"{key}={value}" for key, value in sorted(self.options.items()))
+        return f"{self.target}[{extra}]" if extra else self.target
 
 
 class BenchmarkSpec(_Strict):
@@ -154,27 +199,33 @@ class Recipe(_Strict):
         [], description="Passes on the PyTorch model before export, shared by every variant."
     )
     variants: list[VariantSpec] = Field(min_length=1)
-    targets: list[str] = Field(["onnxruntime:cpu"], min_length=1, description="'runtime:device' entries.")
+    targets: list[TargetEntry] = Field(
+        [TargetEntry(target="onnxruntime:cpu")],
+        min_length=1,
+        description="'runtime:device' strings or {target, options} entries. A variant runs on every target that "
+        "accepts its format (ONNX: onnxruntime, openvino; OpenVINO IR: openvino; TFLite: litert).",
+    )
     benchmark: BenchmarkSpec = BenchmarkSpec()
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
 
     _name_slug = field_validator("name")(VariantSpec._slug.__func__)  # type: ignore[attr-defined]
 
-    @field_validator("targets")
+    @field_validator("targets", mode="before")
     @classmethod
-    def _known_targets(cls, values: list[str]) -> list[str]:
-        runtimes = target_registry.runtimes()
-        for text in values:
-            spec = TargetSpec.parse(text)
-            if spec.runtime not in runtimes:
-                raise ValueError(f"unknown runtime {spec.runtime!r} in {text!r}; known: {', '.join(runtimes)}")
-            devices = runtimes[spec.runtime].devices
-            if spec.device not in devices:
-                raise ValueError(f"{spec.runtime} has no device {spec.device!r}; known: {', '.join(devices)}")
-        return [str(TargetSpec.parse(text)) for text in values]
+    def _strings_are_targets(cls, values: Any) -> Any:
+        if isinstance(values, list):
+            return [{"target": value} if isinstance(value, str) else value for value in values]
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
+        labels = [entry.label for entry in self.targets]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"targets must differ in device or options, got {labels}")
+        for variant in self.variants:
+            unknown = set(variant.targets or []) - set(labels)
+            if unknown:
+                raise ValueError(f"variant {variant.name!r} names targets not in 'targets': {sorted(unknown)}")
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
@@ -194,8 +245,9 @@ def _check_formats(entries: list[Any], start: str, where: str) -> None:
     current = start
     for index, entry in enumerate(entries):
         cls = pass_registry.passes()[entry.type]
-        if cls.input_format != current:
-            raise ValueError(f"{where}[{index}] ({entry.type}) needs a {cls.input_format} model but gets {current}")
+        if current not in cls.input_formats:
+            needs = " or ".join(cls.input_formats)
+            raise ValueError(f"{where}[{index}] ({entry.type}) needs a {needs} model but gets {current}")
         current = cls.output_format
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,16 +26,17 @@ from compress.base import Artifact, PassContext
 from edgecraft import data as datasets
 from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
-from edgecraft.recipe import ModelSpec, Recipe, load_recipe
+from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe
 from reports.html import write_report
-from reports.schema import ModelRecord, PassRecord, ResultRow, RunResults
+from reports.schema import Measurement, ModelRecord, PassRecord, ResultRow, RunResults
 from targets import registry as target_registry
-from targets.base import TargetSpec
 from targets.onnx_export import export_torch
 
 log = logging.getLogger(__name__)
 
 QUICK = BenchSettings(warmup_runs=3, runs=20)
+# Max |Δ| of logits tolerated between PyTorch and a lossless export before the row is flagged.
+FP32_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -48,12 +50,18 @@ class PreparedModel:
     reference_outputs: np.ndarray
 
 
-def sha256(path: Path) -> str:
+def sha256(*paths: Path) -> str:
+    """One digest over the files that make up a runnable model (e.g. OpenVINO's .xml and .bin)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
+
+
+def _folder_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", label).strip("-")
 
 
 def new_run_dir(output_dir: Path, name: str) -> Path:
@@ -81,16 +89,15 @@ class RecipeRun:
         self.rows: list[ResultRow] = []
 
     def execute(self) -> RunResults:
-        targets = [TargetSpec.parse(text) for text in self.recipe.targets]
-        total = len(self.recipe.models) * len(self.recipe.variants) * len(targets)
-        task = self.progress.add_task("measuring", total=total)
+        task = self.progress.add_task("measuring", total=None)
         for spec in self.recipe.models:
             prepared = self._prepare(spec)
             for variant in self.recipe.variants:
-                onnx, failure = self._variant(prepared, variant)
-                for target in targets:
-                    self.progress.update(task, description=f"{prepared.name} · {variant.name} · {target}")
-                    self.rows.append(self._measure(prepared, variant.name, onnx, failure, target))
+                artifact, failure = self._variant(prepared, variant)
+                for entry in self._targets_for(variant, artifact):
+                    self.progress.update(task, description=f"{prepared.name} · {variant.name} · {entry.label}")
+                    row = self._measure(prepared, variant, artifact, failure, entry)
+                    self.rows.append(row)
                     self.progress.advance(task)
         return RunResults(
             name=self.recipe.name,
@@ -136,6 +143,7 @@ class RecipeRun:
             calibration=splits.calibration,
             evaluation=splits.evaluation,
             work_dir=model_dir,
+            cache_dir=self.run_dir / "cache",
             seed=data_spec.seed,
         )
         artifact = self._apply(name, None, artifact, self.recipe.passes, context, model_dir / "shared")
@@ -184,6 +192,19 @@ class RecipeRun:
             artifact = outcome.artifact
         return artifact
 
+    def _targets_for(self, variant: VariantSpec, artifact: Artifact | None) -> list[TargetEntry]:
+        """The recipe's targets this variant runs on: those it names (or all) that accept its format."""
+        entries = [e for e in self.recipe.targets if variant.targets is None or e.label in variant.targets]
+        if artifact is None:  # the variant failed: every target it would have run on gets a failed row
+            return entries
+        runnable = []
+        for entry in entries:
+            if artifact.format in target_registry.runtimes()[entry.spec.runtime].accepts:
+                runnable.append(entry)
+            else:
+                log.debug("no row: %s is a %s model; %s does not run that format", variant.name, artifact.format, entry.label)
+        return runnable
+
     def _variant(self, prepared: PreparedModel, variant: Any) -> tuple[Artifact | None, str | None]:
         """Apply the variant's passes; a failing pass fails this variant's rows, not the run."""
         folder = self.run_dir / "models" / prepared.name / variant.name
@@ -194,28 +215,35 @@ class RecipeRun:
             return None, f"pass failed: {type(exc).__name__}: {exc}"
 
     def _measure(
-        self, prepared: PreparedModel, variant: str, onnx: Artifact | None, failure: str | None, spec: TargetSpec
+        self,
+        prepared: PreparedModel,
+        variant: VariantSpec,
+        artifact: Artifact | None,
+        failure: str | None,
+        entry: TargetEntry,
     ) -> ResultRow:
-        row = ResultRow(model=prepared.name, variant=variant, target=str(spec), status="failed", reason=failure)
-        if onnx is None:
+        spec = entry.spec
+        row = ResultRow(model=prepared.name, variant=variant.name, target=entry.label, status="failed", reason=failure)
+        if artifact is None:
             return row
         target = target_registry.get(spec.runtime)
         reason = target.unavailable_reason(spec.device)
         if reason:
-            log.info("skipped %s/%s on %s: %s", prepared.name, variant, spec, reason)
+            log.info("skipped %s/%s on %s: %s", prepared.name, variant.name, entry.label, reason)
             return row.model_copy(update={"status": "skipped", "reason": reason})
-        out_dir = self.run_dir / "models" / prepared.name / variant / f"{spec.runtime}-{spec.device}"
+        out_dir = self.run_dir / "models" / prepared.name / variant.name / _folder_name(entry.label)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            runnable = target.export(onnx.path, out_dir)
+            runnable = target.export(artifact.path, artifact.format, out_dir)
         except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
-            log.warning("%s/%s: export to %s failed: %s", prepared.name, variant, spec, exc)
+            log.warning("%s/%s: export to %s failed: %s", prepared.name, variant.name, entry.label, exc)
             return row.model_copy(update={"reason": f"export failed: {type(exc).__name__}: {exc}"})
+        files = target.files(runnable)
         row = row.model_copy(
             update={
                 "artifact": str(runnable.relative_to(self.run_dir)),
-                "size_bytes": runnable.stat().st_size,
-                "sha256": sha256(runnable),
+                "size_bytes": sum(path.stat().st_size for path in files),
+                "sha256": sha256(*files),
                 "threads": self.settings.threads,
             }
         )
@@ -223,6 +251,7 @@ class RecipeRun:
             measurement = measure(
                 spec.runtime,
                 spec.device,
+                entry.options,
                 runnable,
                 prepared.evaluation_inputs,
                 prepared.context.evaluation[1],
@@ -231,9 +260,19 @@ class RecipeRun:
                 out_dir / "bench",
             )
         except MeasurementFailed as exc:
-            log.warning("%s/%s on %s: %s", prepared.name, variant, spec, exc)
+            log.warning("%s/%s on %s: %s", prepared.name, variant.name, entry.label, exc)
             return row.model_copy(update={"reason": str(exc)})
-        return row.model_copy(update={"status": "ok", "measurement": measurement})
+        return row.model_copy(
+            update={"status": "ok", "measurement": measurement, "warnings": self._warnings(variant, entry, measurement)}
+        )
+
+    def _warnings(self, variant: VariantSpec, entry: TargetEntry, measurement: Measurement) -> list[str]:
+        """A lossless variant (fp32 export or conversion) that drifts from PyTorch points at a conversion bug."""
+        lossless = all(pass_registry.get(p.type).is_lossless(p) for p in variant.passes)
+        drift = measurement.fidelity.max_abs_diff
+        if lossless and not entry.options and drift > FP32_TOLERANCE:
+            return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
+        return []
 
 
 def _onnx_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:

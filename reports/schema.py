@@ -70,6 +70,7 @@ class ResultRow(_Model):
     sha256: str | None = None
     threads: int | None = None
     measurement: Measurement | None = None
+    warnings: list[str] = Field([], description="Problems a reader must see, e.g. an fp32 export that drifts.")
 
 
 class PassRecord(_Model):

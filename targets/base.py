@@ -1,4 +1,4 @@
-"""The target interface: how to turn an ONNX model into a runnable file, load it and run it.
+"""The target interface: how to make a runnable file from a model artifact, load it and run it.
 
 A target is (runtime, device). Target modules import their runtime lazily, inside methods: the benchmark
 worker and the remote agent import this package with only the runtimes installed (no torch, no TensorFlow).
@@ -7,12 +7,17 @@ worker and the remote agent import this package with only the runtimes installed
 from __future__ import annotations
 
 import importlib.util
+import platform
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
 
 @dataclass(frozen=True)
@@ -31,28 +36,53 @@ class TargetSpec:
         return f"{self.runtime}:{self.device}"
 
 
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 class Target(ABC):
-    """One runtime; ``devices`` lists the device classes it can run on."""
+    """One runtime; ``devices`` lists the device classes it can run on, ``accepts`` the artifact formats."""
 
     runtime: ClassVar[str]
-    file_format: ClassVar[str]
     devices: ClassVar[tuple[str, ...]]
-    python_module: ClassVar[str]
+    accepts: ClassVar[tuple[str, ...]]
+    python_modules: ClassVar[tuple[str, ...]]
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    @property
+    def python_module(self) -> str | None:
+        """The first of ``python_modules`` installed here (a runtime may have a maintained and a legacy package)."""
+        return next((name for name in self.python_modules if importlib.util.find_spec(name)), None)
 
     def unavailable_reason(self, device: str) -> str | None:
         """``None`` when ``device`` can run here, else why not (shown as the row's 'skipped' reason)."""
         if device not in self.devices:
             return f"{self.runtime} has no device {device!r} (known: {', '.join(self.devices)})"
-        if importlib.util.find_spec(self.python_module) is None:
-            return f"Python package {self.python_module!r} is not installed"
+        if self.python_module is None:
+            return f"none of the Python packages {', '.join(self.python_modules)} is installed"
+        machine = platform.machine().lower()
+        if device == "arm" and machine not in ARM_MACHINES:
+            return f"this machine is {machine}; arm rows run on an ARM (aarch64) device"
+        return self.device_reason(device)
+
+    def device_reason(self, device: str) -> str | None:
+        """Runtime-specific availability of ``device`` (e.g. a GPU provider); ``None`` when it can run."""
         return None
 
-    @abstractmethod
-    def export(self, onnx_path: Path, out_dir: Path) -> Path:
-        """Write this target's runnable file for the ONNX model at ``onnx_path`` and return its path."""
+    def export(self, source: Path, source_format: str, out_dir: Path) -> Path:
+        """Place this target's runnable file for ``source`` in ``out_dir`` and return its path.
+
+        The default copies a file already in the runtime's format; targets that convert override it.
+        """
+        copies = [shutil.copyfile(path, out_dir / path.name) for path in self.files(source)]
+        return Path(copies[0])
+
+    def files(self, runnable: Path) -> list[Path]:
+        """Every file the runnable model consists of (its size on disk is their sum)."""
+        return [runnable]
 
     @abstractmethod
-    def load(self, path: Path, device: str, threads: int) -> Any:
+    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
         """Load (and compile) the model for ``device`` with ``threads`` intra-op threads."""
 
     @abstractmethod

@@ -52,7 +52,7 @@ def test_measure_in_a_fresh_process(digits_cnn: dict, tmp_path) -> None:
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, x)
     reference = onnx_logits(digits_cnn["onnx"].path, x)
-    m = measure("onnxruntime", "cpu", digits_cnn["onnx"].path, inputs, y, reference, QUICK, tmp_path / "bench")
+    m = measure("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, y, reference, QUICK, tmp_path / "bench")
     assert m.latency_ms.runs == 25
     assert 0 < m.latency_ms.min <= m.latency_ms.p50 <= m.latency_ms.p99 <= m.latency_ms.max
     assert m.load_s > 0 and m.first_inference_ms > 0 and m.import_s > 0
@@ -69,7 +69,7 @@ def test_a_crashing_runtime_becomes_a_reason(digits_cnn: dict, tmp_path) -> None
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, digits_cnn["splits"].evaluation[0][:4])
     with pytest.raises(MeasurementFailed, match="exited with code 1: .*(INVALID_PROTOBUF|Protobuf|protobuf)"):
-        measure("onnxruntime", "cpu", broken, inputs, np.zeros(4), np.zeros((4, 10)), QUICK, tmp_path / "b")
+        measure("onnxruntime", "cpu", {}, broken, inputs, np.zeros(4), np.zeros((4, 10)), QUICK, tmp_path / "b")
 
 
 def test_a_hanging_measurement_times_out(digits_cnn: dict, tmp_path) -> None:
@@ -77,4 +77,4 @@ def test_a_hanging_measurement_times_out(digits_cnn: dict, tmp_path) -> None:
     np.save(inputs, digits_cnn["splits"].evaluation[0])
     slow = BenchSettings(warmup_runs=0, runs=10_000_000, timeout_s=3)
     with pytest.raises(MeasurementFailed, match="timed out after 3 s"):
-        measure("onnxruntime", "cpu", digits_cnn["onnx"].path, inputs, np.zeros(1), np.zeros((1, 10)), slow, tmp_path / "b")
+        measure("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, np.zeros(1), np.zeros((1, 10)), slow, tmp_path / "b")

@@ -19,9 +19,9 @@ def test_target_spec_parsing() -> None:
 
 def test_export_has_dynamic_batch_and_matches_pytorch(digits_cnn: dict, tmp_path) -> None:
     target = registry.get("onnxruntime")
-    runnable = target.export(digits_cnn["onnx"].path, tmp_path)
+    runnable = target.export(digits_cnn["onnx"].path, "onnx", tmp_path)
     assert runnable.exists() and runnable.parent == tmp_path
-    session = target.load(runnable, "cpu", threads=1)
+    session = target.load(runnable, "cpu", 1, target.options_model())
     x = digits_cnn["splits"].evaluation[0][:37]
     outputs = target.run(session, x)
     assert outputs.shape == (37, 10) and outputs.dtype == np.float32
@@ -37,7 +37,7 @@ def test_export_of_a_user_model_with_a_sequential_forward(tmp_path) -> None:
     path = export_torch(model, (1, 4, 4), tmp_path / "seq.onnx")
     target = registry.get("onnxruntime")
     x = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype(np.float32)
-    assert np.abs(target.run(target.load(path, "cpu", 1), x) - predict(model, x)).max() <= 1e-5
+    assert np.abs(target.run(target.load(path, "cpu", 1, target.options_model()), x) - predict(model, x)).max() <= 1e-5
 
 
 def test_unavailable_device_gives_a_reason() -> None:
@@ -52,7 +52,7 @@ def test_unavailable_device_gives_a_reason() -> None:
 
 def test_unknown_device_and_runtime_are_reported() -> None:
     assert "no device 'tpu'" in registry.get("onnxruntime").unavailable_reason("tpu")
-    with pytest.raises(KeyError, match="known runtimes: onnxruntime"):
+    with pytest.raises(KeyError, match="known runtimes: litert, onnxruntime, openvino"):
         registry.get("tensorrt")
 
 
@@ -61,4 +61,4 @@ def test_tiny_user_model_round_trip(tmp_path) -> None:
     path = export_torch(model, (1, 16, 16), tmp_path / "tiny.onnx")
     target = registry.get("onnxruntime")
     x = np.ones((2, 1, 16, 16), np.float32)
-    assert np.allclose(target.run(target.load(path, "cpu", 2), x), predict(model, x), atol=1e-4)
+    assert np.allclose(target.run(target.load(path, "cpu", 2, target.options_model()), x), predict(model, x), atol=1e-4)

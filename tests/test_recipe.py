@@ -51,7 +51,7 @@ def test_good_recipe_parses_passes_into_typed_configs(tmp_path: Path) -> None:
     assert static.type == "quantize.static"
     assert static.calibration_method == "entropy"
     assert static.per_channel is True  # default filled in
-    assert recipe.targets == ["onnxruntime:cpu"]
+    assert [entry.label for entry in recipe.targets] == ["onnxruntime:cpu"]
 
 
 def test_malformed_yaml_names_line_and_column(tmp_path: Path) -> None:

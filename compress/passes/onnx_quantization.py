@@ -51,7 +51,7 @@ class StaticQuantizationConfig(PassConfig):
 class StaticQuantization(Pass):
     name = "quantize.static"
     config_model = StaticQuantizationConfig
-    input_format = "onnx"
+    input_formats = ("onnx",)
     output_format = "onnx"
 
     def apply(self, artifact: Artifact, config: StaticQuantizationConfig, context: PassContext) -> PassOutcome:
@@ -102,7 +102,7 @@ class DynamicQuantizationConfig(PassConfig):
 class DynamicQuantization(Pass):
     name = "quantize.dynamic"
     config_model = DynamicQuantizationConfig
-    input_format = "onnx"
+    input_formats = ("onnx",)
     output_format = "onnx"
 
     def apply(self, artifact: Artifact, config: DynamicQuantizationConfig, context: PassContext) -> PassOutcome:

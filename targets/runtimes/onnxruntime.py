@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from targets.base import Target
 from targets.registry import register
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "arm": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 @register
 class OnnxRuntime(Target):
     runtime = "onnxruntime"
-    file_format = "onnx"
     devices = tuple(PROVIDERS)
-    python_module = "onnxruntime"
+    accepts = ("onnx",)
+    python_modules = ("onnxruntime",)
 
-    def unavailable_reason(self, device: str) -> str | None:
-        reason = super().unavailable_reason(device)
-        if reason:
-            return reason
+    def device_reason(self, device: str) -> str | None:
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
@@ -32,21 +29,15 @@ class OnnxRuntime(Target):
             return f"onnxruntime offers no {PROVIDERS[device]} here (available: {', '.join(available)})"
         return None
 
-    def export(self, onnx_path: Path, out_dir: Path) -> Path:
-        target = out_dir / "model.onnx"
-        if target.resolve() != onnx_path.resolve():
-            shutil.copyfile(onnx_path, target)
-        return target
-
-    def load(self, path: Path, device: str, threads: int) -> Any:
+    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        return onnxruntime.InferenceSession(str(path), options, providers=[PROVIDERS[device]])
+        session_options = onnxruntime.SessionOptions()
+        session_options.intra_op_num_threads = threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        session_options.log_severity_level = 3
+        return onnxruntime.InferenceSession(str(path), session_options, providers=[PROVIDERS[device]])
 
     def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
         name = session.get_inputs()[0].name

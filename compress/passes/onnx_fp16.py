@@ -1,0 +1,34 @@
+"""fp16 weights and compute for ONNX models, with ONNX Runtime's own float16 converter.
+
+Inputs and outputs stay float32 (``keep_io_types``) so that the same evaluation data runs unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.registry import register
+
+
+class Fp16Config(PassConfig):
+    """Half-precision ONNX: half the size; faster only where the device has fp16 kernels (GPUs, some ARM)."""
+
+    type: Literal["convert.fp16"] = "convert.fp16"
+
+
+@register
+class Fp16Conversion(Pass):
+    name = "convert.fp16"
+    config_model = Fp16Config
+    input_formats = ("onnx",)
+    output_format = "onnx"
+
+    def apply(self, artifact: Artifact, config: Fp16Config, context: PassContext) -> PassOutcome:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(artifact.path)), keep_io_types=True)
+        output = context.work_dir / "model.onnx"
+        onnx.save(model, str(output))
+        return PassOutcome(Artifact("onnx", artifact.input_shape, path=output))

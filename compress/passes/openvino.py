@@ -1,0 +1,94 @@
+"""OpenVINO IR: conversion (fp32 or fp16-compressed weights) and NNCF post-training int8 quantization.
+
+NNCF is OpenVINO's own quantizer: it places FakeQuantize nodes where the CPU/GPU plugins have int8 kernels,
+which hand-written quantization could not match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.registry import register
+
+
+def _read(artifact: Artifact) -> Any:
+    """An ``openvino.Model`` from an ONNX file or an IR (``.xml``) artifact.
+
+    ``Core.read_model`` rather than ``convert_model`` for ONNX: measured on digits-cnn, NNCF int8 of the
+    ``convert_model`` graph lost 1.1 accuracy points, of the ``read_model`` graph none.
+    """
+    import openvino
+
+    return openvino.Core().read_model(str(artifact.path))
+
+
+def _save(model: Any, path: Path, compress_to_fp16: bool) -> Path:
+    import openvino
+
+    openvino.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
+    return path
+
+
+class OpenVinoConversionConfig(PassConfig):
+    """ONNX → OpenVINO IR (.xml + .bin)."""
+
+    type: Literal["convert.openvino"] = "convert.openvino"
+    compress_to_fp16: bool = Field(
+        False, description="Store weights as fp16 (half the size); the CPU plugin still computes in f32/bf16."
+    )
+
+
+@register
+class OpenVinoConversion(Pass):
+    name = "convert.openvino"
+    config_model = OpenVinoConversionConfig
+    input_formats = ("onnx",)
+    output_format = "openvino"
+
+    def is_lossless(self, config: OpenVinoConversionConfig) -> bool:
+        return not config.compress_to_fp16
+
+    def apply(self, artifact: Artifact, config: OpenVinoConversionConfig, context: PassContext) -> PassOutcome:
+        path = _save(_read(artifact), context.work_dir / "model.xml", config.compress_to_fp16)
+        return PassOutcome(Artifact("openvino", artifact.input_shape, path=path), {"compress_to_fp16": config.compress_to_fp16})
+
+
+class NncfQuantizationConfig(PassConfig):
+    """Calibrated int8 for OpenVINO with ``nncf.quantize``."""
+
+    type: Literal["quantize.nncf"] = "quantize.nncf"
+    calibration_samples: int = Field(300, gt=0, description="NNCF's subset_size: calibration inputs observed.")
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="'performance': symmetric activations; 'mixed': asymmetric (more accurate)."
+    )
+    fast_bias_correction: bool = True
+
+
+@register
+class NncfQuantization(Pass):
+    name = "quantize.nncf"
+    config_model = NncfQuantizationConfig
+    input_formats = ("onnx", "openvino")
+    output_format = "openvino"
+
+    def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
+        import nncf
+
+        inputs = context.calibration[0][: config.calibration_samples]
+        dataset = nncf.Dataset([inputs[i : i + 1] for i in range(len(inputs))])
+        quantized = nncf.quantize(
+            _read(artifact),
+            dataset,
+            subset_size=len(inputs),
+            preset=nncf.QuantizationPreset(config.preset),
+            fast_bias_correction=config.fast_bias_correction,
+        )
+        path = _save(quantized, context.work_dir / "model.xml", compress_to_fp16=False)
+        return PassOutcome(
+            Artifact("openvino", artifact.input_shape, path=path),
+            {"calibration_samples": len(inputs), "preset": config.preset},
+        )
