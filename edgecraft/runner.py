@@ -60,6 +60,13 @@ def sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def brief(exc: BaseException, limit: int = 400) -> str:
+    """'Type: message' cut to its first lines: converters (MLIR, onnx2tf) raise pages of diagnostics."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", label).strip("-")
 
@@ -94,7 +101,7 @@ class RecipeRun:
             prepared = self._prepare(spec)
             for variant in self.recipe.variants:
                 artifact, failure = self._variant(prepared, variant)
-                for entry in self._targets_for(variant, artifact):
+                for entry in self._targets_for(variant):
                     self.progress.update(task, description=f"{prepared.name} · {variant.name} · {entry.label}")
                     row = self._measure(prepared, variant, artifact, failure, entry)
                     self.rows.append(row)
@@ -192,17 +199,21 @@ class RecipeRun:
             artifact = outcome.artifact
         return artifact
 
-    def _targets_for(self, variant: VariantSpec, artifact: Artifact | None) -> list[TargetEntry]:
-        """The recipe's targets this variant runs on: those it names (or all) that accept its format."""
-        entries = [e for e in self.recipe.targets if variant.targets is None or e.label in variant.targets]
-        if artifact is None:  # the variant failed: every target it would have run on gets a failed row
-            return entries
+    def _targets_for(self, variant: VariantSpec) -> list[TargetEntry]:
+        """The recipe's targets this variant runs on: those it names (or all) that accept its final format.
+
+        The format comes from the passes' declarations, so a variant whose pass failed still gets its failed
+        rows on exactly the targets it was meant for.
+        """
+        fmt = pass_registry.passes()[variant.passes[-1].type].output_format if variant.passes else "onnx"
         runnable = []
-        for entry in entries:
-            if artifact.format in target_registry.runtimes()[entry.spec.runtime].accepts:
+        for entry in self.recipe.targets:
+            if variant.targets is not None and entry.label not in variant.targets:
+                continue
+            if fmt in target_registry.runtimes()[entry.spec.runtime].accepts:
                 runnable.append(entry)
             else:
-                log.debug("no row: %s is a %s model; %s does not run that format", variant.name, artifact.format, entry.label)
+                log.debug("no row: %s is a %s model; %s does not run that format", variant.name, fmt, entry.label)
         return runnable
 
     def _variant(self, prepared: PreparedModel, variant: Any) -> tuple[Artifact | None, str | None]:
@@ -211,8 +222,8 @@ class RecipeRun:
         try:
             return self._apply(prepared.name, variant.name, prepared.onnx, variant.passes, prepared.context, folder), None
         except Exception as exc:  # noqa: BLE001 - recorded in every row of the variant
-            log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, exc)
-            return None, f"pass failed: {type(exc).__name__}: {exc}"
+            log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, brief(exc))
+            return None, f"pass failed: {brief(exc)}"
 
     def _measure(
         self,
@@ -236,8 +247,8 @@ class RecipeRun:
         try:
             runnable = target.export(artifact.path, artifact.format, out_dir)
         except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
-            log.warning("%s/%s: export to %s failed: %s", prepared.name, variant.name, entry.label, exc)
-            return row.model_copy(update={"reason": f"export failed: {type(exc).__name__}: {exc}"})
+            log.warning("%s/%s: export to %s failed: %s", prepared.name, variant.name, entry.label, brief(exc))
+            return row.model_copy(update={"reason": f"export failed: {brief(exc)}"})
         files = target.files(runnable)
         row = row.model_copy(
             update={

@@ -1,0 +1,216 @@
+"""OpenVINO and LiteRT: the conversion passes, and each target's export, load, run, layout and availability."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from bench.environment import cpu_info
+from compress import registry as passes
+from compress.base import PassContext
+from compress.training import predict
+from targets import registry
+
+
+@pytest.fixture(scope="module")
+def convert(digits_cnn: dict, tmp_path_factory: pytest.TempPathFactory):
+    """Apply one pass to the digits-cnn fp32 ONNX; onnx2tf's SavedModel is shared through one cache folder."""
+    cache = tmp_path_factory.mktemp("conversion-cache")
+
+    def apply(name: str, **options):
+        work = tmp_path_factory.mktemp(name.replace(".", "-"))
+        context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": work, "cache_dir": cache})
+        pass_ = passes.get(name)
+        return pass_.apply(digits_cnn["onnx"], pass_.config_model(type=name, **options), context)
+
+    return apply
+
+
+def outputs_on(runtime: str, path, x: np.ndarray, tmp_path, source_format: str, **options) -> tuple[np.ndarray, dict]:
+    target = registry.get(runtime)
+    runnable = target.export(path, source_format, tmp_path)
+    session = target.load(runnable, "cpu", 1, target.options_model(**options))
+    return target.run(session, x), target.describe(session)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+# ---- OpenVINO ----------------------------------------------------------------------------------------------
+
+
+def test_openvino_fp32_ir_matches_pytorch_in_true_f32(digits_cnn: dict, convert, tmp_path) -> None:
+    ir = convert("convert.openvino").artifact
+    assert ir.format == "openvino" and ir.path.with_suffix(".bin").exists()
+    x = digits_cnn["splits"].evaluation[0][:50]
+    outputs, info = outputs_on("openvino", ir.path, x, tmp_path, "openvino")
+    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
+    assert info["inference_precision"] == "f32" and info["threads"] == 1
+    assert {p.name for p in tmp_path.iterdir()} == {"model.xml", "model.bin"}
+
+
+def test_openvino_runs_onnx_by_converting_it_on_export(digits_cnn: dict, tmp_path) -> None:
+    x = digits_cnn["splits"].evaluation[0][:8]
+    outputs, _ = outputs_on("openvino", digits_cnn["onnx"].path, x, tmp_path, "onnx")
+    assert (tmp_path / "model.xml").exists()
+    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
+
+
+def test_openvino_records_the_precision_the_plugin_chose(digits_cnn: dict, tmp_path) -> None:
+    x = digits_cnn["splits"].evaluation[0][:4]
+    _, info = outputs_on("openvino", digits_cnn["onnx"].path, x, tmp_path, "onnx", inference_precision="plugin-default")
+    expected = "bf16" if "amx_bf16" in cpu_info().get("flags", []) else info["inference_precision"]
+    assert info["inference_precision"] == expected and expected in {"f32", "bf16", "f16"}
+
+
+def test_fp16_ir_is_half_the_size_and_close(digits_cnn: dict, convert, tmp_path) -> None:
+    fp32, fp16 = convert("convert.openvino").artifact, convert("convert.openvino", compress_to_fp16=True).artifact
+    assert fp16.path.with_suffix(".bin").stat().st_size < 0.6 * fp32.path.with_suffix(".bin").stat().st_size
+    x = digits_cnn["splits"].evaluation[0][:50]
+    outputs, _ = outputs_on("openvino", fp16.path, x, tmp_path, "openvino")
+    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() < 0.05
+
+
+def test_nncf_int8_is_smaller_and_within_one_point(digits_cnn: dict, convert, tmp_path) -> None:
+    outcome = convert("quantize.nncf")
+    ir = outcome.artifact
+    x, y = digits_cnn["splits"].evaluation
+    outputs, _ = outputs_on("openvino", ir.path, x, tmp_path, "openvino")
+    assert accuracy(outputs, y) >= accuracy(predict(digits_cnn["model"], x), y) - 0.01
+    assert digits_cnn["onnx"].path.stat().st_size / ir.path.with_suffix(".bin").stat().st_size >= 3
+    assert outcome.details["calibration_samples"] == len(digits_cnn["splits"].calibration[0][:300])
+
+
+def test_openvino_devices_without_hardware_are_skipped_with_a_reason() -> None:
+    import openvino
+
+    target = registry.get("openvino")
+    assert target.unavailable_reason("cpu") is None
+    if not any(name.startswith("GPU") for name in openvino.Core().available_devices):
+        assert "no GPU plugin device here" in target.unavailable_reason("gpu")
+
+
+# ---- LiteRT ------------------------------------------------------------------------------------------------
+
+
+def test_tflite_fp32_is_nhwc_and_the_target_hides_it(digits_cnn: dict, convert, tmp_path) -> None:
+    tflite = convert("convert.tflite").artifact
+    target = registry.get("litert")
+    session = target.load(target.export(tflite.path, "tflite", tmp_path), "cpu", 1, target.options_model())
+    assert list(session.get_input_details()[0]["shape"]) == [1, 32, 32, 1]  # NHWC inside the file
+    x = digits_cnn["splits"].evaluation[0][:20]  # NCHW outside, batch 20: the target transposes and resizes
+    assert np.abs(target.run(session, x) - predict(digits_cnn["model"], x)).max() <= 1e-4
+    assert target.run(session, x[:1]).shape == (1, 10)
+    assert target.describe(session)["interpreter"].startswith("ai-edge-litert")
+
+
+@pytest.mark.parametrize(("quantization", "int8_io"), [("fp16", False), ("dynamic-int8", False), ("int8", True)])
+def test_tflite_precisions_keep_accuracy(digits_cnn: dict, convert, tmp_path, quantization: str, int8_io: bool) -> None:
+    tflite = convert("convert.tflite", quantization=quantization, int8_io=int8_io).artifact
+    x, y = digits_cnn["splits"].evaluation
+    outputs, info = outputs_on("litert", tflite.path, x, tmp_path, "tflite")
+    assert accuracy(outputs, y) >= accuracy(predict(digits_cnn["model"], x), y) - 0.01
+    assert info["input_dtype"] == ("int8" if int8_io else "float32")
+    assert tflite.path.stat().st_size < 0.6 * digits_cnn["onnx"].path.stat().st_size
+
+
+def test_litert_falls_back_to_tflite_runtime(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
+    target = registry.get("litert")
+    if real("tflite_runtime"):
+        assert target.python_module == "tflite_runtime"
+    else:
+        assert target.python_module is None
+        assert "ai_edge_litert, tflite_runtime" in target.unavailable_reason("cpu")
+
+
+def test_litert_gpu_and_arm_are_skipped_here_with_reasons() -> None:
+    import platform
+
+    target = registry.get("litert")
+    assert "GPU delegate" in target.unavailable_reason("gpu")
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        assert "arm rows run on an ARM (aarch64) device" in target.unavailable_reason("arm")
+
+
+# ---- a recipe across formats -------------------------------------------------------------------------------
+
+
+def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> None:
+    """A real converter failure (TFLite cannot express ONNX Runtime's dynamic int8 ops) fails only its rows."""
+    from edgecraft.runner import run_recipe
+    from reports.schema import RunResults
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: formats\nmodels: [{builtin: digits-cnn}]\nvariants:\n"
+        "  - {name: fp32}\n"
+        "  - {name: ov-int8, passes: [{type: quantize.nncf}]}\n"
+        "  - {name: tflite-int8, passes: [{type: convert.tflite, quantization: int8}]}\n"
+        "  - {name: broken, passes: [{type: quantize.dynamic}, {type: convert.tflite}]}\n"
+        "targets: [onnxruntime:cpu, openvino:cpu, litert:cpu, litert:gpu]\n"
+    )
+    run_dir = run_recipe(recipe, output_dir=tmp_path / "runs", quick=True)
+    results = RunResults.model_validate_json((run_dir / "results.json").read_text())
+    rows = {(r.variant, r.target): r for r in results.rows}
+    assert set(rows) == {
+        ("fp32", "onnxruntime:cpu"), ("fp32", "openvino:cpu"),  # ONNX runs on both ONNX-reading runtimes
+        ("ov-int8", "openvino:cpu"),
+        ("tflite-int8", "litert:cpu"), ("tflite-int8", "litert:gpu"),
+        ("broken", "litert:cpu"), ("broken", "litert:gpu"),  # failed rows only where a TFLite model would run
+    }
+    reference = results.models[0].reference_accuracy
+    for key in [("fp32", "onnxruntime:cpu"), ("fp32", "openvino:cpu"), ("ov-int8", "openvino:cpu"), ("tflite-int8", "litert:cpu")]:
+        row = rows[key]
+        assert row.status == "ok", row.reason
+        assert row.measurement.accuracy >= reference - 0.01
+        assert not row.warnings
+    assert rows[("fp32", "openvino:cpu")].measurement.runtime_info["inference_precision"] == "f32"
+    assert rows[("fp32", "openvino:cpu")].measurement.fidelity.max_abs_diff <= 1e-4
+    ov_files = rows[("ov-int8", "openvino:cpu")]
+    assert ov_files.size_bytes == sum((run_dir / ov_files.artifact).with_suffix(s).stat().st_size for s in (".xml", ".bin"))
+    assert rows[("tflite-int8", "litert:gpu")].status == "skipped"
+    for target in ("litert:cpu", "litert:gpu"):
+        broken = rows[("broken", target)]
+        assert broken.status == "failed" and broken.reason.startswith("pass failed: ConverterError")
+        assert len(broken.reason) <= 420
+
+
+def test_a_lossless_variant_that_drifts_is_flagged_as_a_conversion_bug() -> None:
+    from edgecraft.recipe import Recipe
+    from edgecraft.runner import RecipeRun
+    from reports.schema import Fidelity, LatencyStats, Measurement
+
+    recipe = Recipe.model_validate(
+        {
+            "name": "t",
+            "models": [{"builtin": "digits-cnn"}],
+            "variants": [
+                {"name": "fp32"},
+                {"name": "ir", "passes": [{"type": "convert.openvino"}]},
+                {"name": "int8", "passes": [{"type": "quantize.static"}]},
+            ],
+            "targets": ["openvino:cpu", {"target": "openvino:cpu", "options": {"inference_precision": "bf16"}}],
+        }
+    )
+    stats = LatencyStats(runs=2, mean=1, std=0, min=1, max=1, p50=1, p90=1, p95=1, p99=1, p50_ci95=(1, 1))
+
+    def drifting(diff: float) -> Measurement:
+        return Measurement(
+            import_s=0.1, load_s=0.1, first_inference_ms=1, latency_ms=stats, throughput_per_s=1000,
+            peak_rss_mb=50, rss_after_import_mb=40, rss_after_load_mb=45, accuracy=0.9,
+            fidelity=Fidelity(top1_agreement=0.99, max_abs_diff=diff, mean_abs_diff=diff / 10),
+        )
+
+    run = RecipeRun.__new__(RecipeRun)
+    f32, bf16 = recipe.targets
+    fp32, ir, int8 = recipe.variants
+    assert "conversion bug?" in run._warnings(fp32, f32, drifting(2e-3))[0]
+    assert run._warnings(ir, f32, drifting(2e-3))  # a pure format conversion must not drift either
+    assert run._warnings(fp32, f32, drifting(5e-5)) == []
+    assert run._warnings(int8, f32, drifting(0.3)) == []  # quantization is expected to drift
+    assert run._warnings(fp32, bf16, drifting(2e-3)) == []  # the user asked for bf16
