@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # TensorFlow (imported by converters, sometimes indirectly) logs its C++ start-up chatter unless told first.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from rich.logging import RichHandler
 
     # Libraries log chattily at INFO (ONNX Runtime's quantizer, matplotlib): -v opens only our own loggers.

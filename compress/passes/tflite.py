@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -81,7 +80,6 @@ class TfliteConversion(Pass):
         return config.quantization == "none"
 
     def apply(self, artifact: Artifact, config: TfliteConversionConfig, context: PassContext) -> PassOutcome:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
         calibration = _nhwc(context.calibration[0][: config.calibration_samples]).astype(np.float32)
