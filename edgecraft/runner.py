@@ -183,9 +183,17 @@ class RecipeRun:
         for index, entry in enumerate(entries):
             step_dir = folder / f"{index}-{entry.type}"
             step_dir.mkdir(parents=True, exist_ok=True)
-            step_context = PassContext(**{**vars(context), "work_dir": step_dir})
+            task = self.progress.add_task(f"{model}: {entry.type}", total=None)
+
+            def report(description: str, done: int, total: int, task=task) -> None:
+                self.progress.update(task, description=f"{model}: {description}", completed=done, total=total)
+
+            step_context = PassContext(**{**vars(context), "work_dir": step_dir, "progress": report})
             start = time.perf_counter()
-            outcome = pass_registry.get(entry.type).apply(artifact, entry, step_context)
+            try:
+                outcome = pass_registry.get(entry.type).apply(artifact, entry, step_context)
+            finally:
+                self.progress.remove_task(task)
             self.passes.append(
                 PassRecord(
                     model=model,

@@ -85,7 +85,8 @@ class PassRecord(_Model):
 
 
 class ModelRecord(_Model):
-    """The model a run started from, and how it scores before any pass."""
+    """A model as it enters the variants (after the shared PyTorch passes): the fp32 reference every variant
+    of it is compared with."""
 
     name: str
     source: str

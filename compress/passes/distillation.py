@@ -1,0 +1,120 @@
+"""Knowledge distillation: train a smaller student to match the softened outputs of the model entering the pass.
+
+The loop is compress.training.fit with a distillation loss (Hinton et al.): α·KL(teacher_T ‖ student_T)·T² +
+(1-α)·CE. It is a few lines on top of the shared loop, so no distillation library is pulled in for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
+from compress.facts import model_facts
+from compress.registry import register
+from compress.zoo import REFERENCE_MODELS
+
+
+class DistillationConfig(PassConfig):
+    type: Literal["distill"] = "distill"
+    student: str = Field(
+        "width:0.5",
+        description="'width:W': the teacher with every prunable layer's channels scaled by W (0 < W < 1), "
+        "freshly initialised; 'builtin:NAME': a built-in architecture.",
+    )
+    epochs: int = Field(10, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the teacher term; 0 trains on labels alone.")
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    compare_with_student_alone: bool = Field(
+        True, description="Also train the same student on labels alone for the same epochs and report both."
+    )
+
+    @model_validator(mode="after")
+    def _student_form(self) -> "DistillationConfig":
+        kind, _, value = self.student.partition(":")
+        if kind == "width":
+            try:
+                width = float(value)
+            except ValueError:
+                width = -1.0
+            if not 0 < width < 1:
+                raise ValueError(f"student 'width:W' needs 0 < W < 1, got {self.student!r}")
+        elif kind == "builtin":
+            if value not in REFERENCE_MODELS:
+                raise ValueError(f"unknown built-in student {value!r}; known: {', '.join(REFERENCE_MODELS)}")
+        else:
+            raise ValueError(f"student must be 'width:W' or 'builtin:NAME', got {self.student!r}")
+        return self
+
+
+def build_student(teacher: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
+    """A freshly initialised student; a width-scaled copy is the teacher's architecture with fewer channels."""
+    import torch
+    import torch_pruning
+
+    kind, _, value = spec.partition(":")
+    if kind == "builtin":
+        return REFERENCE_MODELS[value].build()
+    student = copy.deepcopy(teacher)
+    classifier = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    torch_pruning.pruner.MetaPruner(
+        student,
+        torch.zeros((1, *input_shape)),
+        importance=torch_pruning.importance.RandomImportance(),
+        pruning_ratio=1 - float(value),
+        ignored_layers=classifier,
+    ).step()
+    for module in student.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return student
+
+
+@register
+class Distillation(Pass):
+    name = "distill"
+    config_model = DistillationConfig
+    input_formats = ("torch",)
+    output_format = "torch"
+
+    def apply(self, artifact: Artifact, config: DistillationConfig, context: PassContext) -> PassOutcome:
+        import torch
+        from torch.nn import functional
+
+        from compress.training import fit
+
+        teacher = artifact.model.eval()
+        torch.manual_seed(context.seed)
+        student = build_student(teacher, config.student, artifact.input_shape)
+        alone = copy.deepcopy(student) if config.compare_with_student_alone else None
+        training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
+        temperature, alpha = config.temperature, config.alpha
+
+        def loss(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                soft_targets = functional.log_softmax(teacher(inputs) / temperature, dim=1)
+            kl = functional.kl_div(
+                functional.log_softmax(logits / temperature, dim=1), soft_targets, reduction="batchmean", log_target=True
+            )
+            return alpha * kl * temperature**2 + (1 - alpha) * functional.cross_entropy(logits, labels)
+
+        def progress(label: str):
+            return lambda epoch, value: context.progress(f"{label} (loss {value:.3f})", epoch, config.epochs)
+
+        fit(student, *context.train, training, loss, on_epoch=progress("distilling"))
+        details = {
+            f"teacher_{key}": value for key, value in model_facts(teacher, artifact.input_shape, *context.evaluation).items()
+        }
+        details.update(
+            {f"student_{k}": v for k, v in model_facts(student, artifact.input_shape, *context.evaluation).items()}
+        )
+        if alone is not None:
+            fit(alone, *context.train, training,
+                lambda logits, _inputs, labels: functional.cross_entropy(logits, labels),
+                on_epoch=progress("training the student alone"))
+            details["student_alone_accuracy"] = model_facts(alone, artifact.input_shape, *context.evaluation)["accuracy"]
+        return PassOutcome(Artifact("torch", artifact.input_shape, model=student.eval()), details)

@@ -1,0 +1,93 @@
+"""PyTorch passes on the trained digits-cnn: structured and unstructured pruning, and distillation."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from compress import registry
+from compress.base import Artifact, PassContext
+from compress.training import predict
+
+
+def apply(name: str, digits_cnn: dict, tmp_path, **options):
+    context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path})
+    pass_ = registry.get(name)
+    artifact = Artifact("torch", (1, 32, 32), model=digits_cnn["model"])
+    return pass_.apply(artifact, pass_.config_model(type=name, **options), context)
+
+
+def zipped_size(model: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("w", b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+    return len(buffer.getvalue())
+
+
+def test_structured_pruning_removes_channels_and_leaves_the_input_model_alone(digits_cnn: dict, tmp_path) -> None:
+    original_parameters = sum(p.numel() for p in digits_cnn["model"].parameters())
+    outcome = apply("prune.structured", digits_cnn, tmp_path, ratio=0.5, finetune_epochs=2, lr=2e-3)
+    pruned, details = outcome.artifact.model, outcome.details
+    assert sum(p.numel() for p in digits_cnn["model"].parameters()) == original_parameters  # a copy was pruned
+    assert details["parameters_before"] == original_parameters
+    assert details["parameters_before"] >= 2 * details["parameters_after"]
+    assert details["macs_before"] >= 2 * details["macs_after"]
+    assert pruned.classifier.out_features == 10  # the classifier's outputs are never pruned
+    x, y = digits_cnn["splits"].evaluation
+    assert details["accuracy_after"] == pytest.approx(float((predict(pruned, x).argmax(1) == y).mean()))
+    assert details["accuracy_after"] >= details["accuracy_before"] - 0.05
+
+
+def test_unstructured_pruning_zeroes_weights_permanently(digits_cnn: dict, tmp_path) -> None:
+    outcome = apply("prune.unstructured", digits_cnn, tmp_path, sparsity=0.6)
+    sparse, details = outcome.artifact.model, outcome.details
+    assert details["sparsity_after"] == pytest.approx(0.6, abs=0.01)
+    assert details["parameters_after"] == details["parameters_before"]  # same dense shapes: honest about it
+    assert not any(name.endswith("_orig") for name, _ in sparse.named_parameters())  # masks folded in
+    assert zipped_size(sparse) < 0.75 * zipped_size(digits_cnn["model"])
+    assert "do not run faster" in details["note"]
+
+
+def test_distillation_builds_a_half_width_student_and_compares_it(digits_cnn: dict, tmp_path) -> None:
+    outcome = apply("distill", digits_cnn, tmp_path, student="width:0.5", epochs=2, alpha=0.7, temperature=4)
+    details = outcome.details
+    assert details["student_parameters"] <= details["teacher_parameters"] / 2
+    assert 0 <= details["student_alone_accuracy"] <= 1 and 0 <= details["student_accuracy"] <= 1
+    assert sum(p.numel() for p in outcome.artifact.model.parameters()) == details["student_parameters"]
+
+
+def test_distillation_is_deterministic_under_a_seed(digits_cnn: dict, tmp_path) -> None:
+    options = dict(student="width:0.5", epochs=1, compare_with_student_alone=False)
+    first = apply("distill", digits_cnn, tmp_path, **options).artifact.model
+    second = apply("distill", digits_cnn, tmp_path, **options).artifact.model
+    x = digits_cnn["splits"].evaluation[0][:32]
+    assert np.allclose(predict(first, x), predict(second, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("student", ["width:1.5", "width:x", "builtin:resnet", "mypkg:student"])
+def test_bad_student_specs_are_rejected(student: str) -> None:
+    config = registry.passes()["distill"].config_model
+    with pytest.raises(ValueError, match="student"):
+        config(type="distill", student=student)
+
+
+def test_a_recipe_prunes_before_export(tmp_path) -> None:
+    from edgecraft.runner import run_recipe
+    from reports.schema import RunResults
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: pruned\nmodels: [{builtin: digits-cnn}]\n"
+        "passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}]\n"
+        "variants: [{name: fp32}]\n"
+    )
+    results = RunResults.model_validate_json((run_recipe(recipe, output_dir=tmp_path, quick=True) / "results.json").read_text())
+    record = results.passes[0]
+    assert record.name == "prune.structured" and record.variant is None and record.seconds > 0
+    assert results.models[0].parameters == record.details["parameters_after"]
+    assert results.rows[0].status == "ok"
+    assert results.rows[0].measurement.fidelity.max_abs_diff <= 1e-4  # the pruned model exports faithfully
