@@ -55,6 +55,9 @@ class Measurement(_Model):
     accuracy: float
     fidelity: Fidelity
     runtime_info: dict[str, Any] = {}
+    samples_ms: list[float] = Field(
+        [], description="Every timed latency sample, in run order (for distributions); empty in older results."
+    )
 
 
 class ResultRow(_Model):
