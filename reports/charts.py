@@ -113,13 +113,16 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
         return _svg(figure)
 
 
-def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool) -> None:  # noqa: ANN001 - matplotlib Axes
-    """Rows top to bottom in results order, with the reason written where an unmeasured row's bar would be."""
+def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:  # noqa: ANN001
+    """Rows top to bottom in results order; where a row has nothing ``drawn``, its status and reason instead."""
     axis.set_yticks(range(len(facts)), [_row_label(f.row, with_target) for f in facts])
     axis.set_ylim(len(facts) - 0.5, -0.5)
     axis.grid(True, axis="x", which="both", alpha=0.25)
-    for position, fact in enumerate(facts):
-        if not fact.row.measurement:
+    if not any(drawn):  # an empty panel's x ticks would be made-up numbers
+        axis.set_xticks([], minor=False)
+        axis.set_xticks([], minor=True)
+    for position, (fact, shown) in enumerate(zip(facts, drawn)):
+        if not shown:
             axis.text(0.01, position, _not_measured(fact.row), transform=axis.get_yaxis_transform(), va="center",
                       fontsize=7, color=STATUS_COLORS[fact.row.status])
 
@@ -137,10 +140,12 @@ def size_per_variant(analysis: Analysis) -> str:
         for position, (fact, size) in enumerate(zip(facts, sizes)):
             if fact.row.size_bytes:
                 smaller = f"  {fact.size_reduction:.1f}× smaller" if fact.size_reduction else ""
-                axis.text(size, position, f" {size:,.0f} KB{smaller}", va="center", fontsize=7)
-        _horizontal_rows(axis, facts, with_target)
+                status = "" if fact.row.status == "ok" else f"  ({fact.row.status})"
+                axis.text(size, position, f" {size:,.0f} KB{smaller}{status}", va="center", fontsize=7,
+                          color=STATUS_COLORS[fact.row.status] if status else "#1d232b")
+        _horizontal_rows(axis, facts, with_target, [bool(f.row.size_bytes) for f in facts])
         axis.set_xlabel("size on disk (KB)")
-        axis.set_xlim(0, max(sizes, default=1) * 1.35 or 1)
+        axis.set_xlim(0, max(sizes, default=1) * 1.5 or 1)  # room for the labels
         return _svg(figure)
 
 
@@ -157,8 +162,8 @@ def latency_distributions(analysis: Analysis) -> str:
                              orientation="horizontal", whis=(1, 99), showfliers=False, widths=0.55,
                              patch_artist=True, boxprops={"facecolor": "#ddf4ff", "edgecolor": "#0969da"},
                              medianprops={"color": "#0969da"})
-            _horizontal_rows(axis, facts, with_target=False)
             axis.set_xscale("log")
+            _horizontal_rows(axis, facts, False, [i in positions for i in range(len(facts))])
             axis.set_title(target)
             axis.set_xlabel("latency per inference (ms, log)")
         return _svg(figure)
@@ -181,7 +186,7 @@ def memory_per_target(analysis: Analysis) -> str:
                 if fact.row.measurement:
                     axis.text(fact.row.measurement.peak_rss_mb, position, f" {fact.row.measurement.peak_rss_mb:.0f} MB",
                               va="center", fontsize=7)
-            _horizontal_rows(axis, facts, with_target=False)
+            _horizontal_rows(axis, facts, False, [bool(f.row.measurement) for f in facts])
             axis.set_title(target)
             axis.set_xlabel("resident memory of the benchmark process (MB)")
             axis.set_xlim(0, axis.get_xlim()[1] * 1.12)  # room for the peak labels
