@@ -38,6 +38,7 @@ class Page(HTMLParser):
         self.charts: list[str] = []
         self.figure: str | None = None
         self.focusable_headers = 0
+        self.body: dict[str, str | None] = {}
         self.feed(dom)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -48,6 +49,8 @@ class Page(HTMLParser):
             self.rows.setdefault(self.table, []).append(attributes["data-key"])
         elif tag == "th" and attributes.get("tabindex") == "0":  # set by the inline sorting script
             self.focusable_headers += 1
+        elif tag == "body":
+            self.body = attributes
         elif tag == "figure":
             self.figure = attributes.get("id")
         elif tag == "svg" and self.figure:
@@ -75,6 +78,21 @@ def test_quickstart_report_in_chromium(quickstart_run: Path, tmp_path: Path) -> 
     assert page.rows["results"] == keys(quickstart_run)
     assert page.charts == ["chart-accuracy-latency", "chart-size", "chart-latency", "chart-memory"]
     assert page.focusable_headers > 0, "the sorting script did not run"
+
+
+# Clicks the p50 header of the results table and records the row order in a body attribute for the DOM dump.
+CLICK_P50 = """<script>
+const th = [...document.querySelectorAll("#results th")].find((t) => t.textContent.startsWith("p50"));
+th.click();
+document.body.dataset.sorted = [...document.querySelectorAll("#results tbody tr")].map((r) => r.dataset.key).join(";");
+</script></body>"""
+
+
+def test_sorting_the_table_in_chromium(quickstart_run: Path, tmp_path: Path) -> None:
+    page = tmp_path / "sorted.html"
+    page.write_text((quickstart_run / "report.html").read_text().replace("</body>", CLICK_P50))
+    p50 = dict(zip(keys(quickstart_run), (r.measurement.latency_ms.p50 for r in load_results(quickstart_run).rows)))
+    assert open_page(page, tmp_path).body["data-sorted"].split(";") == sorted(p50, key=p50.get)
 
 
 def test_compare_report_in_chromium(quickstart_run: Path, tmp_path: Path) -> None:
