@@ -109,4 +109,5 @@ def measure(
         accuracy=accuracy(outputs, labels),
         fidelity=fidelity(outputs, reference_outputs),
         runtime_info=raw["runtime_info"],
+        samples_ms=raw["samples_ms"],
     )

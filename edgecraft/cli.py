@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edgecraft.errors import EdgecraftError
+from reports.settings import GateThresholds
 
 OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
 
@@ -39,19 +40,34 @@ def _recipe_validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """``report RUN_DIR`` re-renders one run; ``report compare BASELINE CANDIDATE`` is the CI gate."""
     from pydantic import ValidationError
 
-    from reports.html import write_report
-    from reports.schema import RunResults
+    from reports.schema import ResultsError
 
-    results_path = args.run_dir / "results.json"
-    if not results_path.is_file():
-        raise EdgecraftError(f"{results_path}: not found (is {args.run_dir} a run folder?)")
     try:
-        results = RunResults.model_validate_json(results_path.read_text())
-    except ValidationError as exc:
-        raise EdgecraftError(f"{results_path}: not a valid results file: {exc.errors()[0]['msg']}") from None
-    print(write_report(results, args.run_dir))
+        if args.runs[0] == "compare":
+            if len(args.runs) != 3:
+                raise EdgecraftError("usage: edgecraft report compare BASELINE_RUN CANDIDATE_RUN [options]")
+            return _compare(args, Path(args.runs[1]), Path(args.runs[2]))
+        if len(args.runs) != 1:
+            raise EdgecraftError(f"expected one run folder, got {len(args.runs)} (did you mean 'report compare'?)")
+        return _render(args, Path(args.runs[0]))
+    except ResultsError as exc:
+        raise EdgecraftError(str(exc)) from None
+    except ValidationError as exc:  # an out-of-range option value, re-validated against the recipe's model
+        error = exc.errors(include_url=False)[0]
+        raise EdgecraftError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+
+
+def _render(args: argparse.Namespace, run_dir: Path) -> int:
+    from reports.html import write_report
+    from reports.schema import load_results
+    from reports.settings import report_settings, with_overrides
+
+    results = load_results(run_dir)
+    settings = with_overrides(report_settings(results.recipe), price_per_hour=args.price_per_hour)
+    print(write_report(results, run_dir, settings))
     return 0
 
 
@@ -69,6 +85,32 @@ def _targets(args: argparse.Namespace) -> int:
             table.add_row(f"{runtime}:{device}", ", ".join(cls.accepts), "yes" if reason is None else f"no: {reason}")
     Console(width=200).print(table)
     return 0
+
+
+def _compare(args: argparse.Namespace, baseline_dir: Path, candidate_dir: Path) -> int:
+    """Exit 0 when nothing regresses, 1 when a row does (each printed with why); bad input is exit 2 upstream."""
+    from reports.compare import compare_runs
+    from reports.html import write_comparison
+    from reports.schema import load_results
+    from reports.settings import report_settings, with_overrides
+
+    baseline, candidate = load_results(baseline_dir), load_results(candidate_dir)
+    thresholds = with_overrides(
+        report_settings(candidate.recipe).gate,
+        max_latency_increase=args.max_latency_increase,
+        max_size_increase=args.max_size_increase,
+        max_accuracy_drop=args.max_accuracy_drop,
+    )
+    comparison = compare_runs(baseline, candidate, thresholds)
+    out_dir = args.output_dir or candidate_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = write_comparison(comparison, out_dir)
+    for row in comparison.regressed:
+        for why in row.regressions:
+            print(f"regression: {row.model} · {row.variant} · {row.target}: {why}")
+    verdict = "FAIL" if comparison.regressed else "PASS"
+    print(f"{verdict}: {len(comparison.regressed)} of {len(comparison.rows)} row(s) regress; report: {path}")
+    return 1 if comparison.regressed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("recipe", type=Path)
     validate.set_defaults(handler=_recipe_validate)
 
-    report = commands.add_parser("report", help="re-render report.html from a run folder's results.json")
-    report.add_argument("run_dir", type=Path)
+    report = commands.add_parser(
+        "report",
+        help="re-render a run's report, or compare two runs (a CI gate)",
+        usage="edgecraft report [--price-per-hour P] RUN_DIR\n"
+        "       edgecraft report compare [--max-latency-increase F] [--max-size-increase F] "
+        "[--max-accuracy-drop F] [--output-dir DIR] BASELINE_RUN CANDIDATE_RUN",
+        description="RUN_DIR: re-render report.html, results.csv and summary.md from results.json (nothing is "
+        "re-run). compare: write compare.html and compare.md and exit 1 if the candidate regresses beyond the "
+        "thresholds (options, else the candidate recipe's report.gate, else the defaults), 2 on bad input.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder, or: compare BASELINE CANDIDATE")
+    report.add_argument("--price-per-hour", type=float, metavar="P",
+                        help="machine price per hour: adds cost per 1M predictions (default: the recipe's)")
+    gate = report.add_argument_group("compare thresholds (fractions; default: the candidate recipe's report.gate)")
+    for name, field in GateThresholds.model_fields.items():
+        gate.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="F",
+                          help=f"{field.description.rstrip('.')}; default {field.default:g}".replace("%", "%%"))
+    gate.add_argument("--output-dir", type=Path, metavar="DIR",
+                      help="where compare.html and compare.md go (default: CANDIDATE_RUN)")
     report.set_defaults(handler=_report)
     return parser
 

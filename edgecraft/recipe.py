@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
+from reports.settings import ReportSettings
 from targets import registry as target_registry
 from targets.base import TargetSpec
 
@@ -207,6 +208,7 @@ class Recipe(_Strict):
     )
     benchmark: BenchmarkSpec = BenchmarkSpec()
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
+    report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
 
     _name_slug = field_validator("name")(VariantSpec._slug.__func__)  # type: ignore[attr-defined]
 

@@ -1,52 +1,227 @@
-"""Charts as inline SVG (matplotlib's SVG backend), so that the report needs no JavaScript library or CDN."""
+"""Charts as inline SVG (matplotlib's SVG backend), so that the report needs no JavaScript library or CDN.
+
+Rows that were not measured (failed or skipped) stay in every chart as a labelled gap: a chart that silently
+drops them would make a partial run look complete.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from reports.schema import RunResults
+from reports.analysis import Analysis, RowFacts
+from reports.compare import Comparison
+from reports.schema import ResultRow
+
+MARKERS = "osD^vP*X"
+STATUS_COLORS = {"ok": "#1a7f37", "skipped": "#9a6700", "failed": "#cf222e"}
+ROW_HEIGHT_IN = 0.32
+
+
+@contextmanager
+def _style(name: str) -> Iterator[None]:
+    """Shared look; ``name`` salts the SVG ids so that several charts can sit in one page without clashing and the
+    same results always give the same bytes."""
+    import matplotlib
+
+    with matplotlib.rc_context(
+        {
+            "svg.fonttype": "none",  # text stays text: smaller file, searchable, crisp when printed
+            "svg.hashsalt": name,
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlesize": 10,
+        }
+    ):
+        yield
 
 
 def _svg(figure) -> str:  # noqa: ANN001 - matplotlib Figure, imported lazily
-    import matplotlib.pyplot as plt
-
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(figure)
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # drop the XML prologue and DOCTYPE so the SVG can sit inside HTML
 
 
-def accuracy_vs_latency(results: RunResults) -> str:
-    """One panel per model: p50 latency (x, log scale) against accuracy (y), a marker per target."""
-    import matplotlib
+def _figure(width: float, height: float, panels: int):  # noqa: ANN202 - matplotlib types
+    """A figure without pyplot: no global state to close, safe to call from any thread."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots(1, panels, squeeze=False)[0]
 
-    plt.rcParams["svg.fonttype"] = "none"  # text stays text: smaller file, searchable, crisp when printed
-    models = [model.name for model in results.models]
-    figure, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.8), squeeze=False)
-    markers = "osD^vP*X"
-    targets = sorted({row.target for row in results.rows})
-    for axis, model in zip(axes[0], models):
-        for index, target in enumerate(targets):
-            rows = [r for r in results.rows if r.model == model and r.target == target and r.measurement]
-            if not rows:
-                continue
-            xs = [r.measurement.latency_ms.p50 for r in rows]
-            ys = [100 * r.measurement.accuracy for r in rows]
-            axis.scatter(xs, ys, marker=markers[index % len(markers)], s=48, label=target, zorder=3)
-            for row, x, y in zip(rows, xs, ys):
-                axis.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        axis.set_title(model, fontsize=11)
+
+def _not_measured(row: ResultRow, width: int = 70) -> str:
+    reason = (row.reason or "").replace("\n", " ")
+    return f"{row.status}: {reason[:width]}{'…' if len(reason) > width else ''}"
+
+
+def _row_label(row: ResultRow, with_target: bool) -> str:
+    return f"{row.model} · {row.variant}" + (f" · {row.target}" if with_target else "")
+
+
+def _by(facts: list[RowFacts], key: Callable[[ResultRow], str]) -> dict[str, list[RowFacts]]:
+    groups: dict[str, list[RowFacts]] = {}
+    for fact in facts:
+        groups.setdefault(key(fact.row), []).append(fact)
+    return groups
+
+
+def accuracy_vs_latency(analysis: Analysis) -> str:
+    """One panel per model: p50 latency (x, log) against accuracy (y), a marker per target, the Pareto front of each
+    target as a step line, the accuracy budget as a dashed line, and the unmeasured rows listed under the axes."""
+    by_model = _by(analysis.facts, lambda r: r.model)
+    targets = list(dict.fromkeys(f.row.target for f in analysis.facts))
+    with _style("accuracy-latency"):
+        figure, axes = _figure(5.0 * len(by_model), 3.6, len(by_model))
+        for axis, (model, facts) in zip(axes, by_model.items()):
+            budget = facts[0].reference_accuracy - analysis.settings.max_accuracy_drop
+            axis.axhline(100 * budget, color="#8c959f", linestyle="--", linewidth=1)
+            axis.annotate("accuracy budget", (0, 100 * budget), xycoords=("axes fraction", "data"),
+                          xytext=(2, 3), textcoords="offset points", color="#57606a", fontsize=7)
+            for index, target in enumerate(targets):
+                measured = [f for f in facts if f.row.target == target and f.row.measurement]
+                if not measured:
+                    continue
+                points = [(f.row.measurement.latency_ms.p50, 100 * f.row.measurement.accuracy) for f in measured]
+                colour = f"C{index}"
+                front = sorted(p for p, f in zip(points, measured) if f.on_front)
+                axis.step(*zip(*front), where="post", color=colour, alpha=0.5, linewidth=1.2)
+                axis.scatter(*zip(*points), marker=MARKERS[index % len(MARKERS)], s=44, zorder=3, label=target,
+                             facecolors=[colour if f.on_front else "white" for f in measured], edgecolors=colour)
+                # Labels alternate above and below in latency order: variants often share an accuracy.
+                for rank, (fact, (x, y)) in enumerate(sorted(zip(measured, points), key=lambda item: item[1])):
+                    slow = " (slower than fp32)" if fact.slower_than_fp32 else ""
+                    axis.annotate(fact.row.variant + slow, (x, y), textcoords="offset points", ha="center",
+                                  xytext=(0, 7 if rank % 2 == 0 else -13), fontsize=7,
+                                  color=STATUS_COLORS["failed"] if slow else "#1d232b")
+            axis.set_title(model)
+            axis.margins(x=0.15, y=0.15)
+            axis.set_xscale("log")
+            axis.set_xlabel("latency p50 (ms, log) — lower is better")
+            axis.set_ylabel("accuracy (%)")
+            axis.grid(True, which="both", alpha=0.25)
+            if any(f.row.measurement for f in facts):
+                axis.legend(fontsize=7, loc="lower right", title="filled: Pareto front", title_fontsize=7)
+            missing = [f"{f.row.variant} · {f.row.target} — {_not_measured(f.row, 45)}" for f in facts
+                       if not f.row.measurement]
+            if missing:
+                axis.text(0, -0.28, "not measured:\n" + "\n".join(missing), transform=axis.transAxes, va="top",
+                          fontsize=7, color=STATUS_COLORS["failed"])
+        return _svg(figure)
+
+
+def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:  # noqa: ANN001
+    """Rows top to bottom in results order; where a row has nothing ``drawn``, its status and reason instead."""
+    axis.set_yticks(range(len(facts)), [_row_label(f.row, with_target) for f in facts])
+    axis.set_ylim(len(facts) - 0.5, -0.5)
+    axis.grid(True, axis="x", which="both", alpha=0.25)
+    if not any(drawn):  # an empty panel's x ticks would be made-up numbers
+        axis.set_xticks([], minor=False)
+        axis.set_xticks([], minor=True)
+    for position, (fact, shown) in enumerate(zip(facts, drawn)):
+        if not shown:
+            axis.text(0.01, position, _not_measured(fact.row), transform=axis.get_yaxis_transform(), va="center",
+                      fontsize=7, color=STATUS_COLORS[fact.row.status])
+
+
+def size_per_variant(analysis: Analysis) -> str:
+    """Artifact size of every row (failed rows keep their size when the export got that far)."""
+    facts = analysis.facts
+    with_target = len({f.row.target for f in facts}) > 1
+    with _style("size"):
+        figure, (axis,) = _figure(7.5, 0.8 + ROW_HEIGHT_IN * len(facts), 1)
+        sizes = [(f.row.size_bytes or 0) / 1024 for f in facts]
+        variants = list(dict.fromkeys(f.row.variant for f in facts))
+        axis.barh(range(len(facts)), sizes, height=0.6,
+                  color=[f"C{variants.index(f.row.variant) % 10}" for f in facts])
+        for position, (fact, size) in enumerate(zip(facts, sizes)):
+            if fact.row.size_bytes:
+                smaller = f"  {fact.size_reduction:.1f}× smaller" if fact.size_reduction else ""
+                status = "" if fact.row.status == "ok" else f"  ({fact.row.status})"
+                axis.text(size, position, f" {size:,.0f} KB{smaller}{status}", va="center", fontsize=7,
+                          color=STATUS_COLORS[fact.row.status] if status else "#1d232b")
+        _horizontal_rows(axis, facts, with_target, [bool(f.row.size_bytes) for f in facts])
+        axis.set_xlabel("size on disk (KB)")
+        axis.set_xlim(0, max(sizes, default=1) * 1.5 or 1)  # room for the labels
+        return _svg(figure)
+
+
+def latency_distributions(analysis: Analysis) -> str:
+    """Per target, a box per row over every timed sample (whiskers at the 1st and 99th percentiles)."""
+    by_target = _by(analysis.facts, lambda r: r.target)
+    with _style("latency"):
+        height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
+        figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
+        for axis, (target, facts) in zip(axes, by_target.items()):
+            positions = [i for i, f in enumerate(facts) if f.row.measurement and f.row.measurement.samples_ms]
+            if positions:
+                axis.boxplot([facts[i].row.measurement.samples_ms for i in positions], positions=positions,
+                             orientation="horizontal", whis=(1, 99), showfliers=False, widths=0.55,
+                             patch_artist=True, boxprops={"facecolor": "#ddf4ff", "edgecolor": "#0969da"},
+                             medianprops={"color": "#0969da"})
+            axis.set_xscale("log")
+            _horizontal_rows(axis, facts, False, [i in positions for i in range(len(facts))])
+            axis.set_title(target)
+            axis.set_xlabel("latency per inference (ms, log)")
+        return _svg(figure)
+
+
+def memory_per_target(analysis: Analysis) -> str:
+    """Per target, the benchmark process's resident memory after importing the runtime, after loading the model
+    and at its peak: what the runtime costs before the model does."""
+    by_target = _by(analysis.facts, lambda r: r.target)
+    stages = (("peak", "peak_rss_mb", "#d0d7de"), ("after load", "rss_after_load_mb", "#54aeff"),
+              ("after runtime import", "rss_after_import_mb", "#0969da"))
+    with _style("memory"):
+        height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
+        figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
+        for axis, (target, facts) in zip(axes, by_target.items()):
+            for label, field, colour in stages:
+                values = [getattr(f.row.measurement, field) if f.row.measurement else 0 for f in facts]
+                axis.barh(range(len(facts)), values, color=colour, height=0.6, label=label)
+            for position, fact in enumerate(facts):
+                if fact.row.measurement:
+                    axis.text(fact.row.measurement.peak_rss_mb, position, f" {fact.row.measurement.peak_rss_mb:.0f} MB",
+                              va="center", fontsize=7)
+            _horizontal_rows(axis, facts, False, [bool(f.row.measurement) for f in facts])
+            axis.set_title(target)
+            axis.set_xlabel("resident memory of the benchmark process (MB)")
+            axis.set_xlim(0, axis.get_xlim()[1] * 1.12)  # room for the peak labels
+        figure.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
+        return _svg(figure)
+
+
+def latency_change(comparison: Comparison) -> str:
+    """Per row, the baseline's and the candidate's p50 with their 95 % CIs: overlap at a glance."""
+    rows = comparison.rows
+    with_target = len({row.target for row in rows}) > 1
+    with _style("latency-change"):
+        figure, (axis,) = _figure(7.5, 1.1 + 1.4 * ROW_HEIGHT_IN * len(rows), 1)
+        for offset, side, colour in ((-0.17, "baseline", "#8c959f"), (0.17, "candidate", "#0969da")):
+            points = [(i + offset, getattr(row, side).measurement.latency_ms) for i, row in enumerate(rows)
+                      if getattr(row, side) and getattr(row, side).measurement]
+            if points:
+                ys, stats = zip(*points)
+                p50 = [s.p50 for s in stats]
+                errors = [[s.p50 - s.p50_ci95[0] for s in stats], [s.p50_ci95[1] - s.p50 for s in stats]]
+                axis.errorbar(p50, ys, xerr=errors, fmt="o", color=colour, capsize=3, markersize=4,
+                              label=f"{side}: {getattr(comparison, side).name}")
+        axis.set_yticks(range(len(rows)), [f"{r.model} · {r.variant}" + (f" · {r.target}" if with_target else "")
+                                           for r in rows])
+        axis.set_ylim(len(rows) - 0.5, -0.5)
+        for position, row in enumerate(rows):
+            side = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
+            if side or not (row.baseline and row.candidate):
+                note = _not_measured(side) if side else "only in " + ("baseline" if row.baseline else "candidate")
+                axis.text(0.01, position, note, transform=axis.get_yaxis_transform(), va="center", fontsize=7,
+                          color=STATUS_COLORS["failed"])
+            if row.regressions:
+                axis.get_yticklabels()[position].set_color(STATUS_COLORS["failed"])
         axis.set_xscale("log")
-        axis.set_xlabel("latency p50 (ms, log scale) →  lower is better")
-        axis.set_ylabel("accuracy (%)")
-        axis.grid(True, which="both", alpha=0.3)
-        if axis.has_data():
-            axis.legend(fontsize=8, loc="lower right")
-        else:
-            axis.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=axis.transAxes)
-    figure.tight_layout()
-    return _svg(figure)
+        axis.set_xlabel("latency p50 with 95 % CI (ms, log)")
+        axis.grid(True, axis="x", which="both", alpha=0.25)
+        figure.legend(fontsize=7, loc="outside lower center", ncol=2)
+        return _svg(figure)

@@ -1,35 +1,117 @@
-"""Render a run's results into a self-contained HTML page (inline CSS and SVG, no network needed to open it)."""
+"""Render a run (or a comparison of two runs) into the files people read: a self-contained HTML page (inline CSS,
+SVG and a few lines of inline JavaScript; nothing to fetch), ``results.csv`` and a Markdown summary for a
+pull-request comment. Every number comes from ``reports.analysis`` / ``reports.compare``; this module only formats.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports.charts import accuracy_vs_latency
+from reports import charts
+from reports.analysis import Analysis, analyse
+from reports.compare import Comparison
+from reports.csv_table import results_csv
 from reports.schema import RunResults
+from reports.settings import ReportSettings, report_settings
+
+DASH = "–"
 
 
-def render_html(results: RunResults) -> str:
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html"]))
-    css = env.loader.get_source(env, "report.css")[0]
-    counts = Counter(row.status for row in results.rows)
-    benchmark = results.recipe.get("benchmark", {})
-    measured = [row.measurement for row in results.rows if row.measurement]
-    return env.get_template("report.html").render(
-        results=results,
-        env=results.environment,
-        css=css,
-        chart=accuracy_vs_latency(results),
-        counts={status: counts.get(status, 0) for status in ("ok", "skipped", "failed")},
-        threads=benchmark.get("threads", "?"),
-        runs=measured[0].latency_ms.runs if measured else "?",
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return DASH if value is None else f"{value:{spec}}{suffix}"
+
+
+def _pts(value: float | None) -> str:
+    """A fraction as signed percentage points, with a real minus sign."""
+    return DASH if value is None else f"{round(100 * value, 2) + 0.0:+.2f} pt".replace("-", "−")  # no "−0.00"
+
+
+def _change(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:+.1f} %".replace("-", "−")
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        fmt=_fmt,
+        pct=lambda value: _fmt(None if value is None else 100 * value, ".2f", " %"),
+        pts=_pts,
+        change=_change,
+        times=lambda value: _fmt(value, ".2f", "×"),
+        kb=lambda size: _fmt(None if size is None else size / 1024, ",.1f"),
+        compact_json=lambda value: json.dumps(value, separators=(", ", ": ")),
+    )
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    env = _environment()
+    return env.get_template(template).render(
+        css=env.loader.get_source(env, "report.css")[0],
+        script=env.loader.get_source(env, "sort.js")[0],
+        **context,
     )
 
 
-def write_report(results: RunResults, run_dir: Path) -> Path:
-    """Write ``report.html`` into ``run_dir`` and return its path."""
+def _run_context(results: RunResults) -> dict[str, Any]:
+    counts = Counter(row.status for row in results.rows)
+    measured = [row.measurement for row in results.rows if row.measurement]
+    return {
+        "results": results,
+        "env": results.environment,
+        "counts": {status: counts.get(status, 0) for status in ("ok", "skipped", "failed")},
+        "benchmark": results.recipe.get("benchmark", {}),
+        "timed_runs": sorted({m.latency_ms.runs for m in measured}),
+    }
+
+
+def render_html(analysis: Analysis) -> str:
+    return _render(
+        "report.html",
+        a=analysis,
+        charts={
+            "accuracy-latency": charts.accuracy_vs_latency(analysis),
+            "size": charts.size_per_variant(analysis),
+            "latency": charts.latency_distributions(analysis),
+            "memory": charts.memory_per_target(analysis),
+        },
+        **_run_context(analysis.results),
+    )
+
+
+def render_summary(analysis: Analysis) -> str:
+    return _render("summary.md", a=analysis, **_run_context(analysis.results))
+
+
+def write_report(results: RunResults, run_dir: Path, settings: ReportSettings | None = None) -> Path:
+    """Write ``report.html``, ``results.csv`` and ``summary.md`` into ``run_dir``; return the HTML file's path.
+
+    ``settings`` default to the run's own recipe ``report`` section."""
+    analysis = analyse(results, settings or report_settings(results.recipe))
+    (run_dir / "results.csv").write_text(results_csv(analysis), encoding="utf-8")
+    (run_dir / "summary.md").write_text(render_summary(analysis), encoding="utf-8")
     path = run_dir / "report.html"
-    path.write_text(render_html(results), encoding="utf-8")
+    path.write_text(render_html(analysis), encoding="utf-8")
+    return path
+
+
+def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
+    """Write ``compare.html`` and ``compare.md`` (for the pull-request comment) into ``out_dir``."""
+    context = {"c": comparison, "base": comparison.baseline, "cand": comparison.candidate}
+    (out_dir / "compare.md").write_text(_render("compare.md", **context), encoding="utf-8")
+    path = out_dir / "compare.html"
+    path.write_text(_render("compare.html", chart=charts.latency_change(comparison), **context), encoding="utf-8")
     return path

@@ -6,11 +6,18 @@ without an ML framework installed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reports.settings import ReportSettings, report_settings
 
 SCHEMA_VERSION = 1
+
+
+class ResultsError(Exception):
+    """A run folder or results file that cannot be reported on; the message names the file and the field."""
 
 
 class _Model(BaseModel):
@@ -55,6 +62,9 @@ class Measurement(_Model):
     accuracy: float
     fidelity: Fidelity
     runtime_info: dict[str, Any] = {}
+    samples_ms: list[float] = Field(
+        [], description="Every timed latency sample, in run order (for distributions); empty in older results."
+    )
 
 
 class ResultRow(_Model):
@@ -105,3 +115,27 @@ class RunResults(_Model):
     models: list[ModelRecord]
     passes: list[PassRecord]
     rows: list[ResultRow]
+
+    @model_validator(mode="after")
+    def _rows_name_known_models(self) -> "RunResults":
+        known = {model.name for model in self.models}
+        for index, row in enumerate(self.rows):
+            if row.model not in known:
+                raise ValueError(f"rows[{index}].model {row.model!r} is not in models ({', '.join(sorted(known))})")
+        return self
+
+
+def load_results(run_dir: Path) -> RunResults:
+    """Read ``run_dir/results.json``; a missing or malformed file raises ``ResultsError`` naming the field."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ResultsError(f"{path}: not found (is {run_dir} a run folder?)")
+    try:
+        results = RunResults.model_validate_json(path.read_text(encoding="utf-8"))
+        report_settings(results.recipe)  # fail now, naming the field, rather than halfway through rendering
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        prefix = ("recipe", "report") if exc.title == ReportSettings.__name__ else ()
+        field = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
+        raise ResultsError(f"{path}: not a valid results file: {field}: {error['msg']}") from None
+    return results

@@ -1,8 +1,10 @@
-"""Shared fixtures: one trained digits-cnn per test session, in a private model cache."""
+"""Shared fixtures: one trained digits-cnn and one quickstart run per test session, in a private model cache."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,22 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model-cache")
     os.environ["EDGECRAFT_CACHE_DIR"] = str(path)
     return path
+
+
+def edgecraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The real command line, in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "edgecraft", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped quickstart recipe, with the --quick benchmark profile (few timed runs)."""
+    out = tmp_path_factory.mktemp("runs")
+    completed = edgecraft("run", "recipes/quickstart.yaml", "--quick", "--output-dir", str(out))
+    assert completed.returncode == 0, completed.stderr
+    report = Path(completed.stdout.strip().splitlines()[-1])
+    assert report.name == "report.html" and report.is_file()
+    return report.parent
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reports.schema import RunResults
-from tests.test_end_to_end import edgecraft
+from tests.conftest import edgecraft
 
 pytestmark = pytest.mark.slow
 

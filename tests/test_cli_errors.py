@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_end_to_end import edgecraft
+from tests.conftest import edgecraft
 
 BASE = "name: bad\nvariants: [{name: fp32}]\n"
 

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from reports.schema import RunResults
-from tests.conftest import REPO
-
-
-def edgecraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgecraft", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def load_results(run_dir: Path) -> RunResults:
-    return RunResults.model_validate_json((run_dir / "results.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped quickstart recipe, with the --quick benchmark profile (few timed runs)."""
-    out = tmp_path_factory.mktemp("runs")
-    completed = edgecraft("run", "recipes/quickstart.yaml", "--quick", "--output-dir", str(out))
-    assert completed.returncode == 0, completed.stderr
-    report = Path(completed.stdout.strip().splitlines()[-1])
-    assert report.name == "report.html" and report.is_file()
-    return report.parent
+from reports.schema import load_results
+from tests.conftest import edgecraft
 
 
 def test_quickstart_measures_every_row(quickstart_run: Path) -> None:
@@ -70,13 +49,29 @@ def test_static_int8_is_3x_smaller_and_within_one_point(quickstart_run: Path, mo
 def test_report_is_self_contained_and_has_every_row(quickstart_run: Path) -> None:
     html = (quickstart_run / "report.html").read_text()
     results = load_results(quickstart_run)
-    body = html[html.index('<table id="results">') : html.index("</table>", html.index('<table id="results">'))]
-    assert body.count('<tr class="status-ok">') == len(results.rows)
+    body = html[html.index('<table id="results"') : html.index("</table>", html.index('<table id="results"'))]
+    assert body.count('<tr class="status-ok"') == len(results.rows)
     for row in results.rows:
-        assert f"<td>{row.model}</td><td>{row.variant}</td><td>{row.target}</td>" in body
-    assert '<figure class="chart" id="chart-accuracy-latency"><svg' in html
+        assert f'data-key="{row.model}|{row.variant}|{row.target}"' in body
+    for chart in ("accuracy-latency", "size", "latency", "memory"):
+        assert re.search(f'<figure class="chart" id="chart-{chart}"><figcaption>[^<]*</figcaption><svg', html), chart
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything remotely"
     assert "<script src" not in html
+    assert len(html) < 3_000_000
+    assert (quickstart_run / "results.csv").read_text().count("\n") == len(results.rows) + 1
+    assert (quickstart_run / "summary.md").read_text().count("ship **") == len(results.models)
+
+
+def test_report_flags_int8_slower_than_fp32(quickstart_run: Path) -> None:
+    """ONNX Runtime's dynamic int8 is usually far slower than fp32 on these CNNs: the report must say so, not hide
+    it. Which rows are slower depends on the CPU, so the measured numbers decide what must be flagged."""
+    html = (quickstart_run / "report.html").read_text()
+    start = html.find('id="slower-than-fp32"')
+    alert = html[start : html.index("</div>", start)] if start >= 0 else ""
+    rows = {(r.model, r.variant): r.measurement.latency_ms for r in load_results(quickstart_run).rows}
+    for (model, variant), latency in rows.items():
+        slower = latency.p50_ci95[0] > rows[(model, "fp32")].p50_ci95[1]
+        assert (f"{model} · <strong>{variant}</strong>" in alert) == slower, (model, variant)
 
 
 def test_report_re_renders_from_results_alone(quickstart_run: Path, tmp_path: Path) -> None:
@@ -87,7 +82,8 @@ def test_report_re_renders_from_results_alone(quickstart_run: Path, tmp_path: Pa
     shutil.copy(quickstart_run / "results.json", copy)
     completed = edgecraft("report", str(copy))
     assert completed.returncode == 0, completed.stderr
-    assert (copy / "report.html").read_text().count('<tr class="status-ok">') == 6
+    assert (copy / "report.html").read_text().count('<tr class="status-ok"') == 6
+    assert (copy / "results.csv").is_file() and (copy / "summary.md").is_file()
 
 
 def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, monkeypatch) -> None:
@@ -116,4 +112,4 @@ def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, 
         cuda = rows[("fp32", "onnxruntime:cuda")]
         assert cuda.status == "skipped" and "CUDAExecutionProvider" in cuda.reason
     html = (run_dir / "report.html").read_text()
-    assert "simulated quantizer crash" in html and html.count("<tr class=\"status-failed\">") == 2
+    assert "simulated quantizer crash" in html and html.count("<tr class=\"status-failed\"") == 2

@@ -1,0 +1,195 @@
+"""What a run's numbers mean: per-row comparisons with fp32, the Pareto front and the verdict under constraints.
+
+Every derived number of the report (HTML, CSV, Markdown) is computed here once, from results.json alone.
+
+Baselines: accuracy drop is measured against the model's fp32 reference accuracy (``ModelRecord.reference_accuracy``,
+the PyTorch model on the evaluation split, after any shared passes), because it exists for every row even when the
+fp32 variant failed or was skipped on a target. Speed-up and size reduction compare with the model's fp32 row (the
+variant without passes) on the same target, since they only mean something on one runtime and device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reports.schema import LatencyStats, PassRecord, ResultRow, RunResults
+from reports.settings import ReportSettings
+
+FLOAT_SLACK = 1e-9  # 0.98 - 0.97 is 0.010000000000000009 in floats: that drop is still within a 0.01 budget
+
+
+@dataclass(frozen=True)
+class RowFacts:
+    """One result row with what the report derives from it; None where a number cannot be had."""
+
+    row: ResultRow
+    parameters: int | None
+    reference_accuracy: float
+    baseline: ResultRow | None
+    accuracy_drop: float | None
+    within_budget: bool
+    speedup: float | None
+    size_reduction: float | None
+    slower_than_fp32: bool
+    cost_per_million: float | None
+    on_front: bool
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The variant to ship for one model on one target, or why there is none."""
+
+    model: str
+    target: str
+    choice: RowFacts | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PassFacts:
+    """A pass record with the accuracy around its chain: before the first pass of a variant (the fp32 reference)
+    and after its last (the variant's first measured row). Intermediate steps are not measured separately."""
+
+    record: PassRecord
+    accuracy_before: float | None
+    accuracy_after: float | None
+    after_target: str | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    results: RunResults
+    settings: ReportSettings
+    facts: list[RowFacts]
+    passes: list[PassFacts]
+    recommendations: list[Recommendation]
+    best_speedup: RowFacts | None
+    best_size_reduction: RowFacts | None
+    baseline_variants: list[str]
+
+
+def cis_overlap(a: LatencyStats, b: LatencyStats) -> bool:
+    """Whether the bootstrap 95 % CIs of two medians overlap: if they do, the difference may be noise."""
+    return a.p50_ci95[0] <= b.p50_ci95[1] and b.p50_ci95[0] <= a.p50_ci95[1]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (latency, accuracy) points, whether each is on the front: no other point is as fast and as accurate
+    and strictly better in one of the two. Written out because it is four lines for a handful of variants."""
+    return [
+        not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points)
+        for x, y in points
+    ]
+
+
+def baseline_variants(results: RunResults) -> list[str]:
+    """Names of the recipe's variants without passes: the fp32 export every other variant is compared with."""
+    return [variant["name"] for variant in results.recipe.get("variants", []) if not variant.get("passes")]
+
+
+def cost_per_million(price_per_hour: float | None, throughput_per_s: float) -> float | None:
+    """What a million single-stream predictions cost on a machine billed ``price_per_hour``."""
+    if price_per_hour is None:
+        return None
+    return price_per_hour / 3600 / throughput_per_s * 1e6
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
+    models = {model.name: model for model in results.models}
+    fp32 = set(baseline_variants(results))
+    baselines = {(r.model, r.target): r for r in results.rows if r.variant in fp32 and r.status == "ok"}
+    ok = [r for r in results.rows if r.status == "ok"]
+    front: set[int] = set()
+    for key in {(r.model, r.target) for r in ok}:
+        group = [r for r in ok if (r.model, r.target) == key]
+        marks = pareto_front([(r.measurement.latency_ms.p50, r.measurement.accuracy) for r in group])
+        front.update(id(r) for r, mark in zip(group, marks) if mark)
+    facts = []
+    for row in results.rows:
+        model = models[row.model]
+        baseline = baselines.get((row.model, row.target))
+        compared = baseline if baseline is not row else None  # the fp32 row is not compared with itself
+        m, base = row.measurement, compared.measurement if compared else None
+        drop = model.reference_accuracy - m.accuracy if m else None
+        slower = bool(m and base and m.latency_ms.p50 > base.latency_ms.p50
+                      and not cis_overlap(m.latency_ms, base.latency_ms))
+        facts.append(
+            RowFacts(
+                row=row,
+                parameters=model.parameters,
+                reference_accuracy=model.reference_accuracy,
+                baseline=baseline,
+                accuracy_drop=drop,
+                within_budget=drop is not None and drop <= settings.max_accuracy_drop + FLOAT_SLACK,
+                speedup=_ratio(base.latency_ms.p50, m.latency_ms.p50) if m and base else None,
+                size_reduction=_ratio(compared.size_bytes, row.size_bytes) if compared else None,
+                slower_than_fp32=slower,
+                cost_per_million=cost_per_million(settings.price_per_hour, m.throughput_per_s) if m else None,
+                on_front=id(row) in front,
+            )
+        )
+    return facts
+
+
+def _recommend(facts: list[RowFacts], settings: ReportSettings) -> list[Recommendation]:
+    """Per (model, target): the fastest measured variant within the accuracy budget (then the more accurate, then
+    the smaller). The fastest such row is always on the Pareto front."""
+    recommendations = []
+    for model, target in dict.fromkeys((f.row.model, f.row.target) for f in facts):
+        group = [f for f in facts if (f.row.model, f.row.target) == (model, target)]
+        measured = [f for f in group if f.row.measurement]
+        eligible = [f for f in measured if f.within_budget]
+        if eligible:
+            choice = min(
+                eligible,
+                key=lambda f: (f.row.measurement.latency_ms.p50, -f.row.measurement.accuracy, f.row.size_bytes or 0),
+            )
+            reason = f"fastest variant within {100 * settings.max_accuracy_drop:g} pt of fp32 accuracy"
+        elif measured:
+            choice, reason = None, f"no variant is within {100 * settings.max_accuracy_drop:g} pt of fp32 accuracy"
+        else:
+            choice, reason = None, "no variant was measured on this target (see the failed and skipped rows)"
+        recommendations.append(Recommendation(model, target, choice, reason))
+    return recommendations
+
+
+def _pass_facts(results: RunResults) -> list[PassFacts]:
+    reference = {model.name: model.reference_accuracy for model in results.models}
+    chains: dict[tuple[str, str | None], list[PassRecord]] = {}
+    for record in results.passes:
+        chains.setdefault((record.model, record.variant), []).append(record)
+    facts = []
+    for (model, variant), records in chains.items():
+        measured = next((r for r in results.rows if (r.model, r.variant) == (model, variant) and r.measurement), None)
+        if variant is None:  # shared PyTorch passes: the reference accuracy is taken after them
+            before, after, target = None, reference[model], None
+        else:
+            before = reference[model]
+            after, target = (measured.measurement.accuracy, measured.target) if measured else (None, None)
+        for index, record in enumerate(records):
+            last = index == len(records) - 1
+            facts.append(PassFacts(record, before if index == 0 else None, after if last else None,
+                                   target if last else None))
+    return facts
+
+
+def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
+    facts = _row_facts(results, settings)
+    budget = [f for f in facts if f.within_budget]
+    faster = [f for f in budget if f.speedup and f.speedup > 1]  # a 0.1× "best speed-up" would be no headline
+    smaller = [f for f in budget if f.size_reduction and f.size_reduction > 1]
+    return Analysis(
+        results=results,
+        settings=settings,
+        facts=facts,
+        passes=_pass_facts(results),
+        recommendations=_recommend(facts, settings),
+        best_speedup=max(faster, key=lambda f: f.speedup, default=None),
+        best_size_reduction=max(smaller, key=lambda f: f.size_reduction, default=None),
+        baseline_variants=baseline_variants(results),
+    )

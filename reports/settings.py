@@ -1,0 +1,55 @@
+"""The recipe's optional ``report:`` section: the constraints a verdict honours and the thresholds a gate enforces.
+
+It is defined here, not in ``edgecraft.recipe``, because ``reports`` must read it back from a stored results.json
+(``RunResults.recipe``) without importing ``edgecraft``; the recipe model imports it from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateThresholds(_Strict):
+    """How much worse a candidate run may be than its baseline before ``edgecraft report compare`` fails."""
+
+    max_latency_increase: float = Field(
+        0.10, ge=0, description="Relative p50 increase (0.10 = +10 %); counts only when the two p50 CIs do not overlap."
+    )
+    max_size_increase: float = Field(0.05, ge=0, description="Relative artifact size increase (0.05 = +5 %).")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, description="Accuracy the candidate may lose against the baseline, as a fraction (0.01 = 1 point)."
+    )
+
+
+class ReportSettings(_Strict):
+    """Constraints for the verdict and prices for the cost column."""
+
+    max_accuracy_drop: float = Field(
+        0.01,
+        ge=0,
+        description="A variant is recommended only if its accuracy is at most this far (0.01 = 1 point) below the "
+        "fp32 reference accuracy of its model.",
+    )
+    price_per_hour: float | None = Field(
+        None, gt=0, description="Price of the target machine per hour; adds a cost-per-1M-predictions column."
+    )
+    gate: GateThresholds = GateThresholds()
+
+
+def with_overrides(model: M, **overrides: Any) -> M:
+    """``model`` with the given non-None values replaced, validated again (command-line options beat the recipe)."""
+    values = {key: value for key, value in overrides.items() if value is not None}
+    return type(model).model_validate({**model.model_dump(), **values})
+
+
+def report_settings(recipe: dict[str, Any]) -> ReportSettings:
+    """The ``report`` section of a stored recipe, or the defaults when the recipe has none."""
+    return ReportSettings.model_validate(recipe.get("report") or {})

@@ -1,0 +1,65 @@
+"""Hand-built ``RunResults`` for report tests: no ML framework, no benchmark, numbers chosen to make a point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reports.schema import Fidelity, LatencyStats, Measurement, ModelRecord, ResultRow, RunResults
+
+VARIANTS = [{"name": "fp32", "passes": []}, {"name": "int8", "passes": [{"type": "quantize.static"}]},
+            {"name": "dyn", "passes": [{"type": "quantize.dynamic"}]}]
+
+
+def measurement(p50: float, accuracy: float, ci: float = 0.02, samples: int = 20) -> Measurement:
+    """A measurement with median ``p50`` ms and a CI of ±``ci`` × p50."""
+    latency = LatencyStats(runs=samples, mean=p50, std=p50 * ci, min=p50 * 0.9, max=p50 * 1.3, p50=p50,
+                           p90=p50 * 1.1, p95=p50 * 1.15, p99=p50 * 1.25, p50_ci95=(p50 * (1 - ci), p50 * (1 + ci)))
+    return Measurement(import_s=0.1, load_s=0.01, first_inference_ms=2 * p50, latency_ms=latency,
+                       throughput_per_s=1000 / p50, peak_rss_mb=60, rss_after_import_mb=40, rss_after_load_mb=50,
+                       accuracy=accuracy, fidelity=Fidelity(top1_agreement=0.99, max_abs_diff=1e-3, mean_abs_diff=1e-4),
+                       samples_ms=[p50 * (0.95 + 0.01 * (i % 10)) for i in range(samples)])
+
+
+def ok(variant: str, p50: float, accuracy: float, size: int, model: str = "net", target: str = "onnxruntime:cpu",
+       ci: float = 0.02) -> ResultRow:
+    return ResultRow(model=model, variant=variant, target=target, status="ok", artifact=f"{variant}.onnx",
+                     size_bytes=size, sha256="ab" * 32, threads=1, measurement=measurement(p50, accuracy, ci))
+
+
+def not_measured(variant: str, status: str, reason: str, model: str = "net", target: str = "onnxruntime:cpu",
+                 size: int | None = None) -> ResultRow:
+    return ResultRow(model=model, variant=variant, target=target, status=status, reason=reason, size_bytes=size)
+
+
+def run(rows: list[ResultRow], report: dict | None = None, reference: float = 0.98, name: str = "run",
+        models: tuple[str, ...] = ("net",)) -> RunResults:
+    recipe = {"name": name, "variants": VARIANTS, "benchmark": {"threads": 1, "runs": 20}}
+    if report is not None:
+        recipe["report"] = report
+    return RunResults(
+        name=name, created_at="2026-01-01T00:00:00+00:00", recipe=recipe, recipe_text=f"name: {name}\n",
+        environment={"python": "3.11", "platform": "linux", "cpu": {"model": "Test CPU", "logical_cores": 2},
+                     "packages": {"onnxruntime": "1.20"}},
+        models=[ModelRecord(name=m, source=m, input_shape=[1, 8, 8], parameters=1234, reference_accuracy=reference)
+                for m in models],
+        passes=[], rows=rows,
+    )
+
+
+def save(results: RunResults, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(results.model_dump_json(indent=2))
+    return folder
+
+
+def mixed_run() -> RunResults:
+    """fp32 and a 2× faster int8 measured; dynamic int8 10× slower; one failed and one skipped row."""
+    return run([
+        ok("fp32", 1.0, 0.98, 400_000),
+        ok("int8", 0.5, 0.975, 110_000),
+        ok("dyn", 10.0, 0.98, 105_000),
+        not_measured("fp32", "skipped", "CUDAExecutionProvider is not available", target="onnxruntime:cuda"),
+        not_measured("int8", "failed", "benchmark process exited with code 1: boom", target="onnxruntime:cuda",
+                     size=110_000),
+        not_measured("dyn", "failed", "pass failed: RuntimeError: simulated", target="onnxruntime:cuda"),
+    ])
