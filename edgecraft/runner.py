@@ -60,6 +60,11 @@ def sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def is_lossless(variant: VariantSpec) -> bool:
+    """True for the fp32 export and pure format conversions: its outputs must match the fp32 reference."""
+    return all(pass_registry.get(entry.type).is_lossless(entry) for entry in variant.passes)
+
+
 def brief(exc: BaseException, limit: int = 400) -> str:
     """'Type: message' cut to its first lines: converters (MLIR, onnx2tf) raise pages of diagnostics."""
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
@@ -242,7 +247,14 @@ class RecipeRun:
         entry: TargetEntry,
     ) -> ResultRow:
         spec = entry.spec
-        row = ResultRow(model=prepared.name, variant=variant.name, target=entry.label, status="failed", reason=failure)
+        row = ResultRow(
+            model=prepared.name,
+            variant=variant.name,
+            target=entry.label,
+            status="failed",
+            reason=failure,
+            lossless=is_lossless(variant) and not entry.options,
+        )
         if artifact is None:
             return row
         target = target_registry.get(spec.runtime)
@@ -287,9 +299,8 @@ class RecipeRun:
 
     def _warnings(self, variant: VariantSpec, entry: TargetEntry, measurement: Measurement) -> list[str]:
         """A lossless variant (fp32 export or conversion) that drifts from PyTorch points at a conversion bug."""
-        lossless = all(pass_registry.get(p.type).is_lossless(p) for p in variant.passes)
         drift = measurement.fidelity.max_abs_diff
-        if lossless and not entry.options and drift > FP32_TOLERANCE:
+        if is_lossless(variant) and not entry.options and drift > FP32_TOLERANCE:
             return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
         return []
 

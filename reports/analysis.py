@@ -84,8 +84,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 
 def baseline_variants(results: RunResults) -> list[str]:
-    """Names of the recipe's variants without passes: the fp32 export every other variant is compared with."""
-    return [variant["name"] for variant in results.recipe.get("variants", []) if not variant.get("passes")]
+    """Names of the lossless variants (fp32 export or pure format conversion), in recipe order."""
+    return list(dict.fromkeys(row.variant for row in results.rows if row.lossless))
 
 
 def cost_per_million(price_per_hour: float | None, throughput_per_s: float) -> float | None:
@@ -101,8 +101,10 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     models = {model.name: model for model in results.models}
-    fp32 = set(baseline_variants(results))
-    baselines = {(r.model, r.target): r for r in results.rows if r.variant in fp32 and r.status == "ok"}
+    baselines: dict[tuple[str, str], ResultRow] = {}
+    for r in results.rows:  # per target, the first measured lossless row (an ONNX model may run on OpenVINO too)
+        if r.lossless and r.status == "ok":
+            baselines.setdefault((r.model, r.target), r)
     ok = [r for r in results.rows if r.status == "ok"]
     front: set[int] = set()
     for key in {(r.model, r.target) for r in ok}:

@@ -81,6 +81,11 @@ class ResultRow(_Model):
     threads: int | None = None
     measurement: Measurement | None = None
     warnings: list[str] = Field([], description="Problems a reader must see, e.g. an fp32 export that drifts.")
+    lossless: bool = Field(
+        False,
+        description="The variant only exports or converts the model (no quantization, no fp16): the fp32 "
+        "baseline that other variants on the same target are compared with.",
+    )
 
 
 class PassRecord(_Model):

@@ -23,12 +23,14 @@ def measurement(p50: float, accuracy: float, ci: float = 0.02, samples: int = 20
 def ok(variant: str, p50: float, accuracy: float, size: int, model: str = "net", target: str = "onnxruntime:cpu",
        ci: float = 0.02) -> ResultRow:
     return ResultRow(model=model, variant=variant, target=target, status="ok", artifact=f"{variant}.onnx",
-                     size_bytes=size, sha256="ab" * 32, threads=1, measurement=measurement(p50, accuracy, ci))
+                     size_bytes=size, sha256="ab" * 32, threads=1, measurement=measurement(p50, accuracy, ci),
+                     lossless=variant == "fp32")
 
 
 def not_measured(variant: str, status: str, reason: str, model: str = "net", target: str = "onnxruntime:cpu",
                  size: int | None = None) -> ResultRow:
-    return ResultRow(model=model, variant=variant, target=target, status=status, reason=reason, size_bytes=size)
+    return ResultRow(model=model, variant=variant, target=target, status=status, reason=reason, size_bytes=size,
+                     lossless=variant == "fp32")
 
 
 def run(rows: list[ResultRow], report: dict | None = None, reference: float = 0.98, name: str = "run",

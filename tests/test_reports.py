@@ -238,3 +238,17 @@ def test_report_commands_import_no_ml_framework(tmp_path: Path) -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_each_target_is_compared_with_its_own_lossless_baseline() -> None:
+    """A TFLite int8 row is compared with the TFLite fp32 conversion, not with an ONNX row it never ran beside."""
+    from reports.settings import ReportSettings
+    from tests.results_factory import ok, run
+
+    tflite_fp32 = ok("tflite-fp32", 2.0, 0.98, 400_000, target="litert:cpu").model_copy(update={"lossless": True})
+    tflite_int8 = ok("tflite-int8", 0.5, 0.98, 100_000, target="litert:cpu")
+    facts = {f.row.variant: f for f in analyse(run([ok("fp32", 1.0, 0.98, 400_000), tflite_fp32, tflite_int8]),
+                                              ReportSettings()).facts}
+    assert facts["tflite-int8"].baseline is tflite_fp32
+    assert facts["tflite-int8"].speedup == 4.0 and facts["tflite-int8"].size_reduction == 4.0
+    assert facts["fp32"].baseline.variant == "fp32" and facts["tflite-fp32"].speedup is None
