@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
 from compress.facts import model_facts
+from compress.passes.pruning import prune_channels
 from compress.registry import register
 from compress.zoo import REFERENCE_MODELS
 
@@ -53,21 +54,11 @@ class DistillationConfig(PassConfig):
 
 def build_student(teacher: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
     """A freshly initialised student; a width-scaled copy is the teacher's architecture with fewer channels."""
-    import torch
-    import torch_pruning
-
     kind, _, value = spec.partition(":")
     if kind == "builtin":
         return REFERENCE_MODELS[value].build()
     student = copy.deepcopy(teacher)
-    classifier = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1:]
-    torch_pruning.pruner.MetaPruner(
-        student,
-        torch.zeros((1, *input_shape)),
-        importance=torch_pruning.importance.RandomImportance(),
-        pruning_ratio=1 - float(value),
-        ignored_layers=classifier,
-    ).step()
+    prune_channels(student, input_shape, 1 - float(value), importance="random")
     for module in student.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()

@@ -8,7 +8,8 @@ layer that consumes it (BatchNorm, the next conv, skip connections), and hand-wr
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from abc import abstractmethod
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -37,6 +38,53 @@ def finetune(model: Any, config: FineTuning, context: PassContext, label: str) -
               on_epoch=lambda epoch, loss: context.progress(f"{label} (loss {loss:.3f})", epoch, total))
 
 
+def prune_channels(model: Any, input_shape: tuple[int, ...], ratio: float, importance: str, scope: str = "layer") -> None:
+    """Remove ``ratio`` of the channels of every prunable layer in place; the classifier's outputs are kept."""
+    import torch
+    import torch_pruning
+
+    criterion = (
+        torch_pruning.importance.RandomImportance()
+        if importance == "random"
+        else torch_pruning.importance.GroupMagnitudeImportance(p=1 if importance == "l1" else 2)
+    )
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    torch_pruning.pruner.MetaPruner(
+        model,
+        torch.zeros((1, *input_shape)),
+        importance=criterion,
+        pruning_ratio=ratio,
+        global_pruning=scope == "global",
+        ignored_layers=classifier,
+    ).step()
+
+
+class PruningPass(Pass):
+    """Copy the model, prune it, optionally fine-tune, make it permanent, and report before and after."""
+
+    input_formats = ("torch",)
+    output_format = "torch"
+    note: ClassVar[str | None] = None
+
+    @abstractmethod
+    def prune(self, model: Any, config: Any, input_shape: tuple[int, ...]) -> None:
+        """Prune ``model`` in place."""
+
+    def make_permanent(self, model: Any) -> None:
+        """Called after fine-tuning: fold whatever the pruning left temporary (e.g. masks) into the weights."""
+
+    def apply(self, artifact: Artifact, config: Any, context: PassContext) -> PassOutcome:
+        model = copy.deepcopy(artifact.model).eval()
+        before = model_facts(model, artifact.input_shape, *context.evaluation)
+        self.prune(model, config, artifact.input_shape)
+        finetune(model, config, context, f"fine-tuning after {self.name}")
+        self.make_permanent(model)
+        details = before_after(before, model_facts(model.eval(), artifact.input_shape, *context.evaluation))
+        if self.note:
+            details["note"] = self.note
+        return PassOutcome(Artifact("torch", artifact.input_shape, model=model), details)
+
+
 class StructuredPruningConfig(FineTuning):
     """Remove a fraction of the channels of every prunable layer (the classifier's outputs are kept)."""
 
@@ -49,36 +97,12 @@ class StructuredPruningConfig(FineTuning):
 
 
 @register
-class StructuredPruning(Pass):
+class StructuredPruning(PruningPass):
     name = "prune.structured"
     config_model = StructuredPruningConfig
-    input_formats = ("torch",)
-    output_format = "torch"
 
-    def apply(self, artifact: Artifact, config: StructuredPruningConfig, context: PassContext) -> PassOutcome:
-        import torch
-        import torch_pruning
-
-        model = copy.deepcopy(artifact.model).eval()
-        before = model_facts(model, artifact.input_shape, *context.evaluation)
-        importance = (
-            torch_pruning.importance.RandomImportance()
-            if config.importance == "random"
-            else torch_pruning.importance.GroupMagnitudeImportance(p=1 if config.importance == "l1" else 2)
-        )
-        classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
-        pruner = torch_pruning.pruner.MetaPruner(
-            model,
-            torch.zeros((1, *artifact.input_shape)),
-            importance=importance,
-            pruning_ratio=config.ratio,
-            global_pruning=config.scope == "global",
-            ignored_layers=classifier,
-        )
-        pruner.step()
-        finetune(model, config, context, "fine-tuning the pruned model")
-        after = model_facts(model.eval(), artifact.input_shape, *context.evaluation)
-        return PassOutcome(Artifact("torch", artifact.input_shape, model=model), before_after(before, after))
+    def prune(self, model: Any, config: StructuredPruningConfig, input_shape: tuple[int, ...]) -> None:
+        prune_channels(model, input_shape, config.ratio, config.importance, config.scope)
 
 
 class UnstructuredPruningConfig(FineTuning):
@@ -90,29 +114,26 @@ class UnstructuredPruningConfig(FineTuning):
 
 
 @register
-class UnstructuredPruning(Pass):
+class UnstructuredPruning(PruningPass):
     name = "prune.unstructured"
     config_model = UnstructuredPruningConfig
-    input_formats = ("torch",)
-    output_format = "torch"
+    note = "zeros shrink the compressed file; dense runtimes do not run faster"
 
-    def apply(self, artifact: Artifact, config: UnstructuredPruningConfig, context: PassContext) -> PassOutcome:
+    def prune(self, model: Any, config: UnstructuredPruningConfig, input_shape: tuple[int, ...]) -> None:
         import torch
         from torch.nn.utils import prune
 
-        model = copy.deepcopy(artifact.model).eval()
-        before = model_facts(model, artifact.input_shape, *context.evaluation)
         targets = [(m, "weight") for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         if config.scope == "global":
             prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=config.sparsity)
         else:
             for module, name in targets:
                 prune.l1_unstructured(module, name, amount=config.sparsity)
-        # Fine-tune with the masks in place (pruned weights stay zero), then fold the masks into the weights.
-        finetune(model, config, context, "fine-tuning the sparse model")
-        for module, name in targets:
-            prune.remove(module, name)
-        after = model_facts(model.eval(), artifact.input_shape, *context.evaluation)
-        details = before_after(before, after)
-        details["note"] = "zeros shrink the compressed file; dense runtimes do not run faster"
-        return PassOutcome(Artifact("torch", artifact.input_shape, model=model), details)
+
+    def make_permanent(self, model: Any) -> None:
+        # Fine-tuning ran with the masks in place (pruned weights stayed zero); now fold them into the weights.
+        from torch.nn.utils import prune
+
+        for module in model.modules():
+            if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+                prune.remove(module, "weight")
