@@ -41,6 +41,8 @@ class PassContext:
     cache_dir: Path | None = None
     seed: int = 0
     progress: Callable[[str, int, int], None] = field(default=lambda description, done, total: None)
+    # The PyTorch model as the recipe named it, before any pass (e.g. a teacher to distill from after pruning).
+    original: Any = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,6 @@ class TrainingConfig:
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
-
-
 
 
 class PassConfig(BaseModel):
@@ -78,6 +78,8 @@ class Pass(ABC):
     config_model: ClassVar[type[PassConfig]]
     input_formats: ClassVar[tuple[str, ...]]
     output_format: ClassVar[str]
+    # Distributions whose versions change this pass's output: part of the step-cache key.
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def is_lossless(self, config: PassConfig) -> bool:
         """True when the pass only changes format, so outputs must still match the fp32 reference."""

@@ -18,7 +18,7 @@ OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
 def _run(args: argparse.Namespace) -> int:
     from edgecraft.runner import run_recipe
 
-    run_dir = run_recipe(args.recipe, output_dir=args.output_dir, quick=args.quick)
+    run_dir = run_recipe(args.recipe, output_dir=args.output_dir, quick=args.quick, use_cache=not args.no_cache)
     print(run_dir / "report.html")
     return 0
 
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", type=Path, help="recipe YAML file")
     run.add_argument("--output-dir", type=Path, help="where to create the run folder (default: the recipe's output_dir)")
     run.add_argument("--quick", action="store_true", help="few benchmark runs: for smoke tests, not for decisions")
+    run.add_argument("--no-cache", action="store_true",
+                     help="recompute every pass step instead of reusing finished ones from the step cache")
     run.set_defaults(handler=_run)
 
     targets = commands.add_parser("targets", help="list every target and whether it can run on this machine")
@@ -167,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # TensorFlow (imported by converters, sometimes indirectly) logs its C++ start-up chatter unless told first.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from rich.console import Console
     from rich.logging import RichHandler
 
     # Libraries log chattily at INFO (ONNX Runtime's quantizer, matplotlib): -v opens only our own loggers.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_time=False, show_path=False)])
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
     for package in OUR_PACKAGES:
         logging.getLogger(package).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:

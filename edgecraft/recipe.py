@@ -238,12 +238,24 @@ class Recipe(_Strict):
             raise ValueError("'passes' change a PyTorch model; they cannot apply to an onnx model")
         _check_formats(self.passes, "torch", "passes")
         for index, variant in enumerate(self.variants):
-            _check_formats(variant.passes, "onnx", f"variants[{index}].passes")
+            where = f"variants[{index}].passes"
+            if starts_from_torch(variant.passes) and any(model.onnx for model in self.models):
+                raise ValueError(f"{where}[0] ({variant.passes[0].type}) changes a PyTorch model; "
+                                 "it cannot apply to an onnx model")
+            final = _check_formats(variant.passes, "torch" if starts_from_torch(variant.passes) else "onnx", where)
+            if final == "torch":
+                raise ValueError(f"{where} end with a PyTorch model; put PyTorch-only passes in the recipe's "
+                                 "shared 'passes', or end the variant with a pass that writes a model file")
         return self
 
 
-def _check_formats(entries: list[Any], start: str, where: str) -> None:
-    """Each pass must accept the format the previous step produced."""
+def starts_from_torch(entries: list[Any]) -> bool:
+    """A variant whose first pass takes only PyTorch models (QAT, autotune) starts before the ONNX export."""
+    return bool(entries) and "onnx" not in pass_registry.passes()[entries[0].type].input_formats
+
+
+def _check_formats(entries: list[Any], start: str, where: str) -> str:
+    """Each pass must accept the format the previous step produced; returns the final format."""
     current = start
     for index, entry in enumerate(entries):
         cls = pass_registry.passes()[entry.type]
@@ -251,6 +263,7 @@ def _check_formats(entries: list[Any], start: str, where: str) -> None:
             needs = " or ".join(cls.input_formats)
             raise ValueError(f"{where}[{index}] ({entry.type}) needs a {needs} model but gets {current}")
         current = cls.output_format
+    return current
 
 
 def recipe_json_schema() -> dict[str, Any]:

@@ -26,11 +26,12 @@ from compress.base import Artifact, PassContext
 from edgecraft import data as datasets
 from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
-from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe
+from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe, starts_from_torch
+from edgecraft.step_cache import StepCache, digest, library_versions, step_key
 from reports.html import write_report
 from reports.schema import Measurement, ModelRecord, PassRecord, ResultRow, RunResults
 from targets import registry as target_registry
-from targets.onnx_export import export_torch
+from compress.onnx_export import export_torch
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,22 @@ QUICK = BenchSettings(warmup_runs=3, runs=20)
 FP32_TOLERANCE = 1e-4
 
 
+@dataclass(frozen=True)
+class Keyed:
+    """An artifact and its step-cache key (the chain of content hashes that produced it)."""
+
+    artifact: Artifact
+    key: str
+
+
 @dataclass
 class PreparedModel:
-    """A model ready for variants: its fp32 ONNX export, data splits and fp32 reference outputs."""
+    """A model ready for variants: after the shared passes (PyTorch, if it is one) and as its fp32 ONNX export,
+    with the data splits and the fp32 reference outputs."""
 
     name: str
-    onnx: Artifact
+    torch: Keyed | None
+    onnx: Keyed
     context: PassContext
     evaluation_inputs: Path
     reference_outputs: np.ndarray
@@ -90,8 +101,17 @@ def new_run_dir(output_dir: Path, name: str) -> Path:
 class RecipeRun:
     """One execution of a recipe into one run folder."""
 
-    def __init__(self, recipe: Recipe, recipe_text: str, run_dir: Path, settings: BenchSettings, progress: Progress):
+    def __init__(
+        self,
+        recipe: Recipe,
+        recipe_text: str,
+        run_dir: Path,
+        settings: BenchSettings,
+        progress: Progress,
+        cache: StepCache,
+    ):
         self.recipe = recipe
+        self.cache = cache
         self.recipe_text = recipe_text
         self.run_dir = run_dir
         self.settings = settings
@@ -157,18 +177,23 @@ class RecipeRun:
             work_dir=model_dir,
             cache_dir=self.run_dir / "cache",
             seed=data_spec.seed,
+            original=model,
         )
-        artifact = self._apply(name, None, artifact, self.recipe.passes, context, model_dir / "shared")
+        start = Keyed(artifact, digest(_content_key(artifact), _data_key(splits), data_spec.seed))
+        shared = self._apply(name, None, start, self.recipe.passes, context, model_dir / "shared")
+        artifact = shared.artifact
         if artifact.format == "torch":
             from compress.training import predict
 
             reference = predict(artifact.model, splits.evaluation[0])
             onnx_path = export_torch(artifact.model, artifact.input_shape, model_dir / "fp32.onnx")
             parameters = sum(p.numel() for p in artifact.model.parameters())
+            onnx_key = digest(shared.key, "export_torch", library_versions(()))
         else:
             reference = _onnx_outputs(artifact.path, splits.evaluation[0])
             onnx_path = artifact.path
             parameters = None
+            onnx_key = shared.key
         evaluation_inputs = model_dir / "evaluation-inputs.npy"
         np.save(evaluation_inputs, splits.evaluation[0])
         self.models.append(
@@ -180,37 +205,55 @@ class RecipeRun:
                 reference_accuracy=accuracy(reference, splits.evaluation[1]),
             )
         )
-        return PreparedModel(name, Artifact("onnx", artifact.input_shape, path=onnx_path), context, evaluation_inputs, reference)
+        onnx = Keyed(Artifact("onnx", artifact.input_shape, path=onnx_path), onnx_key)
+        return PreparedModel(name, shared if artifact.format == "torch" else None, onnx, context, evaluation_inputs, reference)
 
     def _apply(
-        self, model: str, variant: str | None, artifact: Artifact, entries: list[Any], context: PassContext, folder: Path
-    ) -> Artifact:
+        self, model: str, variant: str | None, current: Keyed, entries: list[Any], context: PassContext, folder: Path
+    ) -> Keyed:
+        """Run ``entries`` in order, each one from the step cache when an identical step has finished before."""
         for index, entry in enumerate(entries):
+            step = pass_registry.get(entry.type)
+            key = step_key(current.key, step, entry)
             step_dir = folder / f"{index}-{entry.type}"
             step_dir.mkdir(parents=True, exist_ok=True)
-            task = self.progress.add_task(f"{model}: {entry.type}", total=None)
-
-            def report(description: str, done: int, total: int, task=task) -> None:
-                self.progress.update(task, description=f"{model}: {description}", completed=done, total=total)
-
-            step_context = PassContext(**{**vars(context), "work_dir": step_dir, "progress": report})
-            start = time.perf_counter()
-            try:
-                outcome = pass_registry.get(entry.type).apply(artifact, entry, step_context)
-            finally:
-                self.progress.remove_task(task)
+            where = f"{model} · {variant or 'shared'} · {entry.type}"
+            cached = self.cache.load(key, step_dir)
+            if cached:
+                log.info("%s: finished before, reused from the step cache (%s)", where, key)
+                outcome, seconds = cached.outcome, cached.seconds
+            else:
+                outcome, seconds = self._run_step(model, step, entry, current.artifact, context, step_dir)
+                self.cache.store(key, outcome, step_dir, seconds)
             self.passes.append(
                 PassRecord(
                     model=model,
                     variant=variant,
                     name=entry.type,
                     config=entry.model_dump(mode="json"),
-                    seconds=time.perf_counter() - start,
+                    seconds=seconds,
                     details=outcome.details,
+                    cached=cached is not None,
                 )
             )
-            artifact = outcome.artifact
-        return artifact
+            current = Keyed(outcome.artifact, key)
+        return current
+
+    def _run_step(
+        self, model: str, step: Any, entry: Any, artifact: Artifact, context: PassContext, step_dir: Path
+    ) -> tuple[Any, float]:
+        task = self.progress.add_task(f"{model}: {entry.type}", total=None)
+
+        def report(description: str, done: int, total: int) -> None:
+            self.progress.update(task, description=f"{model}: {description}", completed=done, total=total)
+
+        step_context = PassContext(**{**vars(context), "work_dir": step_dir, "progress": report})
+        start = time.perf_counter()
+        try:
+            outcome = step.apply(artifact, entry, step_context)
+        finally:
+            self.progress.remove_task(task)
+        return outcome, time.perf_counter() - start
 
     def _targets_for(self, variant: VariantSpec) -> list[TargetEntry]:
         """The recipe's targets this variant runs on: those it names (or all) that accept its final format.
@@ -230,10 +273,15 @@ class RecipeRun:
         return runnable
 
     def _variant(self, prepared: PreparedModel, variant: Any) -> tuple[Artifact | None, str | None]:
-        """Apply the variant's passes; a failing pass fails this variant's rows, not the run."""
+        """Apply the variant's passes; a failing pass fails this variant's rows, not the run.
+
+        A variant whose first pass takes a PyTorch model (QAT, autotune) starts from the model after the shared
+        passes; any other starts from its fp32 ONNX export."""
         folder = self.run_dir / "models" / prepared.name / variant.name
+        start = prepared.torch if starts_from_torch(variant.passes) else prepared.onnx
         try:
-            return self._apply(prepared.name, variant.name, prepared.onnx, variant.passes, prepared.context, folder), None
+            keyed = self._apply(prepared.name, variant.name, start, variant.passes, prepared.context, folder)
+            return keyed.artifact, None
         except Exception as exc:  # noqa: BLE001 - recorded in every row of the variant
             log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, brief(exc))
             return None, f"pass failed: {brief(exc)}"
@@ -314,8 +362,33 @@ def _onnx_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: inputs[i : i + 64]})[0] for i in range(0, len(inputs), 64)])
 
 
-def run_recipe(recipe_path: Path, *, output_dir: Path | None = None, quick: bool = False, console: Console | None = None) -> Path:
-    """Execute the recipe at ``recipe_path``; return the run folder holding results.json and report.html."""
+def _content_key(artifact: Artifact) -> str:
+    """What a starting model is, by content: its weights and class (PyTorch) or its file's bytes."""
+    if artifact.format == "torch":
+        state = artifact.model.state_dict()
+        tensors = [name.encode() + state[name].detach().cpu().numpy().tobytes() for name in sorted(state)]
+        return digest(type(artifact.model).__qualname__, list(artifact.input_shape), *tensors)
+    return digest(artifact.path.read_bytes())
+
+
+def _data_key(splits: Any) -> str:
+    """The exact train / calibration / evaluation arrays: passes train, calibrate and evaluate on them."""
+    arrays = (*splits.train, *splits.calibration, *splits.evaluation)
+    return digest(*(np.ascontiguousarray(array).tobytes() for array in arrays))
+
+
+def run_recipe(
+    recipe_path: Path,
+    *,
+    output_dir: Path | None = None,
+    quick: bool = False,
+    use_cache: bool = True,
+    console: Console | None = None,
+) -> Path:
+    """Execute the recipe at ``recipe_path``; return the run folder holding results.json and report.html.
+
+    Finished pass steps are kept in the step cache (``use_cache=False`` recomputes and replaces them), so a
+    second run, or one resumed after an interruption, redoes only what did not finish."""
     recipe, text = load_recipe(recipe_path)
     bench = recipe.benchmark
     settings = BenchSettings(
@@ -329,7 +402,10 @@ def run_recipe(recipe_path: Path, *, output_dir: Path | None = None, quick: bool
     console = console or Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        results = RecipeRun(recipe, text, run_dir, settings, progress).execute()
+        cache = StepCache(model_source.cache_dir() / "steps", enabled=use_cache)
+        results = RecipeRun(recipe, text, run_dir, settings, progress, cache).execute()
+    if cache.hits:
+        console.print(f"reused {cache.hits} finished step(s) from the step cache {cache.root} (--no-cache recomputes them)")
     (run_dir / "results.json").write_text(results.model_dump_json(indent=2))
     write_report(results, run_dir)
     return run_dir

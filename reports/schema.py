@@ -95,8 +95,9 @@ class PassRecord(_Model):
     variant: str | None = Field(None, description="None for passes shared by every variant.")
     name: str
     config: dict[str, Any]
-    seconds: float
+    seconds: float = Field(description="Time the pass took when it ran (a cached step keeps its original time).")
     details: dict[str, Any] = {}
+    cached: bool = Field(False, description="Reused from the step cache instead of run again.")
 
 
 class ModelRecord(_Model):

@@ -43,7 +43,7 @@ def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     from compress.base import Artifact, PassContext
     from compress.zoo import REFERENCE_MODELS
     from edgecraft import data, model_source
-    from targets.onnx_export import export_torch
+    from compress.onnx_export import export_torch
 
     x, y = data.digits(REFERENCE_MODELS["digits-cnn"].input_shape)
     splits = data.split(x, y, (0.6, 0.2, 0.2), 0)

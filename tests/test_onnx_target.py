@@ -8,7 +8,7 @@ import pytest
 from compress.training import predict
 from targets import registry
 from targets.base import TargetSpec
-from targets.onnx_export import export_torch
+from compress.onnx_export import export_torch
 from tests.helpers import tiny_net
 
 

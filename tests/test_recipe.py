@@ -101,6 +101,19 @@ def test_onnx_passes_cannot_run_before_export(tmp_path: Path) -> None:
     assert "passes[0] (quantize.dynamic) needs a onnx model but gets torch" in error_of(tmp_path, text)
 
 
+def test_variants_may_start_from_the_pytorch_model_but_must_end_in_a_file(tmp_path: Path) -> None:
+    recipe, _ = load_recipe(write(tmp_path, GOOD.replace("type: quantize.static\n        calibration_method: entropy",
+                                                         "type: quantize.qat")))
+    assert recipe.variants[1].passes[0].type == "quantize.qat"
+    ends_in_torch = GOOD.replace("type: quantize.static\n        calibration_method: entropy", "type: prune.structured")
+    assert "variants[1].passes end with a PyTorch model" in error_of(tmp_path, ends_in_torch)
+    onnx_model = (tmp_path / "m.onnx")
+    onnx_model.write_bytes(b"")
+    on_onnx = GOOD.replace("builtin: digits-cnn", f"onnx: {onnx_model}").replace(
+        "type: quantize.static\n        calibration_method: entropy", "type: quantize.qat")
+    assert "(quantize.qat) changes a PyTorch model; it cannot apply to an onnx model" in error_of(tmp_path, on_onnx)
+
+
 def test_json_schema_lists_every_registered_pass() -> None:
     schema = json.dumps(recipe_json_schema())
     assert '"quantize.static"' in schema and '"quantize.dynamic"' in schema

@@ -68,6 +68,24 @@ def test_distillation_is_deterministic_under_a_seed(digits_cnn: dict, tmp_path) 
     assert np.allclose(predict(first, x), predict(second, x), atol=1e-5)
 
 
+def test_a_pruned_model_can_be_distilled_from_the_original(digits_cnn: dict, tmp_path) -> None:
+    pruned = apply("prune.structured", digits_cnn, tmp_path, ratio=0.5).artifact.model
+    context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path, "original": digits_cnn["model"]})
+    distill = registry.get("distill")
+    config = distill.config_model(type="distill", student="input", teacher="original", epochs=1,
+                                  compare_with_student_alone=False)
+    outcome = distill.apply(Artifact("torch", (1, 32, 32), model=pruned), config, context)
+    details = outcome.details
+    assert details["teacher_parameters"] == sum(p.numel() for p in digits_cnn["model"].parameters())
+    assert details["student_parameters"] == sum(p.numel() for p in pruned.parameters())
+    assert details["student_accuracy"] > 0.9
+
+
+def test_a_model_cannot_teach_itself() -> None:
+    with pytest.raises(ValueError, match="teacher: original"):
+        registry.passes()["distill"].config_model(type="distill", student="input")
+
+
 @pytest.mark.parametrize("student", ["width:1.5", "width:x", "builtin:resnet", "mypkg:student"])
 def test_bad_student_specs_are_rejected(student: str) -> None:
     config = registry.passes()["distill"].config_model

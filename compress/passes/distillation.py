@@ -23,7 +23,13 @@ class DistillationConfig(PassConfig):
     student: str = Field(
         "width:0.5",
         description="'width:W': the teacher with every prunable layer's channels scaled by W (0 < W < 1), "
-        "freshly initialised; 'builtin:NAME': a built-in architecture.",
+        "freshly initialised; 'builtin:NAME': a built-in architecture; 'input': the model entering the pass, "
+        "trained further (e.g. after pruning; needs teacher: original).",
+    )
+    teacher: Literal["input", "original"] = Field(
+        "input",
+        description="'input': the model entering the pass; 'original': the recipe's model before any pass "
+        "(distill a pruned model from the unpruned one).",
     )
     epochs: int = Field(10, gt=0)
     temperature: float = Field(4.0, gt=0)
@@ -37,7 +43,10 @@ class DistillationConfig(PassConfig):
     @model_validator(mode="after")
     def _student_form(self) -> "DistillationConfig":
         kind, _, value = self.student.partition(":")
-        if kind == "width":
+        if kind == "input":
+            if self.teacher == "input":
+                raise ValueError("student 'input' needs teacher: original (a model cannot teach itself)")
+        elif kind == "width":
             try:
                 width = float(value)
             except ValueError:
@@ -48,16 +57,19 @@ class DistillationConfig(PassConfig):
             if value not in REFERENCE_MODELS:
                 raise ValueError(f"unknown built-in student {value!r}; known: {', '.join(REFERENCE_MODELS)}")
         else:
-            raise ValueError(f"student must be 'width:W' or 'builtin:NAME', got {self.student!r}")
+            raise ValueError(f"student must be 'width:W', 'builtin:NAME' or 'input', got {self.student!r}")
         return self
 
 
-def build_student(teacher: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
-    """A freshly initialised student; a width-scaled copy is the teacher's architecture with fewer channels."""
+def build_student(entering: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
+    """The student: the entering model itself, or a freshly initialised one (a built-in, or the entering
+    model's architecture with fewer channels)."""
     kind, _, value = spec.partition(":")
+    if kind == "input":
+        return copy.deepcopy(entering)
     if kind == "builtin":
         return REFERENCE_MODELS[value].build()
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(entering)
     prune_channels(student, input_shape, 1 - float(value), importance="random")
     for module in student.modules():
         if hasattr(module, "reset_parameters"):
@@ -71,6 +83,7 @@ class Distillation(Pass):
     config_model = DistillationConfig
     input_formats = ("torch",)
     output_format = "torch"
+    libraries = ("torch-pruning",)
 
     def apply(self, artifact: Artifact, config: DistillationConfig, context: PassContext) -> PassOutcome:
         import torch
@@ -78,9 +91,11 @@ class Distillation(Pass):
 
         from compress.training import fit
 
-        teacher = artifact.model.eval()
+        if config.teacher == "original" and context.original is None:
+            raise ValueError("teacher: original needs a PyTorch model in the recipe (not an onnx file)")
+        teacher = (artifact.model if config.teacher == "input" else context.original).eval()
         torch.manual_seed(context.seed)
-        student = build_student(teacher, config.student, artifact.input_shape)
+        student = build_student(artifact.model, config.student, artifact.input_shape)
         alone = copy.deepcopy(student) if config.compare_with_student_alone else None
         training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
         temperature, alpha = config.temperature, config.alpha

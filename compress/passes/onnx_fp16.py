@@ -23,6 +23,7 @@ class Fp16Conversion(Pass):
     config_model = Fp16Config
     input_formats = ("onnx",)
     output_format = "onnx"
+    libraries = ("onnxruntime",)
 
     def apply(self, artifact: Artifact, config: Fp16Config, context: PassContext) -> PassOutcome:
         import onnx

@@ -53,6 +53,7 @@ class StaticQuantization(Pass):
     config_model = StaticQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"
+    libraries = ("onnxruntime",)
 
     def apply(self, artifact: Artifact, config: StaticQuantizationConfig, context: PassContext) -> PassOutcome:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
@@ -104,6 +105,7 @@ class DynamicQuantization(Pass):
     config_model = DynamicQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"
+    libraries = ("onnxruntime",)
 
     def apply(self, artifact: Artifact, config: DynamicQuantizationConfig, context: PassContext) -> PassOutcome:
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -56,6 +56,7 @@ class OpenVinoConversion(Pass):
     config_model = OpenVinoConversionConfig
     input_formats = ("onnx",)
     output_format = "openvino"
+    libraries = ("openvino", "nncf")
 
     def is_lossless(self, config: OpenVinoConversionConfig) -> bool:
         return not config.compress_to_fp16
@@ -82,6 +83,7 @@ class NncfQuantization(Pass):
     config_model = NncfQuantizationConfig
     input_formats = ("onnx", "openvino")
     output_format = "openvino"
+    libraries = ("openvino", "nncf")
 
     def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
         import nncf

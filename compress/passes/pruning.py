@@ -64,6 +64,7 @@ class PruningPass(Pass):
 
     input_formats = ("torch",)
     output_format = "torch"
+    libraries = ("torch-pruning",)
     note: ClassVar[str | None] = None
 
     @abstractmethod

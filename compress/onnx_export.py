@@ -24,7 +24,7 @@ def export_torch(model: Any, input_shape: tuple[int, ...], path: Path) -> Path:
     model.eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     # dynamic_shapes is keyed by forward()'s real argument name (nn.Sequential calls it ``input``).
-    argument = next(iter(_forward_parameters(model)))
+    argument = forward_argument(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.onnx.export(
@@ -41,7 +41,8 @@ def export_torch(model: Any, input_shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-def _forward_parameters(model: Any) -> list[str]:
+def forward_argument(model: Any) -> str:
+    """The name of ``forward``'s input: ``dynamic_shapes`` must be keyed by it."""
     import inspect
 
-    return list(inspect.signature(model.forward).parameters)
+    return next(iter(inspect.signature(model.forward).parameters))

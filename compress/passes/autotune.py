@@ -1,0 +1,101 @@
+"""Accuracy-aware post-training int8 with Intel Neural Compressor's ``autotune``: try quantization schemes in
+turn until one stays within the tolerated accuracy loss, then write the winner as a QDQ ONNX model.
+
+Neural Compressor 3.x quantizes PyTorch (PT2E) graphs only (its ONNX Runtime backend is gone), so this pass
+starts from the PyTorch model, like QAT. Tuning is judged on the calibration split, never on the evaluation
+split that the report's accuracy comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field
+
+from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.facts import model_facts
+from compress.registry import register
+
+# The schemes tried, in order: the fastest first (per-channel weights, asymmetric uint8 activations).
+_SEARCH_SPACE = {"w_granularity": ["per_channel", "per_tensor"], "act_sym": [False, True]}
+
+
+class AutotuneConfig(PassConfig):
+    """Static int8 whose scheme is searched until the accuracy loss is tolerable."""
+
+    type: Literal["quantize.autotune"] = "quantize.autotune"
+    tolerable_loss: float = Field(
+        0.01, gt=0, lt=1, description="Largest relative accuracy drop accepted (0.01: 1 % of the fp32 accuracy)."
+    )
+    max_trials: int = Field(4, gt=0, description="Schemes tried at most before giving up.")
+    calibration_samples: int = Field(256, gt=0)
+
+
+class NoSchemeFound(RuntimeError):
+    """No scheme within ``max_trials`` met ``tolerable_loss``."""
+
+
+@register
+class Autotune(Pass):
+    name = "quantize.autotune"
+    config_model = AutotuneConfig
+    input_formats = ("torch",)
+    output_format = "onnx"
+    libraries = ("neural-compressor", "torchao")
+
+    def apply(self, artifact: Artifact, config: AutotuneConfig, context: PassContext) -> PassOutcome:
+        import torch
+        from neural_compressor.torch.export import export
+        from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
+        from torch.export import Dim
+
+        from compress import pt2e
+        from compress.onnx_export import forward_argument
+
+        logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO
+        before = model_facts(artifact.model, artifact.input_shape, *context.evaluation)
+        calibration = context.calibration[0][: config.calibration_samples]
+        validation_x, validation_y = context.calibration
+        trials: list[float] = []
+
+        def calibrate(model) -> None:
+            with torch.no_grad():
+                for start in range(0, len(calibration), 32):
+                    model(torch.from_numpy(calibration[start : start + 32]))
+
+        def validate(model) -> float:
+            # autotune scores the fp32 model first, as its baseline, then one model per trial.
+            score = pt2e.accuracy(model, validation_x, validation_y)
+            label = f"trial {len(trials)}" if trials else "fp32 baseline"
+            trials.append(score)
+            context.progress(f"autotune: {label} accuracy {score:.4f}", len(trials), config.max_trials + 1)
+            return score
+
+        # Neural Compressor's own export: it marks the graph as one it may quantize.
+        captured = export(
+            artifact.model.eval(),
+            (torch.zeros((2, *artifact.input_shape)),),
+            dynamic_shapes={forward_argument(artifact.model): {0: Dim("batch")}},
+        )
+        tuning = TuningConfig(
+            config_set=[StaticQuantConfig(**_SEARCH_SPACE)], tolerable_loss=config.tolerable_loss, max_trials=config.max_trials
+        )
+        quantized = autotune(captured, tuning, eval_fn=validate, run_fn=calibrate)
+        if quantized is None:
+            raise NoSchemeFound(
+                f"no int8 scheme kept the accuracy loss within tolerable_loss={config.tolerable_loss} "
+                f"in {config.max_trials} trial(s) (validation accuracies: {[round(t, 4) for t in trials]})"
+            )
+        path = pt2e.to_onnx(quantized, artifact.input_shape, context.work_dir / "model.onnx")
+        return PassOutcome(
+            Artifact("onnx", artifact.input_shape, path=path),
+            {
+                "parameters": before["parameters"],
+                "accuracy_before": before["accuracy"],
+                "accuracy_after": pt2e.accuracy(quantized, *context.evaluation),
+                "validation_accuracy_fp32": trials[0] if trials else None,
+                "validation_accuracy_trials": trials[1:],
+                "trials": len(trials) - 1,
+            },
+        )
