@@ -37,7 +37,12 @@ class OnnxRuntime(Target):
         session_options.inter_op_num_threads = 1
         session_options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         session_options.log_severity_level = 3
-        return onnxruntime.InferenceSession(str(path), session_options, providers=[PROVIDERS[device]])
+        session = onnxruntime.InferenceSession(str(path), session_options, providers=[PROVIDERS[device]])
+        # ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider fails to initialise
+        # (e.g. a missing CUDA library): that row would be a CPU measurement labelled GPU.
+        if session.get_providers()[0] != PROVIDERS[device]:
+            raise RuntimeError(f"{PROVIDERS[device]} did not initialise; the session runs on {session.get_providers()}")
+        return session
 
     def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
         name = session.get_inputs()[0].name
