@@ -7,12 +7,19 @@ OpenVINO both run in int8, and that ``convert.openvino`` / ``convert.tflite`` ta
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compress.onnx_export import export_torch, forward_argument
+
+
+# torchao warns at import about CUDA-only kernels and Triton, which a CPU export never uses: import this
+# module before torchao (and Neural Compressor, which imports it) to keep runs quiet.
+for _chatty in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_chatty).setLevel(logging.ERROR)
 
 
 def capture(model: Any, input_shape: tuple[int, ...]) -> Any:

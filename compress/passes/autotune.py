@@ -46,11 +46,12 @@ class Autotune(Pass):
 
     def apply(self, artifact: Artifact, config: AutotuneConfig, context: PassContext) -> PassOutcome:
         import torch
+
+        from compress import pt2e  # before torchao: it quiets torchao's import-time warnings
         from neural_compressor.torch.export import export
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
         from torch.export import Dim
 
-        from compress import pt2e
         from compress.onnx_export import forward_argument
 
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO

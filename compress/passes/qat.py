@@ -39,11 +39,12 @@ class QuantizationAwareTraining(Pass):
 
     def apply(self, artifact: Artifact, config: QatConfig, context: PassContext) -> PassOutcome:
         import torch
+
+        from compress import pt2e  # before torchao: it quiets torchao's import-time warnings
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-        from compress import pt2e
         from compress.training import train
 
         before = model_facts(artifact.model, artifact.input_shape, *context.evaluation)
