@@ -41,6 +41,13 @@ def test_qat_writes_an_int8_qdq_model_at_least_as_accurate_as_static_ptq(qat, di
     assert onnx_logits(qat.artifact.path, x[:5]).shape == (5, 10)  # the batch stays dynamic
 
 
+def test_onnxruntime_quantizer_relays_a_qat_model_keeping_its_accuracy(qat, digits_cnn: dict, tmp_path) -> None:
+    relaid = apply("quantize.static", qat.artifact, digits_cnn, tmp_path)
+    assert relaid.details["qdq_nodes_removed"] > 0
+    x, y = digits_cnn["splits"].evaluation
+    assert accuracy(onnx_logits(relaid.artifact.path, x), y) >= qat.details["accuracy_after"] - 0.01
+
+
 def test_qat_model_runs_in_int8_on_openvino_and_litert(qat, digits_cnn: dict, tmp_path) -> None:
     from targets import registry as targets
 

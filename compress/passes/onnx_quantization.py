@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.qdq import without_qdq
 from compress.registry import register
 
 
@@ -60,7 +61,11 @@ class StaticQuantization(Pass):
         from onnxruntime.quantization import quantize_static
 
         inputs = context.calibration[0][: config.calibration_samples]
-        input_name = _input_name(artifact.path)
+        source = artifact.path
+        removed = without_qdq(source, context.work_dir / "float-weights.onnx")
+        if removed:  # a QAT model: keep its trained weights, lay out the int8 graph the way ORT fuses it
+            source = context.work_dir / "float-weights.onnx"
+        input_name = _input_name(source)
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -77,7 +82,7 @@ class StaticQuantization(Pass):
             "percentile": CalibrationMethod.Percentile,
         }
         quantize_static(
-            str(_preprocessed(artifact.path, context.work_dir)),
+            str(_preprocessed(source, context.work_dir)),
             str(output),
             Reader(),
             quant_format=QuantFormat.QDQ,
@@ -86,10 +91,10 @@ class StaticQuantization(Pass):
             weight_type=QuantType.QInt8,
             calibrate_method=methods[config.calibration_method],
         )
-        return PassOutcome(
-            Artifact("onnx", artifact.input_shape, path=output),
-            {"calibration_samples": len(inputs), "calibration_method": config.calibration_method},
-        )
+        details = {"calibration_samples": len(inputs), "calibration_method": config.calibration_method}
+        if removed:
+            details["qdq_nodes_removed"] = removed
+        return PassOutcome(Artifact("onnx", artifact.input_shape, path=output), details)
 
 
 class DynamicQuantizationConfig(PassConfig):
