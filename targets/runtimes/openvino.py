@@ -66,6 +66,12 @@ class OpenVino(Target):
         _, request = session
         return np.asarray(request.infer({0: inputs})[0], dtype=np.float32)
 
+    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+        import openvino
+
+        shape = openvino.Core().read_model(str(path)).inputs[0].get_partial_shape()
+        return tuple(dim.get_length() if dim.is_static else None for dim in shape)
+
     def describe(self, session: Any) -> dict[str, Any]:
         import openvino
 
@@ -75,4 +81,6 @@ class OpenVino(Target):
             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
             "threads": compiled.get_property("INFERENCE_NUM_THREADS"),
+            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+            "streams": compiled.get_property("NUM_STREAMS"),
         }
