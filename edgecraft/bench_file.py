@@ -111,7 +111,7 @@ def bench_file(
     reference = _reference(model, runnable_entries[0], x, settings.threads)
 
     name = model.stem
-    run_dir = new_run_dir(Path(output_dir), f"bench-{folder_name(name)}")
+    run_dir = new_run_dir(Path(output_dir).resolve(), f"bench-{folder_name(name)}")
     evaluation_inputs = run_dir / "evaluation-inputs.npy"
     np.save(evaluation_inputs, x)
     rows: list[ResultRow] = []

@@ -406,7 +406,8 @@ def run_recipe(
     settings = bench_settings(recipe.benchmark, "quick" if quick else profile, pin_cpus)
     if price_per_hour is not None:
         recipe = recipe.model_copy(update={"report": with_overrides(recipe.report, price_per_hour=price_per_hour)})
-    run_dir = new_run_dir(Path(output_dir or recipe.output_dir), recipe.name)
+    # Absolute: passes such as convert.tflite change the working directory while they write into the run folder.
+    run_dir = new_run_dir(Path(output_dir or recipe.output_dir).resolve(), recipe.name)
     (run_dir / "recipe.yaml").write_text(text)
     with progress_bar(console) as progress:
         results = RecipeRun(recipe, text, run_dir, settings, progress).execute()
