@@ -22,8 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.environment import environment
 from bench.harness import MeasureJob, MeasurementFailed, accuracy, measure_all, noise_warnings
-from bench.settings import BenchSettings, ProfileName
-from bench.settings import resolve as resolve_benchmark
+from bench.settings import BenchSettings, ProfileName, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.base import Artifact, PassContext
 from edgecraft import data as datasets

@@ -4,6 +4,8 @@ measurements in fresh processes that fail cleanly, one job at a time."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from bench.worker import run_phase
 from reports.analysis import analyse
 from reports.schema import Throughput
 from reports.settings import ReportSettings
-from tests.conftest import onnx_logits
+from tests.conftest import REPO, onnx_logits
 from tests.results_factory import ok, run
 
 THIS_CPU = sorted(os.sched_getaffinity(0))[:1]
@@ -259,7 +261,7 @@ def digits_job(digits_cnn: dict, tmp_path: Path):
 
 
 def test_measure_in_fresh_processes(digits_job) -> None:
-    settings = QUICK.model_copy(update={"repetitions": 2, "pin_cpus": THIS_CPU})
+    settings = QUICK.model_copy(update={"repetitions": 2, "pin_cpus": THIS_CPU, "parallel_requests": [1, 2]})
     m = measure(digits_job(), settings)
     assert len(m.repetitions) == 2 and len(m.latency_ms.repetition_p50) == 2
     for repetition in m.repetitions:
@@ -273,7 +275,7 @@ def test_measure_in_fresh_processes(digits_job) -> None:
     assert m.accuracy == pytest.approx(float((digits_job().reference_outputs.argmax(1) == digits_job().labels).mean()))
     assert m.fidelity.top1_agreement == 1 and m.fidelity.max_abs_diff < 1e-4
     assert m.runtime_info["providers"] == ["CPUExecutionProvider"] and m.runtime_info["intra_op_threads"] == 1
-    assert [(t.batch_size, t.parallel) for t in m.throughput] == [(1, 1), (4, 1)]
+    assert [(t.batch_size, t.parallel) for t in m.throughput] == [(1, 1), (4, 1), (1, 2), (4, 2)]
     assert all(t.error is None and t.items_per_s > 0 and t.batch_latency_ms > 0 for t in m.throughput)
 
 
@@ -289,6 +291,16 @@ def test_memory_of_the_child_is_positive_and_monotone_over_phases(digits_job) ->
         assert snapshot.anon_mb + snapshot.file_mb <= snapshot.rss_mb + 1  # + shared memory, rounding
     # The child alone (not the parent's torch): well under torch's size.
     assert 0 < m.rss_after_import_mb <= m.rss_after_load_mb <= m.peak_rss_mb < 400
+
+
+def test_the_worker_imports_neither_torch_nor_tensorflow() -> None:
+    """What ``bench.worker`` imports before and while it runs ONNX Runtime, in a fresh interpreter."""
+    code = ("import sys, importlib, bench.worker; from targets import registry; "
+            "importlib.import_module(registry.get('onnxruntime').python_module); registry.runtimes(); "
+            "print(sorted({'torch', 'tensorflow', 'edgecraft', 'compress'} & set(sys.modules)))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
 
 
 def test_a_crashing_runtime_becomes_a_reason(digits_job, tmp_path) -> None:
