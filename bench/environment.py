@@ -51,13 +51,30 @@ def cpu_info() -> dict[str, Any]:
         info["governor"] = governor.read_text().strip()
     if hasattr(os, "sched_getaffinity"):
         info["usable_cores"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(load, 2) for load in os.getloadavg()]
     return info
 
 
+def machine_warnings(cpu: dict[str, Any]) -> list[str]:
+    """Signs that the whole machine was a poor place to measure, from what ``cpu_info`` could read."""
+    warnings = []
+    governor = cpu.get("governor")
+    if governor and governor != "performance":
+        warnings.append(f"CPU frequency governor is {governor!r}, not 'performance': clocks may change under load")
+    cores = cpu.get("usable_cores") or cpu.get("logical_cores")
+    load = (cpu.get("load_average") or [0])[0]
+    if cores and load > cores:
+        warnings.append(f"load average {load:g} exceeds the {cores} usable cores: other processes competed for CPU")
+    return warnings
+
+
 def environment() -> dict[str, Any]:
+    cpu = cpu_info()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu_info(),
+        "cpu": cpu,
         "packages": package_versions(),
+        "warnings": machine_warnings(cpu),
     }

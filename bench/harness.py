@@ -1,8 +1,11 @@
-"""Measure one runnable model file on one target, the same way for every runtime.
+"""Measure runnable model files on targets, the same way for every runtime.
 
 The harness knows a target only by its ``runtime`` and ``device`` names: the child process (``bench.worker``)
-looks the runtime up in the target registry. A crash or a hang in the child becomes a ``MeasurementFailed``
-with the reason, never a lost run.
+looks the runtime up in the target registry. Every (file, target) is measured ``repetitions`` times, each time
+in a fresh process; each round measures every job once, in its own seeded shuffled order, so that slow drift of
+the machine (neighbours, thermal state, hypervisor steal) spreads over all jobs instead of favouring the ones
+measured first, and ratios between jobs come from the same rounds. A crash or a hang in a child becomes a
+``MeasurementFailed`` with the reason for that job alone; the other jobs go on.
 """
 
 from __future__ import annotations
@@ -11,28 +14,40 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bench.settings import BenchSettings
 from bench.stats import latency_stats
-from reports.schema import Fidelity, Measurement
+from reports.schema import Fidelity, Measurement, MemorySnapshot, Repetition, Throughput
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-
-@dataclass(frozen=True)
-class BenchSettings:
-    threads: int = 1
-    warmup_runs: int = 20
-    runs: int = 200
-    eval_batch: int = 64
-    timeout_s: float = 300.0
+# Above these, a row's numbers are flagged as measured on a noisy machine.
+MAX_CI_HALF_WIDTH = 0.05  # of the median
+MAX_REPETITION_CV = 0.05
+MAX_STEAL = 0.02
 
 
 class MeasurementFailed(Exception):
     """The benchmark child crashed, hung or returned nothing; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """One runnable model file on one target, with the evaluation data its accuracy is measured on."""
+
+    runtime: str
+    device: str
+    options: dict
+    model: Path
+    inputs: Path
+    labels: np.ndarray
+    reference_outputs: np.ndarray
+    work_dir: Path
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -49,34 +64,32 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
     )
 
 
-def measure(
-    runtime: str,
-    device: str,
-    options: dict,
-    model_path: Path,
-    inputs_path: Path,
-    labels: np.ndarray,
-    reference_outputs: np.ndarray,
-    settings: BenchSettings,
-    work_dir: Path,
-) -> Measurement:
-    """Run ``bench.worker`` in a fresh process and turn its raw samples into a ``Measurement``."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job = {
-        "runtime": runtime,
-        "device": device,
-        "options": options,
-        "model": str(model_path),
-        "inputs": str(inputs_path),
-        "outputs": str(work_dir / "outputs.npy"),
-        "result": str(work_dir / "result.json"),
-        "threads": settings.threads,
-        "warmup_runs": settings.warmup_runs,
-        "runs": settings.runs,
-        "eval_batch": settings.eval_batch,
+def round_orders(jobs: int, repetitions: int, seed: int) -> list[list[int]]:
+    """For each round, the order in which the jobs are measured: a seeded shuffle, different in every round."""
+    rng = np.random.default_rng(seed)
+    return [[int(i) for i in rng.permutation(jobs)] for _ in range(repetitions)]
+
+
+def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> dict:
+    """One fresh ``bench.worker`` process; its raw numbers. The first repetition also runs the accuracy pass."""
+    folder = job.work_dir / f"repetition-{repetition}"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "runtime": job.runtime,
+        "device": job.device,
+        "options": job.options,
+        "model": str(job.model),
+        "inputs": str(job.inputs),
+        "outputs": str(job.work_dir / "outputs.npy"),
+        "result": str(folder / "result.json"),
+        "accuracy": repetition == 0,
+        **settings.model_dump(include={
+            "threads", "warmup_runs", "warmup_s", "runs", "measure_s", "max_runs", "max_s", "pin_cpus",
+            "batch_sizes", "parallel_requests", "throughput_s", "eval_batch",
+        }),
     }
-    job_path = work_dir / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
+    job_path = folder / "job.json"
+    job_path.write_text(json.dumps(spec, indent=2))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = str(settings.threads)
@@ -94,20 +107,132 @@ def measure(
         lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "no error output"
         raise MeasurementFailed(f"benchmark process exited with code {completed.returncode}: {last}")
-    raw = json.loads(Path(job["result"]).read_text())
-    outputs = np.load(job["outputs"])
-    stats = latency_stats(np.array(raw["samples_ms"]))
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def measure_all(
+    jobs: list[MeasureJob],
+    settings: BenchSettings,
+    on_process: Callable[[int, int], None] = lambda job, repetition: None,
+) -> list[Measurement | MeasurementFailed]:
+    """Measure every job ``settings.repetitions`` times in shuffled rounds; a job's outcome or its failure.
+
+    A job that fails once is not run again (a crash tends to repeat, a hang would cost its timeout every
+    round); its failure names the repetition. ``on_process(job, repetition)`` is called before each process.
+    """
+    raws: list[list[dict]] = [[] for _ in jobs]
+    failures: dict[int, MeasurementFailed] = {}
+    orders = round_orders(len(jobs), settings.repetitions, settings.seed)
+    for repetition, order in enumerate(orders):
+        for position, index in enumerate(order):
+            if index in failures:
+                continue
+            on_process(index, repetition)
+            try:
+                raw = run_process(jobs[index], settings, repetition)
+            except MeasurementFailed as exc:
+                where = f"repetition {repetition + 1} of {settings.repetitions}: " if settings.repetitions > 1 else ""
+                failures[index] = MeasurementFailed(f"{where}{exc}")
+                continue
+            raws[index].append(raw | {"index": repetition, "order": position})
+    return [failures.get(index) or aggregate(job, raws[index]) for index, job in enumerate(jobs)]
+
+
+def measure(job: MeasureJob, settings: BenchSettings) -> Measurement:
+    """Every repetition of one job; raises ``MeasurementFailed``."""
+    outcome = measure_all([job], settings)[0]
+    if isinstance(outcome, MeasurementFailed):
+        raise outcome
+    return outcome
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def _memory(raws: list[dict]) -> list[MemorySnapshot]:
+    """Per phase, each figure's median over the repetitions (a per-figure median keeps the phases' order)."""
+    snapshots = []
+    for position, first in enumerate(raws[0]["memory"]):
+        phase = [raw["memory"][position] for raw in raws]
+        values = {
+            key: _median([entry[key] for entry in phase]) if all(key in entry for entry in phase) else None
+            for key in ("peak_mb", "rss_mb", "anon_mb", "file_mb")
+        }
+        snapshots.append(MemorySnapshot(phase=first["phase"], **values, peak_over_import_mb=0.0))
+    base = next(s.peak_mb for s in snapshots if s.phase == "import")
+    return [s.model_copy(update={"peak_over_import_mb": s.peak_mb - base}) for s in snapshots]
+
+
+def _throughput(raws: list[dict]) -> list[Throughput]:
+    """Per configuration, the median over repetitions of the runs that worked, else the error."""
+    merged = []
+    for position, first in enumerate(raws[0]["throughput"]):
+        ran = [raw["throughput"][position] for raw in raws if "error" not in raw["throughput"][position]]
+        config = {"batch_size": first["batch_size"], "parallel": first["parallel"]}
+        if not ran:
+            merged.append(Throughput(**config, error=first["error"]))
+            continue
+        merged.append(Throughput(**config, **{key: _median([r[key] for r in ran])
+                                               for key in ("items_per_s", "batch_latency_ms", "seconds")}))
+    return merged
+
+
+def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
+    """Turn the repetitions' raw numbers into one ``Measurement``: statistics over every raw sample, timings and
+    memory as medians over repetitions, and the accuracy pass of the first repetition."""
+    stats = latency_stats([np.array(raw["samples_ms"]) for raw in raws])
+    memory = _memory(raws)
+    by_phase = {snapshot.phase: snapshot for snapshot in memory}
+    outputs = np.load(job.work_dir / "outputs.npy")
+    repetitions = [
+        Repetition(
+            p50_ms=float(np.median(raw["samples_ms"])),
+            runs=len(raw["samples_ms"]),
+            **{key: raw[key] for key in (
+                "index", "order", "warmup_runs", "warmup_s", "measure_s", "stopped_by", "import_s", "load_s",
+                "first_inference_ms", "cpus", "steal_fraction",
+            )},
+        )
+        for raw in raws
+    ]
     return Measurement(
-        import_s=raw["import_s"],
-        load_s=raw["load_s"],
-        first_inference_ms=raw["first_inference_ms"],
+        import_s=_median([raw["import_s"] for raw in raws]),
+        load_s=_median([raw["load_s"] for raw in raws]),
+        first_inference_ms=_median([raw["first_inference_ms"] for raw in raws]),
         latency_ms=stats,
         throughput_per_s=1000.0 / stats.mean,
-        peak_rss_mb=raw["peak_rss_mb"],
-        rss_after_import_mb=raw["rss_after_import_mb"],
-        rss_after_load_mb=raw["rss_after_load_mb"],
-        accuracy=accuracy(outputs, labels),
-        fidelity=fidelity(outputs, reference_outputs),
-        runtime_info=raw["runtime_info"],
-        samples_ms=raw["samples_ms"],
+        peak_rss_mb=by_phase["end"].peak_mb,
+        rss_after_import_mb=by_phase["import"].peak_mb,
+        rss_after_load_mb=by_phase["load"].peak_mb,
+        accuracy=accuracy(outputs, job.labels),
+        fidelity=fidelity(outputs, job.reference_outputs),
+        runtime_info=raws[0]["runtime_info"],
+        samples_ms=[round(sample, 6) for raw in raws for sample in raw["samples_ms"]],
+        repetitions=repetitions,
+        memory=memory,
+        throughput=_throughput(raws),
     )
+
+
+def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[str]:
+    """What makes a row's latency less trustworthy than it looks: a wide CI, processes that disagree, a cap
+    reached before the minimums, CPU time stolen by the hypervisor."""
+    stats = measurement.latency_ms
+    warnings = []
+    half_width = (stats.p50_ci95[1] - stats.p50_ci95[0]) / 2 / stats.p50
+    if half_width > MAX_CI_HALF_WIDTH:
+        warnings.append(f"noisy: the 95 % CI of the median is ±{100 * half_width:.1f} % "
+                        f"(over {100 * MAX_CI_HALF_WIDTH:g} %)")
+    if stats.cv_across_repetitions is not None and stats.cv_across_repetitions > MAX_REPETITION_CV:
+        warnings.append(f"noisy: the {len(stats.repetition_p50)} process repetitions' medians vary by "
+                        f"{100 * stats.cv_across_repetitions:.1f} % (CV over {100 * MAX_REPETITION_CV:g} %)")
+    capped = [r for r in measurement.repetitions if r.stopped_by != "minimums"]
+    if capped:
+        worst = min(capped, key=lambda r: r.runs)
+        warnings.append(f"capped: the timed phase hit its {worst.stopped_by} cap with {worst.runs} runs in "
+                        f"{worst.measure_s:.1f} s (minimums: {settings.runs} runs, {settings.measure_s:g} s)")
+    steals = [r.steal_fraction for r in measurement.repetitions if r.steal_fraction is not None]
+    if steals and max(steals) > MAX_STEAL:
+        warnings.append(f"noisy: the hypervisor stole up to {100 * max(steals):.1f} % of CPU time while timing")
+    return warnings

@@ -1,86 +1,221 @@
-"""The benchmark child process: measures one (model file, target) and writes raw numbers to a JSON file.
+"""The benchmark child process: measures one (model file, target) once and writes raw numbers to a JSON file.
 
 Run as ``python -m bench.worker JOB.json``. It runs in a fresh process so that each measurement starts from the
 same state (no warm caches, no memory left over from another runtime), and it imports only numpy, the target
 registry and the one runtime it measures: no torch, no TensorFlow.
+
+Phases, in order: pin to CPUs (optional) → runtime import → load/compile → first inference → warm-up → timed
+steady state → throughput pass → accuracy pass. Memory is read between phases, never inside a timed loop, and
+its last reading comes before the throughput and accuracy passes, whose larger batches would otherwise set it.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
+import os
 import resource
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+_STATUS_FIELDS = {"VmHWM": "peak_mb", "VmRSS": "rss_mb", "RssAnon": "anon_mb", "RssFile": "file_mb"}
 
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MiB.
+
+def memory_snapshot(phase: str) -> dict[str, Any]:
+    """This process's resident memory in MiB: high-water mark, current, anonymous and file-backed.
 
     Linux's VmHWM first: ``ru_maxrss`` survives ``exec`` there, so a child started by a large parent (one that
     imported torch) would report the parent's peak. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
     """
+    snapshot: dict[str, Any] = {"phase": phase}
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+            key, _, value = line.partition(":")
+            if key in _STATUS_FIELDS:
+                snapshot[_STATUS_FIELDS[key]] = int(value.split()[0]) / 1024
+    if "peak_mb" not in snapshot:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        snapshot["peak_mb"] = peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return snapshot
+
+
+def cpu_ticks(cpus: list[int]) -> tuple[int, int] | None:
+    """(stolen, total) clock ticks of ``cpus`` so far, from /proc/stat; None where it cannot be read."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return None
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    stolen = total = 0
+    for line in stat.read_text().splitlines():
+        name, *values = line.split()
+        if name in wanted and len(values) >= 8:
+            ticks = [int(value) for value in values[:8]]  # user nice system idle iowait irq softirq steal
+            stolen += ticks[7]
+            total += sum(ticks)
+    return (stolen, total) if total else None
+
+
+def steal_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def run_phase(
+    call: Callable[[int], object],
+    min_runs: int,
+    min_s: float,
+    max_runs: int,
+    max_s: float,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> tuple[list[int], int, str]:
+    """Call ``call(i)`` until at least ``min_runs`` calls *and* ``min_s`` seconds, or until a cap.
+
+    Returns each call's duration in ns, the phase's wall time in ns and what ended it: ``"minimums"``,
+    ``"max_runs"`` or ``"max_s"`` (a cap reached first leaves the phase below its minimums).
+    """
+    samples: list[int] = []
+    start = clock()
+    elapsed = 0
+    min_ns, max_ns = min_s * 1e9, max_s * 1e9
+    while not (len(samples) >= min_runs and elapsed >= min_ns):
+        if len(samples) >= max_runs:
+            return samples, elapsed, "max_runs"
+        if elapsed >= max_ns:
+            return samples, elapsed, "max_s"
+        before = clock()
+        call(len(samples))
+        after = clock()
+        samples.append(after - before)
+        elapsed = after - start
+    return samples, elapsed, "minimums"
+
+
+def throughput(target: Any, sessions: list[Any], inputs: np.ndarray, batch_size: int, seconds: float) -> dict:
+    """Items per second with one thread per session, each running batches of ``batch_size`` for ``seconds``."""
+    count = max(1, len(inputs) // batch_size)
+    batches = [np.take(inputs, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap") for i in range(count)]
+    for session in sessions:  # warms each session at this batch size, and fails here if the model cannot take it
+        target.run(session, batches[0])
+    done = [0] * len(sessions)
+    busy = [0.0] * len(sessions)
+    deadline = time.perf_counter() + seconds
+
+    def loop(slot: int) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() < deadline or done[slot] == 0:
+            target.run(sessions[slot], batches[done[slot] % count])
+            done[slot] += 1
+        busy[slot] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(slot,)) for slot in range(len(sessions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {
+        "items_per_s": sum(done) * batch_size / wall,
+        "batch_latency_ms": 1e3 * sum(b / n for b, n in zip(busy, done)) / len(sessions),
+        "seconds": wall,
+    }
 
 
 def run_job(job: dict) -> dict:
+    if job["pin_cpus"]:
+        os.sched_setaffinity(0, job["pin_cpus"])
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     from targets import registry
 
     inputs = np.load(job["inputs"])
     target = registry.get(job["runtime"])
+    memory = [memory_snapshot("start")]
 
     start = time.perf_counter()
     importlib.import_module(target.python_module)
     import_s = time.perf_counter() - start
-    rss_after_import = peak_rss_mb()
+    memory.append(memory_snapshot("import"))
 
     options = target.options_model(**job["options"])
+
+    def load() -> Any:
+        return target.load(Path(job["model"]), job["device"], job["threads"], options)
+
     start = time.perf_counter()
-    session = target.load(Path(job["model"]), job["device"], job["threads"], options)
+    session = load()
     load_s = time.perf_counter() - start
-    rss_after_load = peak_rss_mb()
+    memory.append(memory_snapshot("load"))
 
     single = [inputs[i : i + 1] for i in range(len(inputs))]
     start = time.perf_counter()
     target.run(session, single[0])
     first_inference_ms = (time.perf_counter() - start) * 1e3
 
-    for i in range(job["warmup_runs"]):
+    def infer(i: int) -> None:
         target.run(session, single[i % len(single)])
 
-    samples_ms = []
-    for i in range(job["runs"]):
-        batch = single[i % len(single)]
-        start = time.perf_counter_ns()
-        target.run(session, batch)
-        samples_ms.append((time.perf_counter_ns() - start) / 1e6)
-    peak_rss = peak_rss_mb()
+    # The collector would otherwise pause a timed call now and then; native benchmark tools have no such pauses.
+    gc.disable()
+    warmup, warmup_ns, _ = run_phase(infer, job["warmup_runs"], job["warmup_s"], job["max_runs"], job["max_s"])
+    memory.append(memory_snapshot("warmup"))
+    ticks = cpu_ticks(cpus)
+    samples, measure_ns, stopped_by = run_phase(infer, job["runs"], job["measure_s"], job["max_runs"], job["max_s"])
+    steal = steal_fraction(ticks, cpu_ticks(cpus))
+    gc.enable()
+    memory.append(memory_snapshot("end"))
 
-    # Accuracy in its own pass after the timed runs, so that it cannot disturb the latency or memory figures.
-    batch_size = job["eval_batch"]
-    outputs = np.concatenate(
-        [target.run(session, inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
-    )
-    np.save(job["outputs"], outputs)
+    results = []
+    for parallel in job["parallel_requests"]:
+        try:
+            sessions = [session] + [load() for _ in range(parallel - 1)]
+        except Exception as exc:  # noqa: BLE001 - recorded for every batch size of this configuration
+            results += [{"batch_size": b, "parallel": parallel, "error": _brief(exc)} for b in job["batch_sizes"]]
+            continue
+        for batch_size in job["batch_sizes"]:
+            entry = {"batch_size": batch_size, "parallel": parallel}
+            try:
+                entry |= throughput(target, sessions, inputs, batch_size, job["throughput_s"])
+            except Exception as exc:  # noqa: BLE001 - e.g. a model exported with a fixed batch of 1
+                entry["error"] = _brief(exc)
+            results.append(entry)
+        del sessions
+
+    if job["accuracy"]:
+        # Accuracy in its own pass after every timed one, on the same target.run code path.
+        batch_size = job["eval_batch"]
+        outputs = np.concatenate(
+            [target.run(session, inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        )
+        np.save(job["outputs"], outputs)
     return {
         "import_s": import_s,
         "load_s": load_s,
         "first_inference_ms": first_inference_ms,
-        "samples_ms": samples_ms,
-        "peak_rss_mb": peak_rss,
-        "rss_after_import_mb": rss_after_import,
-        "rss_after_load_mb": rss_after_load,
+        "warmup_runs": len(warmup),
+        "warmup_s": warmup_ns / 1e9,
+        "samples_ms": [sample / 1e6 for sample in samples],
+        "measure_s": measure_ns / 1e9,
+        "stopped_by": stopped_by,
+        "memory": memory,
+        "cpus": cpus,
+        "steal_fraction": steal,
+        "throughput": results,
         "runtime_info": target.describe(session),
     }
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,56 @@ OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
 def _run(args: argparse.Namespace) -> int:
     from edgecraft.runner import run_recipe
 
-    run_dir = run_recipe(args.recipe, output_dir=args.output_dir, quick=args.quick, use_cache=not args.no_cache)
+    run_dir = run_recipe(args.recipe, output_dir=args.output_dir, profile=args.profile, pin_cpus=args.pin,
+                         price_per_hour=args.price_per_hour, use_cache=not args.no_cache)
     print(run_dir / "report.html")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.settings import BenchmarkSpec
+    from edgecraft.bench_file import bench_file
+    from edgecraft.runner import bench_settings
+
+    settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
+    run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, output_dir=args.output_dir,
+                         price_per_hour=args.price_per_hour, command=sys.argv[2:] if len(sys.argv) > 2 else None)
+    print(run_dir / "report.html")
+    return 0
+
+
+def _cpus(text: str) -> list[int]:
+    from bench.settings import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _protocol_options(parser: argparse.ArgumentParser) -> None:
+    """The benchmark options shared by ``run`` and ``bench``."""
+    profiles = parser.add_mutually_exclusive_group()
+    profiles.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                          help="quick profile: a fraction of a second per row, one process; for smoke tests, not "
+                          "for decisions")
+    profiles.add_argument("--rigorous", dest="profile", action="store_const", const="rigorous",
+                          help="rigorous profile: longer phases, five interleaved process repetitions; for "
+                          "publication")
+    parser.add_argument("--pin", type=_cpus, metavar="CPUS",
+                        help="pin every benchmark process to these CPUs, e.g. 1 or 2-3 (recorded with the results)")
+    parser.add_argument("--price-per-hour", type=_positive, metavar="P",
+                        help="machine price per hour: adds cost per 1M predictions next to throughput")
 
 
 def _recipe_schema(args: argparse.Namespace) -> int:
@@ -126,10 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
                                           "variant to every target, measure them and write a run folder.")
     run.add_argument("recipe", type=Path, help="recipe YAML file")
     run.add_argument("--output-dir", type=Path, help="where to create the run folder (default: the recipe's output_dir)")
-    run.add_argument("--quick", action="store_true", help="few benchmark runs: for smoke tests, not for decisions")
+    _protocol_options(run)
     run.add_argument("--no-cache", action="store_true",
                      help="recompute every pass step instead of reusing finished ones from the step cache")
     run.set_defaults(handler=_run)
+
+    bench = commands.add_parser(
+        "bench", help="benchmark an ONNX, OpenVINO IR or TFLite file without a recipe",
+        description="Measure a ready model file on one or more targets with the benchmark protocol, on real "
+        "inputs (--inputs, else the digits set resized to the model's input), and write a run folder with "
+        "results.json and report.html.")
+    bench.add_argument("model", type=Path, help="model file: .onnx, .xml (OpenVINO IR, .bin beside it) or .tflite")
+    bench.add_argument("--target", action="append", default=[], metavar="RUNTIME:DEVICE",
+                       help="target to measure on; repeat for several (default: the format's CPU runtime)")
+    bench.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with 'inputs' (NCHW) and 'labels' arrays")
+    bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
+    bench.add_argument("--output-dir", type=Path, default=Path("runs"), help="where to create the run folder")
+    _protocol_options(bench)
+    bench.set_defaults(handler=_bench)
 
     targets = commands.add_parser("targets", help="list every target and whether it can run on this machine")
     targets.set_defaults(handler=_targets)

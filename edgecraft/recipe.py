@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
@@ -185,13 +186,6 @@ class TargetEntry(_Strict):
         return f"{self.target}[{extra}]" if extra else self.target
 
 
-class BenchmarkSpec(_Strict):
-    threads: int = Field(1, gt=0, description="Intra-op threads of every runtime.")
-    warmup_runs: int = Field(20, ge=0)
-    runs: int = Field(200, gt=1, description="Timed single-input inferences.")
-    timeout_s: float = Field(300, gt=0, description="A benchmark process running longer fails its row.")
-
-
 class Recipe(_Strict):
     name: str
     models: list[ModelSpec] = Field(min_length=1)
@@ -206,7 +200,9 @@ class Recipe(_Strict):
         description="'runtime:device' strings or {target, options} entries. A variant runs on every target that "
         "accepts its format (ONNX: onnxruntime, openvino; OpenVINO IR: openvino; TFLite: litert).",
     )
-    benchmark: BenchmarkSpec = BenchmarkSpec()
+    benchmark: BenchmarkSpec = Field(  # type: ignore[valid-type]
+        BenchmarkSpec(), description="The benchmark protocol: a profile and any of its settings overridden."
+    )
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
 
@@ -234,6 +230,10 @@ class Recipe(_Strict):
         model_names = [model.display_name for model in self.models]
         if len(set(model_names)) != len(model_names):
             raise ValueError(f"model names must be unique (set models[].name), got {model_names}")
+        try:
+            resolve_benchmark(self.benchmark)
+        except ValidationError as exc:
+            raise ValueError(f"benchmark: {exc.errors(include_url=False)[0]['msg']}") from None
         if self.passes and any(model.onnx for model in self.models):
             raise ValueError("'passes' change a PyTorch model; they cannot apply to an onnx model")
         _check_formats(self.passes, "torch", "passes")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.environment import environment
-from bench.harness import BenchSettings, MeasurementFailed, accuracy, measure
+from bench.harness import MeasureJob, MeasurementFailed, accuracy, measure_all, noise_warnings
+from bench.settings import BenchSettings, ProfileName, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.base import Artifact, PassContext
 from edgecraft import data as datasets
@@ -29,13 +31,13 @@ from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe, starts_from_torch
 from edgecraft.step_cache import StepCache, digest, library_versions, step_key
 from reports.html import write_report
-from reports.schema import Measurement, ModelRecord, PassRecord, ResultRow, RunResults
+from reports.schema import ModelRecord, PassRecord, ResultRow, RunResults
+from reports.settings import with_overrides
 from targets import registry as target_registry
 from compress.onnx_export import export_torch
 
 log = logging.getLogger(__name__)
 
-QUICK = BenchSettings(warmup_runs=3, runs=20)
 # Max |Δ| of logits tolerated between PyTorch and a lossless export before the row is flagged.
 FP32_TOLERANCE = 1e-4
 
@@ -61,6 +63,15 @@ class PreparedModel:
     reference_outputs: np.ndarray
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A row whose runnable file is exported and waits for the benchmark rounds."""
+
+    row: int
+    job: MeasureJob
+    lossless: bool
+
+
 def sha256(*paths: Path) -> str:
     """One digest over the files that make up a runnable model (e.g. OpenVINO's .xml and .bin)."""
     digest = hashlib.sha256()
@@ -76,6 +87,12 @@ def is_lossless(variant: VariantSpec) -> bool:
     return all(pass_registry.get(entry.type).is_lossless(entry) for entry in variant.passes)
 
 
+def lossless(variant: VariantSpec, entry: TargetEntry) -> bool:
+    """Whether a row must reproduce the fp32 reference: a lossless variant on a target run without options (an
+    option such as OpenVINO's bf16 precision changes the numbers on purpose)."""
+    return is_lossless(variant) and not entry.options
+
+
 def brief(exc: BaseException, limit: int = 400) -> str:
     """'Type: message' cut to its first lines: converters (MLIR, onnx2tf) raise pages of diagnostics."""
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
@@ -83,7 +100,7 @@ def brief(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _folder_name(label: str) -> str:
+def folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", label).strip("-")
 
 
@@ -121,22 +138,26 @@ class RecipeRun:
         self.rows: list[ResultRow] = []
 
     def execute(self) -> RunResults:
-        task = self.progress.add_task("measuring", total=None)
+        """Export every row first, then measure them all in interleaved rounds (see ``bench.harness``)."""
+        pending: list[Pending] = []
         for spec in self.recipe.models:
             prepared = self._prepare(spec)
             for variant in self.recipe.variants:
                 artifact, failure = self._variant(prepared, variant)
                 for entry in self._targets_for(variant):
-                    self.progress.update(task, description=f"{prepared.name} · {variant.name} · {entry.label}")
-                    row = self._measure(prepared, variant, artifact, failure, entry)
+                    row, job = self._export(prepared, variant, artifact, failure, entry)
+                    if job:
+                        pending.append(Pending(len(self.rows), job, row.lossless))
                     self.rows.append(row)
-                    self.progress.advance(task)
+        machine = environment()
+        measure_rows(self.rows, pending, self.settings, self.progress)
         return RunResults(
             name=self.recipe.name,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             recipe=self.recipe.model_dump(mode="json"),
             recipe_text=self.recipe_text,
-            environment=environment(),
+            environment=machine,
+            benchmark=self.settings.model_dump(mode="json"),
             models=self.models,
             passes=self.passes,
             rows=self.rows,
@@ -286,14 +307,16 @@ class RecipeRun:
             log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, brief(exc))
             return None, f"pass failed: {brief(exc)}"
 
-    def _measure(
+    def _export(
         self,
         prepared: PreparedModel,
         variant: VariantSpec,
         artifact: Artifact | None,
         failure: str | None,
         entry: TargetEntry,
-    ) -> ResultRow:
+    ) -> tuple[ResultRow, MeasureJob | None]:
+        """The row of one (variant, target) with its runnable file, and the job that will measure it; a row
+        that is already failed or skipped has no job."""
         spec = entry.spec
         row = ResultRow(
             model=prepared.name,
@@ -301,56 +324,107 @@ class RecipeRun:
             target=entry.label,
             status="failed",
             reason=failure,
-            lossless=is_lossless(variant) and not entry.options,
+            lossless=lossless(variant, entry),
         )
         if artifact is None:
-            return row
+            return row, None
         target = target_registry.get(spec.runtime)
         reason = target.unavailable_reason(spec.device)
         if reason:
             log.info("skipped %s/%s on %s: %s", prepared.name, variant.name, entry.label, reason)
-            return row.model_copy(update={"status": "skipped", "reason": reason})
-        out_dir = self.run_dir / "models" / prepared.name / variant.name / _folder_name(entry.label)
+            return row.model_copy(update={"status": "skipped", "reason": reason}), None
+        out_dir = self.run_dir / "models" / prepared.name / variant.name / folder_name(entry.label)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             runnable = target.export(artifact.path, artifact.format, out_dir)
         except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
             log.warning("%s/%s: export to %s failed: %s", prepared.name, variant.name, entry.label, brief(exc))
-            return row.model_copy(update={"reason": f"export failed: {brief(exc)}"})
-        files = target.files(runnable)
-        row = row.model_copy(
-            update={
-                "artifact": str(runnable.relative_to(self.run_dir)),
-                "size_bytes": sum(path.stat().st_size for path in files),
-                "sha256": sha256(*files),
-                "threads": self.settings.threads,
-            }
+            return row.model_copy(update={"reason": f"export failed: {brief(exc)}"}), None
+        row = runnable_row(row, runnable, target.files(runnable), self.run_dir, self.settings)
+        job = MeasureJob(
+            runtime=spec.runtime,
+            device=spec.device,
+            options=entry.options,
+            model=runnable,
+            inputs=prepared.evaluation_inputs,
+            labels=prepared.context.evaluation[1],
+            reference_outputs=prepared.reference_outputs,
+            work_dir=out_dir / "bench",
         )
-        try:
-            measurement = measure(
-                spec.runtime,
-                spec.device,
-                entry.options,
-                runnable,
-                prepared.evaluation_inputs,
-                prepared.context.evaluation[1],
-                prepared.reference_outputs,
-                self.settings,
-                out_dir / "bench",
-            )
-        except MeasurementFailed as exc:
-            log.warning("%s/%s on %s: %s", prepared.name, variant.name, entry.label, exc)
-            return row.model_copy(update={"reason": str(exc)})
-        return row.model_copy(
-            update={"status": "ok", "measurement": measurement, "warnings": self._warnings(variant, entry, measurement)}
+        return row, job
+
+
+def runnable_row(row: ResultRow, runnable: Path, files: list[Path], run_dir: Path, settings: BenchSettings) -> ResultRow:
+    """``row`` with the facts of its runnable file: where it is, its size and digest, the threads it runs with."""
+    return row.model_copy(
+        update={
+            "artifact": str(runnable.relative_to(run_dir)),
+            "size_bytes": sum(path.stat().st_size for path in files),
+            "sha256": sha256(*files),
+            "threads": settings.threads,
+        }
+    )
+
+
+def drift_warning(drift: float) -> list[str]:
+    """A lossless variant (fp32 export or conversion) that drifts from the reference points at a conversion bug."""
+    if drift > FP32_TOLERANCE:
+        return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
+    return []
+
+
+def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchSettings, progress: Progress) -> None:
+    """Measure the pending rows in interleaved rounds and put each one's measurement (or failure) into ``rows``."""
+    task = progress.add_task("measuring", total=len(pending) * settings.repetitions)
+    started = 0
+
+    def on_process(index: int, repetition: int) -> None:
+        nonlocal started
+        row = rows[pending[index].row]
+        progress.update(task, completed=started, description=f"round {repetition + 1}/{settings.repetitions} · "
+                        f"{row.model} · {row.variant} · {row.target}")
+        started += 1
+
+    outcomes = measure_all([p.job for p in pending], settings, on_process)
+    progress.remove_task(task)
+    for entry, outcome in zip(pending, outcomes):
+        row = rows[entry.row]
+        if isinstance(outcome, MeasurementFailed):
+            log.warning("%s/%s on %s: %s", row.model, row.variant, row.target, outcome)
+            rows[entry.row] = row.model_copy(update={"reason": str(outcome)})
+            continue
+        warnings = drift_warning(outcome.fidelity.max_abs_diff) if entry.lossless else []
+        rows[entry.row] = row.model_copy(
+            update={"status": "ok", "measurement": outcome, "warnings": warnings + noise_warnings(outcome, settings)}
         )
 
-    def _warnings(self, variant: VariantSpec, entry: TargetEntry, measurement: Measurement) -> list[str]:
-        """A lossless variant (fp32 export or conversion) that drifts from PyTorch points at a conversion bug."""
-        drift = measurement.fidelity.max_abs_diff
-        if is_lossless(variant) and not entry.options and drift > FP32_TOLERANCE:
-            return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
-        return []
+
+def bench_settings(
+    spec: Any, profile: ProfileName | None = None, pin_cpus: list[int] | None = None, threads: int | None = None
+) -> BenchSettings:
+    """The protocol for a run: the recipe's (or default) ``benchmark`` section with command-line overrides, and
+    pinned CPUs that exist on this machine."""
+    settings = resolve_benchmark(spec, profile, pin_cpus=pin_cpus, threads=threads)
+    cpus = os.cpu_count() or 1
+    missing = sorted(cpu for cpu in settings.pin_cpus or [] if cpu >= cpus)
+    if missing:
+        raise EdgecraftError(f"benchmark.pin_cpus: CPU {missing[0]} does not exist here (CPUs 0-{cpus - 1})")
+    if settings.pin_cpus and not hasattr(os, "sched_setaffinity"):
+        raise EdgecraftError("benchmark.pin_cpus: this platform cannot pin processes to CPUs")
+    return settings
+
+
+def progress_bar(console: Console | None) -> Progress:
+    """Rich progress on stderr, shown only on a terminal: runs are quiet in logs and tests."""
+    console = console or Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, disable=not console.is_terminal)
+
+
+def write_run(results: RunResults, run_dir: Path) -> Path:
+    """results.json and everything rendered from it; the report's path."""
+    (run_dir / "results.json").write_text(results.model_dump_json(indent=2))
+    return write_report(results, run_dir)
 
 
 def _onnx_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -383,29 +457,29 @@ def run_recipe(
     output_dir: Path | None = None,
     quick: bool = False,
     use_cache: bool = True,
+    profile: ProfileName | None = None,
+    pin_cpus: list[int] | None = None,
+    price_per_hour: float | None = None,
     console: Console | None = None,
 ) -> Path:
     """Execute the recipe at ``recipe_path``; return the run folder holding results.json and report.html.
 
     Finished pass steps are kept in the step cache (``use_cache=False`` recomputes and replaces them), so a
-    second run, or one resumed after an interruption, redoes only what did not finish."""
+    second run, or one resumed after an interruption, redoes only what did not finish. ``quick`` is the
+    ``quick`` profile; ``profile``, ``pin_cpus`` and ``price_per_hour`` override the recipe's."""
     recipe, text = load_recipe(recipe_path)
-    bench = recipe.benchmark
-    settings = BenchSettings(
-        threads=bench.threads,
-        warmup_runs=QUICK.warmup_runs if quick else bench.warmup_runs,
-        runs=QUICK.runs if quick else bench.runs,
-        timeout_s=bench.timeout_s,
-    )
-    run_dir = new_run_dir(Path(output_dir or recipe.output_dir), recipe.name)
+    settings = bench_settings(recipe.benchmark, "quick" if quick else profile, pin_cpus)
+    if price_per_hour is not None:
+        recipe = recipe.model_copy(update={"report": with_overrides(recipe.report, price_per_hour=price_per_hour)})
+    # Absolute: passes such as convert.tflite change the working directory while they write into the run folder.
+    run_dir = new_run_dir(Path(output_dir or recipe.output_dir).resolve(), recipe.name)
     (run_dir / "recipe.yaml").write_text(text)
-    console = console or Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        cache = StepCache(model_source.cache_dir() / "steps", enabled=use_cache)
+    cache = StepCache(model_source.cache_dir() / "steps", enabled=use_cache)
+    with progress_bar(console) as progress:
         results = RecipeRun(recipe, text, run_dir, settings, progress, cache).execute()
     if cache.hits:
-        console.print(f"reused {cache.hits} finished step(s) from the step cache {cache.root} (--no-cache recomputes them)")
-    (run_dir / "results.json").write_text(results.model_dump_json(indent=2))
-    write_report(results, run_dir)
+        (console or Console(stderr=True)).print(
+            f"reused {cache.hits} finished step(s) from the step cache {cache.root} (--no-cache recomputes them)"
+        )
+    write_run(results, run_dir)
     return run_dir

@@ -11,12 +11,20 @@ variant without passes) on the same target, since they only mean something on on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from reports.schema import LatencyStats, PassRecord, ResultRow, RunResults
+from reports.schema import LatencyStats, PassRecord, ResultRow, RunResults, Throughput
 from reports.settings import ReportSettings
 
 FLOAT_SLACK = 1e-9  # 0.98 - 0.97 is 0.010000000000000009 in floats: that drop is still within a 0.01 budget
+
+
+@dataclass(frozen=True)
+class ThroughputFacts:
+    """One throughput configuration of a row, with what a million predictions cost at that rate."""
+
+    entry: Throughput
+    cost_per_million: float | None
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class RowFacts:
     slower_than_fp32: bool
     cost_per_million: float | None
     on_front: bool
+    memory_over_import_mb: float | None = None
+    throughput: list[ThroughputFacts] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,9 @@ def baseline_variants(results: RunResults) -> list[str]:
     return list(dict.fromkeys(row.variant for row in results.rows if row.lossless))
 
 
-def cost_per_million(price_per_hour: float | None, throughput_per_s: float) -> float | None:
-    """What a million single-stream predictions cost on a machine billed ``price_per_hour``."""
-    if price_per_hour is None:
+def cost_per_million(price_per_hour: float | None, throughput_per_s: float | None) -> float | None:
+    """What a million predictions at ``throughput_per_s`` cost on a machine billed ``price_per_hour``."""
+    if price_per_hour is None or not throughput_per_s:
         return None
     return price_per_hour / 3600 / throughput_per_s * 1e6
 
@@ -133,6 +143,10 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 slower_than_fp32=slower,
                 cost_per_million=cost_per_million(settings.price_per_hour, m.throughput_per_s) if m else None,
                 on_front=id(row) in front,
+                # What the model costs on top of the runtime itself: the peak over the peak after the bare import.
+                memory_over_import_mb=m.peak_rss_mb - m.rss_after_import_mb if m else None,
+                throughput=[ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))
+                            for t in (m.throughput if m else [])],
             )
         )
     return facts

@@ -73,7 +73,8 @@ def _run_context(results: RunResults) -> dict[str, Any]:
         "results": results,
         "env": results.environment,
         "counts": {status: counts.get(status, 0) for status in ("ok", "skipped", "failed")},
-        "benchmark": results.recipe.get("benchmark", {}),
+        # The protocol as it ran; older results only have the recipe's section.
+        "benchmark": results.benchmark or results.recipe.get("benchmark", {}),
         "timed_runs": sorted({m.latency_ms.runs for m in measured}),
     }
 

@@ -25,9 +25,11 @@ class _Model(BaseModel):
 
 
 class LatencyStats(_Model):
-    """Latency of single-input synchronous inference, in milliseconds, over the warm measured runs.
+    """Latency of single-input synchronous inference, in milliseconds, over the warm timed runs.
 
-    Percentiles use numpy's default (linear interpolation between closest ranks).
+    min, max, mean, std, IQR and p90/p95/p99 pool every timed sample of every process repetition; percentiles
+    use numpy's ``linear`` method (Hyndman & Fan type 7: rank (n − 1)·q, interpolated between the two closest
+    samples). p50, the headline, is the median of the repetitions' medians (with one repetition: the median).
     """
 
     runs: int
@@ -36,10 +38,18 @@ class LatencyStats(_Model):
     min: float
     max: float
     p50: float
+    iqr: float | None = Field(None, description="Interquartile range p75 − p25; absent in older results.")
     p90: float
     p95: float
     p99: float
-    p50_ci95: tuple[float, float] = Field(description="Bootstrap 95 % confidence interval of the median.")
+    p50_ci95: tuple[float, float] = Field(
+        description="Bootstrap 95 % confidence interval of p50; with several repetitions a two-level bootstrap "
+        "(repetitions, then samples within each), so it covers the spread between processes."
+    )
+    repetition_p50: list[float] = Field([], description="The median of each process repetition, in round order.")
+    cv_across_repetitions: float | None = Field(
+        None, description="Coefficient of variation of repetition_p50 (std / mean); None with one repetition."
+    )
 
 
 class Fidelity(_Model):
@@ -50,10 +60,60 @@ class Fidelity(_Model):
     mean_abs_diff: float
 
 
-class Measurement(_Model):
+class MemorySnapshot(_Model):
+    """Resident memory of the benchmark process at the end of one phase, read between phases (never inside a
+    timed loop). ``peak_mb`` is the high-water mark (VmHWM, else ru_maxrss); anonymous (heap) and file-backed
+    (mapped libraries and model files) resident memory come from /proc/self/status where it exists."""
+
+    phase: Literal["start", "import", "load", "warmup", "end"] = Field(
+        description="start: numpy and the target registry only; import: + the runtime; load: + the compiled "
+        "model; warmup: after warm-up; end: after the timed runs (before the throughput and accuracy passes)."
+    )
+    peak_mb: float
+    rss_mb: float | None = None
+    anon_mb: float | None = None
+    file_mb: float | None = None
+    peak_over_import_mb: float = Field(description="peak_mb minus the peak after the runtime's bare import.")
+
+
+class Repetition(_Model):
+    """One fresh benchmark process of a row: what it timed and how the phases ended."""
+
+    index: int = Field(description="Round number (0-based); each round measures every row once, shuffled.")
+    order: int = Field(description="Position of this row in its round's shuffled order.")
+    p50_ms: float
+    runs: int
+    warmup_runs: int
+    warmup_s: float
+    measure_s: float
+    stopped_by: Literal["minimums", "max_runs", "max_s"] = Field(
+        description="What ended the timed phase: both minimums reached, or a cap (then below the minimums)."
+    )
     import_s: float
     load_s: float
     first_inference_ms: float
+    cpus: list[int] = Field([], description="CPUs the process was allowed to run on (its affinity).")
+    steal_fraction: float | None = Field(
+        None, description="Share of CPU time stolen by the hypervisor during the timed phase (/proc/stat)."
+    )
+
+
+class Throughput(_Model):
+    """A throughput measurement, separate from the single-stream latency: ``parallel`` requests, each with its
+    own session and thread, run batches of ``batch_size`` for a fixed time."""
+
+    batch_size: int
+    parallel: int
+    items_per_s: float | None = None
+    batch_latency_ms: float | None = Field(None, description="Mean wall time of one batch within one request.")
+    seconds: float | None = None
+    error: str | None = Field(None, description="Why this configuration could not run (e.g. a fixed batch size).")
+
+
+class Measurement(_Model):
+    import_s: float = Field(description="Runtime import time (s): median over repetitions.")
+    load_s: float = Field(description="Load and compile (cold start) time (s): median over repetitions.")
+    first_inference_ms: float = Field(description="First inference after load (ms): median over repetitions.")
     latency_ms: LatencyStats
     throughput_per_s: float = Field(description="Single-stream: 1000 / mean latency.")
     peak_rss_mb: float = Field(description="Peak resident memory of the fresh benchmark process.")
@@ -63,8 +123,14 @@ class Measurement(_Model):
     fidelity: Fidelity
     runtime_info: dict[str, Any] = {}
     samples_ms: list[float] = Field(
-        [], description="Every timed latency sample, in run order (for distributions); empty in older results."
+        [], description="Every timed latency sample, repetition after repetition, in run order (for "
+        "distributions); empty in older results."
     )
+    repetitions: list[Repetition] = Field([], description="One entry per fresh process; empty in older results.")
+    memory: list[MemorySnapshot] = Field(
+        [], description="Memory per phase, each figure the median over repetitions; empty in older results."
+    )
+    throughput: list[Throughput] = Field([], description="The throughput pass, one entry per configuration.")
 
 
 class ResultRow(_Model):
@@ -118,6 +184,7 @@ class RunResults(_Model):
     recipe: dict[str, Any]
     recipe_text: str
     environment: dict[str, Any]
+    benchmark: dict[str, Any] = Field({}, description="The benchmark protocol as it ran (profile resolved).")
     models: list[ModelRecord]
     passes: list[PassRecord]
     rows: list[ResultRow]

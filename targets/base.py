@@ -89,6 +89,10 @@ class Target(ABC):
     def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
         """Run one batch of NCHW float32 inputs and return the first output as float32."""
 
+    @abstractmethod
+    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+        """The model's first input shape as ``run`` takes it (NCHW for images), None for a dynamic dimension."""
+
     def describe(self, session: Any) -> dict[str, Any]:
-        """Facts about how the loaded session actually runs (provider, precision), recorded with results."""
+        """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}

@@ -1,26 +1,44 @@
-"""The harness: statistics from known samples, and measurements in a fresh process that fail cleanly."""
+"""The harness: statistics from known samples, the phase and round logic with a fake clock and a fake worker, and
+measurements in fresh processes that fail cleanly, one job at a time."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.harness import BenchSettings, MeasurementFailed, fidelity, measure
-from bench.stats import latency_stats, median_ci
-from tests.conftest import onnx_logits
+import bench.harness as harness
+from bench.harness import MeasureJob, MeasurementFailed, fidelity, measure, measure_all, noise_warnings, round_orders
+from bench.settings import BenchmarkSpec, parse_cpus, profile_settings, resolve
+from bench.stats import coefficient_of_variation, latency_stats, median_ci
+from bench.worker import run_phase
+from reports.analysis import analyse
+from reports.schema import Throughput
+from reports.settings import ReportSettings
+from tests.conftest import REPO, onnx_logits
+from tests.results_factory import ok, run
 
-QUICK = BenchSettings(warmup_runs=2, runs=25, timeout_s=120)
+THIS_CPU = sorted(os.sched_getaffinity(0))[:1]
+QUICK = profile_settings("quick", batch_sizes=[1, 4], timeout_s=120)
 
+
+# --- statistics -----------------------------------------------------------------------------------------------------
 
 def test_percentiles_of_known_samples() -> None:
     stats = latency_stats(np.arange(1, 101, dtype=float))  # 1..100 ms
     assert stats.runs == 100 and stats.min == 1 and stats.max == 100 and stats.mean == 50.5
-    # numpy's linear interpolation: rank (n-1)·q → 1 + 99·q
+    # numpy's linear interpolation (Hyndman & Fan type 7): rank (n-1)·q → 1 + 99·q
     assert stats.p50 == pytest.approx(50.5)
     assert stats.p90 == pytest.approx(90.1)
     assert stats.p95 == pytest.approx(95.05)
     assert stats.p99 == pytest.approx(99.01)
+    assert stats.iqr == pytest.approx(75.25 - 25.75)
     assert stats.std == pytest.approx(np.std(np.arange(1, 101), ddof=1))
+    assert stats.repetition_p50 == [50.5] and stats.cv_across_repetitions is None
 
 
 def test_median_ci_brackets_the_median_and_narrows_with_more_samples() -> None:
@@ -34,9 +52,36 @@ def test_median_ci_brackets_the_median_and_narrows_with_more_samples() -> None:
     assert median_ci(small) == median_ci(small)  # seeded: reports are reproducible
 
 
+def test_median_ci_matches_the_asymptotic_width() -> None:
+    """For n normal samples the median's standard error is sqrt(pi/2)·sigma/sqrt(n): the 95 % CI is ±1.96 of it."""
+    samples = np.random.default_rng(2).normal(5, 1, 10_000)
+    low, high = median_ci(samples)
+    expected = 1.96 * np.sqrt(np.pi / 2) / np.sqrt(samples.size)
+    assert (high - low) / 2 == pytest.approx(expected, rel=0.15)
+
+
 def test_constant_samples_have_a_zero_width_interval() -> None:
     stats = latency_stats(np.full(20, 3.0))
-    assert stats.p50_ci95 == (3.0, 3.0) and stats.std == 0
+    assert stats.p50_ci95 == (3.0, 3.0) and stats.std == 0 and stats.iqr == 0
+
+
+def test_repetitions_headline_is_the_median_of_medians_with_a_ci_over_processes() -> None:
+    rng = np.random.default_rng(3)
+    groups = [rng.normal(centre, 0.05, 400) for centre in (10.0, 11.0, 14.0)]
+    stats = latency_stats(groups)
+    assert stats.runs == 1200
+    assert stats.repetition_p50 == pytest.approx([10, 11, 14], abs=0.02)
+    assert stats.p50 == pytest.approx(11, abs=0.02)  # not the pooled median, which the 14 ms process would pull up
+    assert stats.cv_across_repetitions == pytest.approx(np.std([10, 11, 14], ddof=1) / np.mean([10, 11, 14]), rel=0.01)
+    # Resampling processes: the CI spans the processes' medians, far wider than the within-process one.
+    assert stats.p50_ci95[0] < 10.1 and stats.p50_ci95[1] > 13.9
+    pooled_low, pooled_high = median_ci(np.concatenate(groups))
+    assert pooled_high - pooled_low < 0.2
+
+
+def test_coefficient_of_variation() -> None:
+    assert coefficient_of_variation([1.0, 2.0, 3.0]) == pytest.approx(0.5)
+    assert coefficient_of_variation([4.0]) is None
 
 
 def test_fidelity_of_identical_and_shifted_outputs() -> None:
@@ -47,34 +92,234 @@ def test_fidelity_of_identical_and_shifted_outputs() -> None:
     assert flipped.top1_agreement == 0 and flipped.max_abs_diff == 1
 
 
-def test_measure_in_a_fresh_process(digits_cnn: dict, tmp_path) -> None:
+# --- settings -------------------------------------------------------------------------------------------------------
+
+def test_profiles_recipe_overrides_and_command_line_profile() -> None:
+    spec = BenchmarkSpec(profile="rigorous", runs=5000, threads=2, pin_cpus=[0])
+    settings = resolve(spec)
+    assert (settings.profile, settings.runs, settings.repetitions, settings.threads) == ("rigorous", 5000, 5, 2)
+    quick = resolve(spec, "quick")  # --quick is quick even when the recipe set phase lengths; threads and pins stay
+    assert (quick.profile, quick.runs, quick.repetitions, quick.threads, quick.pin_cpus) == ("quick", 20, 1, 2, [0])
+    assert resolve(BenchmarkSpec(), pin_cpus=[1]).pin_cpus == [1]
+
+
+def test_inconsistent_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="max_runs"):
+        profile_settings("quick", runs=50_000)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        profile_settings("quick", batch_sizes=[0])
+
+
+def test_cpu_lists() -> None:
+    assert parse_cpus("1") == [1] and parse_cpus("0,2") == [0, 2] and parse_cpus("2-4,0") == [0, 2, 3, 4]
+    with pytest.raises(ValueError, match="CPU numbers"):
+        parse_cpus("one")
+
+
+# --- phases and rounds, without a clock or a runtime ------------------------------------------------------------------
+
+class FakeClock:
+    """Each call of the measured function takes ``step_ns`` of fake time; reading the clock takes none."""
+
+    def __init__(self, step_ns: int) -> None:
+        self.now, self.step = 0, step_ns
+
+    def __call__(self) -> int:
+        return self.now
+
+    def call(self, _index: int) -> None:
+        self.now += self.step
+
+
+@pytest.mark.parametrize(
+    ("min_runs", "min_s", "max_runs", "max_s", "expected_runs", "stopped_by"),
+    [
+        (10, 0.05, 10_000, 10.0, 50, "minimums"),  # the duration binds: 50 × 1 ms
+        (100, 0.01, 10_000, 10.0, 100, "minimums"),  # the count binds
+        (100, 0.0, 30, 10.0, 30, "max_runs"),  # capped below the minimum count
+        (100, 0.0, 10_000, 0.02, 20, "max_s"),  # capped by time below the minimum count
+        (0, 0.0, 10, 1.0, 0, "minimums"),  # no warm-up at all
+    ],
+)
+def test_a_phase_runs_until_both_minimums_or_a_cap(min_runs, min_s, max_runs, max_s, expected_runs, stopped_by) -> None:
+    clock = FakeClock(1_000_000)
+    samples, elapsed, why = run_phase(clock.call, min_runs, min_s, max_runs, max_s, clock=clock)
+    assert (len(samples), why) == (expected_runs, stopped_by)
+    assert samples == [1_000_000] * expected_runs and elapsed == expected_runs * 1_000_000
+
+
+def test_rounds_are_seeded_shuffles() -> None:
+    orders = round_orders(6, 4, seed=7)
+    assert orders == round_orders(6, 4, seed=7)
+    assert all(sorted(order) == list(range(6)) for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # not the same order every round
+    assert orders != round_orders(6, 4, seed=8)
+
+
+def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 71, 72)) -> dict:
+    phases = ("start", "import", "load", "warmup", "end")
+    return {
+        "import_s": 0.1, "load_s": 0.2, "first_inference_ms": 3.0, "warmup_runs": 5, "warmup_s": 0.1,
+        "samples_ms": list(p50 * np.linspace(0.99, 1.01, 21)), "measure_s": 0.2, "stopped_by": "minimums",
+        "memory": [{"phase": phase, "peak_mb": mb, "rss_mb": mb, "anon_mb": mb / 2, "file_mb": mb / 2}
+                   for phase, mb in zip(phases, memory)],
+        "cpus": [0], "steal_fraction": 0.0, "runtime_info": {"fake": True},
+        "throughput": [{"batch_size": 1, "parallel": 1, "items_per_s": 1000 / p50, "batch_latency_ms": p50,
+                        "seconds": 0.1},
+                       {"batch_size": 8, "parallel": 1, "error": "RuntimeError: fixed batch"}],
+    }
+
+
+def fake_job(tmp_path: Path, name: str) -> MeasureJob:
+    work_dir = tmp_path / name
+    work_dir.mkdir()
+    np.save(work_dir / "outputs.npy", np.eye(4, dtype=np.float32))
+    return MeasureJob("fake", "cpu", {}, Path(name), Path("x.npy"), np.arange(4), np.eye(4), work_dir)
+
+
+def test_rounds_interleave_jobs_and_a_failed_job_is_not_retried(tmp_path: Path, monkeypatch) -> None:
+    jobs = [fake_job(tmp_path, name) for name in ("a", "crash", "c")]
+    calls = []
+
+    def fake_process(job: MeasureJob, settings, repetition: int) -> dict:
+        calls.append((job.model.name, repetition))
+        if job.model.name == "crash":
+            raise MeasurementFailed("benchmark process exited with code 1: boom")
+        return fake_raw({"a": 1.0, "c": 2.0}[job.model.name] + repetition)
+
+    monkeypatch.setattr(harness, "run_process", fake_process)
+    settings = profile_settings("default", repetitions=3, seed=5)
+    outcomes = measure_all(jobs, settings)
+
+    names = [job.model.name for job in jobs]
+    expected = [(names[i], r) for r, order in enumerate(round_orders(3, 3, 5)) for i in order]
+    crash_round = next(r for name, r in expected if name == "crash")
+    assert calls == [(name, r) for name, r in expected if name != "crash" or r == crash_round]
+    assert isinstance(outcomes[1], MeasurementFailed)
+    assert str(outcomes[1]) == f"repetition {crash_round + 1} of 3: benchmark process exited with code 1: boom"
+
+    a = outcomes[0]
+    assert a.latency_ms.repetition_p50 == [1.0, 2.0, 3.0] and a.latency_ms.p50 == 2.0
+    assert [r.index for r in a.repetitions] == [0, 1, 2]
+    assert [r.order for r in a.repetitions] == [order.index(0) for order in round_orders(3, 3, 5)]
+    assert len(a.samples_ms) == 63 and a.accuracy == 1.0 and a.fidelity.max_abs_diff == 0
+    assert [s.peak_over_import_mb for s in a.memory] == [-20, 0, 10, 11, 12]
+    assert (a.rss_after_import_mb, a.rss_after_load_mb, a.peak_rss_mb) == (60, 70, 72)
+    assert a.throughput[0].items_per_s == pytest.approx(np.median([1000 / 1, 1000 / 2, 1000 / 3]))
+    assert a.throughput[1].items_per_s is None and a.throughput[1].error == "RuntimeError: fixed batch"
+
+
+def test_memory_is_the_median_over_repetitions_per_phase(tmp_path: Path, monkeypatch) -> None:
+    memories = iter([(40, 60, 70, 80, 90), (41, 62, 75, 76, 77), (39, 61, 71, 79, 95)])
+    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: fake_raw(1.0, next(memories)))
+    m = measure_all([fake_job(tmp_path, "a")], profile_settings("default", repetitions=3))[0]
+    assert [s.peak_mb for s in m.memory] == [40, 61, 71, 79, 90]
+
+
+def test_noise_warnings(tmp_path: Path, monkeypatch) -> None:
+    steady = iter([1.0, 1.01, 0.99])
+    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: fake_raw(next(steady)))
+    settings = profile_settings("default", repetitions=3)
+    quiet = measure_all([fake_job(tmp_path, "a")], settings)[0]
+    assert noise_warnings(quiet, settings) == []
+
+    wild = iter([1.0, 1.5, 0.7])
+
+    def noisy(job, settings, repetition):
+        raw = fake_raw(next(wild))
+        return raw | {"stopped_by": "max_s", "steal_fraction": 0.1} if repetition == 2 else raw
+
+    monkeypatch.setattr(harness, "run_process", noisy)
+    warnings = " | ".join(noise_warnings(measure_all([fake_job(tmp_path, "b")], settings)[0], settings))
+    assert "CI of the median" in warnings and "repetitions' medians vary" in warnings
+    assert "max_s cap" in warnings and "stole up to 10.0 %" in warnings
+
+
+def test_cost_per_million_for_every_throughput_configuration() -> None:
+    row = ok("fp32", 1.0, 0.98, 1000)
+    row.measurement.throughput = [Throughput(batch_size=8, parallel=2, items_per_s=4000.0, batch_latency_ms=4.0),
+                                  Throughput(batch_size=32, parallel=1, error="fixed batch")]
+    facts = analyse(run([row]), ReportSettings(price_per_hour=3.6)).facts[0]
+    assert facts.throughput[0].cost_per_million == pytest.approx(3.6 / 3600 / 4000 * 1e6)  # 0.25 per 1M
+    assert facts.throughput[1].cost_per_million is None
+    assert analyse(run([row]), ReportSettings()).facts[0].throughput[0].cost_per_million is None
+
+
+# --- real processes ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def digits_job(digits_cnn: dict, tmp_path: Path):
     x, y = digits_cnn["splits"].evaluation
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, x)
     reference = onnx_logits(digits_cnn["onnx"].path, x)
-    m = measure("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, y, reference, QUICK, tmp_path / "bench")
-    assert m.latency_ms.runs == 25
+
+    def job(model: Path = digits_cnn["onnx"].path, name: str = "bench") -> MeasureJob:
+        return MeasureJob("onnxruntime", "cpu", {}, model, inputs, y, reference, tmp_path / name)
+
+    return job
+
+
+def test_measure_in_fresh_processes(digits_job) -> None:
+    settings = QUICK.model_copy(update={"repetitions": 2, "pin_cpus": THIS_CPU, "parallel_requests": [1, 2]})
+    m = measure(digits_job(), settings)
+    assert len(m.repetitions) == 2 and len(m.latency_ms.repetition_p50) == 2
+    for repetition in m.repetitions:
+        assert repetition.stopped_by == "minimums"
+        assert repetition.runs >= settings.runs and repetition.measure_s >= settings.measure_s
+        assert repetition.warmup_runs >= settings.warmup_runs and repetition.warmup_s >= settings.warmup_s
+        assert repetition.cpus == THIS_CPU  # pinned, and recorded from the child's own affinity
+    assert m.latency_ms.runs == len(m.samples_ms) == sum(r.runs for r in m.repetitions)
     assert 0 < m.latency_ms.min <= m.latency_ms.p50 <= m.latency_ms.p99 <= m.latency_ms.max
     assert m.load_s > 0 and m.first_inference_ms > 0 and m.import_s > 0
-    # Memory of the child alone (not the parent's torch): positive, monotone over phases, well under torch's size.
-    assert 0 < m.rss_after_import_mb <= m.rss_after_load_mb <= m.peak_rss_mb < 400
-    assert m.accuracy == pytest.approx(float((reference.argmax(1) == y).mean()))
+    assert m.accuracy == pytest.approx(float((digits_job().reference_outputs.argmax(1) == digits_job().labels).mean()))
     assert m.fidelity.top1_agreement == 1 and m.fidelity.max_abs_diff < 1e-4
-    assert m.runtime_info["providers"] == ["CPUExecutionProvider"]
+    assert m.runtime_info["providers"] == ["CPUExecutionProvider"] and m.runtime_info["intra_op_threads"] == 1
+    assert [(t.batch_size, t.parallel) for t in m.throughput] == [(1, 1), (4, 1), (1, 2), (4, 2)]
+    assert all(t.error is None and t.items_per_s > 0 and t.batch_latency_ms > 0 for t in m.throughput)
 
 
-def test_a_crashing_runtime_becomes_a_reason(digits_cnn: dict, tmp_path) -> None:
+def test_memory_of_the_child_is_positive_and_monotone_over_phases(digits_job) -> None:
+    m = measure(digits_job(), QUICK)
+    assert [s.phase for s in m.memory] == ["start", "import", "load", "warmup", "end"]
+    peaks = [s.peak_mb for s in m.memory]
+    assert all(peak > 0 for peak in peaks) and peaks == sorted(peaks)  # a high-water mark never falls
+    assert m.memory[1].peak_mb > m.memory[0].peak_mb  # importing the runtime costs memory
+    assert [s.peak_over_import_mb >= 0 for s in m.memory] == [False, True, True, True, True]
+    for snapshot in m.memory:  # Linux splits resident memory into anonymous and file-backed
+        assert snapshot.anon_mb > 0 and snapshot.file_mb > 0
+        assert snapshot.anon_mb + snapshot.file_mb <= snapshot.rss_mb + 1  # + shared memory, rounding
+    # The child alone (not the parent's torch): well under torch's size.
+    assert 0 < m.rss_after_import_mb <= m.rss_after_load_mb <= m.peak_rss_mb < 400
+
+
+def test_the_worker_imports_neither_torch_nor_tensorflow() -> None:
+    """What ``bench.worker`` imports before and while it runs ONNX Runtime, in a fresh interpreter."""
+    code = ("import sys, importlib, bench.worker; from targets import registry; "
+            "importlib.import_module(registry.get('onnxruntime').python_module); registry.runtimes(); "
+            "print(sorted({'torch', 'tensorflow', 'edgecraft', 'compress'} & set(sys.modules)))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_a_crashing_runtime_becomes_a_reason(digits_job, tmp_path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not a model")
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, digits_cnn["splits"].evaluation[0][:4])
     with pytest.raises(MeasurementFailed, match="exited with code 1: .*(INVALID_PROTOBUF|Protobuf|protobuf)"):
-        measure("onnxruntime", "cpu", {}, broken, inputs, np.zeros(4), np.zeros((4, 10)), QUICK, tmp_path / "b")
+        measure(digits_job(broken), QUICK)
 
 
-def test_a_hanging_measurement_times_out(digits_cnn: dict, tmp_path) -> None:
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, digits_cnn["splits"].evaluation[0])
-    slow = BenchSettings(warmup_runs=0, runs=10_000_000, timeout_s=3)
-    with pytest.raises(MeasurementFailed, match="timed out after 3 s"):
-        measure("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, np.zeros(1), np.zeros((1, 10)), slow, tmp_path / "b")
+def test_crashing_and_hanging_jobs_fail_alone(digits_job, tmp_path) -> None:
+    """A model that crashes the runtime and one that hangs it (loading from a pipe nobody writes to) each give a
+    failure with the reason; the good job between them is measured in every round."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not a model")
+    hanging = tmp_path / "hanging.onnx"
+    os.mkfifo(hanging)
+    settings = QUICK.model_copy(update={"repetitions": 2, "timeout_s": 8})
+    jobs = [digits_job(broken, "broken"), digits_job(name="good"), digits_job(hanging, "hanging")]
+    crashed, good, hung = measure_all(jobs, settings)
+    assert isinstance(crashed, MeasurementFailed) and "exited with code 1" in str(crashed)
+    assert isinstance(hung, MeasurementFailed) and "timed out after 8 s" in str(hung)
+    assert len(good.repetitions) == 2 and good.latency_ms.runs >= 2 * settings.runs

@@ -7,6 +7,7 @@ target and does the transposition and (de)quantization, so that one evaluation s
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ from pydantic import BaseModel
 
 from targets.base import Target
 from targets.registry import register
+
+
+@dataclass(frozen=True)
+class LiteRtSession:
+    """The interpreter and the thread count it was made with (the interpreter cannot report it)."""
+
+    interpreter: Any
+    threads: int
 
 
 @register
@@ -29,32 +38,41 @@ class LiteRt(Target):
             return "the LiteRT GPU delegate is not part of the Python wheels; run GPU rows with a device build"
         return None
 
-    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
+    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> LiteRtSession:
         # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
-        interpreter = importlib.import_module(f"{self.python_module}.interpreter")
-        session = interpreter.Interpreter(model_path=str(path), num_threads=threads)
-        session.allocate_tensors()
-        return session
+        module = importlib.import_module(f"{self.python_module}.interpreter")
+        interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+        return LiteRtSession(interpreter, threads)
 
-    def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
-        detail = session.get_input_details()[0]
+    def run(self, session: LiteRtSession, inputs: np.ndarray) -> np.ndarray:
+        interpreter = session.interpreter
+        detail = interpreter.get_input_details()[0]
         data = _to_model_layout(inputs, tuple(detail["shape"][1:]))
         if tuple(detail["shape"]) != data.shape:
-            session.resize_tensor_input(detail["index"], list(data.shape))
-            session.allocate_tensors()
-            detail = session.get_input_details()[0]
-        session.set_tensor(detail["index"], _quantize(data, detail))
-        session.invoke()
-        output = session.get_output_details()[0]
-        return _dequantize(session.get_tensor(output["index"]), output)
+            interpreter.resize_tensor_input(detail["index"], list(data.shape))
+            interpreter.allocate_tensors()
+            detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], _quantize(data, detail))
+        interpreter.invoke()
+        output = interpreter.get_output_details()[0]
+        return _dequantize(interpreter.get_tensor(output["index"]), output)
 
-    def describe(self, session: Any) -> dict[str, Any]:
+    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+        interpreter = importlib.import_module(f"{self.python_module}.interpreter")
+        signature = interpreter.Interpreter(model_path=str(path)).get_input_details()[0]["shape_signature"]
+        shape = tuple(int(dim) if dim > 0 else None for dim in signature)
+        # TFLite image models are NHWC inside; ``run`` takes NCHW like every other target.
+        return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
+
+    def describe(self, session: LiteRtSession) -> dict[str, Any]:
         from importlib import metadata
 
         package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
         return {
             "interpreter": f"{package} {metadata.version(package)}",
-            "input_dtype": np.dtype(session.get_input_details()[0]["dtype"]).name,
+            "input_dtype": np.dtype(session.interpreter.get_input_details()[0]["dtype"]).name,
+            "num_threads": session.threads,
         }
 
 

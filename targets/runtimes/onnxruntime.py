@@ -48,7 +48,19 @@ class OnnxRuntime(Target):
         name = session.get_inputs()[0].name
         return np.asarray(session.run(None, {name: inputs})[0], dtype=np.float32)
 
+    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return tuple(dim if isinstance(dim, int) else None for dim in session.get_inputs()[0].shape)
+
     def describe(self, session: Any) -> dict[str, Any]:
         import onnxruntime
 
-        return {"providers": session.get_providers(), "onnxruntime": onnxruntime.__version__}
+        options = session.get_session_options()
+        return {
+            "providers": session.get_providers(),
+            "onnxruntime": onnxruntime.__version__,
+            "intra_op_threads": options.intra_op_num_threads,
+            "inter_op_threads": options.inter_op_num_threads,
+        }

@@ -1,0 +1,179 @@
+"""Cross-checks of the harness against outside references, each printing its figure and exiting 1 when it is out
+of bounds. Run from the repository root, pinned to a quiet CPU (``taskset -c 1``):
+
+    python -m benchmarks.crosscheck benchmark-app   # our median / OpenVINO benchmark_app's, fp32 and int8 IR
+    python -m benchmarks.crosscheck cv              # CV of the headline median over five repeated benches
+    python -m benchmarks.crosscheck overhead        # harness median / bare session.run (or infer()) loop median
+
+The models are the built-in reference variants (``benchmarks.reference``), built on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import MeasureJob, measure
+from bench.settings import profile_settings
+from bench.stats import coefficient_of_variation
+from bench.worker import run_phase
+from benchmarks.reference import DEFAULT_FOLDER, Reference, build
+from targets import registry
+
+
+def _job(reference: Reference, work_dir: Path) -> MeasureJob:
+    outputs = np.zeros((len(reference.labels), 10), np.float32)  # fidelity is not what these checks are about
+    return MeasureJob(reference.runtime, "cpu", {}, reference.path, reference.inputs, reference.labels, outputs,
+                      work_dir)
+
+
+def _benchmark_app_median_ms(xml: Path, shape: tuple[int, ...], threads: int, seconds: float, folder: Path) -> float:
+    """benchmark_app's median latency with the settings the OpenVINO target compiles with: latency hint, one
+    stream, ``threads`` inference threads, f32 precision, one synchronous request."""
+    config = folder / "benchmark_app.json"
+    config.write_text(json.dumps({"CPU": {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                                          "INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": "f32"}}))
+    command = [str(Path(sys.executable).with_name("benchmark_app")), "-m", str(xml), "-d", "CPU", "-api", "sync",
+               "-load_config", str(config), "-data_shape", str(list(shape)).replace(" ", ""), "-t", f"{seconds:g}"]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", completed.stdout)
+    if completed.returncode != 0 or not match:
+        sys.exit(f"benchmark_app failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value
+
+
+def benchmark_app(args: argparse.Namespace) -> int:
+    """Our median vs benchmark_app's on the same IR with the same threads and hints, in many short alternating
+    rounds so that drift of the machine hits both alike; the median of the per-round ratios must be within ±10 %."""
+    references = build(args.model, args.folder, ["ov-fp32", "ov-int8"])
+    settings = profile_settings("default", repetitions=1, threads=args.threads, measure_s=args.seconds,
+                                max_s=args.seconds * 2, throughput_s=0, batch_sizes=[1])
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, reference in references.items():
+            shape = (1, *reference.evaluation_inputs.shape[1:])
+            ours, theirs = [], []
+            for round_ in range(args.rounds):
+                ours.append(measure(_job(reference, Path(tmp) / f"{name}-{round_}"), settings).latency_ms.p50)
+                theirs.append(_benchmark_app_median_ms(reference.path, shape, args.threads, args.seconds, Path(tmp)))
+                print(f"  {name} round {round_ + 1}: ours {ours[-1]:.4f} ms, benchmark_app {theirs[-1]:.4f} ms, "
+                      f"ratio {ours[-1] / theirs[-1]:.3f}")
+            ratio = float(np.median(np.array(ours) / np.array(theirs)))
+            ok = 0.9 <= ratio <= 1.1
+            failed |= not ok
+            print(f"{args.model} {name}: ours {np.median(ours):.4f} ms, benchmark_app {np.median(theirs):.4f} ms "
+                  f"(medians over {args.rounds} rounds); median ratio ours / benchmark_app = {ratio:.3f} "
+                  f"({'ok' if ok else 'OUTSIDE'} 0.9–1.1); quietest rounds: {min(ours):.4f} / {min(theirs):.4f} ms "
+                  f"= {min(ours) / min(theirs):.3f}, ours − theirs = {1000 * (min(ours) - min(theirs)):+.1f} µs")
+    return 1 if failed else 0
+
+
+def cv(args: argparse.Namespace) -> int:
+    """The same bench (``--profile``, default: the default profile with its 3 process repetitions) repeated
+    ``--repeats`` times: the coefficient of variation of its headline medians must be at most 5 %."""
+    reference = build(args.model, args.folder, [args.variant])[args.variant]
+    settings = profile_settings(args.profile, threads=args.threads, batch_sizes=[1])
+    medians = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            medians.append(measure(_job(reference, Path(tmp) / str(repeat)), settings).latency_ms.p50)
+            print(f"  bench {repeat + 1}: median {medians[-1]:.4f} ms")
+    variation = coefficient_of_variation(medians)
+    print(f"{args.variant} on {reference.runtime}, {args.profile} profile: {args.repeats} benches, medians "
+          f"{min(medians):.4f}–{max(medians):.4f} ms, CV {100 * variation:.2f} % "
+          f"({'ok' if variation <= 0.05 else 'OVER'} 5 %)")
+    return 0 if variation <= 0.05 else 1
+
+
+def overhead(args: argparse.Namespace) -> int:
+    """The harness's timed loop (the worker's ``run_phase`` around ``Target.run``) against a bare loop on the same
+    session, alternating short blocks; medians within 5 %. Bare means ``session.run(None, feed)`` for ONNX
+    Runtime, ``request.infer()`` on an input tensor set once for OpenVINO (which also reports the request's own
+    ``latency``, the figure benchmark_app prints)."""
+    reference = build(args.model, args.folder, [args.variant])[args.variant]
+    target = registry.get(reference.runtime)
+    session = target.load(reference.path, "cpu", args.threads, target.options_model())
+    x = reference.evaluation_inputs
+    singles = [x[i : i + 1] for i in range(len(x))]
+    runtime_latency: list[float] = []
+    if reference.runtime == "onnxruntime":
+        name = session.get_inputs()[0].name
+
+        def bare_call(i: int) -> None:
+            session.run(None, {name: singles[i % len(singles)]})
+    else:
+        target.run(session, singles[0])  # sets the request's input tensor
+
+        def bare_call(i: int) -> None:
+            session.request.infer()
+            runtime_latency.append(session.request.latency)
+
+    def harness_block() -> list[int]:
+        samples, _, _ = run_phase(lambda i: target.run(session, singles[i % len(singles)]), args.runs, 0,
+                                  args.runs, 1e9)
+        return samples
+
+    def bare_block() -> list[int]:
+        samples = []
+        for i in range(args.runs):
+            start = time.perf_counter_ns()
+            bare_call(i)
+            samples.append(time.perf_counter_ns() - start)
+        return samples
+
+    gc.disable()  # as in the worker's timed phases
+    harness_block(), bare_block()  # warm-up
+    ours, bare = [], []
+    runtime_latency.clear()
+    for _ in range(args.rounds):
+        ours += harness_block()
+        bare += bare_block()
+    gc.enable()
+    ratio = float(np.median(ours) / np.median(bare))
+    ok = abs(ratio - 1) <= 0.05
+    what = "session.run" if reference.runtime == "onnxruntime" else "request.infer()"
+    print(f"{args.model} {args.variant}: harness median {np.median(ours) / 1e3:.2f} µs, bare {what} median "
+          f"{np.median(bare) / 1e3:.2f} µs over {args.rounds} × {args.runs} alternating runs each: overhead "
+          f"{100 * (ratio - 1):+.2f} % ({'ok' if ok else 'OVER'} ±5 %)")
+    if runtime_latency:
+        print(f"  OpenVINO's own request.latency median {1e3 * np.median(runtime_latency):.2f} µs: a bare infer() "
+              f"call takes {np.median(bare) / 1e3 - 1e3 * np.median(runtime_latency):.1f} µs more than it reports")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.crosscheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="digits-cnn", help="built-in model (default digits-cnn)")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="where reference variants are kept")
+    parser.add_argument("--threads", type=int, default=1)
+    checks = parser.add_subparsers(dest="check", required=True)
+    app = checks.add_parser("benchmark-app", help="our median / benchmark_app's on the fp32 and int8 IR")
+    app.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    app.add_argument("--rounds", type=int, default=10, help="alternating rounds of ours and benchmark_app")
+    app.set_defaults(handler=benchmark_app)
+    repeat = checks.add_parser("cv", help="coefficient of variation of the median over repeated benches")
+    repeat.add_argument("--variant", default="onnx-fp32")
+    repeat.add_argument("--repeats", type=int, default=5)
+    repeat.add_argument("--profile", choices=("quick", "default", "rigorous"), default="default")
+    repeat.set_defaults(handler=cv)
+    cost = checks.add_parser("overhead", help="harness median vs a bare session.run loop")
+    cost.add_argument("--variant", default="onnx-fp32", choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8"))
+    cost.add_argument("--runs", type=int, default=100, help="runs per block (short blocks: drift hits both alike)")
+    cost.add_argument("--rounds", type=int, default=200, help="alternating blocks of each")
+    cost.set_defaults(handler=overhead)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

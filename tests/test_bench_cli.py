@@ -1,0 +1,79 @@
+"""``edgecraft bench MODEL_FILE``: a ready model file measured without a recipe, and its input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports.schema import load_results
+from tests.conftest import edgecraft, onnx_logits
+
+
+def test_bench_an_onnx_file_on_two_targets(digits_cnn: dict, tmp_path: Path) -> None:
+    model = digits_cnn["onnx"].path
+    completed = edgecraft("bench", model, "--target", "onnxruntime:cpu", "--target", "openvino:cpu", "--quick",
+                          "--price-per-hour", "0.36", "--output-dir", tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
+    results = load_results(run_dir)
+    assert [(r.variant, r.target, r.status) for r in results.rows] == [
+        ("fp32.onnx", "onnxruntime:cpu", "ok"), ("fp32.onnx", "openvino:cpu", "ok")]
+    ort, ov = (row.measurement for row in results.rows)
+    # Real inputs: the digits evaluation split at the model's 1×32×32 input, so the trained model is accurate.
+    assert results.models[0].input_shape == [1, 32, 32] and results.models[0].reference_accuracy >= 0.97
+    assert ort.accuracy == results.models[0].reference_accuracy and ort.fidelity.max_abs_diff == 0
+    assert ov.fidelity.max_abs_diff < 1e-4 and ov.runtime_info["inference_precision"] == "f32"
+    assert ov.runtime_info["performance_hint"] == "LATENCY" and ov.runtime_info["streams"] == 1
+    assert results.rows[1].artifact.endswith("model.xml")  # converted to IR for OpenVINO, like a recipe row
+    assert results.benchmark["profile"] == "quick" and "edgecraft bench" in results.recipe_text
+    html = (run_dir / "report.html").read_text()
+    assert 'id="throughput-table"' in html and "cost / 1M" in html
+
+
+def test_bench_with_inputs_from_an_npz(digits_cnn: dict, tmp_path: Path) -> None:
+    x, y = digits_cnn["splits"].evaluation
+    data = tmp_path / "data.npz"
+    np.savez(data, inputs=x[:50], labels=y[:50])
+    completed = edgecraft("bench", digits_cnn["onnx"].path, "--inputs", data, "--quick", "--output-dir", tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    results = load_results(Path(completed.stdout.strip()).parent)
+    assert results.rows[0].target == "onnxruntime:cpu" and results.rows[0].status == "ok"
+    expected = float((onnx_logits(digits_cnn["onnx"].path, x[:50]).argmax(1) == y[:50]).mean())
+    assert results.rows[0].measurement.accuracy == pytest.approx(expected)  # on the 50 given inputs, not digits
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "expected"),
+    [
+        (lambda d: d / "absent.onnx", [], "model file not found"),
+        (lambda d: _touch(d / "model.pt"), [], "unknown model format '.pt'"),
+        (lambda d: _touch(d / "model.xml"), [], "needs its weights file model.bin"),
+        (None, ["--target", "tensorrt:gpu"], "unknown runtime 'tensorrt'"),
+        (None, ["--target", "onnxruntime:tpu"], "onnxruntime has no device 'tpu'"),
+        (None, ["--target", "litert:cpu"], "litert runs tflite models, not fp32.onnx (onnx)"),
+        (None, ["--inputs", "data.csv"], "expected an .npz file"),
+        (None, ["--pin", "4096"], "CPU 4096 does not exist here"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(digits_cnn: dict, tmp_path: Path, make, args, expected) -> None:
+    model = make(tmp_path) if make else digits_cnn["onnx"].path
+    completed = edgecraft("bench", model, *args, "--quick", "--output-dir", tmp_path / "runs")
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    err = completed.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_npz_without_labels(digits_cnn: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, inputs=digits_cnn["splits"].evaluation[0][:8])
+    completed = edgecraft("bench", digits_cnn["onnx"].path, "--inputs", data, "--quick", "--output-dir", tmp_path)
+    assert completed.returncode == 2 and "missing array(s) ['labels']" in completed.stderr
+
+
+def _touch(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
