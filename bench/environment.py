@@ -62,10 +62,10 @@ def machine_warnings(cpu: dict[str, Any]) -> list[str]:
     governor = cpu.get("governor")
     if governor and governor != "performance":
         warnings.append(f"CPU frequency governor is {governor!r}, not 'performance': clocks may change under load")
-    cores = cpu.get("usable_cores") or cpu.get("logical_cores")
+    cores = cpu.get("logical_cores")  # the load average counts runnable tasks on the whole machine
     load = (cpu.get("load_average") or [0])[0]
     if cores and load > cores:
-        warnings.append(f"load average {load:g} exceeds the {cores} usable cores: other processes competed for CPU")
+        warnings.append(f"load average {load:g} exceeds the {cores} cores: other processes competed for CPU")
     return warnings
 
 

@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
     run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, output_dir=args.output_dir,
-                         price_per_hour=args.price_per_hour, command=sys.argv[2:] if len(sys.argv) > 2 else None)
+                         price_per_hour=args.price_per_hour, command=args.argv[args.argv.index("bench") + 1 :])
     print(run_dir / "report.html")
     return 0
 
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that store their command line
     # TensorFlow (imported by converters, sometimes indirectly) logs its C++ start-up chatter unless told first.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from rich.console import Console

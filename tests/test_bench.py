@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import bench.harness as harness
+from bench.environment import machine_warnings
 from bench.harness import MeasureJob, MeasurementFailed, fidelity, measure, measure_all, noise_warnings, round_orders
 from bench.settings import BenchmarkSpec, parse_cpus, profile_settings, resolve
 from bench.stats import coefficient_of_variation, latency_stats, median_ci
@@ -323,3 +324,11 @@ def test_crashing_and_hanging_jobs_fail_alone(digits_job, tmp_path) -> None:
     assert isinstance(crashed, MeasurementFailed) and "exited with code 1" in str(crashed)
     assert isinstance(hung, MeasurementFailed) and "timed out after 8 s" in str(hung)
     assert len(good.repetitions) == 2 and good.latency_ms.runs >= 2 * settings.runs
+
+
+def test_machine_warnings() -> None:
+    quiet = {"logical_cores": 2, "usable_cores": 1, "load_average": [1.6, 1.0, 1.0], "governor": "performance"}
+    assert machine_warnings(quiet) == []  # one busy core of two, while this process may use only one: fine
+    busy = machine_warnings({"logical_cores": 2, "load_average": [3.5, 2.0, 1.0], "governor": "powersave"})
+    assert "governor is 'powersave'" in busy[0] and "load average 3.5 exceeds the 2 cores" in busy[1]
+    assert machine_warnings({"logical_cores": 2}) == []  # nothing readable, nothing claimed
