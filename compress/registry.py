@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
@@ -18,8 +19,12 @@ def register(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
+@functools.cache
 def _discover() -> None:
-    """Import every module of ``compress.passes`` once, so that their ``@register`` lines run."""
+    """Import every module of ``compress.passes`` once, so that their ``@register`` lines run.
+
+    Once per process rather than "while the table is empty": a pass module imported directly would otherwise
+    fill the table and hide every other pass."""
     import compress.passes as package
 
     for module in pkgutil.iter_modules(package.__path__):
@@ -28,8 +33,7 @@ def _discover() -> None:
 
 def passes() -> dict[str, type[Pass]]:
     """All registered passes by name, sorted."""
-    if not _PASSES:
-        _discover()
+    _discover()
     return dict(sorted(_PASSES.items()))
 
 

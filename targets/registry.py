@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
@@ -18,13 +19,19 @@ def register(cls: type[Target]) -> type[Target]:
     return cls
 
 
+@functools.cache
+def _discover() -> None:
+    """Import every module of ``targets.runtimes`` once per process (not "while the table is empty": a runtime
+    module imported directly would otherwise hide the others)."""
+    import targets.runtimes as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
 def runtimes() -> dict[str, type[Target]]:
     """All registered runtimes by name, sorted."""
-    if not _TARGETS:
-        import targets.runtimes as package
-
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+    _discover()
     return dict(sorted(_TARGETS.items()))
 
 

@@ -69,3 +69,19 @@ def test_quantized_outputs_stay_close_to_fp32(digits_cnn: dict, tmp_path) -> Non
     reference, quantized = onnx_logits(digits_cnn["onnx"].path, x), onnx_logits(outcome.artifact.path, x)
     assert (reference.argmax(1) == quantized.argmax(1)).mean() >= 0.95
     assert np.abs(reference - quantized).mean() < 0.5
+
+
+def test_importing_one_pass_module_first_still_registers_every_pass() -> None:
+    """A fresh process that imports one pass module directly must still see the whole table (and the targets')."""
+    import subprocess
+    import sys
+
+    code = (
+        "import compress.passes.export, targets.runtimes.litert\n"
+        "from compress import registry\nfrom targets import registry as targets\n"
+        "print(len(registry.passes()), len(targets.runtimes()))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    passes, runtimes = map(int, completed.stdout.split())
+    assert passes == len(registry.passes()) and passes >= 10
+    assert runtimes == 3
