@@ -66,6 +66,9 @@ def builtin_model(
     from compress.training import train as train_model
 
     reference = REFERENCE_MODELS[name]
+    # Seed the initial weights too, not only the training loop: the cache key assumes that the same data and
+    # recipe give the same model in any process.
+    torch.manual_seed(reference.training.seed)
     model = reference.build()
     path = cache_dir() / "models" / f"{name}-{_builtin_key(name, train)}.pt"
     if path.is_file():
