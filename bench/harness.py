@@ -22,7 +22,8 @@ import numpy as np
 
 from bench.settings import BenchSettings
 from bench.stats import latency_stats
-from reports.schema import Fidelity, Measurement, MemorySnapshot, Repetition, Throughput
+from bench.evaluators import snr_db
+from reports.schema import Fidelity, Measurement, MemorySnapshot, OutputFidelity, Quality, Repetition, Throughput
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,29 +39,43 @@ class MeasurementFailed(Exception):
 
 @dataclass(frozen=True)
 class MeasureJob:
-    """One runnable model file on one target, with the evaluation data its accuracy is measured on."""
+    """One runnable model file on one target, with the evaluation data its quality is measured on.
+
+    ``inputs`` is a folder of named input arrays (``targets.feeds.save``); ``evaluate`` turns the row's outputs
+    (every output, by name) into the model's evaluator figures, so the harness never knows what they mean."""
 
     runtime: str
     device: str
     options: dict
     model: Path
     inputs: Path
-    labels: np.ndarray
-    reference_outputs: np.ndarray
+    reference_outputs: dict[str, np.ndarray]
+    evaluate: Callable[[dict[str, np.ndarray]], Quality]
     work_dir: Path
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == labels).mean())
-
-
-def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
-    """How far ``outputs`` are from the fp32 reference outputs on the same inputs."""
-    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Fidelity:
+    """How far every output is from the same output of the fp32 reference on the same inputs."""
+    missing = [name for name in reference if name not in outputs]
+    if missing:
+        raise MeasurementFailed(f"the model returned no output(s) {missing}; it returned {sorted(outputs)}")
+    per_output, total, elements, largest = {}, 0.0, 0, 0.0
+    for name, expected in reference.items():
+        values = outputs[name]
+        if values.shape != expected.shape:
+            raise MeasurementFailed(f"output {name!r} has shape {list(values.shape)}, the fp32 reference "
+                                    f"{list(expected.shape)}")
+        diff = np.abs(values.astype(np.float64) - expected.astype(np.float64))
+        per_output[name] = OutputFidelity(max_abs_diff=float(diff.max(initial=0.0)), mean_abs_diff=float(diff.mean()),
+                                          snr_db=snr_db(expected, values))
+        total, elements, largest = total + float(diff.sum()), elements + diff.size, max(largest, float(diff.max(initial=0.0)))
+    first = next(iter(reference))
+    scores = reference[first].ndim == 2 and reference[first].shape[1] > 1
     return Fidelity(
-        top1_agreement=float((outputs.argmax(axis=1) == reference.argmax(axis=1)).mean()),
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
+        top1_agreement=float((outputs[first].argmax(1) == reference[first].argmax(1)).mean()) if scores else None,
+        max_abs_diff=largest,
+        mean_abs_diff=total / max(elements, 1),
+        outputs=per_output,
     )
 
 
@@ -80,7 +95,7 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
         "options": job.options,
         "model": str(job.model),
         "inputs": str(job.inputs),
-        "outputs": str(job.work_dir / "outputs.npy"),
+        "outputs": str(job.work_dir / "outputs.npz"),
         "result": str(folder / "result.json"),
         "accuracy": repetition == 0,
         **settings.model_dump(include={
@@ -135,7 +150,17 @@ def measure_all(
                 failures[index] = MeasurementFailed(f"{where}{exc}")
                 continue
             raws[index].append(raw | {"index": repetition, "order": position})
-    return [failures.get(index) or aggregate(job, raws[index]) for index, job in enumerate(jobs)]
+    return [failures.get(index) or _aggregated(job, raws[index]) for index, job in enumerate(jobs)]
+
+
+def _aggregated(job: MeasureJob, raws: list[dict]) -> Measurement | MeasurementFailed:
+    """``aggregate``, with outputs that cannot be compared or evaluated failing this job alone."""
+    try:
+        return aggregate(job, raws)
+    except MeasurementFailed as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - e.g. a user's evaluator function that raises
+        return MeasurementFailed(f"evaluating the outputs failed: {type(exc).__name__}: {exc}")
 
 
 def measure(job: MeasureJob, settings: BenchSettings) -> Measurement:
@@ -184,7 +209,8 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
     stats = latency_stats([np.array(raw["samples_ms"]) for raw in raws])
     memory = _memory(raws)
     by_phase = {snapshot.phase: snapshot for snapshot in memory}
-    outputs = np.load(job.work_dir / "outputs.npy")
+    with np.load(job.work_dir / "outputs.npz") as archive:
+        outputs = {name: archive[name] for name in archive.files}
     repetitions = [
         Repetition(
             p50_ms=float(np.median(raw["samples_ms"])),
@@ -205,7 +231,7 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         peak_rss_mb=by_phase["end"].peak_mb,
         rss_after_import_mb=by_phase["import"].peak_mb,
         rss_after_load_mb=by_phase["load"].peak_mb,
-        accuracy=accuracy(outputs, job.labels),
+        quality=job.evaluate(outputs),
         fidelity=fidelity(outputs, job.reference_outputs),
         runtime_info=raws[0]["runtime_info"],
         samples_ms=[round(sample, 6) for raw in raws for sample in raw["samples_ms"]],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.evaluators import EvaluatorSpec, evaluate
 from bench.harness import MeasureJob, measure
 from bench.settings import profile_settings
 from bench.stats import coefficient_of_variation
@@ -31,9 +32,10 @@ from targets import registry
 
 
 def _job(reference: Reference, work_dir: Path) -> MeasureJob:
-    outputs = np.zeros((len(reference.labels), 10), np.float32)  # fidelity is not what these checks are about
-    return MeasureJob(reference.runtime, "cpu", {}, reference.path, reference.inputs, reference.labels, outputs,
-                      work_dir)
+    outputs = {"logits": np.zeros((len(reference.labels), 10), np.float32)}  # fidelity is not what these check
+    spec = EvaluatorSpec(type="classification")
+    return MeasureJob(reference.runtime, "cpu", {}, reference.path, reference.inputs, outputs,
+                      lambda out: evaluate(spec, out, outputs, reference.labels), work_dir)
 
 
 def _benchmark_app_median_ms(xml: Path, shape: tuple[int, ...], threads: int, seconds: float, folder: Path) -> float:
@@ -103,14 +105,12 @@ def overhead(args: argparse.Namespace) -> int:
     reference = build(args.model, args.folder, [args.variant])[args.variant]
     target = registry.get(reference.runtime)
     session = target.load(reference.path, "cpu", args.threads, target.options_model())
-    x = reference.evaluation_inputs
-    singles = [x[i : i + 1] for i in range(len(x))]
+    singles = reference.feeds()
     runtime_latency: list[float] = []
     if reference.runtime == "onnxruntime":
-        name = session.get_inputs()[0].name
 
         def bare_call(i: int) -> None:
-            session.run(None, {name: singles[i % len(singles)]})
+            session.run(None, singles[i % len(singles)])
     else:
         target.run(session, singles[0])  # sets the request's input tensor
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from targets import feeds
+
 # name → (runtime that runs it, passes applied to the fp32 ONNX export)
 VARIANTS: dict[str, tuple[str, list[dict]]] = {
     "onnx-fp32": ("onnxruntime", []),
@@ -31,12 +33,18 @@ class Reference:
     name: str
     runtime: str
     path: Path
-    inputs: Path
+    inputs: Path  # a folder of named inputs (targets.feeds.save)
     labels: np.ndarray
 
     @property
     def evaluation_inputs(self) -> np.ndarray:
-        return np.load(self.inputs)
+        """The single image input of the digits models."""
+        return np.array(feeds.load(self.inputs)["input"])
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """One feed per evaluation sample, as ``Target.run`` takes it."""
+        x = self.evaluation_inputs
+        return [{"input": x[i : i + 1]} for i in range(len(x))]
 
 
 def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[str] | None = None) -> dict[str, Reference]:
@@ -54,27 +62,26 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown reference variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    shape = REFERENCE_MODELS[model].input_shape
-    x, y = data.digits(shape)
-    splits = data.split(x, y, (0.6, 0.2, 0.2), seed=0)  # the quickstart's split
+    reference = REFERENCE_MODELS[model]
+    splits = data.split(data.digits(reference.input_shape), (0.6, 0.2, 0.2), seed=0)  # the quickstart's split
     network = model_source.builtin_model(model, splits.train, lambda *_: None)
+    signature = model_source.with_outputs(network, reference.signature)
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in network.state_dict().values())).hexdigest()[:16]
     root = Path(folder).resolve() / f"{model}-{digest}"  # absolute: convert.tflite changes the working directory
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    inputs = root / "evaluation-inputs.npy"
-    if not inputs.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        np.save(inputs, splits.evaluation[0])
+    inputs = root / "evaluation-inputs"
+    if not (inputs / "names.txt").is_file():
+        feeds.save(splits.evaluation.inputs, inputs)
     fp32 = root / "fp32.onnx"
     if not fp32.is_file():
         with torch.no_grad():
-            export_torch(network, shape, fp32)
+            export_torch(network, signature, fp32)
     for name in names:
         if name in manifest and (root / manifest[name]).is_file():
             continue
         runtime, entries = VARIANTS[name]
-        artifact = Artifact("onnx", shape, path=fp32)
+        artifact = Artifact("onnx", signature, path=fp32)
         for index, entry in enumerate(entries):
             work_dir = root / name / f"{index}-{entry['type']}"
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +92,6 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
         manifest[name] = str(artifact.path.relative_to(root))
         manifest_path.write_text(json.dumps(manifest, indent=2))
     return {
-        name: Reference(name, VARIANTS[name][0], root / manifest[name], inputs, splits.evaluation[1])
+        name: Reference(name, VARIANTS[name][0], root / manifest[name], inputs, splits.evaluation.targets)
         for name in names
     }

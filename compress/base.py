@@ -14,19 +14,43 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from reports.schema import Signature
+
 
 @dataclass(frozen=True)
 class Artifact:
-    """A model at one step of the pipeline.
+    """A model at one step of the pipeline, with its signature (named inputs and outputs).
 
     ``format`` is ``"torch"`` (``model`` holds the live ``nn.Module``) or a file format such as ``"onnx"``
     (``path`` holds the file).
     """
 
     format: str
-    input_shape: tuple[int, ...]
+    signature: Signature
     path: Path | None = None
     model: Any = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Named inputs (each [samples, ...]) and optional targets ([samples, ...]: labels, boxes, pair ids)."""
+
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values()))) if self.inputs else 0
+
+    def subset(self, indices: np.ndarray) -> "Dataset":
+        return Dataset({name: array[indices] for name, array in self.inputs.items()},
+                       None if self.targets is None else self.targets[indices])
+
+    def head(self, count: int) -> "Dataset":
+        return self.subset(np.arange(min(count, len(self))))
+
+    def samples(self) -> list[dict[str, np.ndarray]]:
+        """One feed per sample (batch of 1): what calibration readers hand to quantizers."""
+        return [{name: array[i : i + 1] for name, array in self.inputs.items()} for i in range(len(self))]
 
 
 @dataclass
@@ -34,9 +58,9 @@ class PassContext:
     """What a pass may use besides its input: the data splits, a folder for its outputs, a folder for
     intermediates that several passes of one run can share (keyed by content), and a progress hook."""
 
-    train: tuple[np.ndarray, np.ndarray]
-    calibration: tuple[np.ndarray, np.ndarray]
-    evaluation: tuple[np.ndarray, np.ndarray]
+    train: Dataset
+    calibration: Dataset
+    evaluation: Dataset
     work_dir: Path
     cache_dir: Path | None = None
     seed: int = 0
@@ -80,6 +104,11 @@ class Pass(ABC):
     output_format: ClassVar[str]
     # Distributions whose versions change this pass's output: part of the step-cache key.
     libraries: ClassVar[tuple[str, ...]] = ()
+
+    def environment_facts(self, config: PassConfig) -> dict[str, Any]:
+        """Facts of this machine that change the pass's output (e.g. a setting chosen for the CPU): part of the
+        step-cache key, so a cache shared between machines never serves a step made for another CPU."""
+        return {}
 
     def is_lossless(self, config: PassConfig) -> bool:
         """True when the pass only changes format, so outputs must still match the fp32 reference."""

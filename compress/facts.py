@@ -6,15 +6,17 @@ from typing import Any
 
 import numpy as np
 
+from compress.base import Dataset
+from reports.schema import Signature
 
-def model_facts(model: Any, input_shape: tuple[int, ...], x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Parameters, MACs, zero fraction of weights and accuracy: what every torch pass reports before and after."""
-    import torch
+
+def model_facts(model: Any, signature: Signature, data: Dataset) -> dict[str, Any]:
+    """Parameters, MACs, zero fraction of weights and, where the data has class labels, top-1 accuracy."""
     import torch_pruning
 
-    from compress.training import predict
+    from compress.torch_io import example_inputs
 
-    macs, parameters = torch_pruning.utils.count_ops_and_params(model, torch.zeros((1, *input_shape)))
+    macs, parameters = torch_pruning.utils.count_ops_and_params(model, example_inputs(signature, batch=1))
     weights = [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
     zeros = sum(int((w == 0).sum()) for w in weights)
     total = sum(w.numel() for w in weights)
@@ -22,8 +24,21 @@ def model_facts(model: Any, input_shape: tuple[int, ...], x: np.ndarray, y: np.n
         "parameters": int(parameters),
         "macs": int(macs),
         "sparsity": zeros / total if total else 0.0,
-        "accuracy": float((predict(model, x).argmax(1) == y).mean()),
+        "accuracy": top1(model, signature, data),
     }
+
+
+def top1(model: Any, signature: Signature, data: Dataset) -> float | None:
+    """Top-1 accuracy of the first output against class labels; None where the data has no class labels."""
+    from compress.torch_io import predict
+
+    targets = data.targets
+    if targets is None or targets.ndim != 1 or targets.dtype.kind not in "iu" or not len(data):
+        return None
+    scores = next(iter(predict(model, data.inputs, signature).values()))
+    if scores.ndim != 2:
+        return None
+    return float((scores.argmax(1) == targets).mean())
 
 
 def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from compress.onnx_export import export_torch, forward_argument
+from compress.onnx_export import export_torch
+from reports.schema import Signature
 
 
 # torchao warns at import about CUDA-only kernels and Triton, which a CPU export never uses: import this
@@ -22,26 +21,17 @@ for _chatty in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_chatty).setLevel(logging.ERROR)
 
 
-def capture(model: Any, input_shape: tuple[int, ...]) -> Any:
-    """``model`` as an exported graph module with a dynamic batch dimension (what PT2E quantizers take)."""
+def capture(model: Any, signature: Signature) -> Any:
+    """``model`` as an exported graph module with its symbolic axes dynamic (what PT2E quantizers take)."""
     import torch
-    from torch.export import Dim
 
-    example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    program = torch.export.export(model, (example,), dynamic_shapes={forward_argument(model): {0: Dim("batch")}})
+    from compress.torch_io import dynamic_shapes, example_inputs
+
+    program = torch.export.export(model, example_inputs(signature), dynamic_shapes=dynamic_shapes(model, signature))
     return program.module()
 
 
-def accuracy(module: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a captured module; it has no working ``.eval()``, so this only turns off autograd."""
-    import torch
-
-    with torch.no_grad():
-        logits = [module(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    return float((np.concatenate(logits).argmax(1) == y).mean())
-
-
-def to_onnx(converted: Any, input_shape: tuple[int, ...], path: Path) -> Path:
+def to_onnx(converted: Any, signature: Signature, path: Path) -> Path:
     """A converted (quantize/dequantize) module as a QDQ ONNX file with a dynamic batch."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
@@ -51,4 +41,4 @@ def to_onnx(converted: Any, input_shape: tuple[int, ...], path: Path) -> Path:
     converted.eval()
     for module in converted.modules():
         module.training = False
-    return export_torch(converted, input_shape, path)
+    return export_torch(converted, signature, path)

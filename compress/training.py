@@ -9,64 +9,81 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.base import TrainingConfig
+from compress.base import Dataset, TrainingConfig
+from compress.torch_io import named_outputs, tensors
+from reports.schema import Signature
+
+
+class NotTrainable(ValueError):
+    """Data or outputs that the classification training loop cannot use; the message says why."""
+
+
+def require_class_labels(data: Dataset, signature: Signature, what: str) -> None:
+    """Training passes fit class scores to labels: say so, naming the model's outputs, when that cannot work."""
+    targets = data.targets
+    if targets is None or targets.ndim != 1 or targets.dtype.kind not in "iu":
+        got = "no targets" if targets is None else f"targets {targets.dtype.name} {list(targets.shape)}"
+        raise NotTrainable(f"{what} trains on class labels (integer targets [samples]); the data has {got}")
+    if not len(data):
+        raise NotTrainable(f"{what} trains on the train split, which is empty (data.splits.train is 0)")
+    first = signature.outputs[0] if signature.outputs else None
+    if first is not None and first.shape is not None and len(first.shape) != 2:
+        raise NotTrainable(f"{what} fits the first output to class labels, but {first.name!r} has shape "
+                           f"{first.shape} (outputs: {signature.output_names})")
+
+
+def first_output(model: nn.Module, inputs: list[torch.Tensor], signature: Signature) -> torch.Tensor:
+    """The class scores: the model's first output (the others, e.g. a box head, are not trained here)."""
+    return next(iter(named_outputs(model(*inputs), signature.output_names).values()))
 
 
 def train(
     model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    data: Dataset,
+    signature: Signature,
     config: TrainingConfig,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` with AdamW and a cosine schedule; deterministic for a given seed.
+    """Train ``model`` with AdamW and a one-cycle schedule; deterministic for a given seed.
 
     Written here rather than taken from a trainer library because it is ten lines and every training-based
     pass (fine-tuning, distillation, QAT) needs the same loop with a different loss.
     """
-    return fit(model, x, y, config, loss_fn=lambda logits, _xb, yb: nn.functional.cross_entropy(logits, yb),
-               on_epoch=on_epoch)
+    return fit(model, data, signature, config,
+               loss_fn=lambda logits, _inputs, labels: nn.functional.cross_entropy(logits, labels), on_epoch=on_epoch)
 
 
 def fit(
     model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    data: Dataset,
+    signature: Signature,
     config: TrainingConfig,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], torch.Tensor],
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """The shared loop: ``loss_fn(logits, inputs, labels)`` lets distillation add its teacher term."""
+    """The shared loop: ``loss_fn(scores, inputs, labels)`` lets distillation add its teacher term."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    inputs, labels = torch.from_numpy(x), torch.from_numpy(y).long()
+    inputs, labels = tensors(data.inputs, signature), torch.from_numpy(np.asarray(data.targets)).long()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch)
     )
     model.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(len(inputs), generator=generator)
+        order = torch.randperm(len(labels), generator=generator)
         total = 0.0
-        for start in range(0, len(inputs), config.batch_size):
+        for start in range(0, len(labels), config.batch_size):
             idx = order[start : start + config.batch_size]
-            xb, yb = inputs[idx], labels[idx]
-            loss = loss_fn(model(xb), xb, yb)
+            batch, yb = [tensor[idx] for tensor in inputs], labels[idx]
+            loss = loss_fn(first_output(model, batch, signature), batch, yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += loss.item() * len(idx)
         if on_epoch:
-            on_epoch(epoch + 1, total / len(inputs))
+            on_epoch(epoch + 1, total / len(labels))
     model.eval()
     return model
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of ``model`` on ``x`` in eval mode, as float32 numpy."""
-    model.eval()
-    outputs = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(outputs).astype(np.float32)

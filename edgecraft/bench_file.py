@@ -11,19 +11,25 @@ from __future__ import annotations
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 
 from bench.environment import environment
-from bench.harness import MeasureJob, accuracy
+from bench import evaluators
+from bench.harness import MeasureJob
 from bench.settings import BenchSettings
 from edgecraft import data as datasets
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import TargetEntry
-from edgecraft.runner import Pending, folder_name, brief, measure_rows, new_run_dir, progress_bar, runnable_row, write_run
-from reports.schema import ModelRecord, ResultRow, RunResults
+from edgecraft.runner import (
+    Pending, brief, folder_name, measure_rows, new_run_dir, progress_bar, reference_outputs, runnable_row, write_run,
+)
+from compress.base import Dataset
+from reports.schema import ModelRecord, Quality, ResultRow, RunResults, Signature
+from targets import feeds
 from targets import registry as target_registry
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
@@ -59,33 +65,65 @@ def _targets(texts: list[str], fmt: str, path: Path) -> list[TargetEntry]:
     return entries
 
 
-def _data(path: Path, inputs: Path | None, entry: TargetEntry) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation inputs and labels: the user's .npz, or digits' evaluation split at the model's input shape."""
+# Samples drawn from the signature when no data is given: enough for a latency ring and a throughput pass.
+SYNTHETIC_SAMPLES = 64
+
+
+def _data(path: Path, inputs: Path | None, signature: Signature) -> tuple[Dataset, str]:
+    """The evaluation data and where it came from: the user's .npz (one array per input name, optional
+    ``targets``), else synthetic inputs drawn from the model's signature (no targets: nothing to score)."""
     if inputs is not None:
         if inputs.suffix != ".npz":
-            raise EdgecraftError(f"--inputs {inputs}: expected an .npz file with 'inputs' and 'labels' arrays")
-        return datasets.load_source(str(inputs), Path("."), None)
-    shape = target_registry.get(entry.spec.runtime).input_shape(path)
-    sample = tuple(shape[1:])
-    if len(sample) != 3 or not all(sample):
-        raise EdgecraftError(
-            f"{path}: input shape {list(shape)} is not a fixed C×H×W image, so the digits set cannot stand in "
-            "for its data: pass --inputs data.npz (arrays 'inputs' and 'labels')"
-        )
-    x, y = datasets.digits(sample)
-    return datasets.split(x, y, (0.6, 0.2, 0.2), seed=0).evaluation
-
-
-def _reference(path: Path, entry: TargetEntry, inputs: np.ndarray, threads: int) -> np.ndarray:
-    """The file's own outputs on the first target, in this process; a model that rejects the inputs stops here."""
-    target = target_registry.get(entry.spec.runtime)
+            raise EdgecraftError(f"--inputs {inputs}: expected an .npz file with one array per model input "
+                                 "(and optionally 'targets')")
+        dataset = datasets.load_source(str(inputs), Path("."), signature)
+        return datasets.conform(dataset, signature, f"--inputs {inputs}"), str(inputs)
+    vocabulary = _vocabularies(path) if path.suffix.lower() == ".onnx" else {}
     try:
-        session = target.load(path, entry.spec.device, threads, target.options_model(**entry.options))
-        return np.concatenate([target.run(session, inputs[i : i + 64]) for i in range(0, len(inputs), 64)])
+        synthetic = feeds.synthetic(signature, SYNTHETIC_SAMPLES, seed=0, vocabulary=vocabulary)
+    except feeds.DataMismatch as exc:
+        raise EdgecraftError(f"{path}: {exc} (--inputs DATA.npz)") from None
+    return Dataset(synthetic), "synthetic (drawn from the model's signature)"
+
+
+def _vocabularies(path: Path) -> dict[str, int]:
+    """For integer inputs that index an embedding table (a Gather on a weight), the table's size: synthetic
+    token ids then stay within the vocabulary."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {init.name: init.dims[0] for init in graph.initializer if init.dims}
+    inputs = {i.name for i in graph.input}
+    return {node.input[1]: int(tables[node.input[0]]) for node in graph.node
+            if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in inputs}
+
+
+def _reference(path: Path, entry: TargetEntry, inputs: dict[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
+    """The file's own outputs on the first target, in this process; a model that rejects the inputs stops here."""
+    try:
+        return reference_outputs(target_registry.get(entry.spec.runtime), path, entry.spec.device, entry.options,
+                                 inputs, threads)
     except Exception as exc:  # noqa: BLE001 - the runtime's message is what the user needs
-        raise EdgecraftError(
-            f"{path}: {entry.label} cannot run it on inputs of shape {list(inputs.shape[1:])} (plus batch): {brief(exc)}"
-        ) from None
+        shapes = ", ".join(f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in inputs.items())
+        raise EdgecraftError(f"{path}: {entry.label} cannot run it on inputs {shapes} (plus batch): {brief(exc)}") from None
+
+
+def _scoring(
+    name: str | None, signature: Signature, dataset: Dataset, reference: dict[str, np.ndarray]
+) -> Callable[[dict[str, np.ndarray]], Quality]:
+    """The evaluator a bench row is scored with (against the file's own outputs on the first target), or none
+    when there are no targets and none was asked for: accuracy then reads "not measured", never a number."""
+    if name is None and dataset.targets is None:
+        return lambda outputs: evaluators.not_measured(None, "not measured (no labelled data)")
+    try:
+        spec = evaluators.choose(evaluators.EvaluatorSpec(type=name) if name else None, signature.outputs,
+                                 dataset.targets)
+        evaluators.check(spec, signature.outputs, dataset.targets)
+    except (ValueError, evaluators.EvaluatorMismatch) as exc:
+        message = exc.errors(include_url=False)[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise EdgecraftError(f"--evaluator: {message}") from None
+    targets = dataset.targets
+    return lambda outputs: evaluators.evaluate(spec, outputs, reference, targets)
 
 
 def bench_file(
@@ -94,6 +132,7 @@ def bench_file(
     settings: BenchSettings,
     *,
     inputs: Path | None = None,
+    evaluator: str | None = None,
     output_dir: Path = Path("runs"),
     price_per_hour: float | None = None,
     command: list[str] | None = None,
@@ -107,13 +146,17 @@ def bench_file(
     if not runnable_entries:
         raise EdgecraftError(f"none of the targets can run on this machine: {', '.join(e.label for e in entries)} "
                              "(see `edgecraft targets`)")
-    x, y = _data(model, inputs, runnable_entries[0])
-    reference = _reference(model, runnable_entries[0], x, settings.threads)
+    first = runnable_entries[0]
+    signature = target_registry.get(first.spec.runtime).signature(model)
+    dataset, data_origin = _data(model, inputs, signature)
+    reference = _reference(model, first, dataset.inputs, settings.threads)
+    signature = signature.model_copy(update={"outputs": [
+        spec for spec in signature.outputs if spec.name in reference] or signature.outputs})
+    score = _scoring(evaluator, signature, dataset, reference)
 
     name = model.stem
     run_dir = new_run_dir(Path(output_dir).resolve(), f"bench-{folder_name(name)}")
-    evaluation_inputs = run_dir / "evaluation-inputs.npy"
-    np.save(evaluation_inputs, x)
+    evaluation_inputs = feeds.save(dataset.inputs, run_dir / "evaluation-inputs")
     rows: list[ResultRow] = []
     pending: list[Pending] = []
     for entry in entries:
@@ -130,8 +173,8 @@ def bench_file(
         except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
             rows.append(row.model_copy(update={"reason": f"export failed: {brief(exc)}"}))
             continue
-        job = MeasureJob(entry.spec.runtime, entry.spec.device, entry.options, runnable, evaluation_inputs, y,
-                         reference, out_dir / "bench")
+        job = MeasureJob(entry.spec.runtime, entry.spec.device, entry.options, runnable, evaluation_inputs,
+                         reference, score, out_dir / "bench")
         pending.append(Pending(len(rows), job, lossless=False))  # no independent reference to check drift against
         rows.append(runnable_row(row, runnable, target.files(runnable), run_dir, settings))
 
@@ -145,7 +188,7 @@ def bench_file(
         recipe={
             "name": f"bench-{name}",
             "models": [{"file": str(model.resolve())}],
-            "data": {"source": str(inputs) if inputs else "digits (evaluation split)"},
+            "data": {"source": data_origin},
             "targets": [e.label for e in entries],
             "benchmark": settings.model_dump(mode="json"),
             "report": {"price_per_hour": price_per_hour} if price_per_hour else {},
@@ -153,8 +196,10 @@ def bench_file(
         recipe_text=command_line + "\n",
         environment=machine,
         benchmark=settings.model_dump(mode="json"),
-        models=[ModelRecord(name=name, source=str(model.resolve()), input_shape=list(x.shape[1:]),
-                            reference_accuracy=accuracy(reference, y))],
+        models=[ModelRecord(name=name, source=str(model.resolve()), signature=signature,
+                            data_shapes=feeds.measured_shapes(dataset.inputs),
+                            data_notes=[f"{len(dataset)} samples, {data_origin}"],
+                            reference=score(reference))],
         passes=[],
         rows=rows,
     )

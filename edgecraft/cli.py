@@ -30,7 +30,8 @@ def _bench(args: argparse.Namespace) -> int:
     from edgecraft.runner import bench_settings
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
-    run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, output_dir=args.output_dir,
+    run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, evaluator=args.evaluator,
+                         output_dir=args.output_dir,
                          price_per_hour=args.price_per_hour, command=args.argv[args.argv.index("bench") + 1 :])
     print(run_dir / "report.html")
     return 0
@@ -181,12 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="benchmark an ONNX, OpenVINO IR or TFLite file without a recipe",
         description="Measure a ready model file on one or more targets with the benchmark protocol, on real "
-        "inputs (--inputs, else the digits set resized to the model's input), and write a run folder with "
+        "inputs (--inputs) or synthetic ones drawn from its signature, and write a run folder with "
         "results.json and report.html.")
     bench.add_argument("model", type=Path, help="model file: .onnx, .xml (OpenVINO IR, .bin beside it) or .tflite")
     bench.add_argument("--target", action="append", default=[], metavar="RUNTIME:DEVICE",
                        help="target to measure on; repeat for several (default: the format's CPU runtime)")
-    bench.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with 'inputs' (NCHW) and 'labels' arrays")
+    bench.add_argument("--inputs", type=Path, metavar="NPZ",
+                       help=".npz file with one array per model input, by name, and optional 'targets' (default: "
+                       "synthetic inputs drawn from the model's signature; accuracy is then not measured)")
+    bench.add_argument("--evaluator", metavar="NAME",
+                       help="classification, agreement, embedding, regression or module:function (default: "
+                       "classification when --inputs has class targets)")
     bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
     bench.add_argument("--output-dir", type=Path, default=Path("runs"), help="where to create the run folder")
     _protocol_options(bench)

@@ -1,99 +1,197 @@
-"""Datasets a recipe can name, resolved to numpy arrays and split into train / calibration / evaluation.
+"""Datasets a recipe can name, resolved to named input arrays (plus optional targets) and split.
 
-Everything here is numpy only: the arrays are handed to passes, targets and benchmark workers, none of which
-should need torch to read them.
+A dataset is a set of named input arrays, one per model input, plus optional targets of any shape (class labels,
+boxes, embeddings, pair ids). Everything here is numpy only: the arrays are handed to passes, targets and
+benchmark workers, none of which should need torch to read them.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from compress.base import Dataset
 from edgecraft.errors import EdgecraftError
 from edgecraft.imports import load_object
+from reports.schema import Signature
+from targets import feeds as feed_tools
+from targets.feeds import Feeds
+
+log = logging.getLogger(__name__)
 
 # Normalisation of the built-in digits inputs after scaling to [0, 1] (mean/std of the whole set).
 DIGITS_MEAN, DIGITS_STD = 0.3051, 0.3799
+# Arrays of an .npz or a data function that hold the targets rather than an input.
+TARGET_KEYS = ("targets", "labels")
 
 
 @dataclass(frozen=True)
 class Splits:
-    """The three disjoint splits every run uses, each as (inputs float32 NCHW, integer labels)."""
+    """The three disjoint splits every run uses; ``how`` says whether the split was stratified."""
 
-    train: tuple[np.ndarray, np.ndarray]
-    calibration: tuple[np.ndarray, np.ndarray]
-    evaluation: tuple[np.ndarray, np.ndarray]
+    train: Dataset
+    calibration: Dataset
+    evaluation: Dataset
+    how: str = "stratified"
 
 
-def digits(input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def digits(input_shape: tuple[int, ...], input_name: str = "input") -> Dataset:
     """scikit-learn's bundled 8×8 digits, upsampled (bilinear) and channel-replicated to ``input_shape``."""
     from scipy.ndimage import zoom
     from sklearn.datasets import load_digits
 
-    if len(input_shape) != 3:
-        raise EdgecraftError(f"the digits data set needs a C×H×W model input, got input shape {list(input_shape)}")
+    if len(input_shape) != 3 or not all(isinstance(d, int) for d in input_shape):
+        raise EdgecraftError(f"the digits data set needs a fixed C×H×W image input, got {list(input_shape)}")
     channels, height, width = input_shape
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0
     images = zoom(images, (1, height / 8, width / 8), order=1, grid_mode=True, mode="grid-constant")
     images = (np.clip(images, 0, 1) - DIGITS_MEAN) / DIGITS_STD
     x = np.repeat(images[:, None], channels, axis=1).astype(np.float32)
-    return np.ascontiguousarray(x), bunch.target.astype(np.int64)
+    return Dataset({input_name: np.ascontiguousarray(x)}, bunch.target.astype(np.int64))
 
 
-def load_source(source: str, base_dir: Path, input_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Resolve a recipe's ``data.source``: ``digits``, an ``.npz`` file (``inputs`` + ``labels``) or ``module:function``."""
+def load_source(source: str, base_dir: Path, signature: Signature | None) -> Dataset:
+    """Resolve a recipe's ``data.source`` for a model with ``signature`` (None when it is not known yet).
+
+    ``digits``; an ``.npz`` keyed by input names (plus ``targets`` or ``labels``; a single-input model may also
+    use the key ``inputs``); or ``module:function`` returning such a dict (or a pair (inputs, targets))."""
     if source == "digits":
-        if input_shape is None:
-            raise EdgecraftError("data.source 'digits' needs the model's input shape: set model.input_shape")
-        return digits(input_shape)
+        image = _single_image_input(signature)
+        return digits(tuple(image.shape[1:]), image.name)
     if source.endswith(".npz"):
         path = (base_dir / source).resolve()
         if not path.is_file():
             raise EdgecraftError(f"data.source: file not found: {path}")
-        with np.load(path) as archive:
-            missing = {"inputs", "labels"} - set(archive.files)
-            if missing:
-                raise EdgecraftError(
-                    f"data.source {path}: missing array(s) {sorted(missing)}; it holds {sorted(archive.files)}"
-                )
-            return _checked(archive["inputs"], archive["labels"], str(path))
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        return _named(arrays, str(path), signature)
     if ":" in source:
         result = load_object(source, "data.source")()
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise EdgecraftError(f"data.source {source!r} must return (inputs, labels), got {type(result).__name__}")
-        return _checked(*result, source)
+        if isinstance(result, tuple) and len(result) == 2:
+            inputs, targets = result
+            arrays = dict(inputs) if isinstance(inputs, dict) else {"inputs": inputs}
+            if targets is not None:
+                arrays["targets"] = targets
+        elif isinstance(result, dict):
+            arrays = dict(result)
+        else:
+            raise EdgecraftError(f"data.source {source!r} must return a dict of named arrays or (inputs, targets), "
+                                 f"got {type(result).__name__}")
+        return _named(arrays, f"data.source {source!r}", signature)
     raise EdgecraftError(f"data.source {source!r}: expected 'digits', a .npz file or 'module:function'")
 
 
-def _checked(inputs: np.ndarray, labels: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
-    inputs, labels = np.asarray(inputs, dtype=np.float32), np.asarray(labels).astype(np.int64)
-    if inputs.ndim < 2 or len(inputs) != len(labels):
+def _single_image_input(signature: Signature | None) -> Any:
+    if signature is None:
+        raise EdgecraftError("data.source 'digits' needs the model's input shape: set the model's input_shape or inputs")
+    images = [spec for spec in signature.inputs if spec.shape and len(spec.shape) == 4]
+    if len(signature.inputs) != 1 or not images:
         raise EdgecraftError(
-            f"{origin}: inputs {list(inputs.shape)} and labels {list(labels.shape)} must have the same first dimension"
+            f"data.source 'digits' feeds one C×H×W image input; the model takes "
+            f"{', '.join(spec.describe() for spec in signature.inputs)}"
         )
-    return np.ascontiguousarray(inputs), labels
+    return images[0]
 
 
-def split(
-    x: np.ndarray, y: np.ndarray, fractions: tuple[float, float, float], seed: int
-) -> Splits:
-    """Stratified, seeded split into train / calibration / evaluation (fractions of the whole set)."""
-    from sklearn.model_selection import train_test_split
+def _named(arrays: dict[str, Any], origin: str, signature: Signature | None) -> Dataset:
+    """Split a dict of arrays into inputs and targets; the legacy key ``inputs`` names a single-input model's input."""
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    target_key = next((key for key in TARGET_KEYS if key in arrays), None)
+    targets = arrays.pop(target_key) if target_key else None
+    if "inputs" in arrays and signature is not None and len(signature.inputs) == 1 \
+            and signature.inputs[0].name not in arrays:
+        arrays[signature.inputs[0].name] = arrays.pop("inputs")
+    if not arrays:
+        raise EdgecraftError(f"{origin}: no input arrays (it holds only {target_key})")
+    counts = {name: len(array) for name, array in arrays.items() if array.ndim}
+    if targets is not None:
+        counts[target_key] = len(targets)
+    if len(set(counts.values())) != 1 or len(counts) != len(arrays) + (targets is not None):
+        raise EdgecraftError(f"{origin}: every array needs the same number of samples (first dimension), got {counts}")
+    return Dataset(arrays, targets)
 
-    train_fraction, calibration_fraction, evaluation_fraction = fractions
-    rest = calibration_fraction + evaluation_fraction
-    indices = np.arange(len(x))
-    train_idx, rest_idx = train_test_split(
-        indices, train_size=train_fraction, test_size=rest, stratify=y, random_state=seed
-    ) if train_fraction > 0 else (indices[:0], indices)
-    calibration_idx, evaluation_idx = train_test_split(
-        rest_idx, test_size=evaluation_fraction / rest, stratify=y[rest_idx], random_state=seed
-    )
-    return Splits(
-        train=(x[train_idx], y[train_idx]),
-        calibration=(x[calibration_idx], y[calibration_idx]),
-        evaluation=(x[evaluation_idx], y[evaluation_idx]),
-    )
+
+def conform(dataset: Dataset, signature: Signature, origin: str) -> Dataset:
+    """``dataset`` with inputs checked against the model's signature and cast to its dtypes; extra arrays are
+    ignored with a warning. A missing input, a wrong dtype or shape is a one-line ``EdgecraftError``."""
+    try:
+        inputs, extra = feed_tools.conform(dataset.inputs, signature, origin)
+    except feed_tools.DataMismatch as exc:
+        raise EdgecraftError(str(exc)) from None
+    if extra:
+        log.warning("%s: ignoring array(s) %s: the model's inputs are %s", origin, extra, signature.input_names)
+    return Dataset(inputs, dataset.targets)
+
+
+def _sizes(total: int, fractions: tuple[float, float, float]) -> list[int]:
+    """Sample counts per split: rounded, never more than ``total`` together (the largest split gives way)."""
+    sizes = [int(round(total * fraction)) for fraction in fractions]
+    while sum(sizes) > total:
+        sizes[sizes.index(max(sizes))] -= 1
+    return sizes
+
+
+def split(dataset: Dataset, fractions: tuple[float, float, float], seed: int) -> Splits:
+    """Seeded split into train / calibration / evaluation, each a fraction of the whole set (together ≤ 1).
+
+    Stratified when the targets are class labels with at least two members each (and every split can hold a
+    sample of every class); otherwise a seeded shuffle. Too few samples for a split is a one-line error."""
+    names = ("train", "calibration", "evaluation")
+    total = len(dataset)
+    sizes = _sizes(total, fractions)
+    empty = [name for name, size, fraction in zip(names, sizes, fractions) if fraction > 0 and size == 0]
+    if empty:
+        asked = ", ".join(f"{name} {fraction:g}" for name, fraction in zip(names, fractions))
+        raise EdgecraftError(
+            f"data.splits: {total} samples are too few for {asked}: {' and '.join(empty)} would get no sample "
+            f"(counts {dict(zip(names, sizes))})"
+        )
+    rng = np.random.default_rng(seed)
+    order, how = _stratified_order(dataset.targets, total, sizes, rng)
+    bounds = np.cumsum([0, *sizes])
+    parts = [dataset.subset(np.sort(order[bounds[i] : bounds[i + 1]])) for i in range(3)]
+    return Splits(*parts, how=how)
+
+
+def _stratified_order(
+    targets: np.ndarray | None, count: int, sizes: list[int], rng: np.random.Generator
+) -> tuple[np.ndarray, str]:
+    """A permutation of the samples whose consecutive blocks of ``sizes`` form the splits.
+
+    Stratified by hand rather than with scikit-learn's train_test_split, which refuses classes with a single
+    member and sizes that do not divide evenly: here each class is shuffled and dealt to the splits in proportion
+    (largest remainder), so every split keeps the class balance as closely as whole samples allow."""
+    total = sum(sizes)
+    if targets is None or targets.ndim != 1 or targets.dtype.kind not in "iu":
+        return rng.permutation(count)[:total], "shuffled"
+    classes, counts = np.unique(targets, return_counts=True)
+    if counts.min() < 2:
+        return rng.permutation(count)[:total], "shuffled (a class has fewer than 2 samples)"
+    blocks: list[list[int]] = [[] for _ in sizes]
+    for label in classes:
+        members = rng.permutation(np.flatnonzero(targets == label))
+        share = np.array(sizes, dtype=float) * len(members) / count
+        dealt = np.floor(share).astype(int)
+        for index in np.argsort(-(share - dealt))[: min(len(members), total) - dealt.sum()]:
+            dealt[index] += 1
+        start = 0
+        for block, amount in zip(blocks, dealt):
+            block.extend(members[start : start + amount])
+            start += amount
+    # Rounding per class may leave a split a sample short or over; move samples between splits to fix it.
+    dealt_out = {int(index) for block in blocks for index in block}
+    leftover = [int(i) for i in rng.permutation(count) if int(i) not in dealt_out]
+    for position, size in enumerate(sizes):
+        while len(blocks[position]) > size:
+            leftover.append(blocks[position].pop())
+    for position, size in enumerate(sizes):
+        while len(blocks[position]) < size:
+            blocks[position].append(leftover.pop(0))
+    order = np.array([index for block in blocks for index in block], dtype=np.int64)
+    return order, "stratified"
+

@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.base import Artifact
+from compress.base import Artifact, Dataset
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
 from edgecraft.imports import load_object
+from edgecraft import data as datasets
 from edgecraft.recipe import ModelSpec
+from reports.schema import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -28,44 +30,90 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGECRAFT_CACHE_DIR", Path.home() / ".cache" / "edgecraft"))
 
 
-def declared_input_shape(spec: ModelSpec) -> tuple[int, ...] | None:
-    """The per-sample input shape the model says it takes, before any data is loaded."""
-    if spec.builtin:
-        return REFERENCE_MODELS[spec.builtin].input_shape
-    if spec.input_shape:
-        return tuple(spec.input_shape)
-    if spec.onnx:
-        import onnx
+def declared_signature(spec: ModelSpec) -> Signature | None:
+    """The signature the model declares before any data is loaded (None: read it from the data).
 
-        graph = onnx.load(spec.onnx, load_external_data=False).graph
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.input[0].type.tensor_type.shape.dim]
-        if len(dims) >= 2 and all(dims[1:]):
-            return tuple(dims[1:])
+    Built-ins carry theirs; a factory model may declare ``inputs`` (or the ``input_shape`` shorthand) and
+    output names; an ONNX file's is read from its graph."""
+    if spec.builtin:
+        return REFERENCE_MODELS[spec.builtin].signature
+    outputs = list(spec.outputs or [])
+    if spec.inputs:
+        return Signature(inputs=[TensorSpec(**i.model_dump()) for i in spec.inputs], outputs=outputs)
+    if spec.input_shape:
+        shape = ["batch", *spec.input_shape]
+        return Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=shape,
+                                            layout="NCHW" if len(shape) == 4 else None)], outputs=outputs)
+    if spec.onnx:
+        from targets import registry
+
+        return registry.get("onnxruntime").signature(Path(spec.onnx))
     return None
 
 
-def _builtin_key(name: str, train: tuple[np.ndarray, np.ndarray]) -> str:
+def data_source(spec: ModelSpec, source: str) -> str:
+    """``auto`` is a built-in's own data set, and digits for any other model."""
+    if source != "auto":
+        return source
+    return REFERENCE_MODELS[spec.builtin].data if spec.builtin else "digits"
+
+
+def load_data(spec: ModelSpec, source: str, signature: Signature | None) -> Dataset:
+    """The model's whole data set, before splitting."""
+    source = data_source(spec, source)
+    if spec.builtin and source == REFERENCE_MODELS[spec.builtin].data and source != "digits":
+        inputs, targets = REFERENCE_MODELS[spec.builtin].dataset()
+        return Dataset(inputs, targets)
+    return datasets.load_source(source, Path("."), signature)
+
+
+def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None) -> Signature:
+    """Inputs read from the data (names, dtypes, per-sample shapes; the batch axis symbolic), and the declared
+    outputs (found later by running the model where none are declared)."""
+    inputs = []
+    for name, array in data.inputs.items():
+        shape = ["batch", *array.shape[1:]]
+        layout = "NCHW" if array.ndim == 4 and array.shape[1] in (1, 3, 4) else None
+        inputs.append(TensorSpec(name=name, dtype=array.dtype.name, shape=shape, layout=layout))
+    return Signature(inputs=inputs, outputs=list(outputs or []))
+
+
+def with_outputs(model: Any, signature: Signature) -> Signature:
+    """A PyTorch model's signature with its outputs found by running it once on example inputs."""
+    from compress.torch_io import output_specs
+
+    names = signature.output_names or None
+    try:
+        outputs = output_specs(model, signature, names)
+    except Exception as exc:  # noqa: BLE001 - the model's own error, with the inputs it was given
+        shown = ", ".join(spec.describe() for spec in signature.inputs)
+        raise EdgecraftError(f"the model rejects inputs {shown}: {_first_line(exc)}") from None
+    return signature.model_copy(update={"outputs": outputs})
+
+
+def _builtin_key(name: str, train: Dataset) -> str:
     """Content key of a trained built-in: architecture source, training recipe and the exact training data."""
     import compress.models
 
     reference = REFERENCE_MODELS[name]
     digest = hashlib.sha256()
     digest.update(inspect.getsource(compress.models).encode())
-    digest.update(json.dumps([name, reference.input_shape, asdict(reference.training)]).encode())
-    for array in train:
+    digest.update(json.dumps([name, reference.signature.model_dump(mode="json"), asdict(reference.training)]).encode())
+    for array in (*train.inputs.values(), train.targets):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
 
 
-def builtin_model(
-    name: str, train: tuple[np.ndarray, np.ndarray], on_epoch: Callable[[int, int, float], None]
-) -> Any:
-    """The trained built-in ``name``: loaded from the cache, or trained on ``train`` and cached."""
+def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float], None]) -> Any:
+    """The built-in ``name``: a pretrained one as it ships (its package caches what it unpacks), a digits model
+    loaded from the cache, or trained on ``train`` and cached."""
     import torch
 
     from compress.training import train as train_model
 
     reference = REFERENCE_MODELS[name]
+    if reference.training is None:
+        return reference.build().eval()
     # Seed the initial weights too, not only the training loop: the cache key assumes that the same data and
     # recipe give the same model in any process.
     torch.manual_seed(reference.training.seed)
@@ -77,7 +125,8 @@ def builtin_model(
         return model.eval()
     log.info("training %s (%d epochs); it will be cached at %s", name, reference.training.epochs, path)
     epochs = reference.training.epochs
-    train_model(model, *train, reference.training, on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss))
+    train_model(model, train, reference.signature, reference.training,
+                on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     torch.save(model.state_dict(), temporary)
@@ -101,28 +150,32 @@ def factory_model(spec: ModelSpec) -> Any:
     return model.eval()
 
 
-def starting_artifact(spec: ModelSpec, model: Any, input_shape: tuple[int, ...]) -> Artifact:
+def starting_artifact(spec: ModelSpec, model: Any, signature: Signature) -> Artifact:
     if spec.onnx:
-        return Artifact("onnx", input_shape, path=Path(spec.onnx))
-    return Artifact("torch", input_shape, model=model)
+        return Artifact("onnx", signature, path=Path(spec.onnx))
+    return Artifact("torch", signature, model=model)
 
 
-def check_accepts(artifact: Artifact, sample: np.ndarray, data_source: str) -> None:
-    """Run one real input through the model so that a shape mismatch is reported before any long work."""
+def check_accepts(artifact: Artifact, sample: Dataset, data_source: str) -> None:
+    """Run one real sample through the model so that a mismatch is reported before any long work."""
     try:
         if artifact.format == "torch":
-            import torch
+            from compress.torch_io import predict
 
-            with torch.no_grad():
-                artifact.model.eval()(torch.from_numpy(sample))
+            predict(artifact.model, sample.inputs, artifact.signature)
         else:
-            import onnxruntime
+            from targets import registry
 
-            session = onnxruntime.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
-            session.run(None, {session.get_inputs()[0].name: sample})
+            target = registry.get("onnxruntime")
+            target.run(target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs)
     except Exception as exc:  # noqa: BLE001 - the framework's message is the useful part
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join(f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in sample.inputs.items())
         raise EdgecraftError(
-            f"wrong input shape: data.source {data_source!r} gives inputs of shape {list(sample.shape[1:])} "
-            f"(plus batch) and the model rejects them: {first_line[:300]}"
+            f"the model rejects the data: data.source {data_source!r} gives {shapes} (plus batch): "
+            f"{_first_line(exc)[:300]}"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

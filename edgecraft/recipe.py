@@ -13,10 +13,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from bench.evaluators import EvaluatorSpec
 from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
+from reports.schema import TensorSpec
 from reports.settings import ReportSettings
 from targets import registry as target_registry
 from targets.base import TargetSpec
@@ -39,19 +41,65 @@ def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
     return str(path)
 
 
+class InputSpec(TensorSpec):
+    """A declared model input: a name, a dtype, a shape whose symbolic axes are names (the first is the batch)."""
+
+    dtype: str = Field("float32", description="numpy dtype name: float32, int64, ...")
+    shape: list[Annotated[int, Field(gt=0)] | str] = Field(
+        description="e.g. [batch, 3, 224, 224] or [batch, sequence]; names stay dynamic in exports."
+    )
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        known = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+        if value not in known:
+            raise ValueError(f"unknown dtype {value!r}; known: {', '.join(known)}")
+        return value
+
+
 class ModelSpec(_Strict):
     """Exactly one of ``builtin``, ``factory`` or ``onnx``."""
 
     name: str | None = Field(None, description="Name in results; defaults to the builtin name or the file stem.")
     builtin: Literal[tuple(REFERENCE_MODELS)] | None = Field(  # type: ignore[valid-type]
-        None, description="A built-in reference model, trained in code on the digits set and cached."
+        None, description="A built-in model: " + "; ".join(f"{name}: {m.description}" for name, m in REFERENCE_MODELS.items()),
     )
     factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
     weights: str | None = Field(None, description="State-dict file loaded into the factory's model.")
     onnx: str | None = Field(None, description="A ready ONNX model file.")
     input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
-        None, description="Shape of one input without the batch dimension, e.g. [3, 64, 64]."
+        None, description="Shorthand for one float32 input named 'input': its shape without the batch, e.g. [3, 64, 64]."
     )
+    inputs: list[InputSpec] | None = Field(
+        None, description="The PyTorch model's inputs, in forward()'s order (default: read from the data)."
+    )
+    outputs: list[str | TensorSpec] | None = Field(
+        None, description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
+        "for one, output_0, output_1, ... for several); an entry may be {name, kind} with kind scores, "
+        "embedding or values."
+    )
+    evaluator: EvaluatorSpec | None = Field(
+        None, description="How quality is measured: classification, agreement, embedding, regression or "
+        "'module:function', with the outputs it reads (default: the built-in's own; else classification "
+        "when the data has class labels, agreement with fp32 when it has none)."
+    )
+
+    @field_validator("evaluator", mode="before")
+    @classmethod
+    def _evaluator_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("outputs")
+    @classmethod
+    def _output_specs(cls, values: list | None) -> list | None:
+        if values is None:
+            return None
+        specs = [TensorSpec(name=value) if isinstance(value, str) else value for value in values]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output names must be unique, got {names}")
+        return specs
 
     _check_weights = field_validator("weights", "onnx")(_existing_file)
 
@@ -69,6 +117,15 @@ class ModelSpec(_Strict):
             raise ValueError(f"give exactly one of builtin, factory or onnx (got {sources or 'none'})")
         if self.weights and not self.factory:
             raise ValueError("weights is only used with factory")
+        if self.inputs and self.input_shape:
+            raise ValueError("give inputs or input_shape, not both")
+        if (self.inputs or self.outputs) and not self.factory:
+            raise ValueError("inputs and outputs declare a factory model's signature; built-in and onnx models "
+                             "carry their own")
+        if self.inputs:
+            names = [spec.name for spec in self.inputs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"input names must be unique, got {names}")
         return self
 
     @property
@@ -87,23 +144,27 @@ class ModelSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Fractions of the data set; the built-in models train on ``train``."""
+    """Fractions of the data set (together at most 1; the rest is left out); the digits models train on ``train``."""
 
     train: float = Field(0.6, ge=0, lt=1)
-    calibration: float = Field(0.2, gt=0, lt=1)
-    evaluation: float = Field(0.2, gt=0, lt=1)
+    calibration: float = Field(0.2, gt=0, le=1)
+    evaluation: float = Field(0.2, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitSpec":
+    def _at_most_one(self) -> "SplitSpec":
         total = self.train + self.calibration + self.evaluation
-        if abs(total - 1) > 1e-6:
-            raise ValueError(f"train + calibration + evaluation must be 1, got {total:g}")
+        if total > 1 + 1e-6:
+            raise ValueError(f"train + calibration + evaluation must be at most 1, got {total:g}")
         return self
 
 
 class DataSpec(_Strict):
     source: str = Field(
-        "digits", description="'digits' (scikit-learn's bundled set), a .npz file (inputs, labels) or 'module:function'."
+        "auto",
+        description="'auto': each built-in model's own data set (digits for the digits models), digits for other "
+        "models; 'digits' (scikit-learn's bundled set, resized to the model's image input); a .npz file with one "
+        "array per model input, by name, plus optional 'targets' (or 'labels'); or 'module:function' returning "
+        "such a dict.",
     )
     splits: SplitSpec = SplitSpec()
     seed: int = 0
@@ -113,8 +174,8 @@ class DataSpec(_Strict):
     def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if value.endswith(".npz"):
             return _existing_file(value, info)  # type: ignore[return-value]
-        if value != "digits" and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"expected 'digits', a .npz file or 'module:function', got {value!r}")
+        if value not in ("auto", "digits") and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"expected 'auto', 'digits', a .npz file or 'module:function', got {value!r}")
         return value
 
 

@@ -6,6 +6,7 @@ measured and written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -21,18 +22,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.environment import environment
-from bench.harness import MeasureJob, MeasurementFailed, accuracy, measure_all, noise_warnings
+from bench import evaluators
+from bench.evaluators import EvaluatorSpec
+from bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
 from bench.settings import BenchSettings, ProfileName, resolve as resolve_benchmark
 from compress import registry as pass_registry
-from compress.base import Artifact, PassContext
+from compress.base import Artifact, Dataset, PassContext
+from compress.zoo import REFERENCE_MODELS
 from edgecraft import data as datasets
 from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe, starts_from_torch
 from edgecraft.step_cache import StepCache, digest, library_versions, step_key
 from reports.html import write_report
-from reports.schema import ModelRecord, PassRecord, ResultRow, RunResults
+from reports.schema import ModelRecord, PassRecord, Quality, ResultRow, RunResults
 from reports.settings import with_overrides
+from targets import feeds
 from targets import registry as target_registry
 from compress.onnx_export import export_torch
 
@@ -60,7 +65,13 @@ class PreparedModel:
     onnx: Keyed
     context: PassContext
     evaluation_inputs: Path
-    reference_outputs: np.ndarray
+    reference_outputs: dict[str, np.ndarray]
+    evaluator: EvaluatorSpec
+
+    def scorer(self) -> Any:
+        """What the harness calls on a row's outputs: this model's evaluator against its reference and targets."""
+        targets = self.context.evaluation.targets
+        return functools.partial(_score, self.evaluator, reference=self.reference_outputs, targets=targets)
 
 
 @dataclass(frozen=True)
@@ -168,18 +179,19 @@ class RecipeRun:
         model_dir = self.run_dir / "models" / name
         model_dir.mkdir(parents=True, exist_ok=True)
         data_spec = self.recipe.data
-        x, y = datasets.load_source(data_spec.source, Path("."), model_source.declared_input_shape(spec))
-        splits = datasets.split(
-            x, y, (data_spec.splits.train, data_spec.splits.calibration, data_spec.splits.evaluation), data_spec.seed
-        )
-        if spec.input_shape and tuple(spec.input_shape) != x.shape[1:]:
-            raise EdgecraftError(
-                f"wrong input shape: model {name!r} declares input_shape {spec.input_shape} but "
-                f"data.source {data_spec.source!r} gives {list(x.shape[1:])}"
-            )
+        source = model_source.data_source(spec, data_spec.source)
+        origin = f"model {name!r}: data.source {source!r}"
+        declared = model_source.declared_signature(spec)
+        dataset = model_source.load_data(spec, data_spec.source, declared)
+        signature = declared or model_source.signature_from_data(dataset, spec.outputs)
+        dataset = datasets.conform(dataset, signature, origin)
+        splits = datasets.split(dataset, (data_spec.splits.train, data_spec.splits.calibration,
+                                          data_spec.splits.evaluation), data_spec.seed)
+        log.info("%s: %d train, %d calibration, %d evaluation samples (%s)", name, len(splits.train),
+                 len(splits.calibration), len(splits.evaluation), splits.how)
         model = None
         if spec.builtin:
-            task = self.progress.add_task(f"training {name}", total=None)
+            task = self.progress.add_task(f"loading {name}", total=None)
 
             def on_epoch(epoch: int, epochs: int, loss: float) -> None:
                 self.progress.update(task, total=epochs, completed=epoch, description=f"training {name} (loss {loss:.3f})")
@@ -188,8 +200,16 @@ class RecipeRun:
             self.progress.remove_task(task)
         elif spec.factory:
             model = model_source.factory_model(spec)
-        artifact = model_source.starting_artifact(spec, model, tuple(x.shape[1:]))
-        model_source.check_accepts(artifact, splits.evaluation[0][:1], data_spec.source)
+        if model is not None:
+            signature = model_source.with_outputs(model, signature)
+        evaluator = evaluators.choose(spec.evaluator or _builtin_evaluator(spec), signature.outputs,
+                                      splits.evaluation.targets)
+        try:
+            evaluators.check(evaluator, signature.outputs, splits.evaluation.targets)
+        except evaluators.EvaluatorMismatch as exc:
+            raise EdgecraftError(f"model {name!r}: {exc}") from None
+        artifact = model_source.starting_artifact(spec, model, signature)
+        model_source.check_accepts(artifact, splits.evaluation.head(1), source)
 
         context = PassContext(
             train=splits.train,
@@ -203,31 +223,34 @@ class RecipeRun:
         start = Keyed(artifact, digest(_content_key(artifact), _data_key(splits), data_spec.seed))
         shared = self._apply(name, None, start, self.recipe.passes, context, model_dir / "shared")
         artifact = shared.artifact
+        evaluation = splits.evaluation
         if artifact.format == "torch":
-            from compress.training import predict
+            from compress.torch_io import predict
 
-            reference = predict(artifact.model, splits.evaluation[0])
-            onnx_path = export_torch(artifact.model, artifact.input_shape, model_dir / "fp32.onnx")
+            reference = predict(artifact.model, evaluation.inputs, signature)
+            onnx_path = export_torch(artifact.model, signature, model_dir / "fp32.onnx")
             parameters = sum(p.numel() for p in artifact.model.parameters())
             onnx_key = digest(shared.key, "export_torch", library_versions(()))
         else:
-            reference = _onnx_outputs(artifact.path, splits.evaluation[0])
+            reference = _onnx_outputs(artifact.path, evaluation.inputs)
             onnx_path = artifact.path
             parameters = None
             onnx_key = shared.key
-        evaluation_inputs = model_dir / "evaluation-inputs.npy"
-        np.save(evaluation_inputs, splits.evaluation[0])
+        evaluation_inputs = feeds.save(evaluation.inputs, model_dir / "evaluation-inputs")
         self.models.append(
             ModelRecord(
                 name=name,
                 source=spec.source,
-                input_shape=list(artifact.input_shape),
+                signature=signature,
+                data_shapes=feeds.measured_shapes(evaluation.inputs),
+                data_notes=data_notes(evaluation, splits.how),
                 parameters=parameters,
-                reference_accuracy=accuracy(reference, splits.evaluation[1]),
+                reference=evaluators.evaluate(evaluator, reference, reference, evaluation.targets),
             )
         )
-        onnx = Keyed(Artifact("onnx", artifact.input_shape, path=onnx_path), onnx_key)
-        return PreparedModel(name, shared if artifact.format == "torch" else None, onnx, context, evaluation_inputs, reference)
+        onnx = Keyed(Artifact("onnx", signature, path=onnx_path), onnx_key)
+        return PreparedModel(name, shared if artifact.format == "torch" else None, onnx, context, evaluation_inputs,
+                             reference, evaluator)
 
     def _apply(
         self, model: str, variant: str | None, current: Keyed, entries: list[Any], context: PassContext, folder: Path
@@ -347,8 +370,8 @@ class RecipeRun:
             options=entry.options,
             model=runnable,
             inputs=prepared.evaluation_inputs,
-            labels=prepared.context.evaluation[1],
             reference_outputs=prepared.reference_outputs,
+            evaluate=prepared.scorer(),
             work_dir=out_dir / "bench",
         )
         return row, job
@@ -427,27 +450,55 @@ def write_run(results: RunResults, run_dir: Path) -> Path:
     return write_report(results, run_dir)
 
 
-def _onnx_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
+def _onnx_outputs(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Reference outputs of a user-supplied ONNX model (there is no PyTorch model to compare with)."""
-    import onnxruntime
+    return reference_outputs(target_registry.get("onnxruntime"), path, "cpu", {}, inputs, threads=1)
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: inputs[i : i + 64]})[0] for i in range(0, len(inputs), 64)])
+
+def reference_outputs(target: Any, path: Path, device: str, options: dict, inputs: dict[str, np.ndarray],
+                      threads: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Every output of a model file on ``target``, in this process, over all the inputs."""
+    session = target.load(path, device, threads, target.options_model(**options))
+    batches = [target.run(session, feeds.take(inputs, start, start + batch_size))
+               for start in range(0, feeds.count(inputs), batch_size)]
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def _score(evaluator: EvaluatorSpec, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+           targets: np.ndarray | None) -> Quality:
+    return evaluators.evaluate(evaluator, outputs, reference, targets)
+
+
+def _builtin_evaluator(spec: ModelSpec) -> EvaluatorSpec | None:
+    return EvaluatorSpec(type=REFERENCE_MODELS[spec.builtin].evaluator) if spec.builtin else None
+
+
+def data_notes(evaluation: Dataset, how: str) -> list[str]:
+    """What a reader needs to know about the evaluation data: its size, how it was split, sequence lengths."""
+    notes = [f"{len(evaluation)} evaluation samples ({how} split)"]
+    for name, array in evaluation.inputs.items():
+        if "mask" in name.lower() and array.ndim == 2 and array.dtype.kind in "iub":
+            lengths = array.sum(axis=1)
+            notes.append(f"sequence length {array.shape[1]} (padded); real tokens per sample (from {name}): "
+                         f"min {int(lengths.min())}, median {int(np.median(lengths))}, max {int(lengths.max())}")
+    return notes
 
 
 def _content_key(artifact: Artifact) -> str:
     """What a starting model is, by content: its weights and class (PyTorch) or its file's bytes."""
+    signature = artifact.signature.model_dump(mode="json")
     if artifact.format == "torch":
         state = artifact.model.state_dict()
         tensors = [name.encode() + state[name].detach().cpu().numpy().tobytes() for name in sorted(state)]
-        return digest(type(artifact.model).__qualname__, list(artifact.input_shape), *tensors)
-    return digest(artifact.path.read_bytes())
+        return digest(type(artifact.model).__qualname__, signature, *tensors)
+    return digest(artifact.path.read_bytes(), signature)
 
 
 def _data_key(splits: Any) -> str:
     """The exact train / calibration / evaluation arrays: passes train, calibrate and evaluate on them."""
-    arrays = (*splits.train, *splits.calibration, *splits.evaluation)
+    arrays = []
+    for part in (splits.train, splits.calibration, splits.evaluation):
+        arrays += [*part.inputs.values(), *([] if part.targets is None else [part.targets])]
     return digest(*(np.ascontiguousarray(array).tobytes() for array in arrays))
 
 

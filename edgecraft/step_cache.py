@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.base import Artifact, Pass, PassConfig, PassOutcome
+from reports.schema import Signature
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 def step_key(input_key: str, step: Pass, config: PassConfig) -> str:
     source = Path(inspect.getfile(type(step))).read_bytes()
-    return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries), source)
+    return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries), source,
+                  step.environment_facts(config))
 
 
 @dataclass
@@ -76,6 +78,8 @@ class StepCache:
         if not self.enabled or not manifest.exists():
             return None
         record = json.loads(manifest.read_text())
+        if "signature" not in record:  # written before signatures existed: recompute
+            return None
         shutil.copytree(entry / "files", work_dir, dirs_exist_ok=True)
         model = None
         path = work_dir / record["path"] if record["path"] else None
@@ -85,7 +89,7 @@ class StepCache:
             # Our own entry, written by store() below: the pickled module is trusted like the code that wrote it.
             model = torch.load(work_dir / "model.pt", weights_only=False)
         self.hits += 1
-        artifact = Artifact(record["format"], tuple(record["input_shape"]), path=path, model=model)
+        artifact = Artifact(record["format"], Signature.model_validate(record["signature"]), path=path, model=model)
         return CachedStep(PassOutcome(artifact, record["details"]), record["seconds"])
 
     def store(self, key: str, outcome: PassOutcome, work_dir: Path, seconds: float) -> None:
@@ -102,7 +106,7 @@ class StepCache:
         shutil.copytree(work_dir, temporary / "files")
         record = {
             "format": artifact.format,
-            "input_shape": list(artifact.input_shape),
+            "signature": artifact.signature.model_dump(mode="json"),
             "path": str(artifact.path.relative_to(work_dir)) if artifact.path else None,
             "details": outcome.details,
             "seconds": seconds,

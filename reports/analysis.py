@@ -33,7 +33,8 @@ class RowFacts:
 
     row: ResultRow
     parameters: int | None
-    reference_accuracy: float
+    reference_accuracy: float | None
+    metric: str
     baseline: ResultRow | None
     accuracy_drop: float | None
     within_budget: bool
@@ -118,7 +119,8 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     ok = [r for r in results.rows if r.status == "ok"]
     front: set[int] = set()
     for key in {(r.model, r.target) for r in ok}:
-        group = [r for r in ok if (r.model, r.target) == key]
+        # Rows whose quality could not be measured have no place on an accuracy/latency front.
+        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None]
         marks = pareto_front([(r.measurement.latency_ms.p50, r.measurement.accuracy) for r in group])
         front.update(id(r) for r, mark in zip(group, marks) if mark)
     facts = []
@@ -127,7 +129,8 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
         baseline = baselines.get((row.model, row.target))
         compared = baseline if baseline is not row else None  # the fp32 row is not compared with itself
         m, base = row.measurement, compared.measurement if compared else None
-        drop = model.reference_accuracy - m.accuracy if m else None
+        measured = m is not None and m.accuracy is not None and model.reference_accuracy is not None
+        drop = model.reference_accuracy - m.accuracy if measured else None
         slower = bool(m and base and m.latency_ms.p50 > base.latency_ms.p50
                       and not cis_overlap(m.latency_ms, base.latency_ms))
         facts.append(
@@ -135,6 +138,7 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 row=row,
                 parameters=model.parameters,
                 reference_accuracy=model.reference_accuracy,
+                metric=model.reference.metric,
                 baseline=baseline,
                 accuracy_drop=drop,
                 within_budget=drop is not None and drop <= settings.max_accuracy_drop + FLOAT_SLACK,
@@ -160,14 +164,21 @@ def _recommend(facts: list[RowFacts], settings: ReportSettings) -> list[Recommen
         group = [f for f in facts if (f.row.model, f.row.target) == (model, target)]
         measured = [f for f in group if f.row.measurement]
         eligible = [f for f in measured if f.within_budget]
+        budget = f"{100 * settings.max_accuracy_drop:g} pt of the fp32 {group[0].metric}"
         if eligible:
             choice = min(
                 eligible,
                 key=lambda f: (f.row.measurement.latency_ms.p50, -f.row.measurement.accuracy, f.row.size_bytes or 0),
             )
-            reason = f"fastest variant within {100 * settings.max_accuracy_drop:g} pt of fp32 accuracy"
+            reason = f"fastest variant within {budget}"
+        elif measured and all(f.row.measurement.accuracy is None for f in measured):
+            # Nothing can be judged on quality: say which is fastest, and that it is only that.
+            choice = None
+            fastest = min(measured, key=lambda f: f.row.measurement.latency_ms.p50)
+            why = fastest.row.measurement.quality.not_measured or "quality not measured"
+            reason = f"{why}: no variant can be recommended on quality; the fastest is {fastest.row.variant}"
         elif measured:
-            choice, reason = None, f"no variant is within {100 * settings.max_accuracy_drop:g} pt of fp32 accuracy"
+            choice, reason = None, f"no variant is within {budget}"
         else:
             choice, reason = None, "no variant was measured on this target (see the failed and skipped rows)"
         recommendations.append(Recommendation(model, target, choice, reason))

@@ -54,6 +54,9 @@ def _figure(width: float, height: float, panels: int):  # noqa: ANN202 - matplot
 
 
 def _not_measured(row: ResultRow, width: int = 70) -> str:
+    if row.measurement is not None:  # measured, but its quality could not be
+        reason = row.measurement.quality.not_measured or "quality not measured"
+        return reason[:width] + ("…" if len(reason) > width else "")
     reason = (row.reason or "").replace("\n", " ")
     return f"{row.status}: {reason[:width]}{'…' if len(reason) > width else ''}"
 
@@ -77,12 +80,14 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
     with _style("accuracy-latency"):
         figure, axes = _figure(5.0 * len(by_model), 3.6, len(by_model))
         for axis, (model, facts) in zip(axes, by_model.items()):
-            budget = facts[0].reference_accuracy - analysis.settings.max_accuracy_drop
-            axis.axhline(100 * budget, color="#8c959f", linestyle="--", linewidth=1)
-            axis.annotate("accuracy budget", (0, 100 * budget), xycoords=("axes fraction", "data"),
-                          xytext=(2, 3), textcoords="offset points", color="#57606a", fontsize=7)
+            if facts[0].reference_accuracy is not None:
+                budget = facts[0].reference_accuracy - analysis.settings.max_accuracy_drop
+                axis.axhline(100 * budget, color="#8c959f", linestyle="--", linewidth=1)
+                axis.annotate("accuracy budget", (0, 100 * budget), xycoords=("axes fraction", "data"),
+                              xytext=(2, 3), textcoords="offset points", color="#57606a", fontsize=7)
             for index, target in enumerate(targets):
-                measured = [f for f in facts if f.row.target == target and f.row.measurement]
+                measured = [f for f in facts if f.row.target == target and f.row.measurement
+                            and f.row.measurement.accuracy is not None]
                 if not measured:
                     continue
                 points = [(f.row.measurement.latency_ms.p50, 100 * f.row.measurement.accuracy) for f in measured]
@@ -101,12 +106,12 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
             axis.margins(x=0.15, y=0.15)
             axis.set_xscale("log")
             axis.set_xlabel("latency p50 (ms, log) — lower is better")
-            axis.set_ylabel("accuracy (%)")
+            axis.set_ylabel(f"{facts[0].metric} (%)")
             axis.grid(True, which="both", alpha=0.25)
-            if any(f.row.measurement for f in facts):
+            if any(f.row.measurement and f.row.measurement.accuracy is not None for f in facts):
                 axis.legend(fontsize=7, loc="lower right", title="filled: Pareto front", title_fontsize=7)
             missing = [f"{f.row.variant} · {f.row.target} — {_not_measured(f.row, 45)}" for f in facts
-                       if not f.row.measurement]
+                       if not f.row.measurement or f.row.measurement.accuracy is None]
             if missing:
                 axis.text(0, -0.28, "not measured:\n" + "\n".join(missing), transform=axis.transAxes, va="top",
                           fontsize=7, color=STATUS_COLORS["failed"])

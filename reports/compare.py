@@ -69,12 +69,17 @@ def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, limits: Gate
                 f"p50 latency +{100 * latency:.1f} % ({bm.latency_ms.p50:.3f} → {cm.latency_ms.p50:.3f} ms, 95 % CIs "
                 f"do not overlap) exceeds +{100 * limits.max_latency_increase:g} %"
             )
-        accuracy = cm.accuracy - bm.accuracy
-        if -accuracy > limits.max_accuracy_drop + FLOAT_SLACK:
-            regressions.append(
-                f"accuracy {100 * accuracy:+.2f} pt ({100 * bm.accuracy:.2f} → {100 * cm.accuracy:.2f} %) exceeds "
-                f"−{100 * limits.max_accuracy_drop:g} pt"
-            )
+        metric = bm.quality.metric
+        if bm.accuracy is not None and cm.accuracy is None:
+            regressions.append(f"{metric} measured in the baseline but not in the candidate: "
+                               f"{cm.quality.not_measured or 'no value'}")
+        elif bm.accuracy is not None:
+            accuracy = cm.accuracy - bm.accuracy
+            if -accuracy > limits.max_accuracy_drop + FLOAT_SLACK:
+                regressions.append(
+                    f"{metric} {100 * accuracy:+.2f} pt ({100 * bm.accuracy:.2f} → {100 * cm.accuracy:.2f} %) exceeds "
+                    f"−{100 * limits.max_accuracy_drop:g} pt"
+                )
     size = _relative(cand.size_bytes if cand else None, base.size_bytes if base else None)
     if size is not None and size > limits.max_size_increase:
         regressions.append(

@@ -49,10 +49,12 @@ def _environment() -> Environment:
         fmt=_fmt,
         pct=lambda value: _fmt(None if value is None else 100 * value, ".2f", " %"),
         pts=_pts,
+        drop_pts=lambda drop: _pts(None if drop is None else -drop),
         change=_change,
         times=lambda value: _fmt(value, ".2f", "×"),
         kb=lambda size: _fmt(None if size is None else size / 1024, ",.1f"),
         compact_json=lambda value: json.dumps(value, separators=(", ", ": ")),
+        figures=lambda metrics: ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())),
     )
     return env
 

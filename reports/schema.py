@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from reports.settings import ReportSettings, report_settings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: signatures, evaluators (quality), per-output fidelity
 
 
 class ResultsError(Exception):
@@ -52,12 +52,74 @@ class LatencyStats(_Model):
     )
 
 
-class Fidelity(_Model):
-    """Agreement of a variant's outputs with the fp32 reference (the PyTorch model) on the evaluation split."""
+class TensorSpec(_Model):
+    """One named input or output of a model: the model's signature is a list of these.
 
-    top1_agreement: float
+    ``shape`` keeps symbolic dimensions as names (``batch``, ``sequence``); ``layout`` says whether a 4-D input is
+    an image in NCHW or NHWC (only image inputs are ever transposed between runtimes); ``range`` bounds the
+    synthetic values drawn for it when there is no data (token ids within the vocabulary, images in [0, 1])."""
+
+    name: str
+    dtype: str | None = Field(None, description="numpy dtype name, e.g. float32, int64; None where unknown.")
+    shape: list[int | str | None] | None = Field(None, description="Dimensions; a name for a symbolic one.")
+    layout: Literal["NCHW", "NHWC"] | None = None
+    range: tuple[float, float] | None = None
+    kind: Literal["scores", "embedding", "values"] | None = Field(
+        None, description="What an output holds, where declared: evaluators refuse one that does not fit."
+    )
+
+    def describe(self) -> str:
+        dims = "×".join("?" if d is None else str(d) for d in self.shape) if self.shape is not None else "?"
+        layout = f" {self.layout}" if self.layout else ""
+        return f"{self.name}: {self.dtype or '?'} [{dims}]{layout}"
+
+
+class Signature(_Model):
+    """A model's named inputs and outputs, in the model's own order."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+
+class OutputFidelity(_Model):
+    """How far one output is from the same output of the fp32 reference."""
+
     max_abs_diff: float
     mean_abs_diff: float
+    snr_db: float | None = Field(None, description="10·log10(Σref² / Σ(out − ref)²); None when the output is exact.")
+
+
+class Fidelity(_Model):
+    """Agreement of a variant's outputs with the fp32 reference on the evaluation split, over every output."""
+
+    top1_agreement: float | None = Field(
+        None, description="Argmax agreement on the first output, where it is a [batch, classes] score; else None."
+    )
+    max_abs_diff: float = Field(description="The largest |Δ| over every output.")
+    mean_abs_diff: float = Field(description="Mean |Δ| over every element of every output.")
+    outputs: dict[str, OutputFidelity] = Field({}, description="Per output, by name; empty in older results.")
+
+
+class Quality(_Model):
+    """What an evaluator measured on a set of outputs: its headline metric (None, with the reason, where it
+    cannot be measured) and every figure it computed."""
+
+    evaluator: str
+    metric: str = Field(description="Name of the headline metric, e.g. 'top-1 accuracy', 'mean cosine to fp32'.")
+    value: float | None = Field(None, description="The headline metric, a fraction where higher is better.")
+    metrics: dict[str, float] = {}
+    not_measured: str | None = Field(None, description="Why there is no headline value.")
 
 
 class MemorySnapshot(_Model):
@@ -119,7 +181,7 @@ class Measurement(_Model):
     peak_rss_mb: float = Field(description="Peak resident memory of the fresh benchmark process.")
     rss_after_import_mb: float
     rss_after_load_mb: float
-    accuracy: float
+    quality: Quality = Field(description="The model's evaluator on this row's outputs.")
     fidelity: Fidelity
     runtime_info: dict[str, Any] = {}
     samples_ms: list[float] = Field(
@@ -131,6 +193,11 @@ class Measurement(_Model):
         [], description="Memory per phase, each figure the median over repetitions; empty in older results."
     )
     throughput: list[Throughput] = Field([], description="The throughput pass, one entry per configuration.")
+
+    @property
+    def accuracy(self) -> float | None:
+        """The evaluator's headline metric (the one the budget, verdict, Pareto front and gate use)."""
+        return self.quality.value
 
 
 class ResultRow(_Model):
@@ -172,9 +239,17 @@ class ModelRecord(_Model):
 
     name: str
     source: str
-    input_shape: list[int]
+    signature: Signature
+    data_shapes: dict[str, list[int]] = Field(
+        {}, description="Shape of each evaluation input as measured (symbolic axes resolved, e.g. the sequence length)."
+    )
+    data_notes: list[str] = Field([], description="Facts about the evaluation data, e.g. real token counts.")
     parameters: int | None = None
-    reference_accuracy: float
+    reference: Quality = Field(description="The evaluator on the fp32 reference's own outputs.")
+
+    @property
+    def reference_accuracy(self) -> float | None:
+        return self.reference.value
 
 
 class RunResults(_Model):

@@ -17,6 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from reports.schema import Signature
+from targets.feeds import Feeds
+
 ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
 
@@ -86,13 +89,26 @@ class Target(ABC):
         """Load (and compile) the model for ``device`` with ``threads`` intra-op threads."""
 
     @abstractmethod
-    def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
-        """Run one batch of NCHW float32 inputs and return the first output as float32."""
+    def run(self, session: Any, feeds: Feeds) -> Feeds:
+        """Run one batch of named inputs (as ``signature`` describes them) and return every output by name.
+
+        Float outputs come back as float32, quantized ones dequantized, so that every runtime's outputs compare."""
 
     @abstractmethod
-    def input_shape(self, path: Path) -> tuple[int | None, ...]:
-        """The model's first input shape as ``run`` takes it (NCHW for images), None for a dynamic dimension."""
+    def signature(self, path: Path) -> Signature:
+        """The model file's named inputs and outputs as ``run`` takes and returns them."""
 
     def describe(self, session: Any) -> dict[str, Any]:
         """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}
+
+
+def as_output(array: Any) -> np.ndarray:
+    """A runtime's output as an owned numpy array, floats as float32 (fp16 models compare with fp32 ones)."""
+    array = np.array(array, copy=True)
+    return array.astype(np.float32) if array.dtype.kind == "f" else array
+
+
+def image_like(shape: list | tuple | None, channels_axis: int) -> bool:
+    """A 4-D shape whose ``channels_axis`` holds 1, 3 or 4 channels: read from a file as an image layout."""
+    return bool(shape) and len(shape) == 4 and shape[channels_axis] in (1, 3, 4)

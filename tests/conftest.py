@@ -41,24 +41,44 @@ def quickstart_run(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
 def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """The trained built-in digits-cnn, its fp32 ONNX export and the data splits it was trained on."""
     from compress.base import Artifact, PassContext
+    from compress.onnx_export import export_torch
     from compress.zoo import REFERENCE_MODELS
     from edgecraft import data, model_source
-    from compress.onnx_export import export_torch
 
-    x, y = data.digits(REFERENCE_MODELS["digits-cnn"].input_shape)
-    splits = data.split(x, y, (0.6, 0.2, 0.2), 0)
+    reference = REFERENCE_MODELS["digits-cnn"]
+    splits = data.split(data.digits(reference.input_shape), (0.6, 0.2, 0.2), 0)
     model = model_source.builtin_model("digits-cnn", splits.train, lambda *_: None)
+    signature = model_source.with_outputs(model, reference.signature)
     folder = tmp_path_factory.mktemp("digits-cnn")
-    onnx_path = export_torch(model, (1, 32, 32), folder / "fp32.onnx")
+    onnx_path = export_torch(model, signature, folder / "fp32.onnx")
     context = PassContext(
         train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation, work_dir=folder
     )
     return {
         "model": model,
-        "onnx": Artifact("onnx", (1, 32, 32), path=onnx_path),
+        "signature": signature,
+        "torch": Artifact("torch", signature, model=model),
+        "onnx": Artifact("onnx", signature, path=onnx_path),
         "context": context,
         "splits": splits,
     }
+
+
+def images(splits, count: int | None = None, split: str = "evaluation") -> np.ndarray:
+    """The digits images of one split (the single input 'input')."""
+    return getattr(splits, split).inputs["input"][:count]
+
+
+def labels(splits, count: int | None = None, split: str = "evaluation") -> np.ndarray:
+    return getattr(splits, split).targets[:count]
+
+
+def torch_logits(model, x: np.ndarray) -> np.ndarray:
+    """A single-input classifier's logits through the same code path as every pass."""
+    from compress.torch_io import predict
+    from compress.zoo import image_classifier
+
+    return predict(model, {"input": x}, image_classifier(tuple(x.shape[1:])))["logits"]
 
 
 def onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -66,3 +86,7 @@ def onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+def accuracy(logits: np.ndarray, labels_: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels_).mean())

@@ -27,3 +27,53 @@ def tiny_net() -> nn.Module:
 def random_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.standard_normal((200, 1, 16, 16)).astype(np.float32), rng.integers(0, 10, 200)
+
+
+class TokenPooler(nn.Module):
+    """A transformer-shaped toy: int64 token ids and an attention mask, a sequence axis, a pooled embedding."""
+
+    def __init__(self, vocabulary: int = 50, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        self.project = nn.Linear(width, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.project(torch.tanh(pooled))
+
+
+def token_pooler() -> nn.Module:
+    torch.manual_seed(0)
+    return TokenPooler()
+
+
+def token_data() -> dict[str, np.ndarray]:
+    """120 padded token sequences of length 12 (real lengths 3-12) and pair ids (two sequences per group)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, size=(120, 12)).astype(np.int64)
+    lengths = rng.integers(3, 13, size=120)
+    mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask, "targets": np.arange(120) // 2}
+
+
+def wide_classifier() -> nn.Module:
+    """A 1000-class classifier on 16 features: the shape of an ImageNet head, for split tests."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1000))
+
+
+def wide_data() -> tuple[np.ndarray, np.ndarray]:
+    """200 labelled samples over 1000 classes: most classes have one member or none."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((200, 16)).astype(np.float32), rng.integers(0, 1000, 200)
+
+
+def three_hundred() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((300, 1, 16, 16)).astype(np.float32), rng.integers(0, 10, 300)
+
+
+def mean_output(outputs: dict, reference: dict, targets) -> dict[str, float]:
+    """A user's own metric: ``evaluator: tests.helpers:mean_output``."""
+    return {"mean": float(np.mean(next(iter(outputs.values()))))}

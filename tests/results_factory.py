@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.schema import Fidelity, LatencyStats, Measurement, ModelRecord, ResultRow, RunResults
+from reports.schema import (
+    Fidelity, LatencyStats, Measurement, ModelRecord, Quality, ResultRow, RunResults, Signature, TensorSpec,
+)
+
+SIGNATURE = Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", 1, 8, 8], layout="NCHW")],
+                      outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 10])])
+
+
+def quality(value: float | None) -> Quality:
+    return Quality(evaluator="classification", metric="top-1 accuracy", value=value, metrics={"top1": value}
+                   if value is not None else {}, not_measured=None if value is not None else "not measured (test)")
 
 VARIANTS = [{"name": "fp32", "passes": []}, {"name": "int8", "passes": [{"type": "quantize.static"}]},
             {"name": "dyn", "passes": [{"type": "quantize.dynamic"}]}]
@@ -16,7 +26,7 @@ def measurement(p50: float, accuracy: float, ci: float = 0.02, samples: int = 20
                            p90=p50 * 1.1, p95=p50 * 1.15, p99=p50 * 1.25, p50_ci95=(p50 * (1 - ci), p50 * (1 + ci)))
     return Measurement(import_s=0.1, load_s=0.01, first_inference_ms=2 * p50, latency_ms=latency,
                        throughput_per_s=1000 / p50, peak_rss_mb=60, rss_after_import_mb=40, rss_after_load_mb=50,
-                       accuracy=accuracy, fidelity=Fidelity(top1_agreement=0.99, max_abs_diff=1e-3, mean_abs_diff=1e-4),
+                       quality=quality(accuracy), fidelity=Fidelity(top1_agreement=0.99, max_abs_diff=1e-3, mean_abs_diff=1e-4),
                        samples_ms=[p50 * (0.95 + 0.01 * (i % 10)) for i in range(samples)])
 
 
@@ -42,7 +52,7 @@ def run(rows: list[ResultRow], report: dict | None = None, reference: float = 0.
         name=name, created_at="2026-01-01T00:00:00+00:00", recipe=recipe, recipe_text=f"name: {name}\n",
         environment={"python": "3.11", "platform": "linux", "cpu": {"model": "Test CPU", "logical_cores": 2},
                      "packages": {"onnxruntime": "1.20"}},
-        models=[ModelRecord(name=m, source=m, input_shape=[1, 8, 8], parameters=1234, reference_accuracy=reference)
+        models=[ModelRecord(name=m, source=m, signature=SIGNATURE, parameters=1234, reference=quality(reference))
                 for m in models],
         passes=[], rows=rows,
     )

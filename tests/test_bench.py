@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import bench.harness as harness
+from bench.evaluators import EvaluatorSpec, evaluate
 from bench.environment import machine_warnings
 from bench.harness import MeasureJob, MeasurementFailed, fidelity, measure, measure_all, noise_warnings, round_orders
 from bench.settings import BenchmarkSpec, parse_cpus, profile_settings, resolve
@@ -20,7 +21,8 @@ from bench.worker import run_phase
 from reports.analysis import analyse
 from reports.schema import Throughput
 from reports.settings import ReportSettings
-from tests.conftest import REPO, onnx_logits
+from targets import feeds
+from tests.conftest import REPO, images, labels, onnx_logits
 from tests.results_factory import ok, run
 
 THIS_CPU = sorted(os.sched_getaffinity(0))[:1]
@@ -87,10 +89,26 @@ def test_coefficient_of_variation() -> None:
 
 def test_fidelity_of_identical_and_shifted_outputs() -> None:
     a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    same = fidelity(a, a)
-    assert same.top1_agreement == 1 and same.max_abs_diff == 0
-    flipped = fidelity(a[::-1], a)
+    same = fidelity({"logits": a}, {"logits": a})
+    assert same.top1_agreement == 1 and same.max_abs_diff == 0 and same.outputs["logits"].snr_db is None
+    flipped = fidelity({"logits": a[::-1]}, {"logits": a})
     assert flipped.top1_agreement == 0 and flipped.max_abs_diff == 1
+
+
+def test_fidelity_covers_every_output_by_name() -> None:
+    boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
+    scores = np.array([[0.2, 0.8], [0.6, 0.4], [0.9, 0.1]], np.float32)
+    reference = {"scores": scores, "boxes": boxes}
+    outputs = {"boxes": boxes + 0.5, "scores": scores}  # another order: matched by name, not position
+    result = fidelity(outputs, reference)
+    assert result.top1_agreement == 1  # from the first reference output, the scores
+    assert result.outputs["scores"].max_abs_diff == 0 and result.outputs["boxes"].max_abs_diff == 0.5
+    assert result.max_abs_diff == 0.5 and result.mean_abs_diff == pytest.approx(0.5 * 12 / 18)
+    assert result.outputs["boxes"].snr_db == pytest.approx(10 * np.log10((boxes**2).sum() / (0.25 * 12)))
+    with pytest.raises(MeasurementFailed, match=r"no output\(s\) \['scores'\]"):
+        fidelity({"boxes": boxes}, reference)
+    with pytest.raises(MeasurementFailed, match="output 'boxes' has shape"):
+        fidelity({"boxes": boxes[:2], "scores": scores}, reference)
 
 
 # --- settings -------------------------------------------------------------------------------------------------------
@@ -174,8 +192,11 @@ def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 71, 72)) -> di
 def fake_job(tmp_path: Path, name: str) -> MeasureJob:
     work_dir = tmp_path / name
     work_dir.mkdir()
-    np.save(work_dir / "outputs.npy", np.eye(4, dtype=np.float32))
-    return MeasureJob("fake", "cpu", {}, Path(name), Path("x.npy"), np.arange(4), np.eye(4), work_dir)
+    np.savez(work_dir / "outputs.npz", logits=np.eye(4, dtype=np.float32))
+    spec = EvaluatorSpec(type="classification")
+    reference = {"logits": np.eye(4, dtype=np.float32)}
+    return MeasureJob("fake", "cpu", {}, Path(name), Path("inputs"), reference,
+                      lambda outputs: evaluate(spec, outputs, reference, np.arange(4)), work_dir)
 
 
 def test_rounds_interleave_jobs_and_a_failed_job_is_not_retried(tmp_path: Path, monkeypatch) -> None:
@@ -250,14 +271,16 @@ def test_cost_per_million_for_every_throughput_configuration() -> None:
 
 @pytest.fixture
 def digits_job(digits_cnn: dict, tmp_path: Path):
-    x, y = digits_cnn["splits"].evaluation
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, x)
-    reference = onnx_logits(digits_cnn["onnx"].path, x)
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
+    inputs = feeds.save({"input": x}, tmp_path / "inputs")
+    reference = {"logits": onnx_logits(digits_cnn["onnx"].path, x)}
+    spec = EvaluatorSpec(type="classification")
 
     def job(model: Path = digits_cnn["onnx"].path, name: str = "bench") -> MeasureJob:
-        return MeasureJob("onnxruntime", "cpu", {}, model, inputs, y, reference, tmp_path / name)
+        return MeasureJob("onnxruntime", "cpu", {}, model, inputs, reference,
+                          lambda outputs: evaluate(spec, outputs, reference, y), tmp_path / name)
 
+    job.labels = y
     return job
 
 
@@ -273,7 +296,8 @@ def test_measure_in_fresh_processes(digits_job) -> None:
     assert m.latency_ms.runs == len(m.samples_ms) == sum(r.runs for r in m.repetitions)
     assert 0 < m.latency_ms.min <= m.latency_ms.p50 <= m.latency_ms.p99 <= m.latency_ms.max
     assert m.load_s > 0 and m.first_inference_ms > 0 and m.import_s > 0
-    assert m.accuracy == pytest.approx(float((digits_job().reference_outputs.argmax(1) == digits_job().labels).mean()))
+    assert m.accuracy == pytest.approx(float((digits_job().reference_outputs["logits"].argmax(1) == digits_job.labels).mean()))
+    assert m.quality.evaluator == "classification" and m.quality.metric == "top-1 accuracy"
     assert m.fidelity.top1_agreement == 1 and m.fidelity.max_abs_diff < 1e-4
     assert m.runtime_info["providers"] == ["CPUExecutionProvider"] and m.runtime_info["intra_op_threads"] == 1
     assert [(t.batch_size, t.parallel) for t in m.throughput] == [(1, 1), (4, 1), (1, 2), (4, 2)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reports.schema import load_results
-from tests.conftest import edgecraft, onnx_logits
+from tests.conftest import edgecraft, images, labels, onnx_logits
 
 
 def test_bench_an_onnx_file_on_two_targets(digits_cnn: dict, tmp_path: Path) -> None:
@@ -21,19 +21,25 @@ def test_bench_an_onnx_file_on_two_targets(digits_cnn: dict, tmp_path: Path) -> 
     assert [(r.variant, r.target, r.status) for r in results.rows] == [
         ("fp32.onnx", "onnxruntime:cpu", "ok"), ("fp32.onnx", "openvino:cpu", "ok")]
     ort, ov = (row.measurement for row in results.rows)
-    # Real inputs: the digits evaluation split at the model's 1×32×32 input, so the trained model is accurate.
-    assert results.models[0].input_shape == [1, 32, 32] and results.models[0].reference_accuracy >= 0.97
-    assert ort.accuracy == results.models[0].reference_accuracy and ort.fidelity.max_abs_diff == 0
-    assert ov.fidelity.max_abs_diff < 1e-4 and ov.runtime_info["inference_precision"] == "f32"
+    # No data given: synthetic inputs drawn from the file's signature, so latency and memory only.
+    model_record = results.models[0]
+    assert [i.describe() for i in model_record.signature.inputs] == ["input: float32 [batch×1×32×32] NCHW"]
+    assert model_record.signature.output_names == ["logits"] and model_record.data_shapes == {"input": [1, 1, 32, 32]}
+    for measured in (ort, ov):
+        assert measured.accuracy is None and measured.quality.not_measured == "not measured (no labelled data)"
+        assert measured.quality.metrics == {}
+    assert model_record.reference_accuracy is None
+    assert ort.fidelity.max_abs_diff == 0 and ov.fidelity.max_abs_diff < 1e-4 and ov.runtime_info["inference_precision"] == "f32"
     assert ov.runtime_info["performance_hint"] == "LATENCY" and ov.runtime_info["streams"] == 1
     assert results.rows[1].artifact.endswith("model.xml")  # converted to IR for OpenVINO, like a recipe row
     assert results.benchmark["profile"] == "quick" and "edgecraft bench" in results.recipe_text
     html = (run_dir / "report.html").read_text()
     assert 'id="throughput-table"' in html and "cost / 1M" in html
+    assert "not measured (no labelled data)" in html
 
 
 def test_bench_with_inputs_from_an_npz(digits_cnn: dict, tmp_path: Path) -> None:
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     data = tmp_path / "data.npz"
     np.savez(data, inputs=x[:50], labels=y[:50])
     completed = edgecraft("bench", digits_cnn["onnx"].path, "--inputs", data, "--quick", "--output-dir", tmp_path)
@@ -41,7 +47,8 @@ def test_bench_with_inputs_from_an_npz(digits_cnn: dict, tmp_path: Path) -> None
     results = load_results(Path(completed.stdout.strip()).parent)
     assert results.rows[0].target == "onnxruntime:cpu" and results.rows[0].status == "ok"
     expected = float((onnx_logits(digits_cnn["onnx"].path, x[:50]).argmax(1) == y[:50]).mean())
-    assert results.rows[0].measurement.accuracy == pytest.approx(expected)  # on the 50 given inputs, not digits
+    assert results.rows[0].measurement.accuracy == pytest.approx(expected)  # on the 50 given inputs
+    assert results.rows[0].measurement.quality.metric == "top-1 accuracy"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +61,7 @@ def test_bench_with_inputs_from_an_npz(digits_cnn: dict, tmp_path: Path) -> None
         (None, ["--target", "onnxruntime:tpu"], "onnxruntime has no device 'tpu'"),
         (None, ["--target", "litert:cpu"], "litert runs tflite models, not fp32.onnx (onnx)"),
         (None, ["--inputs", "data.csv"], "expected an .npz file"),
+        (None, ["--evaluator", "magic"], "unknown evaluator 'magic'"),
         (None, ["--pin", "4096"], "CPU 4096 does not exist here"),
     ],
 )
@@ -67,11 +75,23 @@ def test_bad_input_is_one_line_and_exit_2(digits_cnn: dict, tmp_path: Path, make
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
-def test_npz_without_labels(digits_cnn: dict, tmp_path: Path) -> None:
+def test_npz_without_labels_measures_speed_and_says_accuracy_is_not_measured(digits_cnn: dict, tmp_path: Path) -> None:
     data = tmp_path / "data.npz"
-    np.savez(data, inputs=digits_cnn["splits"].evaluation[0][:8])
+    np.savez(data, input=images(digits_cnn["splits"], 8))
     completed = edgecraft("bench", digits_cnn["onnx"].path, "--inputs", data, "--quick", "--output-dir", tmp_path)
-    assert completed.returncode == 2 and "missing array(s) ['labels']" in completed.stderr
+    assert completed.returncode == 0, completed.stderr
+    row = load_results(Path(completed.stdout.strip()).parent).rows[0]
+    assert row.status == "ok" and row.measurement.accuracy is None
+    assert row.measurement.quality.not_measured == "not measured (no labelled data)"
+
+
+def test_npz_whose_names_do_not_match_the_model_is_one_line(digits_cnn: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, image=images(digits_cnn["splits"], 8), mask=np.ones((8, 4), np.int64))
+    completed = edgecraft("bench", digits_cnn["onnx"].path, "--inputs", data, "--quick", "--output-dir", tmp_path)
+    err = completed.stderr.strip()
+    assert completed.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "input(s) ['input'] are missing from the data; it has ['image', 'mask']" in err
 
 
 def _touch(path: Path) -> Path:

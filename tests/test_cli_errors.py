@@ -54,7 +54,7 @@ def test_unknown_pass_name(tmp_path: Path) -> None:
 def test_wrong_input_shape_for_the_model(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(BASE + "models:\n  - {factory: 'tests.helpers:tiny_net', input_shape: [3, 16, 16]}\n")
-    fails_cleanly(recipe, "wrong input shape", "[3, 16, 16]", "model rejects them")
+    fails_cleanly(recipe, "model rejects inputs", "input: float32 [batch×3×16×16]")
 
 
 def test_data_shape_disagrees_with_declared_input_shape(tmp_path: Path) -> None:
@@ -63,14 +63,15 @@ def test_data_shape_disagrees_with_declared_input_shape(tmp_path: Path) -> None:
     recipe.write_text(
         BASE + "data: {source: d.npz}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', input_shape: [1, 16, 16]}\n"
     )
-    fails_cleanly(recipe, "wrong input shape", "[1, 16, 16]", "[1, 8, 8]")
+    fails_cleanly(recipe, "input 'input' has shape [50, 1, 8, 8]", "[batch, 1, 16, 16]", "dimension 2 must be 16")
 
 
-def test_npz_without_labels(tmp_path: Path) -> None:
+def test_classification_without_labels(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", inputs=np.zeros((50, 1, 16, 16), np.float32))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(BASE + "data: {source: d.npz}\nmodels:\n  - {factory: 'tests.helpers:tiny_net'}\n")
-    fails_cleanly(recipe, "missing array(s) ['labels']")
+    recipe.write_text(BASE + "data: {source: d.npz}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', "
+                      "evaluator: classification}\n")
+    fails_cleanly(recipe, "model 'tiny_net'", "evaluator 'classification' needs targets (labels)")
 
 
 @pytest.mark.parametrize("factory", ["tests.helpers:no_such_function", "no_such_module:build"])

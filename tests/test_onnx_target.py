@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.training import predict
+from compress.onnx_export import export_torch
+from compress.zoo import image_classifier
 from targets import registry
 from targets.base import TargetSpec
-from compress.onnx_export import export_torch
+from tests.conftest import images, torch_logits
 from tests.helpers import tiny_net
 
 
@@ -22,11 +23,15 @@ def test_export_has_dynamic_batch_and_matches_pytorch(digits_cnn: dict, tmp_path
     runnable = target.export(digits_cnn["onnx"].path, "onnx", tmp_path)
     assert runnable.exists() and runnable.parent == tmp_path
     session = target.load(runnable, "cpu", 1, target.options_model())
-    x = digits_cnn["splits"].evaluation[0][:37]
-    outputs = target.run(session, x)
-    assert outputs.shape == (37, 10) and outputs.dtype == np.float32
-    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
-    assert target.run(session, x[:1]).shape == (1, 10)
+    x = images(digits_cnn["splits"], 37)
+    outputs = target.run(session, {"input": x})
+    assert list(outputs) == ["logits"]
+    assert outputs["logits"].shape == (37, 10) and outputs["logits"].dtype == np.float32
+    assert np.abs(outputs["logits"] - torch_logits(digits_cnn["model"], x)).max() <= 1e-4
+    assert target.run(session, {"input": x[:1]})["logits"].shape == (1, 10)
+    signature = target.signature(runnable)
+    assert [spec.describe() for spec in signature.inputs] == ["input: float32 [batch×1×32×32] NCHW"]
+    assert signature.output_names == ["logits"]
     assert target.describe(session)["providers"] == ["CPUExecutionProvider"]
 
 
@@ -34,10 +39,11 @@ def test_export_of_a_user_model_with_a_sequential_forward(tmp_path) -> None:
     import torch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
-    path = export_torch(model, (1, 4, 4), tmp_path / "seq.onnx")
+    path = export_torch(model, image_classifier((1, 4, 4)), tmp_path / "seq.onnx")
     target = registry.get("onnxruntime")
     x = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype(np.float32)
-    assert np.abs(target.run(target.load(path, "cpu", 1, target.options_model()), x) - predict(model, x)).max() <= 1e-5
+    outputs = target.run(target.load(path, "cpu", 1, target.options_model()), {"input": x})["logits"]
+    assert np.abs(outputs - torch_logits(model, x)).max() <= 1e-5
 
 
 def test_unavailable_device_gives_a_reason() -> None:
@@ -58,7 +64,8 @@ def test_unknown_device_and_runtime_are_reported() -> None:
 
 def test_tiny_user_model_round_trip(tmp_path) -> None:
     model = tiny_net().eval()
-    path = export_torch(model, (1, 16, 16), tmp_path / "tiny.onnx")
+    path = export_torch(model, image_classifier((1, 16, 16)), tmp_path / "tiny.onnx")
     target = registry.get("onnxruntime")
     x = np.ones((2, 1, 16, 16), np.float32)
-    assert np.allclose(target.run(target.load(path, "cpu", 2, target.options_model()), x), predict(model, x), atol=1e-4)
+    outputs = target.run(target.load(path, "cpu", 2, target.options_model()), {"input": x})["logits"]
+    assert np.allclose(outputs, torch_logits(model, x), atol=1e-4)

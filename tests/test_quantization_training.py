@@ -11,7 +11,7 @@ import pytest
 
 from compress import registry
 from compress.base import Artifact, PassContext
-from tests.conftest import onnx_logits
+from tests.conftest import accuracy, images, labels, onnx_logits
 
 
 def apply(name: str, artifact: Artifact, digits_cnn: dict, work_dir, **options):
@@ -20,20 +20,15 @@ def apply(name: str, artifact: Artifact, digits_cnn: dict, work_dir, **options):
     return pass_.apply(artifact, pass_.config_model(type=name, **options), context)
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
-
-
 @pytest.fixture(scope="module")
 def qat(digits_cnn: dict, tmp_path_factory: pytest.TempPathFactory):
-    torch_model = Artifact("torch", (1, 32, 32), model=digits_cnn["model"])
-    return apply("quantize.qat", torch_model, digits_cnn, tmp_path_factory.mktemp("qat"), epochs=2)
+    return apply("quantize.qat", digits_cnn["torch"], digits_cnn, tmp_path_factory.mktemp("qat"), epochs=2)
 
 
 def test_qat_writes_an_int8_qdq_model_at_least_as_accurate_as_static_ptq(qat, digits_cnn: dict, tmp_path) -> None:
     ops = {node.op_type for node in onnx.load(str(qat.artifact.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     qat_accuracy = accuracy(onnx_logits(qat.artifact.path, x), y)
     assert qat_accuracy == pytest.approx(qat.details["accuracy_after"], abs=0.01)  # torch and ORT agree
     ptq = apply("quantize.static", digits_cnn["onnx"], digits_cnn, tmp_path)
@@ -44,29 +39,28 @@ def test_qat_writes_an_int8_qdq_model_at_least_as_accurate_as_static_ptq(qat, di
 def test_onnxruntime_quantizer_relays_a_qat_model_keeping_its_accuracy(qat, digits_cnn: dict, tmp_path) -> None:
     relaid = apply("quantize.static", qat.artifact, digits_cnn, tmp_path)
     assert relaid.details["qdq_nodes_removed"] > 0
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     assert accuracy(onnx_logits(relaid.artifact.path, x), y) >= qat.details["accuracy_after"] - 0.01
 
 
 def test_qat_model_runs_in_int8_on_openvino_and_litert(qat, digits_cnn: dict, tmp_path) -> None:
     from targets import registry as targets
 
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     tflite = apply("convert.tflite", qat.artifact, digits_cnn, tmp_path, quantization="int8")
     assert tflite.details["qdq_nodes_removed"] > 0
     for runtime, path in (("openvino", qat.artifact.path), ("litert", tflite.artifact.path)):
         target = targets.get(runtime)
         session = target.load(path, "cpu", 1, target.options_model())
-        logits = np.concatenate([target.run(session, x[i : i + 1]) for i in range(len(x))])
+        logits = np.concatenate([target.run(session, {"input": x[i : i + 1]})["logits"] for i in range(len(x))])
         assert accuracy(logits, y) >= qat.details["accuracy_before"] - 0.01, runtime
 
 
 def test_autotune_finds_an_int8_scheme_within_the_tolerated_loss(digits_cnn: dict, tmp_path) -> None:
-    torch_model = Artifact("torch", (1, 32, 32), model=digits_cnn["model"])
-    outcome = apply("quantize.autotune", torch_model, digits_cnn, tmp_path, tolerable_loss=0.01, max_trials=2)
+    outcome = apply("quantize.autotune", digits_cnn["torch"], digits_cnn, tmp_path, tolerable_loss=0.01, max_trials=2)
     details = outcome.details
     assert 1 <= details["trials"] <= 2
     assert details["validation_accuracy_trials"][-1] >= 0.99 * details["validation_accuracy_fp32"]
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(outcome.artifact.path)).graph.node}
     assert accuracy(onnx_logits(outcome.artifact.path, x), y) >= details["accuracy_before"] - 0.01

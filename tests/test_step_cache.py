@@ -51,12 +51,12 @@ def test_second_run_reuses_every_step_and_reproduces_the_numbers(tmp_path: Path)
     for before, after in zip(first["rows"], second["rows"], strict=True):
         assert after["status"] == "ok"
         assert after["sha256"] == before["sha256"]
-        assert after["measurement"]["accuracy"] == before["measurement"]["accuracy"]
+        assert after["measurement"]["quality"]["value"] == before["measurement"]["quality"]["value"]
     assert [p["details"] for p in second["passes"]] == [p["details"] for p in first["passes"]]
 
     recomputed, log = run(tmp_path, path, "--no-cache")
     assert not any(p["cached"] for p in recomputed["passes"]) and "reused" not in log
-    assert recomputed["rows"][0]["measurement"]["accuracy"] == first["rows"][0]["measurement"]["accuracy"]
+    assert recomputed["rows"][0]["measurement"]["quality"]["value"] == first["rows"][0]["measurement"]["quality"]["value"]
 
 
 def test_a_changed_step_and_everything_after_it_run_again(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from bench.environment import cpu_info
 from compress import registry as passes
 from compress.base import PassContext
-from compress.training import predict
 from targets import registry
+from tests.conftest import accuracy, images, labels, torch_logits
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,7 @@ def outputs_on(runtime: str, path, x: np.ndarray, tmp_path, source_format: str, 
     target = registry.get(runtime)
     runnable = target.export(path, source_format, tmp_path)
     session = target.load(runnable, "cpu", 1, target.options_model(**options))
-    return target.run(session, x), target.describe(session)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
+    return target.run(session, {"input": x})["logits"], target.describe(session)
 
 
 # ---- OpenVINO ----------------------------------------------------------------------------------------------
@@ -45,22 +41,22 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 def test_openvino_fp32_ir_matches_pytorch_in_true_f32(digits_cnn: dict, convert, tmp_path) -> None:
     ir = convert("convert.openvino").artifact
     assert ir.format == "openvino" and ir.path.with_suffix(".bin").exists()
-    x = digits_cnn["splits"].evaluation[0][:50]
+    x = images(digits_cnn["splits"], 50)
     outputs, info = outputs_on("openvino", ir.path, x, tmp_path, "openvino")
-    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
+    assert np.abs(outputs - torch_logits(digits_cnn["model"], x)).max() <= 1e-4
     assert info["inference_precision"] == "f32" and info["threads"] == 1
     assert {p.name for p in tmp_path.iterdir()} == {"model.xml", "model.bin"}
 
 
 def test_openvino_runs_onnx_by_converting_it_on_export(digits_cnn: dict, tmp_path) -> None:
-    x = digits_cnn["splits"].evaluation[0][:8]
+    x = images(digits_cnn["splits"], 8)
     outputs, _ = outputs_on("openvino", digits_cnn["onnx"].path, x, tmp_path, "onnx")
     assert (tmp_path / "model.xml").exists()
-    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() <= 1e-4
+    assert np.abs(outputs - torch_logits(digits_cnn["model"], x)).max() <= 1e-4
 
 
 def test_openvino_records_the_precision_the_plugin_chose(digits_cnn: dict, tmp_path) -> None:
-    x = digits_cnn["splits"].evaluation[0][:4]
+    x = images(digits_cnn["splits"], 4)
     _, info = outputs_on("openvino", digits_cnn["onnx"].path, x, tmp_path, "onnx", inference_precision="plugin-default")
     expected = "bf16" if "amx_bf16" in cpu_info().get("flags", []) else info["inference_precision"]
     assert info["inference_precision"] == expected and expected in {"f32", "bf16", "f16"}
@@ -69,19 +65,19 @@ def test_openvino_records_the_precision_the_plugin_chose(digits_cnn: dict, tmp_p
 def test_fp16_ir_is_half_the_size_and_close(digits_cnn: dict, convert, tmp_path) -> None:
     fp32, fp16 = convert("convert.openvino").artifact, convert("convert.openvino", compress_to_fp16=True).artifact
     assert fp16.path.with_suffix(".bin").stat().st_size < 0.6 * fp32.path.with_suffix(".bin").stat().st_size
-    x = digits_cnn["splits"].evaluation[0][:50]
+    x = images(digits_cnn["splits"], 50)
     outputs, _ = outputs_on("openvino", fp16.path, x, tmp_path, "openvino")
-    assert np.abs(outputs - predict(digits_cnn["model"], x)).max() < 0.05
+    assert np.abs(outputs - torch_logits(digits_cnn["model"], x)).max() < 0.05
 
 
 def test_nncf_int8_is_smaller_and_within_one_point(digits_cnn: dict, convert, tmp_path) -> None:
     outcome = convert("quantize.nncf")
     ir = outcome.artifact
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     outputs, _ = outputs_on("openvino", ir.path, x, tmp_path, "openvino")
-    assert accuracy(outputs, y) >= accuracy(predict(digits_cnn["model"], x), y) - 0.01
+    assert accuracy(outputs, y) >= accuracy(torch_logits(digits_cnn["model"], x), y) - 0.01
     assert digits_cnn["onnx"].path.stat().st_size / ir.path.with_suffix(".bin").stat().st_size >= 3
-    assert outcome.details["calibration_samples"] == len(digits_cnn["splits"].calibration[0][:300])
+    assert outcome.details["calibration_samples"] == len(digits_cnn["splits"].calibration.head(300))
 
 
 def test_openvino_devices_without_hardware_are_skipped_with_a_reason() -> None:
@@ -101,10 +97,12 @@ def test_tflite_fp32_is_nhwc_and_the_target_hides_it(digits_cnn: dict, convert, 
     target = registry.get("litert")
     session = target.load(target.export(tflite.path, "tflite", tmp_path), "cpu", 1, target.options_model())
     assert list(session.interpreter.get_input_details()[0]["shape"]) == [1, 32, 32, 1]  # NHWC inside the file
-    assert target.input_shape(tflite.path) == (None, 1, 32, 32)  # reported as run() takes it: NCHW
-    x = digits_cnn["splits"].evaluation[0][:20]  # NCHW outside, batch 20: the target transposes and resizes
-    assert np.abs(target.run(session, x) - predict(digits_cnn["model"], x)).max() <= 1e-4
-    assert target.run(session, x[:1]).shape == (1, 10)
+    # Reported as run() takes it: NCHW, the way the data feeds it (the io note beside the file says so).
+    assert [i.describe() for i in target.signature(tflite.path).inputs] == ["input: float32 [batch×1×32×32] NCHW"]
+    assert target.signature(tflite.path).output_names == ["logits"]
+    x = images(digits_cnn["splits"], 20)  # NCHW outside, batch 20: the target transposes and resizes
+    assert np.abs(target.run(session, {"input": x})["logits"] - torch_logits(digits_cnn["model"], x)).max() <= 1e-4
+    assert target.run(session, {"input": x[:1]})["logits"].shape == (1, 10)
     assert target.describe(session)["interpreter"].startswith("ai-edge-litert")
     assert target.describe(session)["num_threads"] == 1
 
@@ -112,9 +110,9 @@ def test_tflite_fp32_is_nhwc_and_the_target_hides_it(digits_cnn: dict, convert, 
 @pytest.mark.parametrize(("quantization", "int8_io"), [("fp16", False), ("dynamic-int8", False), ("int8", True)])
 def test_tflite_precisions_keep_accuracy(digits_cnn: dict, convert, tmp_path, quantization: str, int8_io: bool) -> None:
     tflite = convert("convert.tflite", quantization=quantization, int8_io=int8_io).artifact
-    x, y = digits_cnn["splits"].evaluation
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     outputs, info = outputs_on("litert", tflite.path, x, tmp_path, "tflite")
-    assert accuracy(outputs, y) >= accuracy(predict(digits_cnn["model"], x), y) - 0.01
+    assert accuracy(outputs, y) >= accuracy(torch_logits(digits_cnn["model"], x), y) - 0.01
     assert info["input_dtype"] == ("int8" if int8_io else "float32")
     assert tflite.path.stat().st_size < 0.6 * digits_cnn["onnx"].path.stat().st_size
 

@@ -11,14 +11,13 @@ import torch
 
 from compress import registry
 from compress.base import Artifact, PassContext
-from compress.training import predict
+from tests.conftest import images, labels, torch_logits
 
 
 def apply(name: str, digits_cnn: dict, tmp_path, **options):
     context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path})
     pass_ = registry.get(name)
-    artifact = Artifact("torch", (1, 32, 32), model=digits_cnn["model"])
-    return pass_.apply(artifact, pass_.config_model(type=name, **options), context)
+    return pass_.apply(digits_cnn["torch"], pass_.config_model(type=name, **options), context)
 
 
 def zipped_size(model: torch.nn.Module) -> int:
@@ -37,8 +36,8 @@ def test_structured_pruning_removes_channels_and_leaves_the_input_model_alone(di
     assert details["parameters_before"] >= 2 * details["parameters_after"]
     assert details["macs_before"] >= 2 * details["macs_after"]
     assert pruned.classifier.out_features == 10  # the classifier's outputs are never pruned
-    x, y = digits_cnn["splits"].evaluation
-    assert details["accuracy_after"] == pytest.approx(float((predict(pruned, x).argmax(1) == y).mean()))
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
+    assert details["accuracy_after"] == pytest.approx(float((torch_logits(pruned, x).argmax(1) == y).mean()))
     assert details["accuracy_after"] >= details["accuracy_before"] - 0.05
 
 
@@ -64,8 +63,8 @@ def test_distillation_is_deterministic_under_a_seed(digits_cnn: dict, tmp_path) 
     options = dict(student="width:0.5", epochs=1, compare_with_student_alone=False)
     first = apply("distill", digits_cnn, tmp_path, **options).artifact.model
     second = apply("distill", digits_cnn, tmp_path, **options).artifact.model
-    x = digits_cnn["splits"].evaluation[0][:32]
-    assert np.allclose(predict(first, x), predict(second, x), atol=1e-5)
+    x = images(digits_cnn["splits"], 32)
+    assert np.allclose(torch_logits(first, x), torch_logits(second, x), atol=1e-5)
 
 
 def test_a_pruned_model_can_be_distilled_from_the_original(digits_cnn: dict, tmp_path) -> None:
@@ -75,7 +74,7 @@ def test_a_pruned_model_can_be_distilled_from_the_original(digits_cnn: dict, tmp
     # Two epochs: halving every layer leaves digits-cnn near chance (19 %), and one epoch from there ended at 89 %.
     config = distill.config_model(type="distill", student="input", teacher="original", epochs=2,
                                   compare_with_student_alone=False)
-    outcome = distill.apply(Artifact("torch", (1, 32, 32), model=pruned), config, context)
+    outcome = distill.apply(Artifact("torch", digits_cnn["signature"], model=pruned), config, context)
     details = outcome.details
     assert details["teacher_parameters"] == sum(p.numel() for p in digits_cnn["model"].parameters())
     assert details["student_parameters"] == sum(p.numel() for p in pruned.parameters())
@@ -120,9 +119,8 @@ def test_a_built_in_model_trains_to_the_same_weights_in_any_process(tmp_path) ->
     code = (
         "import os, sys; os.environ['EDGECRAFT_CACHE_DIR'] = sys.argv[1]\n"
         "from compress.zoo import REFERENCE_MODELS\nfrom edgecraft import data, model_source\n"
-        "x, y = data.digits(REFERENCE_MODELS['digits-cnn'].input_shape)\n"
-        "x, y = x[:256], y[:256]\n"
-        "model = model_source.builtin_model('digits-cnn', (x, y), lambda *_: None)\n"
+        "digits = data.digits(REFERENCE_MODELS['digits-cnn'].input_shape).head(256)\n"
+        "model = model_source.builtin_model('digits-cnn', digits, lambda *_: None)\n"
         "print(repr(float(sum(p.double().abs().sum() for p in model.parameters()))))"
     )
     weights = [

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.facts import model_facts
+from compress.facts import model_facts, top1
 from compress.registry import register
 
 # The schemes tried, in order: the fastest first (per-channel weights, asymmetric uint8 activations).
@@ -50,24 +50,23 @@ class Autotune(Pass):
         from compress import pt2e  # before torchao: it quiets torchao's import-time warnings
         from neural_compressor.torch.export import export
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
-        from torch.export import Dim
 
-        from compress.onnx_export import forward_argument
+        from compress.torch_io import dynamic_shapes, example_inputs, predict
+        from compress.training import require_class_labels
 
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO
-        before = model_facts(artifact.model, artifact.input_shape, *context.evaluation)
-        calibration = context.calibration[0][: config.calibration_samples]
-        validation_x, validation_y = context.calibration
+        signature = artifact.signature
+        require_class_labels(context.calibration, signature, "quantize.autotune (validation on the calibration split)")
+        before = model_facts(artifact.model, signature, context.evaluation)
+        calibration = context.calibration.head(config.calibration_samples)
         trials: list[float] = []
 
         def calibrate(model) -> None:
-            with torch.no_grad():
-                for start in range(0, len(calibration), 32):
-                    model(torch.from_numpy(calibration[start : start + 32]))
+            predict(model, calibration.inputs, signature, batch_size=32)
 
         def validate(model) -> float:
             # autotune scores the fp32 model first, as its baseline, then one model per trial.
-            score = pt2e.accuracy(model, validation_x, validation_y)
+            score = top1(model, signature, context.calibration)
             label = f"trial {len(trials)}" if trials else "fp32 baseline"
             trials.append(score)
             context.progress(f"autotune: {label} accuracy {score:.4f}", len(trials), config.max_trials + 1)
@@ -76,8 +75,8 @@ class Autotune(Pass):
         # Neural Compressor's own export: it marks the graph as one it may quantize.
         captured = export(
             artifact.model.eval(),
-            (torch.zeros((2, *artifact.input_shape)),),
-            dynamic_shapes={forward_argument(artifact.model): {0: Dim("batch")}},
+            example_inputs(signature),
+            dynamic_shapes=dynamic_shapes(artifact.model, signature),
         )
         tuning = TuningConfig(
             config_set=[StaticQuantConfig(**_SEARCH_SPACE)], tolerable_loss=config.tolerable_loss, max_trials=config.max_trials
@@ -88,13 +87,13 @@ class Autotune(Pass):
                 f"no int8 scheme kept the accuracy loss within tolerable_loss={config.tolerable_loss} "
                 f"in {config.max_trials} trial(s) (validation accuracies: {[round(t, 4) for t in trials]})"
             )
-        path = pt2e.to_onnx(quantized, artifact.input_shape, context.work_dir / "model.onnx")
+        path = pt2e.to_onnx(quantized, signature, context.work_dir / "model.onnx")
         return PassOutcome(
-            Artifact("onnx", artifact.input_shape, path=path),
+            Artifact("onnx", signature, path=path),
             {
                 "parameters": before["parameters"],
                 "accuracy_before": before["accuracy"],
-                "accuracy_after": pt2e.accuracy(quantized, *context.evaluation),
+                "accuracy_after": top1(quantized, signature, context.evaluation),
                 "validation_accuracy_fp32": trials[0] if trials else None,
                 "validation_accuracy_trials": trials[1:],
                 "trials": len(trials) - 1,

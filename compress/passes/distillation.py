@@ -12,9 +12,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
-from compress.facts import model_facts
+from compress.facts import model_facts, top1
 from compress.passes.pruning import prune_channels
 from compress.registry import register
+from reports.schema import Signature
 from compress.zoo import REFERENCE_MODELS
 
 
@@ -61,7 +62,7 @@ class DistillationConfig(PassConfig):
         return self
 
 
-def build_student(entering: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
+def build_student(entering: Any, spec: str, signature: Signature) -> Any:
     """The student: the entering model itself, or a freshly initialised one (a built-in, or the entering
     model's architecture with fewer channels)."""
     kind, _, value = spec.partition(":")
@@ -70,7 +71,7 @@ def build_student(entering: Any, spec: str, input_shape: tuple[int, ...]) -> Any
     if kind == "builtin":
         return REFERENCE_MODELS[value].build()
     student = copy.deepcopy(entering)
-    prune_channels(student, input_shape, 1 - float(value), importance="random")
+    prune_channels(student, signature, 1 - float(value), importance="random")
     for module in student.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
@@ -89,20 +90,22 @@ class Distillation(Pass):
         import torch
         from torch.nn import functional
 
-        from compress.training import fit
+        from compress.training import first_output, fit, require_class_labels
 
         if config.teacher == "original" and context.original is None:
             raise ValueError("teacher: original needs a PyTorch model in the recipe (not an onnx file)")
+        signature = artifact.signature
+        require_class_labels(context.train, signature, "distill")
         teacher = (artifact.model if config.teacher == "input" else context.original).eval()
         torch.manual_seed(context.seed)
-        student = build_student(artifact.model, config.student, artifact.input_shape)
+        student = build_student(artifact.model, config.student, signature)
         alone = copy.deepcopy(student) if config.compare_with_student_alone else None
         training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
         temperature, alpha = config.temperature, config.alpha
 
-        def loss(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def loss(logits: torch.Tensor, inputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                soft_targets = functional.log_softmax(teacher(inputs) / temperature, dim=1)
+                soft_targets = functional.log_softmax(first_output(teacher, inputs, signature) / temperature, dim=1)
             kl = functional.kl_div(
                 functional.log_softmax(logits / temperature, dim=1), soft_targets, reduction="batchmean", log_target=True
             )
@@ -111,16 +114,12 @@ class Distillation(Pass):
         def progress(label: str):
             return lambda epoch, value: context.progress(f"{label} (loss {value:.3f})", epoch, config.epochs)
 
-        fit(student, *context.train, training, loss, on_epoch=progress("distilling"))
-        details = {
-            f"teacher_{key}": value for key, value in model_facts(teacher, artifact.input_shape, *context.evaluation).items()
-        }
-        details.update(
-            {f"student_{k}": v for k, v in model_facts(student, artifact.input_shape, *context.evaluation).items()}
-        )
+        fit(student, context.train, signature, training, loss, on_epoch=progress("distilling"))
+        details = {f"teacher_{key}": value for key, value in model_facts(teacher, signature, context.evaluation).items()}
+        details.update({f"student_{k}": v for k, v in model_facts(student, signature, context.evaluation).items()})
         if alone is not None:
-            fit(alone, *context.train, training,
+            fit(alone, context.train, signature, training,
                 lambda logits, _inputs, labels: functional.cross_entropy(logits, labels),
                 on_epoch=progress("training the student alone"))
-            details["student_alone_accuracy"] = model_facts(alone, artifact.input_shape, *context.evaluation)["accuracy"]
-        return PassOutcome(Artifact("torch", artifact.input_shape, model=student.eval()), details)
+            details["student_alone_accuracy"] = top1(alone, signature, context.evaluation)
+        return PassOutcome(Artifact("torch", signature, model=student.eval()), details)

@@ -28,5 +28,5 @@ class OnnxExport(Pass):
     def apply(self, artifact: Artifact, config: OnnxExportConfig, context: PassContext) -> PassOutcome:
         from compress.onnx_export import export_torch
 
-        path = export_torch(artifact.model, artifact.input_shape, context.work_dir / "model.onnx")
-        return PassOutcome(Artifact("onnx", artifact.input_shape, path=path), {})
+        path = export_torch(artifact.model, artifact.signature, context.work_dir / "model.onnx")
+        return PassOutcome(Artifact("onnx", artifact.signature, path=path), {})

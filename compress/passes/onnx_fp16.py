@@ -32,4 +32,4 @@ class Fp16Conversion(Pass):
         model = convert_float_to_float16(onnx.load(str(artifact.path)), keep_io_types=True)
         output = context.work_dir / "model.onnx"
         onnx.save(model, str(output))
-        return PassOutcome(Artifact("onnx", artifact.input_shape, path=output))
+        return PassOutcome(Artifact("onnx", artifact.signature, path=output))

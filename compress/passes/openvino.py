@@ -63,7 +63,7 @@ class OpenVinoConversion(Pass):
 
     def apply(self, artifact: Artifact, config: OpenVinoConversionConfig, context: PassContext) -> PassOutcome:
         path = _save(_read(artifact), context.work_dir / "model.xml", config.compress_to_fp16)
-        return PassOutcome(Artifact("openvino", artifact.input_shape, path=path), {"compress_to_fp16": config.compress_to_fp16})
+        return PassOutcome(Artifact("openvino", artifact.signature, path=path), {"compress_to_fp16": config.compress_to_fp16})
 
 
 class NncfQuantizationConfig(PassConfig):
@@ -73,6 +73,10 @@ class NncfQuantizationConfig(PassConfig):
     calibration_samples: int = Field(300, gt=0, description="NNCF's subset_size: calibration inputs observed.")
     preset: Literal["performance", "mixed"] = Field(
         "performance", description="'performance': symmetric activations; 'mixed': asymmetric (more accurate)."
+    )
+    model_type: Literal["default", "transformer"] = Field(
+        "default", description="'transformer': NNCF's transformer scheme (keeps softmax, layer norm and the "
+        "attention's sensitive products in float)."
     )
     fast_bias_correction: bool = Field(
         False,
@@ -95,17 +99,18 @@ class NncfQuantization(Pass):
     def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
         import nncf
 
-        inputs = context.calibration[0][: config.calibration_samples]
-        dataset = nncf.Dataset([inputs[i : i + 1] for i in range(len(inputs))])
+        samples = context.calibration.head(config.calibration_samples).samples()
         quantized = nncf.quantize(
             _read(artifact),
-            dataset,
-            subset_size=len(inputs),
+            nncf.Dataset(samples),
+            subset_size=len(samples),
             preset=nncf.QuantizationPreset(config.preset),
             fast_bias_correction=config.fast_bias_correction,
+            **({"model_type": nncf.ModelType.TRANSFORMER} if config.model_type == "transformer" else {}),
         )
         path = _save(quantized, context.work_dir / "model.xml", compress_to_fp16=False)
         return PassOutcome(
-            Artifact("openvino", artifact.input_shape, path=path),
-            {"calibration_samples": len(inputs), "preset": config.preset, "fast_bias_correction": config.fast_bias_correction},
+            Artifact("openvino", artifact.signature, path=path),
+            {"calibration_samples": len(samples), "preset": config.preset, "fast_bias_correction": config.fast_bias_correction,
+             "model_type": config.model_type},
         )

@@ -16,6 +16,7 @@ from pydantic import Field
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
 from compress.facts import before_after, model_facts
 from compress.registry import register
+from reports.schema import Signature
 
 
 class FineTuning(PassConfig):
@@ -29,19 +30,22 @@ class FineTuning(PassConfig):
         return TrainingConfig(epochs=self.finetune_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed)
 
 
-def finetune(model: Any, config: FineTuning, context: PassContext, label: str) -> None:
-    from compress.training import train
+def finetune(model: Any, signature: Signature, config: FineTuning, context: PassContext, label: str) -> None:
+    from compress.training import require_class_labels, train
 
     if config.finetune_epochs:
+        require_class_labels(context.train, signature, f"{label} (finetune_epochs)")
         total = config.finetune_epochs
-        train(model, *context.train, config.training(context.seed),
+        train(model, context.train, signature, config.training(context.seed),
               on_epoch=lambda epoch, loss: context.progress(f"{label} (loss {loss:.3f})", epoch, total))
 
 
-def prune_channels(model: Any, input_shape: tuple[int, ...], ratio: float, importance: str, scope: str = "layer") -> None:
+def prune_channels(model: Any, signature: Signature, ratio: float, importance: str, scope: str = "layer") -> None:
     """Remove ``ratio`` of the channels of every prunable layer in place; the classifier's outputs are kept."""
     import torch
     import torch_pruning
+
+    from compress.torch_io import example_inputs
 
     criterion = (
         torch_pruning.importance.RandomImportance()
@@ -51,7 +55,7 @@ def prune_channels(model: Any, input_shape: tuple[int, ...], ratio: float, impor
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     torch_pruning.pruner.MetaPruner(
         model,
-        torch.zeros((1, *input_shape)),
+        example_inputs(signature, batch=1),
         importance=criterion,
         pruning_ratio=ratio,
         global_pruning=scope == "global",
@@ -68,7 +72,7 @@ class PruningPass(Pass):
     note: ClassVar[str | None] = None
 
     @abstractmethod
-    def prune(self, model: Any, config: Any, input_shape: tuple[int, ...]) -> None:
+    def prune(self, model: Any, config: Any, signature: Signature) -> None:
         """Prune ``model`` in place."""
 
     def make_permanent(self, model: Any) -> None:
@@ -76,14 +80,14 @@ class PruningPass(Pass):
 
     def apply(self, artifact: Artifact, config: Any, context: PassContext) -> PassOutcome:
         model = copy.deepcopy(artifact.model).eval()
-        before = model_facts(model, artifact.input_shape, *context.evaluation)
-        self.prune(model, config, artifact.input_shape)
-        finetune(model, config, context, f"fine-tuning after {self.name}")
+        before = model_facts(model, artifact.signature, context.evaluation)
+        self.prune(model, config, artifact.signature)
+        finetune(model, artifact.signature, config, context, f"fine-tuning after {self.name}")
         self.make_permanent(model)
-        details = before_after(before, model_facts(model.eval(), artifact.input_shape, *context.evaluation))
+        details = before_after(before, model_facts(model.eval(), artifact.signature, context.evaluation))
         if self.note:
             details["note"] = self.note
-        return PassOutcome(Artifact("torch", artifact.input_shape, model=model), details)
+        return PassOutcome(Artifact("torch", artifact.signature, model=model), details)
 
 
 class StructuredPruningConfig(FineTuning):
@@ -102,8 +106,8 @@ class StructuredPruning(PruningPass):
     name = "prune.structured"
     config_model = StructuredPruningConfig
 
-    def prune(self, model: Any, config: StructuredPruningConfig, input_shape: tuple[int, ...]) -> None:
-        prune_channels(model, input_shape, config.ratio, config.importance, config.scope)
+    def prune(self, model: Any, config: StructuredPruningConfig, signature: Signature) -> None:
+        prune_channels(model, signature, config.ratio, config.importance, config.scope)
 
 
 class UnstructuredPruningConfig(FineTuning):
@@ -120,7 +124,7 @@ class UnstructuredPruning(PruningPass):
     config_model = UnstructuredPruningConfig
     note = "zeros shrink the compressed file; dense runtimes do not run faster"
 
-    def prune(self, model: Any, config: UnstructuredPruningConfig, input_shape: tuple[int, ...]) -> None:
+    def prune(self, model: Any, config: UnstructuredPruningConfig, signature: Signature) -> None:
         import torch
         from torch.nn.utils import prune
 

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
-from compress.facts import model_facts
+from compress.facts import model_facts, top1
 from compress.registry import register
 
 
@@ -45,28 +45,30 @@ class QuantizationAwareTraining(Pass):
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-        from compress.training import train
+        from compress.training import require_class_labels, train
 
-        before = model_facts(artifact.model, artifact.input_shape, *context.evaluation)
+        signature = artifact.signature
+        require_class_labels(context.train, signature, "quantize.qat")
+        before = model_facts(artifact.model, signature, context.evaluation)
         torch.manual_seed(context.seed)
         # Captured in train mode: BatchNorm keeps updating its statistics while the fake quantizers learn.
-        captured = pt2e.capture(copy.deepcopy(artifact.model).train(), artifact.input_shape)
+        captured = pt2e.capture(copy.deepcopy(artifact.model).train(), signature)
         quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=True))
         prepared = prepare_qat_pt2e(captured, quantizer)
         allow_exported_model_train_eval(prepared)  # the shared training loop switches train/eval modes
         training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
-        train(prepared, *context.train, training,
+        train(prepared, context.train, signature, training,
               on_epoch=lambda epoch, loss: context.progress(f"QAT (loss {loss:.3f})", epoch, config.epochs))
         context.progress("QAT: converting to int8", config.epochs, config.epochs)
         converted = convert_pt2e(prepared)
-        path = pt2e.to_onnx(converted, artifact.input_shape, context.work_dir / "model.onnx")
+        path = pt2e.to_onnx(converted, signature, context.work_dir / "model.onnx")
         return PassOutcome(
-            Artifact("onnx", artifact.input_shape, path=path),
+            Artifact("onnx", signature, path=path),
             {
                 "parameters": before["parameters"],
                 "macs": before["macs"],
                 "accuracy_before": before["accuracy"],
-                "accuracy_after": pt2e.accuracy(converted, *context.evaluation),
+                "accuracy_after": top1(converted, signature, context.evaluation),
                 "epochs": config.epochs,
                 "quantizer": "torchao X86InductorQuantizer (int8 per-channel weights, uint8 activations)",
             },

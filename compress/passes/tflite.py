@@ -2,7 +2,9 @@
 
 onnx2tf turns the NCHW ONNX graph into an NHWC TensorFlow SavedModel (transposes folded away rather than
 inserted around every op); TensorFlow's own TFLiteConverter then applies the quantization, calibrated on the
-recipe's calibration split. TensorFlow is used here, to convert, and never to run.
+recipe's calibration split. TensorFlow is used here, to convert, and never to run. Only inputs declared as NCHW
+images become NHWC; token ids, masks and other inputs keep their layout. A note beside the .tflite records the
+model's own input and output names and which inputs were transposed, for the LiteRT target.
 """
 
 from __future__ import annotations
@@ -17,41 +19,86 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.base import Artifact, Dataset, Pass, PassConfig, PassContext, PassOutcome
 from compress.qdq import without_qdq
 from compress.registry import register
+from reports.schema import Signature
+from targets.runtimes.litert import write_io_note
 
 
-def _nhwc(inputs: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(inputs, (0, 2, 3, 1))) if inputs.ndim == 4 else inputs
+def _nhwc(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(array, (0, 2, 3, 1)))
 
 
-def saved_model(onnx_path: Path, calibration: np.ndarray, cache_dir: Path) -> Path:
-    """onnx2tf's SavedModel for ``onnx_path``, converted once per ONNX content and reused by every precision."""
+def _nchw_inputs(signature: Signature) -> list[str]:
+    """Inputs declared as NCHW images: onnx2tf makes them NHWC, every other input keeps its layout."""
+    return [spec.name for spec in signature.inputs if spec.layout == "NCHW"]
+
+
+def _file_layout(data: Dataset, signature: Signature) -> dict[str, np.ndarray]:
+    """The calibration inputs as the TFLite file takes them (NCHW images as NHWC)."""
+    images = set(_nchw_inputs(signature))
+    return {name: _nhwc(array) if name in images else np.ascontiguousarray(array)
+            for name, array in data.inputs.items()}
+
+
+def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
+    """Write ``onnx_path`` with its inputs and outputs renamed ``in_0``, ``out_0``, ...; return {plain: real}.
+
+    onnx2tf mangles some tensor names, silently: an output named ``x:0`` came back holding another output's
+    values, a leading ``/`` made it exit, a space made it raise. Plain names survive, and the LiteRT target
+    maps them back to the model's own names through the note written beside the .tflite."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    renames = {value.name: f"in_{index}" for index, value in
+               enumerate(v for v in graph.input if v.name not in initializers)}
+    renames.update({value.name: f"out_{index}" for index, value in enumerate(graph.output)})
+    for value in [*graph.input, *graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    onnx.save(model, str(out_path))
+    return {plain: real for real, plain in renames.items()}
+
+
+def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: Path) -> Path:
+    """onnx2tf's SavedModel for ``onnx_path`` (inputs named in_0, ...: see ``_with_plain_names``), converted once
+    per ONNX content and reused by every precision. ``calibration`` holds file-layout samples per plain name."""
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
     folder = cache_dir / f"onnx2tf-{digest}"
     if (folder / "saved_model.pb").exists():
         return folder
-    import onnx
     import onnx2tf
 
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-    staging = cache_dir / f"onnx2tf-{digest}.partial"
+    staging = (cache_dir / f"onnx2tf-{digest}.partial").resolve()
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    sample = staging / "calibration.npy"
-    np.save(sample, _nhwc(calibration[:20]).astype(np.float32))
-    # Real calibration data is always passed: without it onnx2tf downloads sample images (no network here).
-    # It also writes stray files into the working directory, hence the chdir.
-    with contextlib.chdir(staging), contextlib.redirect_stdout(io.StringIO()):
-        onnx2tf.convert(
-            input_onnx_file_path=str(onnx_path.resolve()),
-            output_folder_path=str(staging / "saved_model"),
-            not_use_onnxsim=True,
-            copy_onnx_input_output_names_to_tflite=True,
-            custom_input_op_name_np_data_path=[[input_name, str(sample), 0.0, 1.0]],
-            non_verbose=True,
-        )
+    # Real calibration data for every float input: without it onnx2tf downloads sample images (no network here).
+    samples = []
+    for name, array in calibration.items():
+        if array.dtype.kind == "f":
+            np.save(staging / f"{name}.npy", array[:20].astype(np.float32))
+            samples.append([name, str(staging / f"{name}.npy"), 0.0, 1.0])
+    source = onnx_path.resolve()  # before the chdir: a relative path would resolve against the staging folder
+    log = io.StringIO()
+    # It also writes stray files into the working directory, hence the chdir; it prints its errors (and may call
+    # sys.exit) rather than raise, hence the captured output in the error.
+    try:
+        with contextlib.chdir(staging), contextlib.redirect_stdout(log):
+            onnx2tf.convert(
+                input_onnx_file_path=str(source),
+                output_folder_path=str(staging / "saved_model"),
+                not_use_onnxsim=True,
+                custom_input_op_name_np_data_path=samples or None,
+                non_verbose=True,
+            )
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - onnx2tf exits instead of raising on some errors
+        printed = " ".join(line.strip() for line in log.getvalue().splitlines() if "ERROR" in line)[:400]
+        raise RuntimeError(f"onnx2tf failed ({type(exc).__name__}: {exc}){': ' + printed if printed else ''}") from None
     (staging / "saved_model").rename(folder)
     shutil.rmtree(staging, ignore_errors=True)
     return folder
@@ -84,29 +131,53 @@ class TfliteConversion(Pass):
     def apply(self, artifact: Artifact, config: TfliteConversionConfig, context: PassContext) -> PassOutcome:
         import tensorflow as tf
 
-        calibration = _nhwc(context.calibration[0][: config.calibration_samples]).astype(np.float32)
+        signature = artifact.signature
         source = artifact.path
         removed = without_qdq(source, context.work_dir / "float-weights.onnx")
         if removed:
             source = context.work_dir / "float-weights.onnx"
-        folder = saved_model(source, calibration, context.cache_dir or context.work_dir)
+        names = _with_plain_names(source, context.work_dir / "plain-names.onnx")
+        plain = {real: name for name, real in names.items()}
+        calibration = {plain[name]: array for name, array in
+                       _file_layout(context.calibration.head(config.calibration_samples), signature).items()}
+        folder = saved_model(context.work_dir / "plain-names.onnx", calibration, context.cache_dir or context.work_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
         if config.quantization != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if config.quantization == "fp16":
             converter.target_spec.supported_types = [tf.float16]
         if config.quantization == "int8":
-            converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+            count = len(next(iter(calibration.values())))
+            converter.representative_dataset = lambda: (
+                {name: array[i : i + 1] for name, array in calibration.items()} for i in range(count)
+            )
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if config.int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
         output = context.work_dir / "model.tflite"
         output.write_bytes(converter.convert())
+        write_io_note(output, names, _nchw_inputs(signature))
+        check_outputs(output, signature)
         details = {"quantization": config.quantization, "int8_io": config.int8_io}
         if removed:
             details["qdq_nodes_removed"] = removed
             details["note"] = "QDQ input: weights kept as trained, activations re-calibrated by the TFLite converter"
         if config.quantization == "int8":
-            details["calibration_samples"] = len(calibration)
-        return PassOutcome(Artifact("tflite", artifact.input_shape, path=output), details)
+            details["calibration_samples"] = count
+        return PassOutcome(Artifact("tflite", signature, path=output), details)
+
+
+def check_outputs(path: Path, signature: Signature) -> None:
+    """The converted file must return every output of the model, by name, with its per-sample shape."""
+    from targets import registry
+
+    converted = {spec.name: spec for spec in registry.get("litert").signature(path).outputs}
+    missing = [name for name in signature.output_names if name not in converted]
+    if missing:
+        raise RuntimeError(f"the TFLite file lacks output(s) {missing}; it has {sorted(converted)}")
+    for spec in signature.outputs:
+        want, have = spec.shape, converted[spec.name].shape
+        if want and have and len(want) == len(have) and any(
+                isinstance(w, int) and isinstance(h, int) and w != h for w, h in zip(want[1:], have[1:])):
+            raise RuntimeError(f"the TFLite file's output {spec.name!r} has shape {have}, the model's {want}")

@@ -1,12 +1,15 @@
 """LiteRT (TFLite): runs .tflite files with ai-edge-litert, or the legacy tflite-runtime where only that exists.
 
-The TFLite graph is NHWC and may take int8 inputs; ``run`` takes the same NCHW float32 batches as every other
-target and does the transposition and (de)quantization, so that one evaluation set serves all runtimes.
+Inputs and outputs are matched by the file's signature names. A file converted by ``convert.tflite`` has a note
+beside it with the model's own names for them and the NCHW image inputs, which the file takes as NHWC: ``run``
+transposes those, so that one evaluation set serves all runtimes. A native file has no note and runs as it is. Quantized inputs and
+outputs are (de)quantized with their tensor's scale.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +17,45 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from targets.base import Target
+from reports.schema import Signature, TensorSpec
+from targets.base import Target, as_output, image_like
+from targets.feeds import Feeds
 from targets.registry import register
 
 
-@dataclass(frozen=True)
+# Beside a .tflite converted from ONNX: the model's own input/output names and which inputs the data gives as
+# NCHW images (the file takes NHWC).
+IO_NOTE_SUFFIX = ".io.json"
+
+
+def io_note(path: Path) -> Path:
+    return path.with_name(path.stem + IO_NOTE_SUFFIX)
+
+
+def write_io_note(path: Path, names: dict[str, str], nchw_inputs: list[str]) -> None:
+    """Record, beside the .tflite at ``path``, the model's names for the file's signature names and the inputs
+    (by the model's names) that are NCHW images in the data and NHWC in the file."""
+    io_note(path).write_text(json.dumps({"names": names, "nchw_inputs": nchw_inputs}, indent=1))
+
+
+def _read_note(path: Path) -> tuple[dict[str, str], set[str]]:
+    note = io_note(path)
+    if not note.is_file():
+        return {}, set()
+    record = json.loads(note.read_text())
+    return record.get("names", {}), set(record.get("nchw_inputs", []))
+
+
+@dataclass
 class LiteRtSession:
-    """The interpreter and the thread count it was made with (the interpreter cannot report it)."""
+    """The interpreter, its inputs and outputs by name, and the inputs to transpose from NCHW."""
 
     interpreter: Any
     threads: int
+    inputs: dict[str, dict]
+    outputs: dict[str, dict]
+    nchw_inputs: frozenset[str]
+    names: dict[str, str]
 
 
 @register
@@ -38,32 +70,56 @@ class LiteRt(Target):
             return "the LiteRT GPU delegate is not part of the Python wheels; run GPU rows with a device build"
         return None
 
-    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> LiteRtSession:
-        # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
+    def files(self, runnable: Path) -> list[Path]:
+        note = io_note(runnable)
+        return [runnable, note] if note.is_file() else [runnable]
+
+    def _interpreter(self, path: Path, threads: int | None = None) -> Any:
         module = importlib.import_module(f"{self.python_module}.interpreter")
-        interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
+        # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
+        return module.Interpreter(model_path=str(path), num_threads=threads)
+
+    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> LiteRtSession:
+        interpreter = self._interpreter(path, threads)
         interpreter.allocate_tensors()
-        return LiteRtSession(interpreter, threads)
+        names, nchw = _read_note(path)
+        inputs, outputs = _named_details(interpreter, names)
+        return LiteRtSession(interpreter, threads, inputs, outputs, frozenset(nchw), names)
 
-    def run(self, session: LiteRtSession, inputs: np.ndarray) -> np.ndarray:
+    def run(self, session: LiteRtSession, feeds: Feeds) -> Feeds:
         interpreter = session.interpreter
-        detail = interpreter.get_input_details()[0]
-        data = _to_model_layout(inputs, tuple(detail["shape"][1:]))
-        if tuple(detail["shape"]) != data.shape:
-            interpreter.resize_tensor_input(detail["index"], list(data.shape))
+        resized = False
+        prepared = {}
+        for name, value in feeds.items():
+            detail = session.inputs[name]
+            data = np.transpose(value, (0, 2, 3, 1)) if name in session.nchw_inputs else value
+            if tuple(detail["shape"]) != data.shape:
+                fixed = [int(d) for d in detail["shape_signature"]]
+                if len(fixed) != data.ndim or any(f > 0 and f != n for f, n in zip(fixed, data.shape)):
+                    # Checked before resizing: a failed resize would leave the interpreter unusable.
+                    raise ValueError(f"input {name!r} has a fixed shape {fixed} in this file; got {list(data.shape)}")
+                interpreter.resize_tensor_input(detail["index"], list(data.shape))
+                resized = True
+            prepared[name] = data
+        if resized:
             interpreter.allocate_tensors()
-            detail = interpreter.get_input_details()[0]
-        interpreter.set_tensor(detail["index"], _quantize(data, detail))
+            session.inputs, session.outputs = _named_details(interpreter, session.names)
+        for name, data in prepared.items():
+            detail = session.inputs[name]
+            interpreter.set_tensor(detail["index"], _quantize(data, detail))
         interpreter.invoke()
-        output = interpreter.get_output_details()[0]
-        return _dequantize(interpreter.get_tensor(output["index"]), output)
+        return {name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
+                for name, detail in session.outputs.items()}
 
-    def input_shape(self, path: Path) -> tuple[int | None, ...]:
-        interpreter = importlib.import_module(f"{self.python_module}.interpreter")
-        signature = interpreter.Interpreter(model_path=str(path)).get_input_details()[0]["shape_signature"]
-        shape = tuple(int(dim) if dim > 0 else None for dim in signature)
-        # TFLite image models are NHWC inside; ``run`` takes NCHW like every other target.
-        return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
+    def signature(self, path: Path) -> Signature:
+        """The file's inputs and outputs by signature name; an input noted as converted from NCHW is given NCHW,
+        the way the data feeds it, and a native NHWC input stays NHWC."""
+        names, nchw = _read_note(path)
+        inputs, outputs = _named_details(self._interpreter(path), names)
+        return Signature(
+            inputs=[_spec(name, detail, name in nchw) for name, detail in inputs.items()],
+            outputs=[_spec(name, detail, False) for name, detail in outputs.items()],
+        )
 
     def describe(self, session: LiteRtSession) -> dict[str, Any]:
         from importlib import metadata
@@ -71,31 +127,52 @@ class LiteRt(Target):
         package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
         return {
             "interpreter": f"{package} {metadata.version(package)}",
-            "input_dtype": np.dtype(session.interpreter.get_input_details()[0]["dtype"]).name,
+            "input_dtype": ", ".join(sorted({np.dtype(d["dtype"]).name for d in session.inputs.values()})),
             "num_threads": session.threads,
         }
 
 
-def _to_model_layout(inputs: np.ndarray, model_sample_shape: tuple[int, ...]) -> np.ndarray:
-    """NCHW → NHWC when that is what the model takes (onnx2tf converts image models to NHWC)."""
-    if inputs.ndim == 4 and inputs.shape[1:] != model_sample_shape:
-        transposed = np.transpose(inputs, (0, 2, 3, 1))
-        if transposed.shape[1:] == model_sample_shape:
-            return np.ascontiguousarray(transposed)
-    return inputs
+def _named_details(interpreter: Any, names: dict[str, str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Input and output tensor details by name: the signature's names (never the tensor order, which converters
+    change, nor the tensor names, which they invent), renamed through the note's ``names`` where there is one;
+    a file without a signature keeps its tensors' own names."""
+    if interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner()
+        # Copied out and the runner dropped: while it lives, invoke() refuses to run.
+        inputs, outputs = dict(runner.get_input_details()), dict(runner.get_output_details())
+        del runner
+    else:
+        inputs = {d["name"]: d for d in interpreter.get_input_details()}
+        outputs = {d["name"]: d for d in interpreter.get_output_details()}
+    return ({names.get(k, k): v for k, v in inputs.items()}, {names.get(k, k): v for k, v in outputs.items()})
+
+
+def _spec(name: str, detail: dict, nchw: bool) -> TensorSpec:
+    dims: list[int | str | None] = [int(d) if d > 0 else None for d in detail["shape_signature"]]
+    if dims and dims[0] is None:
+        dims[0] = "batch"
+    dtype = np.dtype(detail["dtype"])
+    quantized = dtype.kind in "iu" and detail["quantization"][0] != 0
+    if nchw:
+        dims = [dims[0], dims[3], dims[1], dims[2]]
+        layout = "NCHW"
+    else:
+        layout = "NHWC" if image_like(dims, channels_axis=3) else None
+    # A quantized input still takes real values: run() quantizes them with the tensor's scale.
+    return TensorSpec(name=name, dtype="float32" if quantized else dtype.name, shape=dims, layout=layout)
 
 
 def _quantize(data: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return data.astype(np.float32, copy=False)
     scale, zero_point = detail["quantization"]
+    if dtype.kind == "f" or not scale:  # float, or a plain integer input such as token ids
+        return np.ascontiguousarray(data, dtype=dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(data / scale + zero_point), info.min, info.max).astype(dtype)
 
 
 def _dequantize(data: np.ndarray, detail: dict) -> np.ndarray:
-    if np.dtype(detail["dtype"]) == np.float32:
-        return data.astype(np.float32, copy=True)
     scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or not scale:
+        return as_output(data)
     return ((data.astype(np.float32) - zero_point) * scale).astype(np.float32)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
-from targets.base import Target
+from reports.schema import Signature, TensorSpec
+from targets.base import Target, as_output, image_like
+from targets.feeds import Feeds
 from targets.registry import register
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "arm": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -44,15 +45,16 @@ class OnnxRuntime(Target):
             raise RuntimeError(f"{PROVIDERS[device]} did not initialise; the session runs on {session.get_providers()}")
         return session
 
-    def run(self, session: Any, inputs: np.ndarray) -> np.ndarray:
-        name = session.get_inputs()[0].name
-        return np.asarray(session.run(None, {name: inputs})[0], dtype=np.float32)
+    def run(self, session: Any, feeds: Feeds) -> Feeds:
+        names = [output.name for output in session.get_outputs()]
+        return {name: as_output(value) for name, value in zip(names, session.run(names, feeds))}
 
-    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+    def signature(self, path: Path) -> Signature:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return tuple(dim if isinstance(dim, int) else None for dim in session.get_inputs()[0].shape)
+        return Signature(inputs=[_spec(arg) for arg in session.get_inputs()],
+                         outputs=[_spec(arg) for arg in session.get_outputs()])
 
     def describe(self, session: Any) -> dict[str, Any]:
         import onnxruntime
@@ -64,3 +66,15 @@ class OnnxRuntime(Target):
             "intra_op_threads": options.intra_op_num_threads,
             "inter_op_threads": options.inter_op_num_threads,
         }
+
+
+# ONNX Runtime's type strings for the element types a model input or output can have.
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+           "tensor(bool)": "bool"}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = [dim if isinstance(dim, int) else (dim or None) for dim in arg.shape]
+    return TensorSpec(name=arg.name, dtype=_DTYPES.get(arg.type), shape=shape,
+                      layout="NCHW" if image_like(shape, channels_axis=1) else None)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from targets.base import Target
+from reports.schema import Signature, TensorSpec
+from targets.base import Target, as_output, image_like
+from targets.feeds import Feeds
 from targets.registry import register
 
 PLUGINS = {"cpu": "CPU", "arm": "CPU", "gpu": "GPU", "npu": "NPU"}
@@ -26,16 +28,16 @@ class OpenVinoOptions(BaseModel):
 
 @dataclass
 class OpenVinoSession:
-    """A compiled model, its one synchronous infer request, and the array its input tensor shares memory with.
+    """A compiled model, its one synchronous infer request, and per input the array its tensor shares memory with.
 
-    Copying each batch into that array and calling ``infer()`` costs ~3 µs per call on one core; the convenient
+    Copying each batch into those arrays and calling ``infer()`` costs ~3 µs per call on one core; the convenient
     ``request.infer({0: inputs})`` (a new tensor and a dict of outputs per call) ~35 µs, which is most of a 50 µs
     int8 model's latency and would not be OpenVINO's.
     """
 
     compiled: Any
     request: Any
-    input: np.ndarray | None = None
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @register
@@ -77,21 +79,24 @@ class OpenVino(Target):
         compiled = openvino.Core().compile_model(str(path), PLUGINS[device], config)
         return OpenVinoSession(compiled, compiled.create_infer_request())
 
-    def run(self, session: OpenVinoSession, inputs: np.ndarray) -> np.ndarray:
-        if session.input is None or session.input.shape != inputs.shape:
-            import openvino
+    def run(self, session: OpenVinoSession, feeds: Feeds) -> Feeds:
+        for name, value in feeds.items():
+            buffer = session.inputs.get(name)
+            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                import openvino
 
-            session.input = np.empty(inputs.shape, np.float32)
-            session.request.set_input_tensor(openvino.Tensor(session.input, shared_memory=True))
-        np.copyto(session.input, inputs)
+                buffer = session.inputs[name] = np.empty(value.shape, value.dtype)
+                session.request.set_tensor(name, openvino.Tensor(buffer, shared_memory=True))
+            np.copyto(buffer, value)
         session.request.infer()
-        return np.array(session.request.get_output_tensor(0).data, dtype=np.float32)
+        return {output.get_any_name(): as_output(session.request.get_tensor(output).data)
+                for output in session.compiled.outputs}
 
-    def input_shape(self, path: Path) -> tuple[int | None, ...]:
+    def signature(self, path: Path) -> Signature:
         import openvino
 
-        shape = openvino.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        return tuple(dim.get_length() if dim.is_static else None for dim in shape)
+        model = openvino.Core().read_model(str(path))
+        return Signature(inputs=[_spec(port) for port in model.inputs], outputs=[_spec(port) for port in model.outputs])
 
     def describe(self, session: OpenVinoSession) -> dict[str, Any]:
         import openvino
@@ -105,3 +110,13 @@ class OpenVino(Target):
             "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
             "streams": compiled.get_property("NUM_STREAMS"),
         }
+
+
+def _spec(port: Any) -> TensorSpec:
+    """A model port as a signature entry; OpenVINO calls a dynamic dimension '?', we keep it symbolic."""
+    shape = port.get_partial_shape()
+    dims = [dim.get_length() if dim.is_static else ("batch" if axis == 0 else None) for axis, dim in enumerate(shape)] \
+        if shape.rank.is_static else None
+    dtype = port.get_element_type().to_dtype().name if port.get_element_type().is_static() else None
+    return TensorSpec(name=port.get_any_name(), dtype=dtype, shape=dims,
+                      layout="NCHW" if image_like(dims, channels_axis=1) else None)

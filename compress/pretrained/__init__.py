@@ -1,0 +1,1 @@
+"""Pretrained built-in models whose weights ship in registry packages."""
