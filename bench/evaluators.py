@@ -56,6 +56,9 @@ class Evaluator(ABC):
     headline: ClassVar[str]
     needs_targets: ClassVar[bool] = False
     reads_all_outputs: ClassVar[bool] = False
+    # The targets are group ids (samples that belong together, e.g. a query and its document): splits keep
+    # each group whole, or no split would hold a pair to retrieve.
+    groups_targets: ClassVar[bool] = False
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         """Raise ``EvaluatorMismatch`` when the outputs or targets cannot mean what this evaluator measures."""
@@ -145,6 +148,7 @@ class Embedding(Evaluator):
     name = "embedding"
     metric = "mean cosine to fp32"
     headline = "mean_cosine"
+    groups_targets = True
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         spec = outputs[0]
@@ -211,6 +215,10 @@ def snr_db(reference: np.ndarray, values: np.ndarray) -> float | None:
         return None
     signal = float((reference.astype(np.float64) ** 2).sum())
     return 10 * np.log10(signal / noise) if signal else float("-inf")
+
+
+def groups_targets(spec: EvaluatorSpec | None) -> bool:
+    return spec is not None and spec.type in EVALUATORS and EVALUATORS[spec.type].groups_targets
 
 
 def choose(spec: EvaluatorSpec | None, outputs: list[TensorSpec], targets: np.ndarray | None) -> EvaluatorSpec:

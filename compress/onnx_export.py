@@ -28,15 +28,47 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
+        # Two inputs sharing a 'batch' axis: the exporter says it keeps one name for both, which is the point.
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
         program = torch.onnx.export(
             model,
             example_inputs(signature),
             dynamo=True,
             external_data=False,
             dynamic_shapes=dynamic_shapes(model, signature),
-            input_names=signature.input_names,
-            output_names=signature.output_names,
             verbose=False,
         )
-    program.save(str(path), external_data=False)
+    exported = program.model_proto
+    graph = exported.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [value.name for value in graph.input if value.name not in initializers]
+    rename_io(exported, {**dict(zip(inputs, signature.input_names)),
+                         **dict(zip([value.name for value in graph.output], signature.output_names))})
+    import onnx
+
+    onnx.save(exported, str(path))
     return path
+
+
+def rename_io(model: Any, names: dict[str, str]) -> None:
+    """Rename graph inputs and outputs in place (``names``: old → new); any other value that already has one of
+    the new names is renamed out of the way first.
+
+    The exporter's own ``output_names`` fails on a name the graph already uses inside (an output called
+    ``embedding`` beside an ``aten::embedding`` node gave "Duplicate definition of name"); no ONNX tool does this
+    rename, hence these lines."""
+    graph = model.graph
+
+    def apply(renames: dict[str, str]) -> None:
+        for node in graph.node:
+            node.input[:] = [renames.get(name, name) for name in node.input]
+            node.output[:] = [renames.get(name, name) for name in node.output]
+        for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+            value.name = renames.get(value.name, value.name)
+
+    temporary = {old: f"__io_{index}" for index, old in enumerate(names)}
+    apply(temporary)
+    used = {name for node in graph.node for name in (*node.input, *node.output)}
+    used |= {value.name for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
+    apply({name: f"{name}__inner" for name in used & set(names.values())})
+    apply({temporary[old]: new for old, new in names.items()})

@@ -136,11 +136,12 @@ def _sizes(total: int, fractions: tuple[float, float, float]) -> list[int]:
     return sizes
 
 
-def split(dataset: Dataset, fractions: tuple[float, float, float], seed: int) -> Splits:
+def split(dataset: Dataset, fractions: tuple[float, float, float], seed: int, grouped: bool = False) -> Splits:
     """Seeded split into train / calibration / evaluation, each a fraction of the whole set (together ≤ 1).
 
-    Stratified when the targets are class labels with at least two members each (and every split can hold a
-    sample of every class); otherwise a seeded shuffle. Too few samples for a split is a one-line error."""
+    Stratified when the targets are class labels with at least two members each; with ``grouped`` the targets
+    are group ids (a query and its document) and each group goes whole into one split; otherwise a seeded
+    shuffle. Too few samples for a split is a one-line error."""
     names = ("train", "calibration", "evaluation")
     total = len(dataset)
     sizes = _sizes(total, fractions)
@@ -152,26 +153,42 @@ def split(dataset: Dataset, fractions: tuple[float, float, float], seed: int) ->
             f"(counts {dict(zip(names, sizes))})"
         )
     rng = np.random.default_rng(seed)
-    order, how = _stratified_order(dataset.targets, total, sizes, rng)
-    bounds = np.cumsum([0, *sizes])
-    parts = [dataset.subset(np.sort(order[bounds[i] : bounds[i + 1]])) for i in range(3)]
+    if grouped and dataset.targets is not None:
+        blocks, how = _grouped_blocks(dataset.targets, sizes, rng), "grouped by target"
+    else:
+        blocks, how = _stratified_blocks(dataset.targets, total, sizes, rng)
+    parts = [dataset.subset(np.sort(np.asarray(block, dtype=np.int64))) for block in blocks]
     return Splits(*parts, how=how)
 
 
-def _stratified_order(
+def _grouped_blocks(groups: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[list[int]]:
+    """Whole groups, in a seeded order, dealt to the splits in turn: a split takes groups while it is below its
+    size, so each size is met to within one group."""
+    blocks: list[list[int]] = [[] for _ in sizes]
+    position = 0
+    for group in rng.permutation(np.unique(groups)):
+        while position < len(sizes) and len(blocks[position]) >= sizes[position]:
+            position += 1
+        if position == len(sizes):
+            break
+        blocks[position].extend(int(i) for i in np.flatnonzero(groups == group))
+    return blocks
+
+
+def _stratified_blocks(
     targets: np.ndarray | None, count: int, sizes: list[int], rng: np.random.Generator
-) -> tuple[np.ndarray, str]:
-    """A permutation of the samples whose consecutive blocks of ``sizes`` form the splits.
+) -> tuple[list[list[int]], str]:
+    """The sample indices of each split, and how they were chosen.
 
     Stratified by hand rather than with scikit-learn's train_test_split, which refuses classes with a single
     member and sizes that do not divide evenly: here each class is shuffled and dealt to the splits in proportion
     (largest remainder), so every split keeps the class balance as closely as whole samples allow."""
     total = sum(sizes)
     if targets is None or targets.ndim != 1 or targets.dtype.kind not in "iu":
-        return rng.permutation(count)[:total], "shuffled"
+        return _cut(rng.permutation(count), sizes), "shuffled"
     classes, counts = np.unique(targets, return_counts=True)
     if counts.min() < 2:
-        return rng.permutation(count)[:total], "shuffled (a class has fewer than 2 samples)"
+        return _cut(rng.permutation(count), sizes), "shuffled (a class has fewer than 2 samples)"
     blocks: list[list[int]] = [[] for _ in sizes]
     for label in classes:
         members = rng.permutation(np.flatnonzero(targets == label))
@@ -181,10 +198,10 @@ def _stratified_order(
             dealt[index] += 1
         start = 0
         for block, amount in zip(blocks, dealt):
-            block.extend(members[start : start + amount])
+            block.extend(int(i) for i in members[start : start + amount])
             start += amount
     # Rounding per class may leave a split a sample short or over; move samples between splits to fix it.
-    dealt_out = {int(index) for block in blocks for index in block}
+    dealt_out = {index for block in blocks for index in block}
     leftover = [int(i) for i in rng.permutation(count) if int(i) not in dealt_out]
     for position, size in enumerate(sizes):
         while len(blocks[position]) > size:
@@ -192,6 +209,9 @@ def _stratified_order(
     for position, size in enumerate(sizes):
         while len(blocks[position]) < size:
             blocks[position].append(leftover.pop(0))
-    order = np.array([index for block in blocks for index in block], dtype=np.int64)
-    return order, "stratified"
+    return blocks, "stratified"
 
+
+def _cut(order: np.ndarray, sizes: list[int]) -> list[list[int]]:
+    bounds = np.cumsum([0, *sizes])
+    return [order[bounds[i] : bounds[i + 1]].tolist() for i in range(len(sizes))]

@@ -67,11 +67,31 @@ def load_data(spec: ModelSpec, source: str, signature: Signature | None) -> Data
     return datasets.load_source(source, Path("."), signature)
 
 
-def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None) -> Signature:
+def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, model: Any = None) -> Signature:
     """Inputs read from the data (names, dtypes, per-sample shapes; the batch axis symbolic), and the declared
-    outputs (found later by running the model where none are declared)."""
+    outputs (found later by running the model where none are declared).
+
+    Where the data's names are ``forward``'s parameter names, they are its inputs in ``forward``'s order, and
+    other arrays are left out (and warned about); data named otherwise (``inputs``, ``x``) feeds ``forward``
+    positionally in the data's order."""
+    names = list(data.inputs)
+    if model is not None:
+        import inspect
+
+        parameters = [p for p in inspect.signature(model.forward).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        known = [p.name for p in parameters if p.name in data.inputs]
+        if known:
+            missing = [p.name for p in parameters if p.default is p.empty and p.name not in data.inputs]
+            if missing:
+                raise EdgecraftError(
+                    f"the model's forward() takes ({', '.join(p.name for p in parameters)}); the data has "
+                    f"{sorted(data.inputs)}, with no {', '.join(missing)}"
+                )
+            names = known
     inputs = []
-    for name, array in data.inputs.items():
+    for name in names:
+        array = data.inputs[name]
         shape = ["batch", *array.shape[1:]]
         layout = "NCHW" if array.ndim == 4 and array.shape[1] in (1, 3, 4) else None
         inputs.append(TensorSpec(name=name, dtype=array.dtype.name, shape=shape, layout=layout))

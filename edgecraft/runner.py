@@ -183,13 +183,15 @@ class RecipeRun:
         origin = f"model {name!r}: data.source {source!r}"
         declared = model_source.declared_signature(spec)
         dataset = model_source.load_data(spec, data_spec.source, declared)
-        signature = declared or model_source.signature_from_data(dataset, spec.outputs)
+        model = model_source.factory_model(spec) if spec.factory else None
+        signature = declared or model_source.signature_from_data(dataset, spec.outputs, model)
         dataset = datasets.conform(dataset, signature, origin)
+        chosen = spec.evaluator or _builtin_evaluator(spec)
         splits = datasets.split(dataset, (data_spec.splits.train, data_spec.splits.calibration,
-                                          data_spec.splits.evaluation), data_spec.seed)
+                                          data_spec.splits.evaluation), data_spec.seed,
+                                grouped=evaluators.groups_targets(chosen))
         log.info("%s: %d train, %d calibration, %d evaluation samples (%s)", name, len(splits.train),
                  len(splits.calibration), len(splits.evaluation), splits.how)
-        model = None
         if spec.builtin:
             task = self.progress.add_task(f"loading {name}", total=None)
 
@@ -198,12 +200,9 @@ class RecipeRun:
 
             model = model_source.builtin_model(spec.builtin, splits.train, on_epoch)
             self.progress.remove_task(task)
-        elif spec.factory:
-            model = model_source.factory_model(spec)
         if model is not None:
             signature = model_source.with_outputs(model, signature)
-        evaluator = evaluators.choose(spec.evaluator or _builtin_evaluator(spec), signature.outputs,
-                                      splits.evaluation.targets)
+        evaluator = evaluators.choose(chosen, signature.outputs, splits.evaluation.targets)
         try:
             evaluators.check(evaluator, signature.outputs, splits.evaluation.targets)
         except evaluators.EvaluatorMismatch as exc:

@@ -49,10 +49,14 @@ def token_pooler() -> nn.Module:
 
 
 def token_data() -> dict[str, np.ndarray]:
-    """120 padded token sequences of length 12 (real lengths 3-12) and pair ids (two sequences per group)."""
+    """120 padded token sequences of length 12 (real lengths 6-12) in 60 pairs (targets: pair ids); the two
+    sequences of a pair differ in one token, so each is the other's nearest neighbour."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, 50, size=(120, 12)).astype(np.int64)
-    lengths = rng.integers(3, 13, size=120)
+    first = rng.integers(1, 50, size=(60, 12))
+    second = first.copy()
+    second[np.arange(60), rng.integers(0, 6, 60)] = rng.integers(1, 50, 60)
+    ids = np.stack([first, second], axis=1).reshape(120, 12).astype(np.int64)
+    lengths = np.repeat(rng.integers(6, 13, size=60), 2)
     mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
     return {"input_ids": ids * mask, "attention_mask": mask, "targets": np.arange(120) // 2}
 

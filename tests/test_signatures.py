@@ -111,7 +111,10 @@ def test_token_ids_and_a_mask_with_a_dynamic_sequence_axis(tmp_path: Path) -> No
     exported = onnx.load(str(run_dir / "models" / "token_pooler" / "fp32.onnx"))
     assert [i.name for i in exported.graph.input] == ["input_ids", "attention_mask"]
     assert exported.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
-    assert model.reference.metric == "mean cosine to fp32" and model.reference.metrics["recall_at_1"] == 1.0
+    # Pairs differ in one token: the fp32 model finds most partners (chance would be 1 in 59), and the split kept
+    # every pair whole (an evaluation split of single members would have no recall at all).
+    assert model.reference.metric == "mean cosine to fp32" and model.reference.metrics["recall_at_1"] >= 0.5
+    assert any("grouped by target" in note for note in model.data_notes)
     for row in results.rows:
         assert row.status == "ok", row.reason
         assert row.measurement.quality.metrics["mean_cosine"] > 0.99
@@ -204,8 +207,8 @@ def test_a_wrong_dtype(tmp_path: Path) -> None:
 def test_a_missing_required_input(tmp_path: Path) -> None:
     """Inputs read from the data: the model's forward then lacks an argument."""
     text = token_npz(tmp_path, input_ids=np.ones((20, 6), np.int64))
-    fails_in_one_line(text, tmp_path, "the model rejects inputs input_ids: int64 [batch×6]",
-                      "missing 1 required positional argument: 'attention_mask'")
+    fails_in_one_line(text, tmp_path, "the model's forward() takes (input_ids, attention_mask); the data has "
+                      "['input_ids'], with no attention_mask")
 
 
 def test_an_evaluator_that_does_not_fit_the_outputs(tmp_path: Path) -> None:

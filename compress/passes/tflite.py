@@ -50,19 +50,47 @@ def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
     maps them back to the model's own names through the note written beside the .tflite."""
     import onnx
 
+    from compress.onnx_export import rename_io
+
     model = onnx.load(str(onnx_path))
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     renames = {value.name: f"in_{index}" for index, value in
                enumerate(v for v in graph.input if v.name not in initializers)}
     renames.update({value.name: f"out_{index}" for index, value in enumerate(graph.output)})
-    for value in [*graph.input, *graph.output]:
-        value.name = renames.get(value.name, value.name)
-    for node in graph.node:
-        node.input[:] = [renames.get(name, name) for name in node.input]
-        node.output[:] = [renames.get(name, name) for name in node.output]
+    rename_io(model, renames)
     onnx.save(model, str(out_path))
     return {plain: real for real, plain in renames.items()}
+
+
+def fixed_shapes(onnx_path: Path, shapes: dict[str, list[int]], out_path: Path) -> dict[str, list[int]] | None:
+    """``onnx_path`` with every input fixed to one sample of ``shapes`` and its shape arithmetic folded, written
+    to ``out_path``, when the graph has a dynamic axis besides the batch; else None (nothing written).
+
+    onnx2tf converts a graph with one dynamic axis (the batch), not a transformer's batch *and* sequence ("'tf.
+    Reshape' op requires 'shape' to have at most one dynamic dimension"), and fixing the input shapes alone is not
+    enough while Shape ops remain: ONNX Runtime's basic optimisations fold them (standard ONNX ops only)."""
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(onnx_path))
+    inputs = [value for value in model.graph.input if value.name in shapes]
+    if all(dim.HasField("dim_value") for value in inputs for dim in list(value.type.tensor_type.shape.dim)[1:]):
+        return None
+    fixed = {}
+    for value in inputs:
+        fixed[value.name] = [1, *shapes[value.name][1:]]
+        for dim, size in zip(value.type.tensor_type.shape.dim, fixed[value.name]):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    staged = out_path.with_name(out_path.stem + ".unfolded.onnx")
+    onnx.save(model, str(staged))
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_path)
+    onnxruntime.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+    staged.unlink()
+    return fixed
 
 
 def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: Path) -> Path:
@@ -138,9 +166,14 @@ class TfliteConversion(Pass):
             source = context.work_dir / "float-weights.onnx"
         names = _with_plain_names(source, context.work_dir / "plain-names.onnx")
         plain = {real: name for name, real in names.items()}
-        calibration = {plain[name]: array for name, array in
-                       _file_layout(context.calibration.head(config.calibration_samples), signature).items()}
-        folder = saved_model(context.work_dir / "plain-names.onnx", calibration, context.cache_dir or context.work_dir)
+        samples = context.calibration.head(config.calibration_samples)
+        calibration = {plain[name]: array for name, array in _file_layout(samples, signature).items()}
+        converted = context.work_dir / "plain-names.onnx"
+        static = fixed_shapes(converted, {plain[name]: list(array.shape) for name, array in samples.inputs.items()},
+                              context.work_dir / "fixed-shapes.onnx")
+        if static:
+            converted = context.work_dir / "fixed-shapes.onnx"
+        folder = saved_model(converted, calibration, context.cache_dir or context.work_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
         if config.quantization != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -160,6 +193,8 @@ class TfliteConversion(Pass):
         write_io_note(output, names, _nchw_inputs(signature))
         check_outputs(output, signature)
         details = {"quantization": config.quantization, "int8_io": config.int8_io}
+        if static:
+            details["fixed_input_shapes"] = {names[name]: shape for name, shape in static.items()}
         if removed:
             details["qdq_nodes_removed"] = removed
             details["note"] = "QDQ input: weights kept as trained, activations re-calibrated by the TFLite converter"
