@@ -7,18 +7,11 @@ OpenVINO both run in int8, and that ``convert.openvino`` / ``convert.tflite`` ta
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from compress.onnx_export import export_torch
 from reports.schema import Signature
-
-
-# torchao warns at import about CUDA-only kernels and Triton, which a CPU export never uses: import this
-# module before torchao (and Neural Compressor, which imports it) to keep runs quiet.
-for _chatty in ("torchao", "torch.utils._pytree"):
-    logging.getLogger(_chatty).setLevel(logging.ERROR)
 
 
 def capture(model: Any, signature: Signature) -> Any:

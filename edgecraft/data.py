@@ -19,7 +19,6 @@ from edgecraft.errors import EdgecraftError
 from edgecraft.imports import load_object
 from reports.schema import Signature
 from targets import feeds as feed_tools
-from targets.feeds import Feeds
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,8 @@ class Autotune(Pass):
     libraries = ("neural-compressor", "torchao")
 
     def apply(self, artifact: Artifact, config: AutotuneConfig, context: PassContext) -> PassOutcome:
-        import torch
 
-        from compress import pt2e  # before torchao: it quiets torchao's import-time warnings
+        from compress import pt2e
         from neural_compressor.torch.export import export
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
 

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.cpu import int8_saturates
 from compress.qdq import without_qdq
 from compress.registry import register
 
@@ -27,19 +28,8 @@ def _preprocessed(source: Path, work_dir: Path) -> Path:
 
 
 def reduce_range(config: "StaticQuantizationConfig") -> bool:
-    """Whether to quantize weights to 7 bits: asked for, or 'auto' on an x86 CPU without VNNI.
-
-    Measured on an AVX2-only CPU: digits-cnn's static int8 (uint8 activations, per-channel weights) agreed with
-    fp32 on 78.6 % of the evaluation split with 8-bit weights, and on 99.7 % with 7-bit ones; with ONNX Runtime's
-    graph optimisations off (quantization simulated in float) the 8-bit model agreed on 99.4 %: the loss is the
-    kernels' saturation, not the quantization."""
-    if config.reduce_range != "auto":
-        return config.reduce_range
-    from bench.environment import cpu_info
-
-    info = cpu_info()
-    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(info.get("flags", []))
-    return info["machine"].lower() in ("x86_64", "amd64") and not vnni
+    """7-bit weights: asked for, or 'auto' where 8-bit ranges saturate the CPU's int8 kernels."""
+    return int8_saturates() if config.reduce_range == "auto" else config.reduce_range
 
 
 class StaticQuantizationConfig(PassConfig):
@@ -73,8 +63,13 @@ class StaticQuantization(Pass):
         return {"reduce_range": reduce_range(config)}
 
     def apply(self, artifact: Artifact, config: StaticQuantizationConfig, context: PassContext) -> PassOutcome:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-        from onnxruntime.quantization import quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         samples = context.calibration.head(config.calibration_samples).samples()
         source = artifact.path

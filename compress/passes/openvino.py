@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from compress.cpu import int8_saturates
 from compress.registry import register
 
 
@@ -78,6 +79,17 @@ class NncfQuantizationConfig(PassConfig):
         "default", description="'transformer': NNCF's transformer scheme (keeps softmax, layer norm and the "
         "attention's sensitive products in float)."
     )
+    overflow_fix: Literal["auto", "enable", "first_layer_only", "disable"] = Field(
+        "auto",
+        description="NNCF's overflow fix (7-bit weights where 8-bit sums would saturate). 'auto': 'enable' on x86 "
+        "CPUs without VNNI, else NNCF's default 'first_layer_only'.",
+    )
+
+    def overflow(self) -> str:
+        if self.overflow_fix != "auto":
+            return self.overflow_fix
+        return "enable" if int8_saturates() else "first_layer_only"
+
     fast_bias_correction: bool = Field(
         False,
         description=(
@@ -96,8 +108,15 @@ class NncfQuantization(Pass):
     output_format = "openvino"
     libraries = ("openvino", "nncf")
 
+    def environment_facts(self, config: NncfQuantizationConfig) -> dict:
+        return {"overflow_fix": config.overflow()}
+
     def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
         import nncf
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            OverflowFix,
+        )
 
         samples = context.calibration.head(config.calibration_samples).samples()
         quantized = nncf.quantize(
@@ -106,11 +125,12 @@ class NncfQuantization(Pass):
             subset_size=len(samples),
             preset=nncf.QuantizationPreset(config.preset),
             fast_bias_correction=config.fast_bias_correction,
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(config.overflow())),
             **({"model_type": nncf.ModelType.TRANSFORMER} if config.model_type == "transformer" else {}),
         )
         path = _save(quantized, context.work_dir / "model.xml", compress_to_fp16=False)
         return PassOutcome(
             Artifact("openvino", artifact.signature, path=path),
             {"calibration_samples": len(samples), "preset": config.preset, "fast_bias_correction": config.fast_bias_correction,
-             "model_type": config.model_type},
+             "model_type": config.model_type, "overflow_fix": config.overflow()},
         )

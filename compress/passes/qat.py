@@ -15,7 +15,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
+from compress.base import (
+    Artifact,
+    Pass,
+    PassConfig,
+    PassContext,
+    PassOutcome,
+    TrainingConfig,
+)
+from compress.cpu import int8_saturates
 from compress.facts import model_facts, top1
 from compress.registry import register
 
@@ -27,6 +35,14 @@ class QatConfig(PassConfig):
     epochs: int = Field(2, gt=0)
     lr: float = Field(1e-4, gt=0, description="Small: the model is already trained, QAT only adapts it to int8.")
     batch_size: int = Field(64, gt=0)
+    reduce_range: Literal["auto"] | bool = Field(
+        "auto",
+        description="7-bit activations (0-127). 'auto': on x86 CPUs without VNNI, where ONNX Runtime's uint8×int8 "
+        "kernels saturate (torchao's advice for such CPUs).",
+    )
+
+    def reduced(self) -> bool:
+        return int8_saturates() if self.reduce_range == "auto" else self.reduce_range
 
 
 @register
@@ -37,14 +53,19 @@ class QuantizationAwareTraining(Pass):
     output_format = "onnx"
     libraries = ("torchao",)
 
+    def environment_facts(self, config: QatConfig) -> dict:
+        return {"reduce_range": config.reduced()}
+
     def apply(self, artifact: Artifact, config: QatConfig, context: PassContext) -> PassOutcome:
         import torch
-
-        from compress import pt2e  # before torchao: it quiets torchao's import-time warnings
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e import allow_exported_model_train_eval
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantize_pt2e import (
+            convert_pt2e,
+            prepare_qat_pt2e,
+        )
 
+        from compress import pt2e
         from compress.training import require_class_labels, train
 
         signature = artifact.signature
@@ -53,7 +74,8 @@ class QuantizationAwareTraining(Pass):
         torch.manual_seed(context.seed)
         # Captured in train mode: BatchNorm keeps updating its statistics while the fake quantizers learn.
         captured = pt2e.capture(copy.deepcopy(artifact.model).train(), signature)
-        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=True))
+        quantizer = x86.X86InductorQuantizer().set_global(
+            x86.get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=config.reduced()))
         prepared = prepare_qat_pt2e(captured, quantizer)
         allow_exported_model_train_eval(prepared)  # the shared training loop switches train/eval modes
         training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
@@ -71,5 +93,6 @@ class QuantizationAwareTraining(Pass):
                 "accuracy_after": top1(converted, signature, context.evaluation),
                 "epochs": config.epochs,
                 "quantizer": "torchao X86InductorQuantizer (int8 per-channel weights, uint8 activations)",
+                "reduce_range": config.reduced(),
             },
         )

@@ -114,6 +114,9 @@ def build() -> Any:
             # F.normalize, spelt out: its ReduceL2 export trips onnx2tf 1.28 ("'axis' must be None, an integer ...").
             return pooled / torch.sqrt((pooled * pooled).sum(dim=1, keepdim=True)).clamp(min=1e-12)
 
+    # Its load report (the checkpoint's unused pooler) and progress bar are noise for a model loaded as designed.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     # "eager" attention: a plain matmul-softmax graph that every exporter and quantizer handles alike.
     bert = BertModel.from_pretrained(str(model_dir()), attn_implementation="eager", add_pooling_layer=False)
     # transformers >= 5 takes a prepared 4D mask as is; 4.x only accepts 2D/3D masks for BERT.
