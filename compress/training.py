@@ -26,6 +26,9 @@ def require_class_labels(data: Dataset, signature: Signature, what: str) -> None
         raise NotTrainable(f"{what} trains on class labels (integer targets [samples]); the data has {got}")
     if not len(data):
         raise NotTrainable(f"{what} trains on the train split, which is empty (data.splits.train is 0)")
+    if len(signature.outputs) > 1:
+        raise NotTrainable(f"{what} fits one [batch, classes] output to class labels; the model has "
+                           f"{len(signature.outputs)} outputs {signature.output_names}, whose losses it cannot know")
     first = signature.outputs[0] if signature.outputs else None
     if first is not None and first.shape is not None and len(first.shape) != 2:
         raise NotTrainable(f"{what} fits the first output to class labels, but {first.name!r} has shape "

@@ -150,8 +150,6 @@ def bench_file(
     signature = target_registry.get(first.spec.runtime).signature(model)
     dataset, data_origin = _data(model, inputs, signature)
     reference = _reference(model, first, dataset.inputs, settings.threads)
-    signature = signature.model_copy(update={"outputs": [
-        spec for spec in signature.outputs if spec.name in reference] or signature.outputs})
     score = _scoring(evaluator, signature, dataset, reference)
 
     name = model.stem

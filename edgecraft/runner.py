@@ -35,7 +35,7 @@ from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe, starts_from_torch
 from edgecraft.step_cache import StepCache, digest, library_versions, step_key
 from reports.html import write_report
-from reports.schema import ModelRecord, PassRecord, Quality, ResultRow, RunResults
+from reports.schema import ModelRecord, PassRecord, ResultRow, RunResults
 from reports.settings import with_overrides
 from targets import feeds
 from targets import registry as target_registry
@@ -71,7 +71,7 @@ class PreparedModel:
     def scorer(self) -> Any:
         """What the harness calls on a row's outputs: this model's evaluator against its reference and targets."""
         targets = self.context.evaluation.targets
-        return functools.partial(_score, self.evaluator, reference=self.reference_outputs, targets=targets)
+        return functools.partial(evaluators.evaluate, self.evaluator, reference=self.reference_outputs, targets=targets)
 
 
 @dataclass(frozen=True)
@@ -461,11 +461,6 @@ def reference_outputs(target: Any, path: Path, device: str, options: dict, input
     batches = [target.run(session, feeds.take(inputs, start, start + batch_size))
                for start in range(0, feeds.count(inputs), batch_size)]
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
-
-
-def _score(evaluator: EvaluatorSpec, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-           targets: np.ndarray | None) -> Quality:
-    return evaluators.evaluate(evaluator, outputs, reference, targets)
 
 
 def _builtin_evaluator(spec: ModelSpec) -> EvaluatorSpec | None:

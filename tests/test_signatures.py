@@ -237,3 +237,19 @@ def test_bad_signature_and_evaluator_fields_point_at_the_recipe_line(tmp_path: P
                                                                      message: str) -> None:
     text = TOKEN_MODEL.replace("token_pooler\n", f"token_pooler\n    {field}: {value}\n")
     fails_in_one_line(text, tmp_path, f"{tmp_path / 'recipe.yaml'}:", f"models[0].{field}", message)
+
+
+def test_a_training_pass_on_a_three_head_model_fails_its_rows_with_the_reason(tmp_path: Path) -> None:
+    """Pruning with fine-tuning fits class scores to labels: on three heads it says why it cannot, and only the
+    variant that asked for it fails."""
+    text = THREE_HEADS.replace("""variants:
+  - name: fp32""", """variants:
+  - name: fp32
+  - name: pruned
+    passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}, {type: export.onnx}]""")
+    text = text.replace("targets: [onnxruntime:cpu, openvino:cpu, litert:cpu]", "targets: [onnxruntime:cpu]")
+    results, _ = run(text.replace("train: 0.0", "train: 0.3"), tmp_path)
+    rows = {row.variant: row for row in results.rows}
+    assert rows["fp32"].status == "ok" and rows["int8"].status == "ok"
+    assert rows["pruned"].status == "failed"
+    assert "fits one [batch, classes] output to class labels; the model has 3 outputs" in rows["pruned"].reason
