@@ -80,9 +80,6 @@ class Signature(_Model):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def input(self, name: str) -> TensorSpec:
-        return next(spec for spec in self.inputs if spec.name == name)
-
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.inputs]

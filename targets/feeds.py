@@ -35,10 +35,6 @@ def take(feeds: Feeds, start: int, stop: int) -> Feeds:
     return {name: array[start:stop] for name, array in feeds.items()}
 
 
-def select(feeds: Feeds, indices: np.ndarray) -> Feeds:
-    return {name: array[indices] for name, array in feeds.items()}
-
-
 def save(feeds: Feeds, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in feeds.items():
