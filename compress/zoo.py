@@ -35,9 +35,6 @@ class ReferenceModel:
     def build(self) -> Any:
         return _load(self.factory)()
 
-    def dataset(self) -> tuple[dict, Any]:
-        return _load(self.data)()
-
     @property
     def input_shape(self) -> tuple[int, ...]:
         """The per-sample shape of the (single) input: what the digits data set is resized to."""

@@ -21,6 +21,7 @@ from edgecraft.imports import load_object
 from edgecraft import data as datasets
 from edgecraft.recipe import ModelSpec
 from reports.schema import Signature, TensorSpec
+from targets.base import image_like
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,7 @@ def data_source(spec: ModelSpec, source: str) -> str:
 
 def load_data(spec: ModelSpec, source: str, signature: Signature | None) -> Dataset:
     """The model's whole data set, before splitting."""
-    source = data_source(spec, source)
-    if spec.builtin and source == REFERENCE_MODELS[spec.builtin].data and source != "digits":
-        inputs, targets = REFERENCE_MODELS[spec.builtin].dataset()
-        return Dataset(inputs, targets)
-    return datasets.load_source(source, Path("."), signature)
+    return datasets.load_source(data_source(spec, source), Path("."), signature)
 
 
 def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, model: Any = None) -> Signature:
@@ -93,8 +90,8 @@ def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, 
     for name in names:
         array = data.inputs[name]
         shape = ["batch", *array.shape[1:]]
-        layout = "NCHW" if array.ndim == 4 and array.shape[1] in (1, 3, 4) else None
-        inputs.append(TensorSpec(name=name, dtype=array.dtype.name, shape=shape, layout=layout))
+        inputs.append(TensorSpec(name=name, dtype=array.dtype.name, shape=shape,
+                                 layout="NCHW" if image_like(array.shape, channels_axis=1) else None))
     return Signature(inputs=inputs, outputs=list(outputs or []))
 
 
