@@ -253,3 +253,23 @@ def test_a_training_pass_on_a_three_head_model_fails_its_rows_with_the_reason(tm
     assert rows["fp32"].status == "ok" and rows["int8"].status == "ok"
     assert rows["pruned"].status == "failed"
     assert "fits one [batch, classes] output to class labels; the model has 3 outputs" in rows["pruned"].reason
+
+
+def test_bench_a_two_input_onnx_file_with_named_data_and_an_evaluator(tmp_path: Path) -> None:
+    from compress.onnx_export import export_torch
+    from reports.schema import Signature, TensorSpec
+    from tests.helpers import token_data, token_pooler
+
+    signature = Signature(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])
+                                  for n in ("input_ids", "attention_mask")], outputs=[TensorSpec(name="embedding")])
+    model = export_torch(token_pooler(), signature, tmp_path / "tokens.onnx")
+    np.savez(tmp_path / "tokens.npz", **token_data())
+    completed = edgecraft("bench", model, "--inputs", tmp_path / "tokens.npz", "--evaluator", "embedding",
+                          "--target", "onnxruntime:cpu", "--target", "openvino:cpu", "--quick",
+                          "--output-dir", tmp_path / "runs")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
+    assert results.models[0].data_shapes == {"input_ids": [1, 12], "attention_mask": [1, 12]}
+    for row in results.rows:
+        assert row.status == "ok" and row.measurement.quality.metric == "mean cosine to fp32"
+        assert row.measurement.accuracy == pytest.approx(1.0, abs=1e-6) and "recall_at_5" in row.measurement.quality.metrics
