@@ -18,8 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reports.schema import Quality, TensorSpec
-
-Feeds = dict[str, np.ndarray]
+from targets.feeds import Feeds
 
 _FUNCTION = re.compile(r"^[\w.]+:\w+$")
 

@@ -116,12 +116,14 @@ def _scoring(
     if name is None and dataset.targets is None:
         return lambda outputs: evaluators.not_measured(None, "not measured (no labelled data)")
     try:
-        spec = evaluators.choose(evaluators.EvaluatorSpec(type=name) if name else None, signature.outputs,
-                                 dataset.targets)
+        asked = evaluators.EvaluatorSpec(type=name) if name else None
+    except ValidationError as exc:
+        raise EdgecraftError(f"--evaluator: {exc.errors(include_url=False)[0]['msg']}") from None
+    spec = evaluators.choose(asked, signature.outputs, dataset.targets)
+    try:
         evaluators.check(spec, signature.outputs, dataset.targets)
-    except (ValueError, evaluators.EvaluatorMismatch) as exc:
-        message = exc.errors(include_url=False)[0]["msg"] if hasattr(exc, "errors") else str(exc)
-        raise EdgecraftError(f"--evaluator: {message}") from None
+    except evaluators.EvaluatorMismatch as exc:
+        raise EdgecraftError(f"--evaluator: {exc}") from None
     targets = dataset.targets
     return lambda outputs: evaluators.evaluate(spec, outputs, reference, targets)
 

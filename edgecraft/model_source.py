@@ -44,7 +44,8 @@ def declared_signature(spec: ModelSpec) -> Signature | None:
     if spec.input_shape:
         shape = ["batch", *spec.input_shape]
         return Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=shape,
-                                            layout="NCHW" if len(shape) == 4 else None)], outputs=outputs)
+                                            layout="NCHW" if image_like(shape, channels_axis=1) else None)],
+                         outputs=outputs)
     if spec.onnx:
         from targets import registry
 

@@ -231,7 +231,9 @@ class RecipeRun:
             parameters = sum(p.numel() for p in artifact.model.parameters())
             onnx_key = digest(shared.key, "export_torch", library_versions(()))
         else:
-            reference = _onnx_outputs(artifact.path, evaluation.inputs)
+            # A user's ONNX model: there is no PyTorch model to compare with, the file is its own reference.
+            reference = reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {},
+                                          evaluation.inputs, threads=1)
             onnx_path = artifact.path
             parameters = None
             onnx_key = shared.key
@@ -447,11 +449,6 @@ def write_run(results: RunResults, run_dir: Path) -> Path:
     """results.json and everything rendered from it; the report's path."""
     (run_dir / "results.json").write_text(results.model_dump_json(indent=2))
     return write_report(results, run_dir)
-
-
-def _onnx_outputs(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reference outputs of a user-supplied ONNX model (there is no PyTorch model to compare with)."""
-    return reference_outputs(target_registry.get("onnxruntime"), path, "cpu", {}, inputs, threads=1)
 
 
 def reference_outputs(target: Any, path: Path, device: str, options: dict, inputs: dict[str, np.ndarray],

@@ -2,8 +2,8 @@
 
 Inputs and outputs are matched by the file's signature names. A file converted by ``convert.tflite`` has a note
 beside it with the model's own names for them and the NCHW image inputs, which the file takes as NHWC: ``run``
-transposes those, so that one evaluation set serves all runtimes. A native file has no note and runs as it is. Quantized inputs and
-outputs are (de)quantized with their tensor's scale.
+transposes those, so that one evaluation set serves all runtimes. A native file has no note and runs as it is.
+Quantized inputs and outputs are (de)quantized with their tensor's scale.
 """
 
 from __future__ import annotations
