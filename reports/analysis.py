@@ -32,6 +32,7 @@ class RowFacts:
     """One result row with what the report derives from it; None where a number cannot be had."""
 
     row: ResultRow
+    model_failure: str | None  # why the row's model could not be prepared (then the row failed)
     parameters: int | None
     reference_accuracy: float | None
     metric: str
@@ -136,6 +137,7 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
         facts.append(
             RowFacts(
                 row=row,
+                model_failure=model.failure,
                 parameters=model.parameters,
                 reference_accuracy=model.reference_accuracy,
                 metric=model.reference.metric,

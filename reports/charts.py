@@ -2,13 +2,20 @@
 
 Rows that were not measured (failed or skipped) stay in every chart as a labelled gap: a chart that silently
 drops them would make a partial run look complete.
+
+Every text that comes from the results (names, reasons) goes through ``_plain``: matplotlib reads a pair of ``$``
+as math and raises on what is not. A chart is an illustration of numbers the tables also hold, so ``draw`` turns
+any failure to draw one into a note instead of losing the report.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
 
 from reports.analysis import Analysis, RowFacts
 from reports.compare import Comparison
@@ -17,6 +24,31 @@ from reports.schema import ResultRow
 MARKERS = "osD^vP*X"
 STATUS_COLORS = {"ok": "#1a7f37", "skipped": "#9a6700", "failed": "#cf222e"}
 ROW_HEIGHT_IN = 0.32
+S = TypeVar("S", Analysis, Comparison)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """An inline SVG chart, or why it could not be drawn."""
+
+    svg: str | None = None
+    failure: str | None = None
+
+
+def draw(chart: Callable[[S], str], subject: S) -> Chart:
+    """``chart(subject)``; any exception becomes the chart's ``failure`` and a logged warning."""
+    try:
+        return Chart(svg=chart(subject))
+    except Exception as exc:  # noqa: BLE001 - whatever breaks a chart must not break the report around it
+        failure = f"{type(exc).__name__}: {exc}"
+        log.warning("the %s chart could not be drawn: %s", chart.__name__, failure)
+        return Chart(failure=failure)
+
+
+def _plain(text: str) -> str:
+    """``text`` as matplotlib shows it literally: an escaped ``$`` never starts math."""
+    return text.replace("$", r"\$")
 
 
 @contextmanager
@@ -56,13 +88,13 @@ def _figure(width: float, height: float, panels: int):  # noqa: ANN202 - matplot
 def _not_measured(row: ResultRow, width: int = 70) -> str:
     if row.measurement is not None:  # measured, but its quality could not be
         reason = row.measurement.quality.not_measured or "quality not measured"
-        return reason[:width] + ("…" if len(reason) > width else "")
+        return _plain(reason[:width] + ("…" if len(reason) > width else ""))
     reason = (row.reason or "").replace("\n", " ")
-    return f"{row.status}: {reason[:width]}{'…' if len(reason) > width else ''}"
+    return _plain(f"{row.status}: {reason[:width]}{'…' if len(reason) > width else ''}")
 
 
 def _row_label(row: ResultRow, with_target: bool) -> str:
-    return f"{row.model} · {row.variant}" + (f" · {row.target}" if with_target else "")
+    return _plain(f"{row.model} · {row.variant}" + (f" · {row.target}" if with_target else ""))
 
 
 def _by(facts: list[RowFacts], key: Callable[[ResultRow], str]) -> dict[str, list[RowFacts]]:
@@ -94,24 +126,24 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
                 colour = f"C{index}"
                 front = sorted(p for p, f in zip(points, measured) if f.on_front)
                 axis.step(*zip(*front), where="post", color=colour, alpha=0.5, linewidth=1.2)
-                axis.scatter(*zip(*points), marker=MARKERS[index % len(MARKERS)], s=44, zorder=3, label=target,
+                axis.scatter(*zip(*points), marker=MARKERS[index % len(MARKERS)], s=44, zorder=3, label=_plain(target),
                              facecolors=[colour if f.on_front else "white" for f in measured], edgecolors=colour)
                 # Labels alternate above and below in latency order: variants often share an accuracy.
                 for rank, (fact, (x, y)) in enumerate(sorted(zip(measured, points), key=lambda item: item[1])):
                     slow = " (slower than fp32)" if fact.slower_than_fp32 else ""
-                    axis.annotate(fact.row.variant + slow, (x, y), textcoords="offset points", ha="center",
+                    axis.annotate(_plain(fact.row.variant) + slow, (x, y), textcoords="offset points", ha="center",
                                   xytext=(0, 7 if rank % 2 == 0 else -13), fontsize=7,
                                   color=STATUS_COLORS["failed"] if slow else "#1d232b")
-            axis.set_title(model)
+            axis.set_title(_plain(model))
             axis.margins(x=0.15, y=0.15)
             axis.set_xscale("log")
             axis.set_xlabel("latency p50 (ms, log) — lower is better")
-            axis.set_ylabel(f"{facts[0].metric} (%)")
+            axis.set_ylabel(_plain(f"{facts[0].metric} (%)"))
             axis.grid(True, which="both", alpha=0.25)
             if any(f.row.measurement and f.row.measurement.accuracy is not None for f in facts):
                 axis.legend(fontsize=7, loc="lower right", title="filled: Pareto front", title_fontsize=7)
-            missing = [f"{f.row.variant} · {f.row.target} — {_not_measured(f.row, 45)}" for f in facts
-                       if not f.row.measurement or f.row.measurement.accuracy is None]
+            missing = [f"{_plain(f.row.variant)} · {_plain(f.row.target)} — {_not_measured(f.row, 45)}"
+                       for f in facts if not f.row.measurement or f.row.measurement.accuracy is None]
             if missing:
                 axis.text(0, -0.28, "not measured:\n" + "\n".join(missing), transform=axis.transAxes, va="top",
                           fontsize=7, color=STATUS_COLORS["failed"])
@@ -169,7 +201,7 @@ def latency_distributions(analysis: Analysis) -> str:
                              medianprops={"color": "#0969da"})
             axis.set_xscale("log")
             _horizontal_rows(axis, facts, False, [i in positions for i in range(len(facts))])
-            axis.set_title(target)
+            axis.set_title(_plain(target))
             axis.set_xlabel("latency per inference (ms, log)")
         return _svg(figure)
 
@@ -192,7 +224,7 @@ def memory_per_target(analysis: Analysis) -> str:
                     axis.text(fact.row.measurement.peak_rss_mb, position, f" {fact.row.measurement.peak_rss_mb:.0f} MB",
                               va="center", fontsize=7)
             _horizontal_rows(axis, facts, False, [bool(f.row.measurement) for f in facts])
-            axis.set_title(target)
+            axis.set_title(_plain(target))
             axis.set_xlabel("resident memory of the benchmark process (MB)")
             axis.set_xlim(0, axis.get_xlim()[1] * 1.12)  # room for the peak labels
         figure.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
@@ -213,9 +245,9 @@ def latency_change(comparison: Comparison) -> str:
                 p50 = [s.p50 for s in stats]
                 errors = [[s.p50 - s.p50_ci95[0] for s in stats], [s.p50_ci95[1] - s.p50 for s in stats]]
                 axis.errorbar(p50, ys, xerr=errors, fmt="o", color=colour, capsize=3, markersize=4,
-                              label=f"{side}: {getattr(comparison, side).name}")
-        axis.set_yticks(range(len(rows)), [f"{r.model} · {r.variant}" + (f" · {r.target}" if with_target else "")
-                                           for r in rows])
+                              label=_plain(f"{side}: {getattr(comparison, side).name}"))
+        labels = [f"{r.model} · {r.variant}" + (f" · {r.target}" if with_target else "") for r in rows]
+        axis.set_yticks(range(len(rows)), [_plain(label) for label in labels])
         axis.set_ylim(len(rows) - 0.5, -0.5)
         for position, row in enumerate(rows):
             side = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
@@ -223,7 +255,7 @@ def latency_change(comparison: Comparison) -> str:
                 note = _not_measured(side) if side else "only in " + ("baseline" if row.baseline else "candidate")
                 axis.text(0.01, position, note, transform=axis.get_yaxis_transform(), va="center", fontsize=7,
                           color=STATUS_COLORS["failed"])
-            if row.regressions:
+            if row.failures:
                 axis.get_yticklabels()[position].set_color(STATUS_COLORS["failed"])
         axis.set_xscale("log")
         axis.set_xlabel("latency p50 with 95 % CI (ms, log)")

@@ -21,6 +21,7 @@ COLUMNS: list[tuple[str, Callable[[RowFacts], Any]]] = [
     ("target", lambda f: f.row.target),
     ("status", lambda f: f.row.status),
     ("reason", lambda f: f.row.reason),
+    ("model_failure", lambda f: f.model_failure),
     ("size_bytes", lambda f: f.row.size_bytes),
     ("size_reduction_vs_fp32", lambda f: f.size_reduction),
     ("parameters_fp32_model", lambda f: f.parameters),

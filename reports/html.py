@@ -17,6 +17,7 @@ from reports import charts
 from reports.analysis import Analysis, analyse
 from reports.compare import Comparison
 from reports.csv_table import results_csv
+from reports.files import write_atomic
 from reports.schema import RunResults
 from reports.settings import ReportSettings, report_settings
 
@@ -86,10 +87,10 @@ def render_html(analysis: Analysis) -> str:
         "report.html",
         a=analysis,
         charts={
-            "accuracy-latency": charts.accuracy_vs_latency(analysis),
-            "size": charts.size_per_variant(analysis),
-            "latency": charts.latency_distributions(analysis),
-            "memory": charts.memory_per_target(analysis),
+            "accuracy-latency": charts.draw(charts.accuracy_vs_latency, analysis),
+            "size": charts.draw(charts.size_per_variant, analysis),
+            "latency": charts.draw(charts.latency_distributions, analysis),
+            "memory": charts.draw(charts.memory_per_target, analysis),
         },
         **_run_context(analysis.results),
     )
@@ -102,19 +103,16 @@ def render_summary(analysis: Analysis) -> str:
 def write_report(results: RunResults, run_dir: Path, settings: ReportSettings | None = None) -> Path:
     """Write ``report.html``, ``results.csv`` and ``summary.md`` into ``run_dir``; return the HTML file's path.
 
-    ``settings`` default to the run's own recipe ``report`` section."""
+    ``settings`` default to the run's own recipe ``report`` section. Each file is replaced whole or not at all."""
     analysis = analyse(results, settings or report_settings(results.recipe))
-    (run_dir / "results.csv").write_text(results_csv(analysis), encoding="utf-8")
-    (run_dir / "summary.md").write_text(render_summary(analysis), encoding="utf-8")
-    path = run_dir / "report.html"
-    path.write_text(render_html(analysis), encoding="utf-8")
-    return path
+    write_atomic(run_dir / "results.csv", results_csv(analysis))
+    write_atomic(run_dir / "summary.md", render_summary(analysis))
+    return write_atomic(run_dir / "report.html", render_html(analysis))
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
     """Write ``compare.html`` and ``compare.md`` (for the pull-request comment) into ``out_dir``."""
     context = {"c": comparison, "base": comparison.baseline, "cand": comparison.candidate}
-    (out_dir / "compare.md").write_text(_render("compare.md", **context), encoding="utf-8")
-    path = out_dir / "compare.html"
-    path.write_text(_render("compare.html", chart=charts.latency_change(comparison), **context), encoding="utf-8")
-    return path
+    write_atomic(out_dir / "compare.md", _render("compare.md", **context))
+    chart = charts.draw(charts.latency_change, comparison)
+    return write_atomic(out_dir / "compare.html", _render("compare.html", chart=chart, **context))

@@ -6,6 +6,7 @@ without an ML framework installed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +21,15 @@ class ResultsError(Exception):
     """A run folder or results file that cannot be reported on; the message names the file and the field."""
 
 
+# Prefixes of ResultRow.warnings that the compare gate acts on; whoever writes such a warning starts it with these.
+CONVERSION_WARNING = "conversion bug?"
+NOISE_WARNING = "noisy"
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no NaN or infinity: one would be written as null and the file would no longer load. Refuse it here,
+    # where the field is named, rather than in the next command that reads the file.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LatencyStats(_Model):
@@ -37,7 +45,7 @@ class LatencyStats(_Model):
     std: float
     min: float
     max: float
-    p50: float
+    p50: float = Field(gt=0, description="A median latency of zero or less is a corrupt measurement.")
     iqr: float | None = Field(None, description="Interquartile range p75 − p25; absent in older results.")
     p90: float
     p95: float
@@ -230,19 +238,33 @@ class PassRecord(_Model):
     cached: bool = Field(False, description="Reused from the step cache instead of run again.")
 
 
+def _not_prepared() -> Quality:
+    return Quality(evaluator="none", metric="none", not_measured="the model was not prepared")
+
+
 class ModelRecord(_Model):
     """A model as it enters the variants (after the shared PyTorch passes): the fp32 reference every variant
-    of it is compared with."""
+    of it is compared with. A model that could not be prepared keeps only its name, source and ``failure``, so
+    that the report can say why its rows are missing."""
 
     name: str
     source: str
-    signature: Signature
+    failure: str | None = Field(
+        None, description="Why the model could not be prepared (its factory or data raised...); its rows all failed."
+    )
+    signature: Signature = Field(default_factory=lambda: Signature(inputs=[], outputs=[]))
     data_shapes: dict[str, list[int]] = Field(
         {}, description="Shape of each evaluation input as measured (symbolic axes resolved, e.g. the sequence length)."
     )
     data_notes: list[str] = Field([], description="Facts about the evaluation data, e.g. real token counts.")
+    evaluation_data: str | None = Field(
+        None, description="Hex digest of the evaluation inputs and targets: two runs that differ here did not "
+        "evaluate on the same data, so their accuracies cannot be compared."
+    )
     parameters: int | None = None
-    reference: Quality = Field(description="The evaluator on the fp32 reference's own outputs.")
+    reference: Quality = Field(
+        default_factory=_not_prepared, description="The evaluator on the fp32 reference's own outputs."
+    )
 
     @property
     def reference_accuracy(self) -> float | None:
@@ -270,17 +292,34 @@ class RunResults(_Model):
         return self
 
 
+def _problem(exc: ValidationError) -> str:
+    """The first error of a validation as ``field: message``, the field a dotted path from the top of the file."""
+    error = exc.errors(include_url=False)[0]
+    prefix = ("recipe", "report") if exc.title == ReportSettings.__name__ else ()
+    field = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
+    # A NaN or infinity written by a JSON library that allows them comes back as null.
+    hint = " (null: a NaN or an infinity?)" if error["type"] == "float_type" and error["input"] is None else ""
+    return f"{field}: {error['msg']}{hint}"
+
+
+def _validated(label: str, validate: Callable[[], RunResults]) -> RunResults:
+    try:
+        results = validate()
+        report_settings(results.recipe)  # fail now, naming the field, rather than halfway through rendering
+    except ValidationError as exc:
+        raise ResultsError(f"{label}: not a valid results file: {_problem(exc)}") from None
+    return results
+
+
 def load_results(run_dir: Path) -> RunResults:
     """Read ``run_dir/results.json``; a missing or malformed file raises ``ResultsError`` naming the field."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ResultsError(f"{path}: not found (is {run_dir} a run folder?)")
-    try:
-        results = RunResults.model_validate_json(path.read_text(encoding="utf-8"))
-        report_settings(results.recipe)  # fail now, naming the field, rather than halfway through rendering
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        prefix = ("recipe", "report") if exc.title == ReportSettings.__name__ else ()
-        field = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
-        raise ResultsError(f"{path}: not a valid results file: {field}: {error['msg']}") from None
-    return results
+    return _validated(str(path), lambda: RunResults.model_validate_json(path.read_text(encoding="utf-8")))
+
+
+def check_results(results: RunResults, label: str) -> None:
+    """Check a run built or changed in memory as strictly as a loaded file (pydantic does not validate assignments,
+    so a NaN or a zero p50 set afterwards would slip through); ``ResultsError`` names ``label`` and the field."""
+    _validated(label, lambda: RunResults.model_validate(results.model_dump()))
