@@ -136,29 +136,23 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace, baseline_dir: Path, candidate_dir: Path) -> int:
-    """Exit 0 when nothing regresses, 1 when a row does (each printed with why); bad input is exit 2 upstream."""
+    """Exit 0 when every row passes; 1 when a row regresses, is inconclusive or is missing (one line each, with
+    why); bad input, including runs that are not comparable, is exit 2 upstream."""
     from reports.compare import compare_runs
     from reports.html import write_comparison
     from reports.schema import load_results
-    from reports.settings import report_settings, with_overrides
 
     baseline, candidate = load_results(baseline_dir), load_results(candidate_dir)
-    thresholds = with_overrides(
-        report_settings(candidate.recipe).gate,
-        max_latency_increase=args.max_latency_increase,
-        max_size_increase=args.max_size_increase,
-        max_accuracy_drop=args.max_accuracy_drop,
-    )
-    comparison = compare_runs(baseline, candidate, thresholds)
+    command_line = {name: getattr(args, name) for name in GateThresholds.model_fields}
+    comparison = compare_runs(baseline, candidate, command_line, allow_missing=args.allow_missing)
     out_dir = args.output_dir or candidate_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     path = write_comparison(comparison, out_dir)
-    for row in comparison.regressed:
-        for why in row.regressions:
-            print(f"regression: {row.model} · {row.variant} · {row.target}: {why}")
-    verdict = "FAIL" if comparison.regressed else "PASS"
-    print(f"{verdict}: {len(comparison.regressed)} of {len(comparison.rows)} row(s) regress; report: {path}")
-    return 1 if comparison.regressed else 0
+    for row in comparison.failing:
+        for finding in row.failures:
+            print(f"{finding.kind}: {row.model} · {row.variant} · {row.target}: {finding.why}")
+    print(f"{comparison.outcome}: {comparison.tally()}; thresholds: {comparison.gate.describe()}; report: {path}")
+    return 1 if comparison.failing else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,18 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-render a run's report, or compare two runs (a CI gate)",
         usage="edgecraft report [--price-per-hour P] RUN_DIR\n"
         "       edgecraft report compare [--max-latency-increase F] [--max-size-increase F] "
-        "[--max-accuracy-drop F] [--output-dir DIR] BASELINE_RUN CANDIDATE_RUN",
+        "[--max-accuracy-drop F] [--allow-missing] [--output-dir DIR] BASELINE_RUN CANDIDATE_RUN",
         description="RUN_DIR: re-render report.html, results.csv and summary.md from results.json (nothing is "
-        "re-run). compare: write compare.html and compare.md and exit 1 if the candidate regresses beyond the "
-        "thresholds (options, else the candidate recipe's report.gate, else the defaults), 2 on bad input.",
+        "re-run). compare: write compare.html and compare.md; exit 0 when every row passes, 1 when a row regresses "
+        "beyond the thresholds (options, else the baseline recipe's report.gate, else the defaults), is too noisy "
+        "to judge (inconclusive) or is missing from the candidate, 2 on bad input or runs that are not comparable.",
     )
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder, or: compare BASELINE CANDIDATE")
     report.add_argument("--price-per-hour", type=float, metavar="P",
                         help="machine price per hour: adds cost per 1M predictions (default: the recipe's)")
-    gate = report.add_argument_group("compare thresholds (fractions; default: the candidate recipe's report.gate)")
+    gate = report.add_argument_group("compare thresholds (fractions; default: the baseline recipe's report.gate)")
     for name, field in GateThresholds.model_fields.items():
         gate.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="F",
                           help=f"{field.description.rstrip('.')}; default {field.default:g}".replace("%", "%%"))
+    gate.add_argument("--allow-missing", action="store_true",
+                      help="let rows that the candidate lacks or skipped pass (they are still listed); a row that "
+                      "failed still fails")
     gate.add_argument("--output-dir", type=Path, metavar="DIR",
                       help="where compare.html and compare.md go (default: CANDIDATE_RUN)")
     report.set_defaults(handler=_report)

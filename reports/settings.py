@@ -14,18 +14,28 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON has no NaN: it would come back as null
 
 
 class GateThresholds(_Strict):
-    """How much worse a candidate run may be than its baseline before ``edgecraft report compare`` fails."""
+    """How much worse a candidate run may be than its baseline before ``edgecraft report compare`` fails.
+
+    The upper bounds keep a gate a gate: past them it would pass a doubled latency, a doubled file or a fifth of
+    the accuracy gone. The latency floor of 1 % is about the finest change a benchmark on a shared machine can
+    resolve; below it every row would be inconclusive."""
 
     max_latency_increase: float = Field(
-        0.10, ge=0, description="Relative p50 increase (0.10 = +10 %); counts only when the two p50 CIs do not overlap."
+        0.10, ge=0.01, le=1.0,
+        description="Relative p50 increase (0.10 = +10 %) from 0.01 to 1; an increase beyond it is a regression when "
+        "the two p50 CIs do not overlap, inconclusive when they do.",
     )
-    max_size_increase: float = Field(0.05, ge=0, description="Relative artifact size increase (0.05 = +5 %).")
+    max_size_increase: float = Field(
+        0.05, ge=0, le=1.0, description="Relative artifact size increase (0.05 = +5 %) from 0 to 1."
+    )
     max_accuracy_drop: float = Field(
-        0.01, ge=0, description="Accuracy the candidate may lose against the baseline, as a fraction (0.01 = 1 point)."
+        0.01, ge=0, le=0.2,
+        description="Accuracy the candidate may lose against the baseline, as a fraction (0.01 = 1 point) from 0 "
+        "to 0.2.",
     )
 
 
@@ -35,6 +45,7 @@ class ReportSettings(_Strict):
     max_accuracy_drop: float = Field(
         0.01,
         ge=0,
+        le=1,
         description="A variant is recommended only if its accuracy is at most this far (0.01 = 1 point) below the "
         "fp32 reference accuracy of its model.",
     )

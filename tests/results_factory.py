@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from reports.schema import (
@@ -75,3 +76,17 @@ def mixed_run() -> RunResults:
                      size=110_000),
         not_measured("dyn", "failed", "pass failed: RuntimeError: simulated", target="onnxruntime:cuda"),
     ])
+
+
+def tamper(folder: Path, field: str, value: object) -> Path:
+    """Set ``field`` (a dotted path such as ``rows.0.measurement.latency_ms.p50``) in ``folder/results.json`` to
+    ``value``, bypassing validation: a results file as a bug or a hand edit could leave it."""
+    path = folder / "results.json"
+    data = json.loads(path.read_text())
+    *parents, last = [int(part) if part.isdigit() else part for part in field.split(".")]
+    target = data
+    for part in parents:
+        target = target[part]
+    target[last] = value
+    path.write_text(json.dumps(data))
+    return folder
