@@ -5,8 +5,8 @@ The gate fails a row (exit 1) for one of three kinds of finding:
 - regression: worse beyond a threshold, a row that failed where the baseline measured it, or a "conversion bug?"
   warning the baseline did not have;
 - inconclusive: a latency change that cannot be told from noise. A p50 increase beyond the threshold whose 95 % CIs
-  overlap, a row with a "noisy" warning, or a CI so wide that the threshold lies inside it: a wide CI must not hide a
-  10× slowdown, so such a row fails until it is measured again (e.g. with ``--rigorous``);
+  overlap, or, where the CIs reach past the threshold, a row with a "noisy" warning or a CI wider than the threshold:
+  a wide CI must not hide a 10× slowdown, so such a row fails until it is measured again (e.g. with ``--rigorous``);
 - missing: a baseline row that the candidate lacks or skipped, unless ``allow_missing``.
 
 A p50 increase beyond the threshold with CIs that do not overlap is a regression even on a noisy row. Size and
@@ -144,6 +144,10 @@ def _half_width(stats: LatencyStats) -> float:
 
 
 def _latency(base: ResultRow, cand: ResultRow, change: float, overlap: bool, limit: float) -> Finding | None:
+    """A p50 increase beyond ``limit`` is a regression, or inconclusive where the CIs overlap. Below it, a row passes
+    when even its pessimistic bound (the candidate's CI top over the baseline's CI bottom) stays within ``limit``:
+    then no noise can hide a regression. Otherwise a "noisy" warning, or a CI wider than ``limit``, makes it
+    inconclusive."""
     b, c = base.measurement.latency_ms, cand.measurement.latency_ms
     shift = f"p50 latency {100 * change:+.1f} % ({b.p50:.3f} → {c.p50:.3f} ms)"
     if change > limit + FLOAT_SLACK:
@@ -151,14 +155,15 @@ def _latency(base: ResultRow, cand: ResultRow, change: float, overlap: bool, lim
             return Finding("regression", f"{shift}, 95 % CIs do not overlap, exceeds +{100 * limit:g} %")
         return Finding("inconclusive", f"{shift} exceeds +{100 * limit:g} % but the 95 % CIs overlap "
                                        f"(±{100 * _half_width(b):.1f} % and ±{100 * _half_width(c):.1f} %): "
-                                       "too noisy to tell from noise; measure again")
+                                       "it cannot be told from noise; measure again")
+    if c.p50_ci95[1] / b.p50_ci95[0] - 1 <= limit + FLOAT_SLACK:
+        return None
     noisy = next((f"{side}: {warning}" for side, row in (("baseline", base), ("candidate", cand))
                   for warning in row.warnings if warning.startswith(NOISE_WARNING)), None)
     if noisy:
         return Finding("inconclusive", f"{shift} cannot be judged, the row is noisy ({noisy}); measure again")
-    worst_case = c.p50_ci95[1] / b.p50_ci95[0] - 1
     side, width = max((("baseline", _half_width(b)), ("candidate", _half_width(c))), key=lambda item: item[1])
-    if worst_case > limit + FLOAT_SLACK and width > limit + FLOAT_SLACK:
+    if width > limit + FLOAT_SLACK:
         return Finding("inconclusive", f"{shift} cannot be judged: the {side}'s 95 % CI is ±{100 * width:.1f} %, "
                                        f"wider than the +{100 * limit:g} % threshold; measure again")
     return None
