@@ -122,7 +122,26 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
         lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "no error output"
         raise MeasurementFailed(f"benchmark process exited with code {completed.returncode}: {last}")
-    return json.loads(Path(spec["result"]).read_text())
+    return _read_result(Path(spec["result"]))
+
+
+# What every worker result must hold before ``aggregate`` reads it.
+_RESULT_KEYS = ("samples_ms", "memory", "throughput", "import_s", "load_s", "first_inference_ms", "runtime_info")
+
+
+def _read_result(path: Path) -> dict:
+    """A worker's result file, checked: a missing, truncated or garbage file fails this job alone."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MeasurementFailed(f"the benchmark process left an unreadable result file {path.name}: {exc}") from None
+    missing = [key for key in _RESULT_KEYS if not isinstance(raw, dict) or key not in raw]
+    if missing:
+        raise MeasurementFailed(f"the benchmark process's result file {path.name} lacks {', '.join(missing)}")
+    samples = raw["samples_ms"]
+    if not samples or not all(isinstance(value, (int, float)) and 0 < value < float("inf") for value in samples):
+        raise MeasurementFailed(f"the benchmark process's result file {path.name} holds no valid latency samples")
+    return raw
 
 
 def measure_all(
@@ -159,8 +178,8 @@ def _aggregated(job: MeasureJob, raws: list[dict]) -> Measurement | MeasurementF
         return aggregate(job, raws)
     except MeasurementFailed as exc:
         return exc
-    except Exception as exc:  # noqa: BLE001 - e.g. a user's evaluator function that raises
-        return MeasurementFailed(f"evaluating the outputs failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - e.g. a user's evaluator function that raises, or odd raw numbers
+        return MeasurementFailed(f"aggregating the results failed: {type(exc).__name__}: {exc}")
 
 
 def measure(job: MeasureJob, settings: BenchSettings) -> Measurement:

@@ -19,14 +19,13 @@ from rich.console import Console
 
 from bench.environment import environment
 from bench import evaluators
-from bench.harness import MeasureJob
 from bench.settings import BenchSettings
 from edgecraft import data as datasets
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import TargetEntry
-from edgecraft.runner import (
-    Pending, brief, folder_name, measure_rows, new_run_dir, progress_bar, reference_outputs, runnable_row, write_run,
-)
+from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs
+from edgecraft.run_folder import folder_name, new_run_dir, write_run
+from edgecraft.runner import progress_bar
 from compress.base import Dataset
 from reports.schema import ModelRecord, Quality, ResultRow, RunResults, Signature
 from targets import feeds
@@ -159,24 +158,14 @@ def bench_file(
     evaluation_inputs = feeds.save(dataset.inputs, run_dir / "evaluation-inputs")
     rows: list[ResultRow] = []
     pending: list[Pending] = []
+    evaluation = Evaluation(evaluation_inputs, reference, score)
     for entry in entries:
-        target = target_registry.get(entry.spec.runtime)
         row = ResultRow(model=name, variant=model.name, target=entry.label, status="failed", lossless=True)
-        reason = target.unavailable_reason(entry.spec.device)
-        if reason:
-            rows.append(row.model_copy(update={"status": "skipped", "reason": reason}))
-            continue
-        out_dir = run_dir / "models" / folder_name(entry.label)
-        out_dir.mkdir(parents=True)
-        try:
-            runnable = target.export(model, fmt, out_dir)
-        except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
-            rows.append(row.model_copy(update={"reason": f"export failed: {brief(exc)}"}))
-            continue
-        job = MeasureJob(entry.spec.runtime, entry.spec.device, entry.options, runnable, evaluation_inputs,
-                         reference, score, out_dir / "bench")
-        pending.append(Pending(len(rows), job, lossless=False))  # no independent reference to check drift against
-        rows.append(runnable_row(row, runnable, target.files(runnable), run_dir, settings))
+        row, job = export_row(row, entry, model, fmt, run_dir / "models" / folder_name(entry.label), run_dir,
+                              settings, evaluation)
+        if job:
+            pending.append(Pending(len(rows), job, lossless=False))  # no independent reference to check drift against
+        rows.append(row)
 
     machine = environment()
     with progress_bar(console) as progress:
@@ -199,6 +188,7 @@ def bench_file(
         models=[ModelRecord(name=name, source=str(model.resolve()), signature=signature,
                             data_shapes=feeds.measured_shapes(dataset.inputs),
                             data_notes=[f"{len(dataset)} samples, {data_origin}"],
+                            evaluation_data=datasets.fingerprint(dataset),
                             reference=score(reference))],
         passes=[],
         rows=rows,

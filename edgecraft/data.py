@@ -7,6 +7,7 @@ benchmark workers, none of which should need torch to read them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from compress.base import Dataset
 from edgecraft.errors import EdgecraftError
-from edgecraft.imports import load_object
+from edgecraft.imports import call_object
 from reports.schema import Signature
 from targets import feeds as feed_tools
 
@@ -70,7 +71,7 @@ def load_source(source: str, base_dir: Path, signature: Signature | None) -> Dat
             arrays = {name: archive[name] for name in archive.files}
         return _named(arrays, str(path), signature)
     if ":" in source:
-        result = load_object(source, "data.source")()
+        result = call_object(source, "data.source")
         if isinstance(result, tuple) and len(result) == 2:
             inputs, targets = result
             arrays = dict(inputs) if isinstance(inputs, dict) else {"inputs": inputs}
@@ -214,3 +215,12 @@ def _stratified_blocks(
 def _cut(order: np.ndarray, sizes: list[int]) -> list[list[int]]:
     bounds = np.cumsum([0, *sizes])
     return [order[bounds[i] : bounds[i + 1]].tolist() for i in range(len(sizes))]
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A digest of a data set's arrays (inputs and targets): results record it so that two runs can be checked
+    to have been measured on the same data."""
+    sha = hashlib.sha256()
+    for array in [*dataset.inputs.values(), *([] if dataset.targets is None else [dataset.targets])]:
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()[:20]

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import logging
 import os
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +15,7 @@ import numpy as np
 from compress.base import Artifact, Dataset
 from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
-from edgecraft.imports import load_object
+from edgecraft.imports import call_object
 from edgecraft import data as datasets
 from edgecraft.recipe import ModelSpec
 from reports.schema import Signature, TensorSpec
@@ -110,22 +108,27 @@ def with_outputs(model: Any, signature: Signature) -> Signature:
 
 
 def _builtin_key(name: str, train: Dataset) -> str:
-    """Content key of a trained built-in: architecture source, training recipe and the exact training data."""
-    import compress.models
+    """Content key of a trained built-in: the code that builds and trains it (followed through its imports),
+    the training recipe, the exact training data, and what changes the numbers on this machine (torch's version
+    and thread count: the order of float sums)."""
+    import torch
+
+    from edgecraft.step_cache import code_key, digest, library_versions
 
     reference = REFERENCE_MODELS[name]
-    digest = hashlib.sha256()
-    digest.update(inspect.getsource(compress.models).encode())
-    digest.update(json.dumps([name, reference.signature.model_dump(mode="json"), asdict(reference.training)]).encode())
-    for array in (*train.inputs.values(), train.targets):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
+    arrays = [np.ascontiguousarray(array).tobytes() for array in (*train.inputs.values(), train.targets)]
+    return digest(code_key("compress.models", "compress.training", "compress.zoo"), name,
+                  reference.signature.model_dump(mode="json"), asdict(reference.training), library_versions(()),
+                  torch.get_num_threads(), *arrays)[:16]
 
 
 def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float], None]) -> Any:
     """The built-in ``name``: a pretrained one as it ships (its package caches what it unpacks), a digits model
-    loaded from the cache, or trained on ``train`` and cached."""
+    loaded from the cache, or trained on ``train`` and cached.
+
+    Concurrent runs sharing the cache train it once: the second waits on the lock, then loads the first's."""
     import torch
+    from filelock import FileLock
 
     from compress.training import train as train_model
 
@@ -137,18 +140,24 @@ def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float
     torch.manual_seed(reference.training.seed)
     model = reference.build()
     path = cache_dir() / "models" / f"{name}-{_builtin_key(name, train)}.pt"
-    if path.is_file():
-        log.info("using cached %s from %s", name, path)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    log.info("training %s (%d epochs); it will be cached at %s", name, reference.training.epochs, path)
-    epochs = reference.training.epochs
-    train_model(model, train, reference.signature, reference.training,
-                on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), temporary)
-    temporary.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
+    with FileLock(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                log.info("using cached %s from %s", name, path)
+                return model.eval()
+            except Exception as exc:  # noqa: BLE001 - a damaged cache file is retrained, never trusted
+                log.warning("cached %s at %s is unreadable (%s): training it again", name, path, exc)
+                torch.manual_seed(reference.training.seed)
+                model = reference.build()
+        log.info("training %s (%d epochs); it will be cached at %s", name, reference.training.epochs, path)
+        epochs = reference.training.epochs
+        train_model(model, train, reference.signature, reference.training,
+                    on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss))
+        temporary = path.with_name(f".{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        torch.save(model.state_dict(), temporary)
+        temporary.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
     return model.eval()
 
 
@@ -156,7 +165,7 @@ def factory_model(spec: ModelSpec) -> Any:
     """Call the user's ``module:function`` and load its state dict, with errors that name the recipe field."""
     import torch
 
-    model = load_object(spec.factory, "model.factory")()
+    model = call_object(spec.factory, "model.factory")
     if not isinstance(model, torch.nn.Module):
         raise EdgecraftError(f"model.factory {spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if spec.weights:

@@ -2,26 +2,39 @@
 kill) reuses every step that already finished.
 
 A step's key is a digest of its input's key, the pass name, its validated config, the versions of the
-libraries the pass declares and the source of the pass module: change any of them and the step (and every
-step after it, whose input key changes) runs again. Keys chain from the model's own key (its weights or file
-and the data splits), the way Olive identifies a pass output by its input model and pass config.
+libraries the pass declares, the machine facts it depends on and the source of every module of ours that the
+pass imports (directly or inside a function, followed transitively): change any of them and the step, and
+every step after it (whose input key changes), runs again. Keys chain from the model's own key (its weights
+and code, or its files, and the data splits), the way Olive identifies a pass output by its input model and
+pass config.
 
-Entries are written to a temporary folder and renamed into place, so an interrupted step never leaves a
-half-written entry that a later run would trust.
+The cache may be shared by concurrent runs (a CI cache, two terminals), so:
+- an entry is written to a uniquely named temporary folder and swapped into place under a file lock;
+- every file's sha256 is in the manifest and checked on load: a truncated or half-replaced entry is a miss
+  (with a warning), never a wrong result;
+- PyTorch models are stored as tensors and plain values (``compress.module_state``), read with
+  ``weights_only=True``, so writing to a shared cache does not let anyone run code in the next run;
+- a step that could not be stored is logged and the run goes on: the cache never fails a run.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import inspect
 import json
 import logging
+import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from filelock import FileLock
 
 from compress.base import Artifact, Pass, PassConfig, PassOutcome
 from reports.schema import Signature
@@ -30,6 +43,13 @@ log = logging.getLogger(__name__)
 
 # Every step depends on these; a pass adds the libraries it calls through ``Pass.libraries``.
 _CORE_LIBRARIES = ("numpy", "torch", "onnx")
+# The packages whose source a step's key covers (the user's own modules are keyed by the model's key).
+OUR_PACKAGES = ("compress", "targets", "bench", "reports", "edgecraft")
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.\w+)+(:\w+)?")
+# Temporary folders of a killed run are removed once their process is gone (same host) or after this long.
+STALE_TEMPORARY_S = 24 * 3600
+_MANIFEST_VERSION = 2
 
 
 def digest(*parts: Any) -> str:
@@ -51,10 +71,80 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
+def _module_file(name: str, root: Path) -> Path | None:
+    """The source file of module ``name`` under ``root``, if it is one (``a.b`` is a/b.py or a/b/__init__.py)."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every module name an AST imports, anywhere in it (imports inside functions run too), and every string
+    that names a module in the ``package.module:attribute`` form (what the built-in table and the importlib
+    calls load)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _REFERENCE.fullmatch(node.value):
+            names.add(node.value.partition(":")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parent = module if is_package else module.rpartition(".")[0]
+            for _ in range(max(node.level - 1, 0)):
+                parent = parent.rpartition(".")[0]
+            base = ".".join(filter(None, [parent if node.level else "", node.module or ""]))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def code_closure(module: str, packages: tuple[str, ...] = OUR_PACKAGES, root: Path = _PROJECT_ROOT) -> dict[str, str]:
+    """``module`` and every module of ``packages`` it imports, transitively: name → sha256 of its source.
+
+    Read from the files, not from ``sys.modules``: the key must be known before the step runs. Parent packages
+    are included, since importing a module runs its packages' ``__init__``."""
+    found: dict[str, str] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        if name in found or parts[0] not in packages:
+            continue
+        path = _module_file(name, root)
+        if path is None:  # `from pkg import function`: the name is not a module
+            continue
+        source = path.read_bytes()
+        found[name] = hashlib.sha256(source).hexdigest()
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        pending += _imported_names(ast.parse(source), name, path.name == "__init__.py")
+    return dict(sorted(found.items()))
+
+
+def code_key(*modules: str) -> str:
+    """One digest over the code closures of ``modules``."""
+    closure: dict[str, str] = {}
+    for module in modules:
+        closure.update(code_closure(module))
+    return digest(closure)
+
+
 def step_key(input_key: str, step: Pass, config: PassConfig) -> str:
-    source = Path(inspect.getfile(type(step))).read_bytes()
-    return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries), source,
-                  step.environment_facts(config))
+    return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries),
+                  code_key(type(step).__module__), step.environment_facts(config))
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _tree_digests(folder: Path) -> dict[str, str]:
+    return {str(path.relative_to(folder)): file_digest(path) for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 @dataclass
@@ -63,56 +153,135 @@ class CachedStep:
     seconds: float
 
 
+# How a cached PyTorch model is rebuilt: the architecture name (Artifact.architecture) → an empty skeleton.
+Skeletons = Callable[[str], Any]
+
+
 class StepCache:
-    """Finished steps under ``root/<key>/``; ``enabled=False`` (``--no-cache``) recomputes and overwrites."""
+    """Finished steps under ``root/<key>/``; ``enabled=False`` (``--no-cache``) neither reads nor writes."""
 
     def __init__(self, root: Path, enabled: bool = True):
         self.root = root
         self.enabled = enabled
         self.hits = 0
+        if enabled:
+            self._remove_stale_temporaries()
 
-    def load(self, key: str, work_dir: Path) -> CachedStep | None:
-        """The step's outcome with its files copied into ``work_dir`` (run folders stay self-contained)."""
+    def _lock(self, key: str) -> FileLock:
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(locks / f"{key}.lock")
+
+    def load(self, key: str, work_dir: Path, skeletons: Skeletons) -> CachedStep | None:
+        """The step's outcome with its files copied into ``work_dir`` (run folders stay self-contained), or None
+        when there is no entry or it fails its checks (then it is recomputed and replaced)."""
+        if not self.enabled:
+            return None
         entry = self.root / key
-        manifest = entry / "manifest.json"
-        if not self.enabled or not manifest.exists():
+        with self._lock(key):
+            if not (entry / "manifest.json").exists():
+                return None
+            try:
+                record = json.loads((entry / "manifest.json").read_text())
+                if record.get("version") != _MANIFEST_VERSION:
+                    return None
+                shutil.copytree(entry / "files", work_dir, dirs_exist_ok=True)
+            except (OSError, ValueError) as exc:
+                log.warning("step cache entry %s is unreadable (%s): recomputing it", key, exc)
+                return None
+        try:
+            return self._restore(record, work_dir, skeletons)
+        except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind is a miss, never a failed run
+            log.warning("step cache entry %s failed its checks (%s): recomputing it", key, exc)
             return None
-        record = json.loads(manifest.read_text())
-        if "signature" not in record:  # written before signatures existed: recompute
-            return None
-        shutil.copytree(entry / "files", work_dir, dirs_exist_ok=True)
+
+    def _restore(self, record: dict, work_dir: Path, skeletons: Skeletons) -> CachedStep:
+        for name, expected in record["files"].items():
+            if not (work_dir / name).is_file() or file_digest(work_dir / name) != expected:
+                raise ValueError(f"{name} does not match its recorded sha256")
         model = None
         path = work_dir / record["path"] if record["path"] else None
         if record["format"] == "torch":
-            import torch
+            from compress.module_state import load_module
 
-            # Our own entry, written by store() below: the pickled module is trusted like the code that wrote it.
-            model = torch.load(work_dir / "model.pt", weights_only=False)
+            model = load_module(skeletons(record["architecture"]), work_dir / "model.state").eval()
+        artifact = Artifact(record["format"], Signature.model_validate(record["signature"]), path=path,
+                            model=model, architecture=record["architecture"])
         self.hits += 1
-        artifact = Artifact(record["format"], Signature.model_validate(record["signature"]), path=path, model=model)
         return CachedStep(PassOutcome(artifact, record["details"]), record["seconds"])
 
     def store(self, key: str, outcome: PassOutcome, work_dir: Path, seconds: float) -> None:
+        """Keep a finished step; a step that cannot be kept is logged and skipped (the run goes on)."""
+        if not self.enabled:
+            return
         artifact = outcome.artifact
         if artifact.path and not artifact.path.resolve().is_relative_to(work_dir.resolve()):
             log.info("not cached: the step's output %s lies outside its folder %s", artifact.path, work_dir)
             return
-        if artifact.format == "torch":
-            import torch
+        try:
+            self._store(key, outcome, work_dir, seconds)
+        except Exception as exc:  # noqa: BLE001 - the step itself succeeded; only its reuse is lost
+            log.warning("could not keep this step in the step cache %s: %s", self.root, exc)
 
-            torch.save(artifact.model, work_dir / "model.pt")
+    def _store(self, key: str, outcome: PassOutcome, work_dir: Path, seconds: float) -> None:
+        artifact = outcome.artifact
+        if artifact.format == "torch":
+            from compress.module_state import save_module
+
+            save_module(artifact.model, work_dir / "model.state")
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / f".{key}-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(work_dir, temporary / "files")
-        record = {
-            "format": artifact.format,
-            "signature": artifact.signature.model_dump(mode="json"),
-            "path": str(artifact.path.relative_to(work_dir)) if artifact.path else None,
-            "details": outcome.details,
-            "seconds": seconds,
-        }
-        (temporary / "manifest.json").write_text(json.dumps(record, indent=2, default=str))
-        final = self.root / key
-        if final.exists():
-            shutil.rmtree(final)
-        temporary.rename(final)
+        temporary = self.root / f".{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(work_dir, temporary / "files")
+            record = {
+                "version": _MANIFEST_VERSION,
+                "format": artifact.format,
+                "architecture": artifact.architecture,
+                "signature": artifact.signature.model_dump(mode="json"),
+                "path": str(artifact.path.relative_to(work_dir)) if artifact.path else None,
+                "details": outcome.details,
+                "seconds": seconds,
+                "files": _tree_digests(temporary / "files"),
+            }
+            (temporary / "manifest.json").write_text(json.dumps(record, indent=2, default=str))
+            final = self.root / key
+            with self._lock(key):
+                # Move the old entry aside, then the new one in: a kill between the two leaves no entry (a miss),
+                # and one during the first leaves the old entry whole.
+                retired = self.root / f".{key}-retired-{uuid.uuid4().hex[:8]}"
+                if final.exists():
+                    final.rename(retired)
+                temporary.rename(final)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary and retired folders left by killed runs: those of dead processes on this host, and any
+        older than a day (a run on another host sharing the cache)."""
+        if not self.root.is_dir():
+            return
+        host = socket.gethostname()
+        for folder in self.root.glob(".*-*"):
+            if not folder.is_dir() or folder.name == ".locks":
+                continue
+            # .KEY-HOST-PID-RANDOM (a host name may hold dashes; the key and the ends do not)
+            owner, _, _random = folder.name.partition("-")[2].rpartition("-")
+            owner_host, _, pid = owner.rpartition("-")
+            owner_gone = owner_host == host and pid.isdigit() and not _alive(int(pid))
+            try:
+                old = time.time() - folder.stat().st_mtime > STALE_TEMPORARY_S
+            except OSError:
+                continue
+            if owner_gone or old or "-retired-" in folder.name:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

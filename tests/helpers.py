@@ -81,3 +81,8 @@ def three_hundred() -> tuple[np.ndarray, np.ndarray]:
 def mean_output(outputs: dict, reference: dict, targets) -> dict[str, float]:
     """A user's own metric: ``evaluator: tests.helpers:mean_output``."""
     return {"mean": float(np.mean(next(iter(outputs.values()))))}
+
+
+def raising_factory() -> nn.Module:
+    """A user's factory with a bug: ``model.factory: tests.helpers:raising_factory``."""
+    raise ValueError("boom: the checkpoint path is wrong")

@@ -3,6 +3,7 @@ measurements in fresh processes that fail cleanly, one job at a time."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -356,3 +357,28 @@ def test_machine_warnings() -> None:
     busy = machine_warnings({"logical_cores": 2, "load_average": [3.5, 2.0, 1.0], "governor": "powersave"})
     assert "governor is 'powersave'" in busy[0] and "load average 3.5 exceeds the 2 cores" in busy[1]
     assert machine_warnings({"logical_cores": 2}) == []  # nothing readable, nothing claimed
+
+
+def test_a_garbage_result_file_fails_only_its_own_job(digits_job, monkeypatch) -> None:
+    """A worker that exits 0 but leaves a truncated or nonsensical result file fails its own row alone."""
+    import bench.harness as harness
+
+    real_run = harness.subprocess.run
+
+    def garbage_for_one_job(command, **kwargs):
+        completed = real_run(command, **kwargs)
+        job = json.loads(Path(command[-1]).read_text())
+        name = Path(job["result"]).parts[-3]  # WORK_DIR/repetition-N/result.json
+        if name == "garbage":
+            Path(job["result"]).write_text('{"samples_ms": [1.0, ')
+        elif name == "nonsense":
+            Path(job["result"]).write_text(json.dumps({**json.loads(Path(job["result"]).read_text()),
+                                                       "samples_ms": [0.0, float("nan")]}))
+        return completed
+
+    monkeypatch.setattr(harness.subprocess, "run", garbage_for_one_job)
+    garbage, good, nonsense = measure_all([digits_job(name="garbage"), digits_job(name="good"),
+                                           digits_job(name="nonsense")], QUICK)
+    assert isinstance(garbage, MeasurementFailed) and "unreadable result file result.json" in str(garbage)
+    assert isinstance(nonsense, MeasurementFailed) and "no valid latency samples" in str(nonsense)
+    assert good.latency_ms.runs >= QUICK.runs

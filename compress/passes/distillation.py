@@ -33,9 +33,10 @@ class DistillationConfig(PassConfig):
         "(distill a pruned model from the unpruned one).",
     )
     epochs: int = Field(10, gt=0)
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, le=100, description="Softens both models' logits; the teacher term "
+                               "is scaled by its square.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the teacher term; 0 trains on labels alone.")
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, le=1)
     batch_size: int = Field(64, gt=0)
     compare_with_student_alone: bool = Field(
         True, description="Also train the same student on labels alone for the same epochs and report both."
@@ -122,4 +123,5 @@ class Distillation(Pass):
                 lambda logits, _inputs, labels: functional.cross_entropy(logits, labels),
                 on_epoch=progress("training the student alone"))
             details["student_alone_accuracy"] = top1(alone, signature, context.evaluation)
-        return PassOutcome(Artifact("torch", signature, model=student.eval()), details)
+        architecture = config.student if config.student.startswith("builtin:") else artifact.architecture
+        return PassOutcome(Artifact("torch", signature, model=student.eval(), architecture=architecture), details)

@@ -8,6 +8,7 @@ layer that consumes it (BatchNorm, the next conv, skip connections), and hand-wr
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +24,7 @@ class FineTuning(PassConfig):
     """Options shared by passes that fine-tune the model afterwards on the train split."""
 
     finetune_epochs: int = Field(0, ge=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(64, gt=0)
 
     def training(self, seed: int) -> TrainingConfig:
@@ -87,7 +88,7 @@ class PruningPass(Pass):
         details = before_after(before, model_facts(model.eval(), artifact.signature, context.evaluation))
         if self.note:
             details["note"] = self.note
-        return PassOutcome(Artifact("torch", artifact.signature, model=model), details)
+        return PassOutcome(dataclasses.replace(artifact, model=model), details)
 
 
 class StructuredPruningConfig(FineTuning):

@@ -1,0 +1,150 @@
+"""Result rows and the jobs that measure them, shared by ``edgecraft run`` and ``edgecraft bench``.
+
+A row is one (model, variant, target). Its runnable file is exported first; the measurement jobs of every row
+then run together in interleaved rounds (see ``bench.harness``). A converter crash, a target missing here or a
+failed measurement changes only its own row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from rich.progress import Progress
+
+from bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
+from bench.settings import BenchSettings
+from edgecraft.recipe import TargetEntry
+from reports.schema import Quality, ResultRow
+from targets import feeds
+from targets import registry as target_registry
+
+log = logging.getLogger(__name__)
+
+# Max |Δ| of outputs tolerated between the reference and a lossless export before the row is flagged.
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What every row of one model is measured against: its saved evaluation inputs, the reference outputs
+    and the evaluator that scores a row's outputs."""
+
+    inputs: Path
+    reference_outputs: dict[str, np.ndarray]
+    score: Callable[[dict[str, np.ndarray]], Quality]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A row whose runnable file is exported and waits for the benchmark rounds."""
+
+    row: int
+    job: MeasureJob
+    lossless: bool
+
+
+def brief(exc: BaseException, limit: int = 400) -> str:
+    """'Type: message' cut to its first lines: converters (MLIR, onnx2tf) raise pages of diagnostics."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sha256(*paths: Path) -> str:
+    """One digest over the files that make up a runnable model (e.g. OpenVINO's .xml and .bin)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runnable_row(row: ResultRow, runnable: Path, files: list[Path], run_dir: Path, settings: BenchSettings) -> ResultRow:
+    """``row`` with the facts of its runnable file: where it is, its size and digest, the threads it runs with."""
+    return row.model_copy(
+        update={
+            "artifact": str(runnable.relative_to(run_dir)),
+            "size_bytes": sum(path.stat().st_size for path in files),
+            "sha256": sha256(*files),
+            "threads": settings.threads,
+        }
+    )
+
+
+def export_row(row: ResultRow, entry: TargetEntry, source: Path, fmt: str, out_dir: Path, run_dir: Path,
+               settings: BenchSettings, evaluation: Evaluation) -> tuple[ResultRow, MeasureJob | None]:
+    """Export ``source`` (a ``fmt`` file) for the row's target: the row with its runnable file and the job that
+    will measure it, or the row skipped (the target cannot run here) or failed (the export crashed)."""
+    spec = entry.spec
+    target = target_registry.get(spec.runtime)
+    where = f"{row.model}/{row.variant} on {entry.label}"
+    reason = target.unavailable_reason(spec.device)
+    if reason:
+        log.info("skipped %s: %s", where, reason)
+        return row.model_copy(update={"status": "skipped", "reason": reason}), None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runnable = target.export(source, fmt, out_dir)
+    except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
+        log.warning("%s: export failed: %s", where, brief(exc))
+        return row.model_copy(update={"status": "failed", "reason": f"export failed: {brief(exc)}"}), None
+    job = MeasureJob(
+        runtime=spec.runtime,
+        device=spec.device,
+        options=entry.options,
+        model=runnable,
+        inputs=evaluation.inputs,
+        reference_outputs=evaluation.reference_outputs,
+        evaluate=evaluation.score,
+        work_dir=out_dir / "bench",
+    )
+    return runnable_row(row, runnable, target.files(runnable), run_dir, settings), job
+
+
+def drift_warning(drift: float) -> list[str]:
+    """A lossless variant (fp32 export or conversion) that drifts from the reference points at a conversion bug.
+    NaN counts as drift: ``nan > tolerance`` is false, so the test is written the other way round."""
+    if not drift <= FP32_TOLERANCE:
+        return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
+    return []
+
+
+def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchSettings, progress: Progress) -> None:
+    """Measure the pending rows in interleaved rounds and put each one's measurement (or failure) into ``rows``."""
+    task = progress.add_task("measuring", total=len(pending) * settings.repetitions)
+    started = 0
+
+    def on_process(index: int, repetition: int) -> None:
+        nonlocal started
+        row = rows[pending[index].row]
+        progress.update(task, completed=started, description=f"round {repetition + 1}/{settings.repetitions} · "
+                        f"{row.model} · {row.variant} · {row.target}")
+        started += 1
+
+    outcomes = measure_all([p.job for p in pending], settings, on_process)
+    progress.remove_task(task)
+    for entry, outcome in zip(pending, outcomes):
+        row = rows[entry.row]
+        if isinstance(outcome, MeasurementFailed):
+            log.warning("%s/%s on %s: %s", row.model, row.variant, row.target, outcome)
+            rows[entry.row] = row.model_copy(update={"reason": str(outcome)})
+            continue
+        warnings = drift_warning(outcome.fidelity.max_abs_diff) if entry.lossless else []
+        rows[entry.row] = row.model_copy(
+            update={"status": "ok", "measurement": outcome, "warnings": warnings + noise_warnings(outcome, settings)}
+        )
+
+
+def reference_outputs(target: Any, path: Path, device: str, options: dict, inputs: dict[str, np.ndarray],
+                      threads: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Every output of a model file on ``target``, in this process, over all the inputs."""
+    session = target.load(path, device, threads, target.options_model(**options))
+    batches = [target.run(session, feeds.take(inputs, start, start + batch_size))
+               for start in range(0, feeds.count(inputs), batch_size)]
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
