@@ -22,13 +22,16 @@ class Artifact:
     """A model at one step of the pipeline, with its signature (named inputs and outputs).
 
     ``format`` is ``"torch"`` (``model`` holds the live ``nn.Module``) or a file format such as ``"onnx"``
-    (``path`` holds the file).
+    (``path`` holds the file). ``architecture`` says what a PyTorch model's stored weights can be poured back
+    into (see ``compress.module_state``): ``"original"``, the recipe's own model (pruned or not), or
+    ``"builtin:NAME"``, a built-in's.
     """
 
     format: str
     signature: Signature
     path: Path | None = None
     model: Any = None
+    architecture: str = "original"
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,11 @@ class TrainingConfig:
 
 
 class PassConfig(BaseModel):
-    """Base of every pass's recipe entry; ``type`` is the registered pass name (the union's discriminator)."""
+    """Base of every pass's recipe entry; ``type`` is the registered pass name (the union's discriminator).
 
-    model_config = ConfigDict(extra="forbid")
+    No option may be infinite or NaN: ``lr: .inf`` would train the model into NaNs, not fail."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: str
 
 
