@@ -8,9 +8,10 @@ count *and* its minimum duration, and stops at a cap so that a slow model cannot
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+import os
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 ProfileName = Literal["quick", "default", "rigorous"]
@@ -28,40 +29,64 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Upper bounds far beyond any sensible protocol: larger values only overflow the runtimes' C integers and
+# timers (a timeout of 1e18 s raises OverflowError) or exhaust memory, after every model has been exported.
+_MAX_COUNT = 10_000_000  # inferences of one phase; the worker keeps every sample
+_MAX_PHASE_S = 3_600.0
+_MAX_THREADS = 1_024
+_MAX_BATCH = 65_536
+
+
 class BenchSettings(BaseModel):
     """The full protocol of one run, recorded with its results."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     profile: ProfileName = Field("default", description="The profile the phase lengths and repetitions came from.")
-    threads: int = Field(1, gt=0, description="Intra-op threads of every runtime (ONNX Runtime intra-op, OpenVINO "
-                         "INFERENCE_NUM_THREADS with the latency hint and one stream, LiteRT num_threads).")
-    warmup_runs: int = Field(ge=0, description="Minimum warm-up inferences.")
-    warmup_s: float = Field(ge=0, description="Minimum warm-up duration (s).")
-    runs: int = Field(gt=1, description="Minimum timed single-input inferences per process.")
-    measure_s: float = Field(ge=0, description="Minimum duration of the timed phase (s).")
-    max_runs: int = Field(gt=1, description="Cap on the inferences of one phase (warm-up or timed).")
-    max_s: float = Field(gt=0, description="Cap on the duration of one phase (s), even below the minimum count.")
-    repetitions: int = Field(ge=1, description="Fresh processes per row, in a shuffled order each round.")
-    seed: int = Field(0, description="Seed of the shuffled order of each round.")
-    pin_cpus: list[int] | None = Field(None, description="Pin every benchmark process to these CPU numbers.")
-    batch_sizes: list[int] = Field([1, 8], min_length=1, description="Throughput pass: batch sizes.")
-    parallel_requests: list[int] = Field(
+    threads: int = Field(1, gt=0, le=_MAX_THREADS, description="Intra-op threads of every runtime (ONNX Runtime "
+                         "intra-op, OpenVINO INFERENCE_NUM_THREADS with the latency hint and one stream, LiteRT "
+                         "num_threads).")
+    warmup_runs: int = Field(ge=0, le=_MAX_COUNT, description="Minimum warm-up inferences.")
+    warmup_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Minimum warm-up duration (s).")
+    runs: int = Field(gt=1, le=_MAX_COUNT, description="Minimum timed single-input inferences per process.")
+    measure_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Minimum duration of the timed phase (s).")
+    max_runs: int = Field(gt=1, le=_MAX_COUNT, description="Cap on the inferences of one phase (warm-up or timed).")
+    max_s: float = Field(gt=0, le=_MAX_PHASE_S,
+                         description="Cap on the duration of one phase (s), even below the minimum count.")
+    repetitions: int = Field(ge=1, le=100, description="Fresh processes per row, in a shuffled order each round.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the shuffled order of each round (numpy's range).")
+    pin_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Pin every benchmark process to these CPU numbers."
+    )
+    batch_sizes: list[Annotated[int, Field(gt=0, le=_MAX_BATCH)]] = Field(
+        [1, 8], min_length=1, description="Throughput pass: batch sizes."
+    )
+    parallel_requests: list[Annotated[int, Field(gt=0, le=_MAX_THREADS)]] = Field(
         [1], min_length=1, description="Throughput pass: concurrent requests, each on its own session and thread."
     )
-    throughput_s: float = Field(ge=0, description="Duration of each throughput configuration (s).")
-    eval_batch: int = Field(64, gt=0, description="Batch size of the accuracy pass (not timed).")
-    timeout_s: float = Field(300, gt=0, description="A benchmark process running longer fails its row.")
+    throughput_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Duration of each throughput configuration (s).")
+    eval_batch: int = Field(64, gt=0, le=_MAX_BATCH, description="Batch size of the accuracy pass (not timed).")
+    timeout_s: float = Field(300, gt=0, le=86_400, description="A benchmark process running longer fails its row.")
 
     @model_validator(mode="after")
     def _caps_above_minimums(self) -> "BenchSettings":
         if self.max_runs < max(self.runs, self.warmup_runs):
             raise ValueError(f"max_runs ({self.max_runs}) is below runs or warmup_runs")
-        if any(value <= 0 for value in (*self.batch_sizes, *self.parallel_requests)):
-            raise ValueError("batch_sizes and parallel_requests must be positive")
-        if self.pin_cpus is not None and (not self.pin_cpus or min(self.pin_cpus) < 0):
-            raise ValueError("pin_cpus must list CPU numbers (0, 1, ...)")
         return self
+
+
+def check_pinnable(cpus: list[int] | None) -> list[int] | None:
+    """Refuse CPUs that this machine lacks, or pinning where the platform cannot pin: the benchmark worker would
+    fail on each row, after every model has been exported."""
+    if not cpus:
+        return cpus
+    count = os.cpu_count() or 1
+    missing = sorted(cpu for cpu in cpus if cpu >= count)
+    if missing:
+        raise ValueError(f"CPU {missing[0]} does not exist here (CPUs 0-{count - 1})")
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("this platform cannot pin processes to CPUs")
+    return cpus
 
 
 def profile_settings(profile: ProfileName = "default", **overrides: Any) -> BenchSettings:
@@ -87,10 +112,12 @@ def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
     return field.annotation | None, copied
 
 
-# The recipe's ``benchmark:`` section: every setting optional (unset ones come from the profile), same constraints.
+# The recipe's ``benchmark:`` section: every setting optional (unset ones come from the profile), same constraints;
+# its CPUs must exist here (callers check the command line's --pin with check_pinnable).
 BenchmarkSpec = create_model(
     "BenchmarkSpec",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __validators__={"_pinnable": field_validator("pin_cpus")(lambda cls, cpus: check_pinnable(cpus))},
     __doc__="A profile (quick, default, rigorous) and any of its settings overridden.",
     profile=(ProfileName, Field("default", description="quick: smoke tests; default; rigorous: for publication.")),
     **{name: _optional(field) for name, field in BenchSettings.model_fields.items() if name != "profile"},

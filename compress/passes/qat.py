@@ -33,7 +33,7 @@ class QatConfig(PassConfig):
 
     type: Literal["quantize.qat"] = "quantize.qat"
     epochs: int = Field(2, gt=0)
-    lr: float = Field(1e-4, gt=0, description="Small: the model is already trained, QAT only adapts it to int8.")
+    lr: float = Field(1e-4, gt=0, le=1, description="Small: the model is already trained, QAT only adapts it to int8.")
     batch_size: int = Field(64, gt=0)
     reduce_range: Literal["auto"] | bool = Field(
         "auto",
