@@ -1,7 +1,9 @@
 """The recipe: a typed (pydantic) description of models, data, passes, variants, targets and benchmark settings.
 
-``load_recipe`` reads YAML and turns every validation problem into ``file:line: field: message`` so that a user
-can jump to the line; ``recipe_json_schema`` is what ``edgecraft recipe schema`` publishes.
+``load_recipe`` reads YAML (no key given twice, aliases bounded) and turns every problem into one line
+``file:line: field: problem`` so that a user can jump to it; what validates is meant to run, so whatever can be
+checked without running the user's code (files that must be ONNX or .npz, CPUs that must exist, names that become
+folders) is checked here. ``recipe_json_schema`` is what ``edgecraft recipe schema`` publishes.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from bench.evaluators import EvaluatorSpec
 from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
@@ -23,11 +28,37 @@ from reports.settings import ReportSettings
 from targets import registry as target_registry
 from targets.base import TargetSpec
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Names become folder names in the run folder: no separators, no leading '.', short enough for any file system.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# 'package.module:function': dotted identifiers only (a relative or empty module name makes the import raise).
+_FUNCTION = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 "
+                         f"characters, got {value!r}")
+    return value
+
+
+def _safe_name(text: str) -> str:
+    """A name derived from a file stem or a function name, made into one that ``_check_name`` accepts."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-")[:64] or "model"
+
+
+def _check_function(value: str) -> str:
+    if not _FUNCTION.fullmatch(value):
+        raise ValueError(f"expected 'package.module:function', got {value!r}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+FunctionReference = Annotated[str, AfterValidator(_check_function)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
 
 def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
@@ -41,9 +72,38 @@ def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
     return str(path)
 
 
+def _onnx_model(value: str | None) -> str | None:
+    """Read the file's graph now (not its external data), so that a file that is not ONNX is one line here rather
+    than a DecodeError at run time."""
+    if value is None:
+        return None
+    import onnx
+
+    try:
+        model = onnx.load(value, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: the file is not ONNX
+        raise ValueError(f"{value} is not an ONNX model ({_first_line(exc)})") from None
+    if not model.graph.output:
+        raise ValueError(f"{value} is not an ONNX model (no graph with outputs)")
+    return value
+
+
+def _npz_archive(value: str) -> str:
+    """Read the archive's table of contents (not its arrays): a file that is not an .npz fails here."""
+    try:
+        with np.load(value, allow_pickle=False) as archive:
+            names = archive.files
+    except Exception as exc:  # noqa: BLE001 - numpy's errors for a file that is not a zip of .npy arrays
+        raise ValueError(f"{value} is not an .npz archive ({_first_line(exc)})") from None
+    if not names:
+        raise ValueError(f"{value} holds no arrays")
+    return value
+
+
 class InputSpec(TensorSpec):
     """A declared model input: a name, a dtype, a shape whose symbolic axes are names (the first is the batch)."""
 
+    model_config = _STRICT
     dtype: str = Field("float32", description="numpy dtype name: float32, int64, ...")
     shape: list[Annotated[int, Field(gt=0)] | str] = Field(
         description="e.g. [batch, 3, 224, 224] or [batch, sequence]; names stay dynamic in exports."
@@ -58,14 +118,23 @@ class InputSpec(TensorSpec):
         return value
 
 
+class OutputSpec(TensorSpec):
+    """A declared model output: a name, and the kind of values it holds."""
+
+    model_config = _STRICT
+
+
 class ModelSpec(_Strict):
     """Exactly one of ``builtin``, ``factory`` or ``onnx``."""
 
-    name: str | None = Field(None, description="Name in results; defaults to the builtin name or the file stem.")
+    name: Name | None = Field(None, description="Name in results (and of its folder in the run folder); defaults to "
+                              "the builtin name, the factory function's name or the file stem.")
     builtin: Literal[tuple(REFERENCE_MODELS)] | None = Field(  # type: ignore[valid-type]
         None, description="A built-in model: " + "; ".join(f"{name}: {m.description}" for name, m in REFERENCE_MODELS.items()),
     )
-    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
+    factory: FunctionReference | None = Field(
+        None, description="'package.module:function' returning an nn.Module (imported and called: it runs your code)."
+    )
     weights: str | None = Field(None, description="State-dict file loaded into the factory's model.")
     onnx: str | None = Field(None, description="A ready ONNX model file.")
     input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
@@ -74,7 +143,7 @@ class ModelSpec(_Strict):
     inputs: list[InputSpec] | None = Field(
         None, description="The PyTorch model's inputs, in forward()'s order (default: read from the data)."
     )
-    outputs: list[str | TensorSpec] | None = Field(
+    outputs: list[str | OutputSpec] | None = Field(
         None, description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
         "for one, output_0, output_1, ... for several); an entry may be {name, kind} with kind scores, "
         "embedding or values."
@@ -95,20 +164,14 @@ class ModelSpec(_Strict):
     def _output_specs(cls, values: list | None) -> list | None:
         if values is None:
             return None
-        specs = [TensorSpec(name=value) if isinstance(value, str) else value for value in values]
+        specs = [OutputSpec(name=value) if isinstance(value, str) else value for value in values]
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"output names must be unique, got {names}")
         return specs
 
     _check_weights = field_validator("weights", "onnx")(_existing_file)
-
-    @field_validator("factory")
-    @classmethod
-    def _factory_form(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"expected 'package.module:function', got {value!r}")
-        return value
+    _check_onnx = field_validator("onnx")(_onnx_model)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -134,13 +197,12 @@ class ModelSpec(_Strict):
 
     @property
     def display_name(self) -> str:
+        """The model's name in results and its folder's name in the run folder."""
         if self.name:
             return self.name
         if self.builtin:
             return self.builtin
-        if self.factory:
-            return self.factory.rpartition(":")[2]
-        return Path(self.onnx).stem
+        return _safe_name(self.factory.rpartition(":")[2] if self.factory else Path(self.onnx).stem)
 
 
 class SplitSpec(_Strict):
@@ -167,14 +229,14 @@ class DataSpec(_Strict):
         "such a dict.",
     )
     splits: SplitSpec = SplitSpec()
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the splits and of training (numpy's range).")
 
     @field_validator("source")
     @classmethod
     def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if value.endswith(".npz"):
-            return _existing_file(value, info)  # type: ignore[return-value]
-        if value not in ("auto", "digits") and not re.fullmatch(r"[\w.]+:\w+", value):
+            return _npz_archive(_existing_file(value, info))  # type: ignore[arg-type]
+        if value not in ("auto", "digits") and not _FUNCTION.fullmatch(value):
             raise ValueError(f"expected 'auto', 'digits', a .npz file or 'module:function', got {value!r}")
         return value
 
@@ -194,18 +256,19 @@ class VariantSpec(_Strict):
     Passes may change the format (convert.openvino, convert.tflite): the variant then runs on the targets
     that accept its final format."""
 
-    name: str
+    name: Name
     passes: list[PassEntry] = []  # type: ignore[valid-type]
     targets: list[str] | None = Field(
         None, description="Only these of the recipe's targets (by label); default: every target that accepts the format."
     )
 
-    @field_validator("name")
+    @field_validator("targets")
     @classmethod
-    def _slug(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"use letters, digits, '.', '_' or '-' (got {value!r})")
-        return value
+    def _some_targets(cls, values: list[str] | None) -> list[str] | None:
+        if values == []:
+            raise ValueError("an empty list would give the variant no rows; name at least one target, or leave "
+                             "'targets' out for every target")
+        return values
 
 
 class TargetEntry(_Strict):
@@ -248,7 +311,7 @@ class TargetEntry(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
+    name: Name
     models: list[ModelSpec] = Field(min_length=1)
     data: DataSpec = DataSpec()
     passes: list[PassEntry] = Field(  # type: ignore[valid-type]
@@ -267,7 +330,12 @@ class Recipe(_Strict):
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
 
-    _name_slug = field_validator("name")(VariantSpec._slug.__func__)  # type: ignore[attr-defined]
+    @field_validator("output_dir")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("a folder name cannot hold a NUL character")
+        return value
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -294,7 +362,8 @@ class Recipe(_Strict):
         try:
             resolve_benchmark(self.benchmark)
         except ValidationError as exc:
-            raise ValueError(f"benchmark: {exc.errors(include_url=False)[0]['msg']}") from None
+            problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"benchmark: {problem}") from None
         if self.passes and any(model.onnx for model in self.models):
             raise ValueError("'passes' change a PyTorch model; they cannot apply to an onnx model")
         _check_formats(self.passes, "torch", "passes")
@@ -307,7 +376,17 @@ class Recipe(_Strict):
             if final == "torch":
                 raise ValueError(f"{where} end with a PyTorch model; put PyTorch-only passes in the recipe's "
                                  "shared 'passes', or end the variant with a pass that writes a model file")
+            if not self.targets_for(variant):
+                raise ValueError(f"variant {variant.name!r} ends in a {final} model that none of its targets runs "
+                                 f"({', '.join(variant.targets or labels)}); it would give no rows")
         return self
+
+    def targets_for(self, variant: VariantSpec) -> list[TargetEntry]:
+        """The targets a variant runs on: those it names (or all) that accept the format its passes end in."""
+        fmt = pass_registry.passes()[variant.passes[-1].type].output_format if variant.passes else "onnx"
+        return [entry for entry in self.targets
+                if (variant.targets is None or entry.label in variant.targets)
+                and fmt in target_registry.runtimes()[entry.spec.runtime].accepts]
 
 
 def starts_from_torch(entries: list[Any]) -> bool:
@@ -331,63 +410,199 @@ def recipe_json_schema() -> dict[str, Any]:
     return Recipe.model_json_schema()
 
 
-def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
-    """Map each key path of the YAML document to its 1-based line."""
-    index = {} if index is None else index
-    index[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            index[path + (key.value,)] = key.start_mark.line + 1
-            _line_index(value, path + (key.value,), index)
-            index[path + (key.value,)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for position, item in enumerate(node.value):
-            _line_index(item, path + (position,), index)
-    return index
+class _Refused(yaml.YAMLError):
+    """A YAML construct a recipe may not use, with where it is."""
+
+    def __init__(self, mark: yaml.Mark, field: tuple, problem: str) -> None:
+        super().__init__(problem)
+        self.line = mark.line + 1
+        self.field = field
+        self.problem = problem
 
 
-def _locate(loc: tuple, lines: dict[tuple, int]) -> tuple[str, int | None]:
+_MAX_DEPTH = 32  # recipes nest a few levels; PyYAML's composer recurses once per level
+# Values in the document with every alias written out. Aliases are shared, not copied, when YAML is read, but
+# validation walks each use: ten-fold aliases nested six deep make 460 bytes a million values.
+_MAX_VALUES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader minus what makes a recipe ambiguous or expensive, and recording each field's line.
+
+    Refused: a key given twice (YAML would silently keep the last), an alias inside the value it names (a cycle),
+    nesting deeper than ``_MAX_DEPTH``. Anchors and aliases are allowed (recipes share a pass's settings between
+    variants with them); ``_parse`` bounds what they expand to.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lines: dict[tuple, int] = {}  # field path -> 1-based line (a mapping value's: its key's line)
+        self._fields: list[tuple] = [()]
+        self._open_anchors: list[str] = []
+        self._field_of: dict[int, tuple] = {}  # id(node) -> field path, to name the field of a bad scalar
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        field = self._fields[-1] + _path_part(index)
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            raise _Refused(event.start_mark, field, f"alias *{event.anchor} is inside the value it names")
+        if len(self._fields) > _MAX_DEPTH:
+            raise _Refused(event.start_mark, field, f"nested deeper than {_MAX_DEPTH} levels")
+        mark = index.start_mark if isinstance(index, yaml.Node) else event.start_mark
+        self.lines.setdefault(field, mark.line + 1)
+        anchor = None if isinstance(event, yaml.AliasEvent) else event.anchor
+        self._fields.append(field)
+        if anchor:
+            self._open_anchors.append(anchor)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._fields.pop()
+            if anchor:
+                self._open_anchors.pop()
+        self._field_of.setdefault(id(node), field)
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                earlier = first.setdefault((key.tag, key.value), key)
+                if earlier is not key:
+                    raise _Refused(key.start_mark, self._fields[-1] + (key.value,),
+                                   f"given twice, on lines {earlier.start_mark.line + 1} and {key.start_mark.line + 1} "
+                                   "(YAML would silently keep only the last)")
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyYAML raises ValueError, KeyError... for a bad tagged scalar
+            raise _Refused(node.start_mark, self._field_of.get(id(node), ()),
+                           f"cannot read {node.value!r} as {node.tag.rpartition(':')[2]}: {_first_line(exc)}") from None
+
+
+def _path_part(index: Any) -> tuple:
+    """The path step PyYAML's composer is on: a sequence position, a mapping value's key, or none (a key)."""
+    if isinstance(index, int):
+        return (index,)
+    if isinstance(index, yaml.ScalarNode):
+        return (index.value,)
+    return () if index is None else ("?",)
+
+
+def _dotted(path: tuple) -> str:
+    """('variants', 1, 'passes') -> 'variants[1].passes'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "recipe"
+
+
+def _locate(loc: tuple, lines: dict[tuple, int], missing: bool) -> tuple[str, int | None]:
     """Turn a pydantic error location into 'a.b[2].c' and the line of its deepest part present in the file."""
     path: tuple = ()
-    text = ""
+    shown: tuple = ()
     for position, part in enumerate(loc):
         present = path + (part,) in lines
         if present:
             path += (part,)
-        # Parts absent from the file are pydantic's union tags (skipped) or a missing field (the last part).
-        if present or position == len(loc) - 1:
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "recipe", lines.get(path)
+        # Parts absent from the file are pydantic's union tags (skipped) or the missing field (the last part).
+        if present or (missing and position == len(loc) - 1):
+            shown += (part,)
+    return _dotted(shown), lines.get(path)
+
+
+def _parse(text: str) -> tuple[Any, dict[tuple, int]]:
+    """The YAML document and the line of each of its fields."""
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, loader.lines
+        _refuse_expansion(node)
+        return loader.construct_document(node), loader.lines
+    finally:
+        loader.dispose()
+
+
+def _refuse_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases, written out, exceed ``_MAX_VALUES``; counted once per distinct node."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else (
+                node.value if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = 1 + sum(size(child) for child in children)
+        return sizes[id(node)]
+
+    if size(root) > _MAX_VALUES:
+        entries = root.value if isinstance(root, yaml.MappingNode) else [(None, root)]
+        key, _ = max(entries, key=lambda pair: size(pair[1]))
+        field = (key.value,) if isinstance(key, yaml.ScalarNode) else ()
+        raise _Refused(key.start_mark if key else root.start_mark, field,
+                       f"its aliases expand to more than {_MAX_VALUES} values; write it out without nested aliases")
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    if isinstance(exc, _Refused):
+        return f"{path}:{exc.line}: {_dotted(exc.field)}: {exc.problem}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow; it has a position, no mark
+        line = text.count("\n", 0, exc.position) + 1
+        return f"{path}:{line}: malformed YAML: unacceptable character #x{exc.character:04x}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    return f"{where}: malformed YAML: {getattr(exc, 'problem', None) or _first_line(exc)}"
 
 
 def load_recipe(path: Path) -> tuple[Recipe, str]:
-    """Read and validate a recipe file; return it with its text (stored verbatim in results)."""
+    """Read and validate a recipe file; return it with its text (stored verbatim in results).
+
+    Every problem is one line ``file:line: field: problem``; several problems are several lines."""
     path = Path(path)
     if not path.is_file():
         raise EdgecraftError(f"{path}: recipe file not found")
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
-        lines = _line_index(yaml.compose(text)) if data is not None else {}
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise EdgecraftError(f"{path}: cannot read the recipe: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise EdgecraftError(f"{path}: a recipe must be UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data, lines = _parse(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise EdgecraftError(f"{where}: malformed YAML: {problem}") from None
+        raise EdgecraftError(_one_line(_yaml_error(path, text, exc))) from None
     if not isinstance(data, dict):
-        raise EdgecraftError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+        raise EdgecraftError(f"{path}:{lines.get((), 1)}: recipe: must be a YAML mapping (name, models, variants, "
+                             f"...), got {type(data).__name__}")
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
-        messages = []
+        messages: dict[tuple[int, str], str] = {}
         for error in exc.errors(include_url=False):
-            field, line = _locate(error["loc"], lines)
+            field, line = _locate(error["loc"], lines, missing=error["type"] == "missing")
             where = f"{path}:{line}" if line else str(path)
-            got = f" (got {error['input']!r})" if error["type"] not in ("missing",) and _short(error["input"]) else ""
-            messages.append((line or 0, f"{where}: {field}: {error['msg']}{got}"))
-        raise EdgecraftError("\n".join(message for _, message in sorted(messages))) from None
+            problem = error["msg"].removeprefix("Value error, ")
+            shown = error["type"] != "missing" and _short(error["input"]) and f"got {error['input']!r}" not in problem
+            got = f" (got {error['input']!r})" if shown else ""
+            # The branches of a union each report the same value: its first complaint is enough.
+            messages.setdefault((line or 0, field), _one_line(f"{where}: {field}: {problem}{got}"))
+        raise EdgecraftError("\n".join(message for _, message in sorted(messages.items()))) from None
     return recipe, text
 
 
 def _short(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+
+
+def _one_line(text: str) -> str:
+    """A file name or a value may hold a line break; the message must not."""
+    return " ".join(text.splitlines())
