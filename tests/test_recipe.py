@@ -176,6 +176,9 @@ SHORT = "name: t\nmodels:\n  - builtin: digits-cnn\nvariants:\n  - name: fp32\n"
         (SHORT + "    targets: []\n",
          ("6: variants[0].targets: an empty list would give the variant no rows; name at least one target, or leave "
           "'targets' out for every target")),
+        (SHORT + "    passes: [{type: convert.tflite}]\n",  # and the default target runs only ONNX
+         ("1: recipe: variant 'fp32' ends in a tflite model that none of its targets runs (onnxruntime:cpu); it "
+          "would give no rows")),
         (SHORT + "    passes: [{type: quantize.qat, lr: .inf}]\n",
          "6: variants[0].passes[0].lr: Input should be a finite number (got inf)"),
         (SHORT + "    passes: [{type: quantize.qat, lr: 'nan'}]\n",
