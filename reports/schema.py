@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from reports.settings import ReportSettings, report_settings
 
-SCHEMA_VERSION = 2  # 2: signatures, evaluators (quality), per-output fidelity
+SCHEMA_VERSION = 3  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest
 
 
 class ResultsError(Exception):
