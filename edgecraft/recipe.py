@@ -591,7 +591,11 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
             got = f" (got {error['input']!r})" if shown else ""
             # The branches of a union each report the same value: its first complaint is enough.
             messages.setdefault((line or 0, field), _one_line(f"{where}: {field}: {problem}{got}"))
-        raise EdgecraftError("\n".join(message for _, message in sorted(messages.items()))) from None
+        # A branch that rejects a value whole ("not a string") beside one that finds a problem inside it: the inner.
+        inner = {field for _, field in messages}
+        shown = [message for (_, field), message in sorted(messages.items())
+                 if not any(other.startswith((f"{field}.", f"{field}[")) for other in inner)]
+        raise EdgecraftError("\n".join(shown)) from None
     return recipe, text
 
 

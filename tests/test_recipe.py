@@ -194,6 +194,8 @@ SHORT = "name: t\nmodels:\n  - builtin: digits-cnn\nvariants:\n  - name: fp32\n"
         # A union's branches each reject the value: one line, not one per branch.
         (SHORT + "    passes: [{type: quantize.static, reduce_range: 3}]\n",
          "6: variants[0].passes[0].reduce_range: Input should be 'auto' (got 3)"),
+        (SHORT.replace("builtin: digits-cnn", "factory: m:f\n    outputs: [{name: y, range: [0, .inf]}]"),
+         "4: models[0].outputs[0].range[1]: Input should be a finite number (got inf)"),
     ],
 )
 def test_recipes_that_would_crash_later_are_one_line_now(
