@@ -359,6 +359,9 @@ class Recipe(_Strict):
         model_names = [model.display_name for model in self.models]
         if len(set(model_names)) != len(model_names):
             raise ValueError(f"model names must be unique (set models[].name), got {model_names}")
+        trained = [model.builtin for model in self.models if model.builtin and REFERENCE_MODELS[model.builtin].training]
+        if trained and self.data.splits.train == 0:
+            raise ValueError(f"the built-in {trained[0]} is trained on data.splits.train, which is 0")
         try:
             resolve_benchmark(self.benchmark)
         except ValidationError as exc:

@@ -179,6 +179,8 @@ SHORT = "name: t\nmodels:\n  - builtin: digits-cnn\nvariants:\n  - name: fp32\n"
         (SHORT + "    passes: [{type: convert.tflite}]\n",  # and the default target runs only ONNX
          ("1: recipe: variant 'fp32' ends in a tflite model that none of its targets runs (onnxruntime:cpu); it "
           "would give no rows")),
+        (SHORT + "data: {splits: {train: 0}}\n",
+         "1: recipe: the built-in digits-cnn is trained on data.splits.train, which is 0"),
         (SHORT + "    passes: [{type: quantize.qat, lr: .inf}]\n",
          "6: variants[0].passes[0].lr: Input should be a finite number (got inf)"),
         (SHORT + "    passes: [{type: quantize.qat, lr: 'nan'}]\n",
