@@ -208,12 +208,13 @@ class Regression(Evaluator):
 
 
 def snr_db(reference: np.ndarray, values: np.ndarray) -> float | None:
-    """10·log10(Σref² / Σ(values − ref)²); None when the two are identical (infinite SNR)."""
+    """10·log10(Σref² / Σ(values − ref)²); None where it is no finite number: identical outputs (infinite SNR)
+    or an all-zero reference (no signal to compare the error with)."""
     noise = float(((values.astype(np.float64) - reference.astype(np.float64)) ** 2).sum())
-    if noise == 0:
-        return None
     signal = float((reference.astype(np.float64) ** 2).sum())
-    return 10 * np.log10(signal / noise) if signal else float("-inf")
+    if noise == 0 or signal == 0:
+        return None
+    return float(10 * np.log10(signal / noise))
 
 
 def groups_targets(spec: EvaluatorSpec | None) -> bool:

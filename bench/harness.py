@@ -23,7 +23,9 @@ import numpy as np
 from bench.settings import BenchSettings
 from bench.stats import latency_stats
 from bench.evaluators import snr_db
-from reports.schema import Fidelity, Measurement, MemorySnapshot, OutputFidelity, Quality, Repetition, Throughput
+from reports.schema import (
+    NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OutputFidelity, Quality, Repetition, Throughput,
+)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +67,9 @@ def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -
         if values.shape != expected.shape:
             raise MeasurementFailed(f"output {name!r} has shape {list(values.shape)}, the fp32 reference "
                                     f"{list(expected.shape)}")
+        broken = int(np.size(values) - np.isfinite(values).sum()) if values.dtype.kind == "f" else 0
+        if broken:
+            raise MeasurementFailed(f"output {name!r} holds {broken} NaN or infinite value(s) of {values.size}")
         diff = np.abs(values.astype(np.float64) - expected.astype(np.float64))
         per_output[name] = OutputFidelity(max_abs_diff=float(diff.max(initial=0.0)), mean_abs_diff=float(diff.mean()),
                                           snr_db=snr_db(expected, values))
@@ -267,10 +272,10 @@ def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[st
     warnings = []
     half_width = (stats.p50_ci95[1] - stats.p50_ci95[0]) / 2 / stats.p50
     if half_width > MAX_CI_HALF_WIDTH:
-        warnings.append(f"noisy: the 95 % CI of the median is ±{100 * half_width:.1f} % "
+        warnings.append(f"{NOISE_WARNING}: the 95 % CI of the median is ±{100 * half_width:.1f} % "
                         f"(over {100 * MAX_CI_HALF_WIDTH:g} %)")
     if stats.cv_across_repetitions is not None and stats.cv_across_repetitions > MAX_REPETITION_CV:
-        warnings.append(f"noisy: the {len(stats.repetition_p50)} process repetitions' medians vary by "
+        warnings.append(f"{NOISE_WARNING}: the {len(stats.repetition_p50)} process repetitions' medians vary by "
                         f"{100 * stats.cv_across_repetitions:.1f} % (CV over {100 * MAX_REPETITION_CV:g} %)")
     capped = [r for r in measurement.repetitions if r.stopped_by != "minimums"]
     if capped:
@@ -279,5 +284,5 @@ def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[st
                         f"{worst.measure_s:.1f} s (minimums: {settings.runs} runs, {settings.measure_s:g} s)")
     steals = [r.steal_fraction for r in measurement.repetitions if r.steal_fraction is not None]
     if steals and max(steals) > MAX_STEAL:
-        warnings.append(f"noisy: the hypervisor stole up to {100 * max(steals):.1f} % of CPU time while timing")
+        warnings.append(f"{NOISE_WARNING}: the hypervisor stole up to {100 * max(steals):.1f} % of CPU time while timing")
     return warnings

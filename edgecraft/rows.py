@@ -19,7 +19,7 @@ from rich.progress import Progress
 from bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
 from bench.settings import BenchSettings
 from edgecraft.recipe import TargetEntry
-from reports.schema import Quality, ResultRow
+from reports.schema import CONVERSION_WARNING, Quality, ResultRow
 from targets import feeds
 from targets import registry as target_registry
 
@@ -111,7 +111,7 @@ def drift_warning(drift: float) -> list[str]:
     """A lossless variant (fp32 export or conversion) that drifts from the reference points at a conversion bug.
     NaN counts as drift: ``nan > tolerance`` is false, so the test is written the other way round."""
     if not drift <= FP32_TOLERANCE:
-        return [f"conversion bug? fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
+        return [f"{CONVERSION_WARNING} fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
     return []
 
 

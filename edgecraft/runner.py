@@ -92,7 +92,6 @@ class RecipeRun:
                                      self.progress)
         except Exception as exc:  # noqa: BLE001 - one model's factory, data, shared pass or export
             reason = str(exc) if isinstance(exc, EdgecraftError) else brief(exc)
-            log.warning("model %s could not be prepared: %s", spec.display_name, reason)
             self.models.append(ModelRecord(name=spec.display_name, source=spec.source, failure=reason))
             self.rows += [
                 ResultRow(model=spec.display_name, variant=variant.name, target=entry.label, status="failed",
@@ -201,8 +200,10 @@ def run_recipe(
                       "(--no-cache recomputes them)")
     report = write_run(results, run_dir)
     failed = [model for model in results.models if model.failure]
-    if len(failed) == len(results.models):  # nothing was measured: the reasons are the answer
+    if failed and len(failed) == len(results.models):  # nothing was measured: the reasons are the answer
         if len(failed) == 1:
             raise EdgecraftError(failed[0].failure)
         raise EdgecraftError("\n".join(f"model {model.name!r}: {model.failure}" for model in failed))
+    for model in failed:
+        log.warning("model %s could not be prepared, its rows are failed: %s", model.name, model.failure)
     return report.parent

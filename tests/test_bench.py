@@ -96,6 +96,17 @@ def test_fidelity_of_identical_and_shifted_outputs() -> None:
     assert flipped.top1_agreement == 0 and flipped.max_abs_diff == 1
 
 
+def test_outputs_that_are_not_finite_fail_the_row_and_a_zero_reference_has_no_snr() -> None:
+    """``nan > tolerance`` is false: a NaN output must fail the row rather than pass every drift check."""
+    reference = {"logits": np.ones((4, 3), np.float32)}
+    broken = reference["logits"].copy()
+    broken[1, 2] = np.nan
+    with pytest.raises(MeasurementFailed, match="'logits' holds 1 NaN or infinite value"):
+        fidelity({"logits": broken}, reference)
+    zeros = {"logits": np.zeros((4, 3), np.float32)}
+    assert fidelity({"logits": np.full((4, 3), 0.5, np.float32)}, zeros).outputs["logits"].snr_db is None
+
+
 def test_fidelity_covers_every_output_by_name() -> None:
     boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
     scores = np.array([[0.2, 0.8], [0.6, 0.4], [0.9, 0.1]], np.float32)
