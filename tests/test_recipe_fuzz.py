@@ -246,7 +246,8 @@ def test_fuzzed_recipes_validate_or_fail_in_one_line_per_problem(
 
 def prepare(recipe: Any, run_dir: Path) -> None:
     """What a run does before it trains or exports anything: settle the protocol and name its folders."""
-    bench_settings(recipe.benchmark)
+    for profile in (None, "quick", "rigorous"):  # --quick and --rigorous replace the recipe's phase settings
+        bench_settings(recipe.benchmark, profile)
     assert (run_dir.parent / f"{recipe.name}-20250101-000000").resolve().parent == run_dir.parent
     for model in recipe.models:
         for variant in recipe.variants:
