@@ -498,10 +498,13 @@ def _path_part(index: Any) -> tuple:
 
 
 def _dotted(path: tuple) -> str:
-    """('variants', 1, 'passes') -> 'variants[1].passes'."""
+    """('variants', 1, 'passes') -> 'variants[1].passes'; a key that is not a plain word is quoted: ['a b']."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not re.fullmatch(r"[\w-]+", str(part)):
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else part
     return text or "recipe"
 
 

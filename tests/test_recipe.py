@@ -193,6 +193,7 @@ SHORT = "name: t\nmodels:\n  - builtin: digits-cnn\nvariants:\n  - name: fp32\n"
         (SHORT + "extra: 2024-13-45\n", "6: extra: cannot read '2024-13-45' as timestamp: month must be in 1..12"),
         (SHORT + "extra: " + "[" * 40 + "]" * 40 + "\n", "6: extra" + "[0]" * 31 + ": nested deeper than 32 levels"),
         (SHORT + "extra: a\x00b\n", "6: malformed YAML: unacceptable character #x0000"),
+        (SHORT + "' ': 1\n", "6: [' ']: Extra inputs are not permitted (got 1)"),
         # A union's branches each reject the value: one line, not one per branch.
         (SHORT + "    passes: [{type: quantize.static, reduce_range: 3}]\n",
          "6: variants[0].passes[0].reduce_range: Input should be 'auto' (got 3)"),
