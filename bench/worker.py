@@ -167,6 +167,7 @@ def run_job(job: dict) -> dict:
     start = time.perf_counter()
     target.run(session, single[0])
     first_inference_ms = (time.perf_counter() - start) * 1e3
+    memory.append(memory_snapshot("first_inference"))
 
     def infer(i: int) -> None:
         target.run(session, single[i % len(single)])

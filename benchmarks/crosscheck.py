@@ -4,6 +4,7 @@ of bounds. Run from the repository root, pinned to a quiet CPU (``taskset -c 1``
     python -m benchmarks.crosscheck benchmark-app   # our median / OpenVINO benchmark_app's, fp32 and int8 IR
     python -m benchmarks.crosscheck cv              # CV of the headline median over five repeated benches
     python -m benchmarks.crosscheck overhead        # harness median / bare session.run (or infer()) loop median
+    python -m benchmarks.crosscheck memory          # our model memory + runtime import / a bare process's peak
 
 The models are the built-in reference variants (``benchmarks.reference``), built on first use.
 """
@@ -32,8 +33,8 @@ from targets import registry
 
 
 def _job(reference: Reference, work_dir: Path) -> MeasureJob:
-    outputs = {"logits": np.zeros((len(reference.labels), 10), np.float32)}  # fidelity is not what these check
-    spec = EvaluatorSpec(type="classification")
+    outputs = reference.reference_outputs()
+    spec = EvaluatorSpec(type="agreement" if reference.labels is None else "classification")
     return MeasureJob(reference.runtime, "cpu", {}, reference.path, reference.inputs, outputs,
                       lambda out: evaluate(spec, out, outputs, reference.labels), work_dir)
 
@@ -151,6 +152,81 @@ def overhead(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# A bare process per runtime: numpy, then the runtime, one model, N runs on one zero input of the model's own
+# shape, and VmHWM read before the runtime import and at the end. Only the runtime's plain API, none of ours.
+_BARE = {
+    "onnxruntime": """
+import onnxruntime
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = __THREADS__
+options.inter_op_num_threads = 1
+session = onnxruntime.InferenceSession(__PATH__, options, providers=["CPUExecutionProvider"])
+feed = {i.name: np.zeros([1 if not isinstance(d, int) else d for d in i.shape],
+                         np.int64 if "int64" in i.type else np.float32) for i in session.get_inputs()}
+for _ in range(__RUNS__):
+    session.run(None, feed)
+""",
+    "openvino": """
+import openvino
+compiled = openvino.Core().compile_model(__PATH__, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                                                       "INFERENCE_NUM_THREADS": __THREADS__})
+request = compiled.create_infer_request()
+for port in compiled.inputs:
+    shape = [1 if d.is_dynamic else d.get_length() for d in port.get_partial_shape()]
+    request.set_tensor(port, openvino.Tensor(np.zeros(shape, port.get_element_type().to_dtype())))
+for _ in range(__RUNS__):
+    request.infer()
+""",
+    "litert": """
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=__PATH__, num_threads=__THREADS__)
+interpreter.allocate_tensors()
+for detail in interpreter.get_input_details():
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+for _ in range(__RUNS__):
+    interpreter.invoke()
+""",
+}
+_VMHWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+
+
+def _bare_peak(runtime: str, path: Path, threads: int, runs: int) -> tuple[float, float]:
+    """(VmHWM after importing numpy, VmHWM at the end) of a bare process, in MiB."""
+    body = (_BARE[runtime].replace("__PATH__", repr(str(path))).replace("__THREADS__", str(threads))
+            .replace("__RUNS__", str(runs)))
+    code = f"import numpy as np\nbefore = {_VMHWM}\n{body}\nprint(before, {_VMHWM})"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        sys.exit(f"the bare {runtime} process failed: {completed.stderr.strip()[-800:]}")
+    before, peak = map(float, completed.stdout.split())
+    return before, peak
+
+
+def memory(args: argparse.Namespace) -> int:
+    """Our model memory plus the runtime's import cost (both from the worker's phases) against what a bare process
+    (import, load, ``--runs`` inferences on one input) adds over its own memory before the runtime import, both
+    with one thread, per fp32 variant. Within 10 % or 8 MiB, whichever is larger."""
+    variants = {"onnxruntime": "onnx-fp32", "openvino": "ov-fp32", "litert": "tflite-fp32"}
+    references = build(args.model, args.folder, list(variants.values()))
+    settings = profile_settings("quick", threads=args.threads, throughput_s=0, batch_sizes=[1], parallel_requests=[1])
+    failed = False
+    print(f"{'model':<20}{'runtime':<13}{'model MiB':>10}{'import MiB':>11}{'sum':>8}{'bare peak':>10}"
+          f"{'bare base':>10}{'bare over':>10}{'ratio':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime, name in variants.items():
+            reference = references[name]
+            measured = measure(_job(reference, Path(tmp) / name), settings)
+            ours = measured.model_memory_mb + measured.runtime_import_mb
+            before, peak = _bare_peak(runtime, reference.path, args.threads, args.runs)
+            bare = peak - before
+            ok = abs(ours - bare) <= max(0.10 * bare, 8.0)
+            failed |= not ok
+            print(f"{args.model:<20}{runtime:<13}{measured.model_memory_mb:>10.1f}{measured.runtime_import_mb:>11.1f}"
+                  f"{ours:>8.1f}{peak:>10.1f}{before:>10.1f}{bare:>10.1f}{ours / bare:>7.2f}"
+                  f"  {'ok' if ok else 'OUTSIDE'} (10 % or 8 MiB)")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.crosscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="digits-cnn", help="built-in model (default digits-cnn)")
@@ -171,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--runs", type=int, default=100, help="runs per block (short blocks: drift hits both alike)")
     cost.add_argument("--rounds", type=int, default=200, help="alternating blocks of each")
     cost.set_defaults(handler=overhead)
+    resident = checks.add_parser("memory", help="our model memory + runtime import vs a bare process's peak")
+    resident.add_argument("--runs", type=int, default=200, help="inferences in the bare process")
+    resident.set_defaults(handler=memory)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -34,17 +34,27 @@ class Reference:
     runtime: str
     path: Path
     inputs: Path  # a folder of named inputs (targets.feeds.save)
-    labels: np.ndarray
+    labels: np.ndarray | None  # None for a built-in judged by agreement with fp32
+    fp32: Path  # the fp32 ONNX export every variant comes from
+
+    def reference_outputs(self) -> dict[str, np.ndarray]:
+        """The fp32 export's outputs on every evaluation input (ONNX Runtime, one sample at a time)."""
+        from targets import registry
+
+        target = registry.get("onnxruntime")
+        session = target.load(self.fp32, "cpu", 1, target.options_model())
+        batches = [target.run(session, feed) for feed in self.feeds()]
+        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
 
     @property
     def evaluation_inputs(self) -> np.ndarray:
-        """The single image input of the digits models."""
-        return np.array(feeds.load(self.inputs)["input"])
+        """The single image input of the vision built-ins."""
+        return np.array(next(iter(feeds.load(self.inputs).values())))
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
         """One feed per evaluation sample, as ``Target.run`` takes it."""
-        x = self.evaluation_inputs
-        return [{"input": x[i : i + 1]} for i in range(len(x))]
+        inputs = feeds.load(self.inputs)
+        return [feeds.take(inputs, i, i + 1) for i in range(feeds.count(inputs))]
 
 
 def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[str] | None = None) -> dict[str, Reference]:
@@ -63,7 +73,10 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
     if unknown:
         raise ValueError(f"unknown reference variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     reference = REFERENCE_MODELS[model]
-    splits = data.split(data.digits(reference.input_shape), (0.6, 0.2, 0.2), seed=0)  # the quickstart's split
+    # The built-in's own data (digits, or a pretrained model's bundled samples), split as a recipe splits it.
+    dataset = data.conform(data.load_source(reference.data, Path("."), reference.signature), reference.signature,
+                           f"model {model!r}")
+    splits = data.split(dataset, (0.6, 0.2, 0.2), seed=0)
     network = model_source.builtin_model(model, splits.train, lambda *_: None)
     signature = model_source.with_outputs(network, reference.signature)
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in network.state_dict().values())).hexdigest()[:16]
@@ -92,6 +105,6 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
         manifest[name] = str(artifact.path.relative_to(root))
         manifest_path.write_text(json.dumps(manifest, indent=2))
     return {
-        name: Reference(name, VARIANTS[name][0], root / manifest[name], inputs, splits.evaluation.targets)
+        name: Reference(name, VARIANTS[name][0], root / manifest[name], inputs, splits.evaluation.targets, fp32)
         for name in names
     }

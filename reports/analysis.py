@@ -44,7 +44,6 @@ class RowFacts:
     slower_than_fp32: bool
     cost_per_million: float | None
     on_front: bool
-    memory_over_import_mb: float | None = None
     throughput: list[ThroughputFacts] = field(default_factory=list)
 
 
@@ -150,7 +149,6 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 cost_per_million=cost_per_million(settings.price_per_hour, m.throughput_per_s) if m else None,
                 on_front=id(row) in front,
                 # What the model costs on top of the runtime itself: the peak over the peak after the bare import.
-                memory_over_import_mb=m.peak_rss_mb - m.rss_after_import_mb if m else None,
                 throughput=[ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))
                             for t in (m.throughput if m else [])],
             )

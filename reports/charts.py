@@ -207,27 +207,27 @@ def latency_distributions(analysis: Analysis) -> str:
 
 
 def memory_per_target(analysis: Analysis) -> str:
-    """Per target, the benchmark process's resident memory after importing the runtime, after loading the model
-    and at its peak: what the runtime costs before the model does."""
+    """Per target and row, what importing the runtime costs the process and, stacked on it, what the model adds
+    (model memory, labelled): the runtime's share is paid once per process, the model's per model."""
     by_target = _by(analysis.facts, lambda r: r.target)
-    stages = (("peak", "peak_rss_mb", "#d0d7de"), ("after load", "rss_after_load_mb", "#54aeff"),
-              ("after runtime import", "rss_after_import_mb", "#0969da"))
     with _style("memory"):
         height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
         figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
         for axis, (target, facts) in zip(axes, by_target.items()):
-            for label, field, colour in stages:
-                values = [getattr(f.row.measurement, field) if f.row.measurement else 0 for f in facts]
-                axis.barh(range(len(facts)), values, color=colour, height=0.6, label=label)
-            for position, fact in enumerate(facts):
-                if fact.row.measurement:
-                    axis.text(fact.row.measurement.peak_rss_mb, position, f" {fact.row.measurement.peak_rss_mb:.0f} MB",
+            measured = [f.row.measurement for f in facts]
+            runtime = [m.runtime_import_mb if m else 0 for m in measured]
+            model = [m.model_memory_mb if m else 0 for m in measured]
+            axis.barh(range(len(facts)), runtime, color="#d0d7de", height=0.6, label="runtime import")
+            axis.barh(range(len(facts)), model, left=runtime, color="#0969da", height=0.6, label="model memory")
+            for position, m in enumerate(measured):
+                if m:
+                    axis.text(m.runtime_import_mb + m.model_memory_mb, position, f" {m.model_memory_mb:.1f} MB",
                               va="center", fontsize=7)
-            _horizontal_rows(axis, facts, False, [bool(f.row.measurement) for f in facts])
+            _horizontal_rows(axis, facts, False, [m is not None for m in measured])
             axis.set_title(_plain(target))
-            axis.set_xlabel("resident memory of the benchmark process (MB)")
-            axis.set_xlim(0, axis.get_xlim()[1] * 1.12)  # room for the peak labels
-        figure.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
+            axis.set_xlabel("resident memory added to the benchmark process (MB)")
+            axis.set_xlim(0, axis.get_xlim()[1] * 1.15)  # room for the labels
+        figure.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=2)
         return _svg(figure)
 
 

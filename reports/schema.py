@@ -132,9 +132,10 @@ class MemorySnapshot(_Model):
     timed loop). ``peak_mb`` is the high-water mark (VmHWM, else ru_maxrss); anonymous (heap) and file-backed
     (mapped libraries and model files) resident memory come from /proc/self/status where it exists."""
 
-    phase: Literal["start", "import", "load", "warmup", "end"] = Field(
+    phase: Literal["start", "import", "load", "first_inference", "warmup", "end"] = Field(
         description="start: numpy and the target registry only; import: + the runtime; load: + the compiled "
-        "model; warmup: after warm-up; end: after the timed runs (before the throughput and accuracy passes)."
+        "model; first_inference: + the first inference (arenas are sized on first use); warmup: after warm-up; "
+        "end: after the timed runs (before the throughput and accuracy passes)."
     )
     peak_mb: float
     rss_mb: float | None = None
@@ -183,9 +184,21 @@ class Measurement(_Model):
     first_inference_ms: float = Field(description="First inference after load (ms): median over repetitions.")
     latency_ms: LatencyStats
     throughput_per_s: float = Field(description="Single-stream: 1000 / mean latency.")
-    peak_rss_mb: float = Field(description="Peak resident memory of the fresh benchmark process.")
-    rss_after_import_mb: float
-    rss_after_load_mb: float
+    model_memory_mb: float = Field(
+        description="Model memory, the headline memory figure: the benchmark process's peak resident memory minus "
+        "its peak right after the runtime import, i.e. what loading, compiling and running this model added "
+        "(weights, compiled graph, arenas after the first inference, warm-up and the timed runs). The evaluation "
+        "data is memory-mapped and read a sample at a time, and the throughput and accuracy passes run after the "
+        "last reading, so none of the harness's own data counts."
+    )
+    runtime_import_mb: float = Field(
+        description="What importing the runtime added to the process's peak: paid once per process by every "
+        "model on this runtime, not by the model."
+    )
+    process_peak_mb: float = Field(
+        description="The benchmark process's absolute peak resident memory (VmHWM) at the end of the timed runs: "
+        "Python, numpy, the harness, the runtime and the model together. Not the model's cost."
+    )
     quality: Quality = Field(description="The model's evaluator on this row's outputs.")
     fidelity: Fidelity
     runtime_info: dict[str, Any] = {}

@@ -26,7 +26,7 @@ def measurement(p50: float, accuracy: float, ci: float = 0.02, samples: int = 20
     latency = LatencyStats(runs=samples, mean=p50, std=p50 * ci, min=p50 * 0.9, max=p50 * 1.3, p50=p50,
                            p90=p50 * 1.1, p95=p50 * 1.15, p99=p50 * 1.25, p50_ci95=(p50 * (1 - ci), p50 * (1 + ci)))
     return Measurement(import_s=0.1, load_s=0.01, first_inference_ms=2 * p50, latency_ms=latency,
-                       throughput_per_s=1000 / p50, peak_rss_mb=60, rss_after_import_mb=40, rss_after_load_mb=50,
+                       throughput_per_s=1000 / p50, model_memory_mb=20, runtime_import_mb=15, process_peak_mb=60,
                        quality=quality(accuracy), fidelity=Fidelity(top1_agreement=0.99, max_abs_diff=1e-3, mean_abs_diff=1e-4),
                        samples_ms=[p50 * (0.95 + 0.01 * (i % 10)) for i in range(samples)])
 

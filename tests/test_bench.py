@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import bench.harness as harness
+from bench import evaluators
 from bench.evaluators import EvaluatorSpec, evaluate
 from bench.environment import machine_warnings
 from bench.harness import MeasureJob, MeasurementFailed, fidelity, measure, measure_all, noise_warnings, round_orders
@@ -187,8 +188,8 @@ def test_rounds_are_seeded_shuffles() -> None:
     assert orders != round_orders(6, 4, seed=8)
 
 
-def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 71, 72)) -> dict:
-    phases = ("start", "import", "load", "warmup", "end")
+def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 70.5, 71, 72)) -> dict:
+    phases = ("start", "import", "load", "first_inference", "warmup", "end")
     return {
         "import_s": 0.1, "load_s": 0.2, "first_inference_ms": 3.0, "warmup_runs": 5, "warmup_s": 0.1,
         "samples_ms": list(p50 * np.linspace(0.99, 1.01, 21)), "measure_s": 0.2, "stopped_by": "minimums",
@@ -237,17 +238,17 @@ def test_rounds_interleave_jobs_and_a_failed_job_is_not_retried(tmp_path: Path, 
     assert [r.index for r in a.repetitions] == [0, 1, 2]
     assert [r.order for r in a.repetitions] == [order.index(0) for order in round_orders(3, 3, 5)]
     assert len(a.samples_ms) == 63 and a.accuracy == 1.0 and a.fidelity.max_abs_diff == 0
-    assert [s.peak_over_import_mb for s in a.memory] == [-20, 0, 10, 11, 12]
-    assert (a.rss_after_import_mb, a.rss_after_load_mb, a.peak_rss_mb) == (60, 70, 72)
+    assert [s.peak_over_import_mb for s in a.memory] == [-20, 0, 10, 10.5, 11, 12]
+    assert (a.model_memory_mb, a.runtime_import_mb, a.process_peak_mb) == (12, 20, 72)
     assert a.throughput[0].items_per_s == pytest.approx(np.median([1000 / 1, 1000 / 2, 1000 / 3]))
     assert a.throughput[1].items_per_s is None and a.throughput[1].error == "RuntimeError: fixed batch"
 
 
 def test_memory_is_the_median_over_repetitions_per_phase(tmp_path: Path, monkeypatch) -> None:
-    memories = iter([(40, 60, 70, 80, 90), (41, 62, 75, 76, 77), (39, 61, 71, 79, 95)])
+    memories = iter([(40, 60, 70, 75, 80, 90), (41, 62, 75, 75, 76, 77), (39, 61, 71, 72, 79, 95)])
     monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: fake_raw(1.0, next(memories)))
     m = measure_all([fake_job(tmp_path, "a")], profile_settings("default", repetitions=3))[0]
-    assert [s.peak_mb for s in m.memory] == [40, 61, 71, 79, 90]
+    assert [s.peak_mb for s in m.memory] == [40, 61, 71, 75, 79, 90]
 
 
 def test_noise_warnings(tmp_path: Path, monkeypatch) -> None:
@@ -318,16 +319,32 @@ def test_measure_in_fresh_processes(digits_job) -> None:
 
 def test_memory_of_the_child_is_positive_and_monotone_over_phases(digits_job) -> None:
     m = measure(digits_job(), QUICK)
-    assert [s.phase for s in m.memory] == ["start", "import", "load", "warmup", "end"]
+    assert [s.phase for s in m.memory] == ["start", "import", "load", "first_inference", "warmup", "end"]
     peaks = [s.peak_mb for s in m.memory]
     assert all(peak > 0 for peak in peaks) and peaks == sorted(peaks)  # a high-water mark never falls
     assert m.memory[1].peak_mb > m.memory[0].peak_mb  # importing the runtime costs memory
-    assert [s.peak_over_import_mb >= 0 for s in m.memory] == [False, True, True, True, True]
+    assert [s.peak_over_import_mb >= 0 for s in m.memory] == [False, True, True, True, True, True]
     for snapshot in m.memory:  # Linux splits resident memory into anonymous and file-backed
         assert snapshot.anon_mb > 0 and snapshot.file_mb > 0
         assert snapshot.anon_mb + snapshot.file_mb <= snapshot.rss_mb + 1  # + shared memory, rounding
     # The child alone (not the parent's torch): well under torch's size.
-    assert 0 < m.rss_after_import_mb <= m.rss_after_load_mb <= m.peak_rss_mb < 400
+    assert 0 < m.runtime_import_mb and 0 < m.model_memory_mb < m.process_peak_mb < 400
+    assert m.model_memory_mb == m.memory[-1].peak_over_import_mb
+
+
+def test_model_memory_does_not_grow_with_the_evaluation_set(digits_cnn: dict, tmp_path: Path) -> None:
+    """The worker maps the evaluation inputs and reads a ring of samples, and its throughput and accuracy passes
+    come after the last memory reading: 50 or 500 evaluation samples, the model memory is the same."""
+    x = images(digits_cnn["splits"])
+    figures = {}
+    for count in (50, 500):
+        chosen = np.resize(x, (count, *x.shape[1:]))
+        reference = {"logits": onnx_logits(digits_cnn["onnx"].path, chosen)}
+        inputs = feeds.save({"input": chosen}, tmp_path / f"inputs-{count}")
+        job = MeasureJob("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, reference,
+                         lambda outputs: evaluators.not_measured(None, "not scored"), tmp_path / f"bench-{count}")
+        figures[count] = measure(job, QUICK).model_memory_mb
+    assert abs(figures[500] - figures[50]) <= 2.0, figures
 
 
 def test_the_worker_imports_neither_torch_nor_tensorflow() -> None:

@@ -25,7 +25,7 @@ def test_quickstart_measures_every_row(quickstart_run: Path) -> None:
         # --quick: at least 20 timed runs and 0.1 s in one process
         assert m.latency_ms.runs >= 20 and len(m.repetitions) == 1 and m.repetitions[0].measure_s >= 0.1
         assert 0 < m.latency_ms.p50 <= m.latency_ms.p95 <= m.latency_ms.p99
-        assert m.load_s > 0 and m.first_inference_ms > 0 and m.peak_rss_mb > 0
+        assert m.load_s > 0 and m.first_inference_ms > 0 and m.model_memory_mb > 0
         assert 0.9 <= m.accuracy <= 1 and m.fidelity.top1_agreement >= 0.97
     assert results.environment["packages"]["onnxruntime"]
     assert results.environment["cpu"]["logical_cores"] >= 1
