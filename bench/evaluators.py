@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from reports.schema import Quality, TensorSpec
 from targets.feeds import Feeds
 
-_FUNCTION = re.compile(r"^[\w.]+:\w+$")
+# A user's 'package.module:function' (evaluators here; factories and data sources in recipes): dotted
+# identifiers only, since a relative or empty module name makes the import raise.
+FUNCTION_REFERENCE = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*")
 
 
 class EvaluatorMismatch(ValueError):
@@ -44,7 +46,7 @@ class EvaluatorSpec(BaseModel):
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in EVALUATORS and not _FUNCTION.match(value):
+        if value not in EVALUATORS and not FUNCTION_REFERENCE.fullmatch(value):
             raise ValueError(f"unknown evaluator {value!r}; known: {', '.join(EVALUATORS)}, or 'module:function'")
         return value
 

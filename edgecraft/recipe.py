@@ -18,7 +18,7 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
-from bench.evaluators import EvaluatorSpec
+from bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
 from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
@@ -30,8 +30,6 @@ from targets.base import TargetSpec
 
 # Names become folder names in the run folder: no separators, no leading '.', short enough for any file system.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# 'package.module:function': dotted identifiers only (a relative or empty module name makes the import raise).
-_FUNCTION = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*")
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -48,7 +46,7 @@ def _safe_name(text: str) -> str:
 
 
 def _check_function(value: str) -> str:
-    if not _FUNCTION.fullmatch(value):
+    if not FUNCTION_REFERENCE.fullmatch(value):
         raise ValueError(f"expected 'package.module:function', got {value!r}")
     return value
 
@@ -236,7 +234,7 @@ class DataSpec(_Strict):
     def _source_exists(cls, value: str, info: ValidationInfo) -> str:
         if value.endswith(".npz"):
             return _npz_archive(_existing_file(value, info))  # type: ignore[arg-type]
-        if value not in ("auto", "digits") and not _FUNCTION.fullmatch(value):
+        if value not in ("auto", "digits") and not FUNCTION_REFERENCE.fullmatch(value):
             raise ValueError(f"expected 'auto', 'digits', a .npz file or 'module:function', got {value!r}")
         return value
 

@@ -9,7 +9,6 @@ measurement jobs, shared with ``edgecraft bench``) and ``run_folder``.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.environment import environment
-from bench.settings import BenchSettings, ProfileName, resolve as resolve_benchmark
+from bench.settings import BenchSettings, ProfileName, check_pinnable, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.base import Artifact
 from edgecraft import model_source
@@ -31,7 +30,6 @@ from edgecraft.step_cache import StepCache
 from edgecraft.steps import StepRunner
 from reports.schema import ModelRecord, ResultRow, RunResults
 from reports.settings import with_overrides
-from targets import registry as target_registry
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class RecipeRun:
                 continue
             for variant in self.recipe.variants:
                 artifact, failure = self._variant(prepared, variant)
-                for entry in self._targets_for(variant):
+                for entry in self.recipe.targets_for(variant):
                     row, job = self._export(prepared, variant, artifact, failure, entry)
                     if job:
                         pending.append(Pending(len(self.rows), job, row.lossless))
@@ -96,28 +94,11 @@ class RecipeRun:
             self.rows += [
                 ResultRow(model=spec.display_name, variant=variant.name, target=entry.label, status="failed",
                           reason=f"model not prepared: {reason}", lossless=lossless(variant, entry))
-                for variant in self.recipe.variants for entry in self._targets_for(variant)
+                for variant in self.recipe.variants for entry in self.recipe.targets_for(variant)
             ]
             return None
         self.models.append(prepared.record)
         return prepared
-
-    def _targets_for(self, variant: VariantSpec) -> list[TargetEntry]:
-        """The recipe's targets this variant runs on: those it names (or all) that accept its final format.
-
-        The format comes from the passes' declarations, so a variant whose pass failed still gets its failed
-        rows on exactly the targets it was meant for.
-        """
-        fmt = pass_registry.passes()[variant.passes[-1].type].output_format if variant.passes else "onnx"
-        runnable = []
-        for entry in self.recipe.targets:
-            if variant.targets is not None and entry.label not in variant.targets:
-                continue
-            if fmt in target_registry.runtimes()[entry.spec.runtime].accepts:
-                runnable.append(entry)
-            else:
-                log.debug("no row: %s is a %s model; %s does not run that format", variant.name, fmt, entry.label)
-        return runnable
 
     def _variant(self, prepared: PreparedModel, variant: VariantSpec) -> tuple[Artifact | None, str | None]:
         """Apply the variant's passes; a failing pass fails this variant's rows, not the run.
@@ -148,16 +129,13 @@ class RecipeRun:
 def bench_settings(
     spec: Any, profile: ProfileName | None = None, pin_cpus: list[int] | None = None, threads: int | None = None
 ) -> BenchSettings:
-    """The protocol for a run: the recipe's (or default) ``benchmark`` section with command-line overrides, and
-    pinned CPUs that exist on this machine."""
-    settings = resolve_benchmark(spec, profile, pin_cpus=pin_cpus, threads=threads)
-    cpus = os.cpu_count() or 1
-    missing = sorted(cpu for cpu in settings.pin_cpus or [] if cpu >= cpus)
-    if missing:
-        raise EdgecraftError(f"benchmark.pin_cpus: CPU {missing[0]} does not exist here (CPUs 0-{cpus - 1})")
-    if settings.pin_cpus and not hasattr(os, "sched_setaffinity"):
-        raise EdgecraftError("benchmark.pin_cpus: this platform cannot pin processes to CPUs")
-    return settings
+    """The protocol for a run: the recipe's (or default) ``benchmark`` section with command-line overrides; pinned
+    CPUs must exist on this machine."""
+    try:
+        check_pinnable(pin_cpus)  # the recipe's own pins were checked when it was validated
+    except ValueError as exc:
+        raise EdgecraftError(f"benchmark.pin_cpus: {exc}") from None
+    return resolve_benchmark(spec, profile, pin_cpus=pin_cpus, threads=threads)
 
 
 def progress_bar(console: Console | None) -> Progress:

@@ -118,3 +118,33 @@ def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, 
         assert cuda.status == "skipped" and "CUDAExecutionProvider" in cuda.reason
     html = (run_dir / "report.html").read_text()
     assert "simulated quantizer crash" in html and html.count("<tr class=\"status-failed\"") == 2
+
+
+def test_an_export_failure_and_a_drifting_reference_mark_their_own_rows(tmp_path: Path, monkeypatch) -> None:
+    """A converter that crashes fails its row with the reason; a lossless row whose outputs drift from the
+    reference carries the conversion-bug warning, measured, not asserted by the code about itself."""
+    from compress import torch_io
+    from edgecraft.runner import run_recipe
+    from targets.runtimes.openvino import OpenVino
+
+    def crashing_export(*_args, **_kwargs):
+        raise RuntimeError("simulated converter crash")
+
+    real_predict = torch_io.predict
+
+    def drifted_reference(*args, **kwargs):  # the fp32 reference 1e-3 off: every lossless row must be flagged
+        return {name: values + 1e-3 for name, values in real_predict(*args, **kwargs).items()}
+
+    monkeypatch.setattr(OpenVino, "export", crashing_export)
+    monkeypatch.setattr(torch_io, "predict", drifted_reference)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: faults\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
+                      "targets: [onnxruntime:cpu, openvino:cpu]\n")
+    rows = {r.target: r for r in load_results(run_recipe(recipe, output_dir=tmp_path / "runs", quick=True)).rows}
+    assert rows["openvino:cpu"].status == "failed"
+    assert rows["openvino:cpu"].reason == "export failed: RuntimeError: simulated converter crash"
+    ort = rows["onnxruntime:cpu"]
+    assert ort.status == "ok" and ort.measurement.fidelity.max_abs_diff == pytest.approx(1e-3, rel=0.01)
+    drift = [w for w in ort.warnings if w.startswith("conversion bug?")]
+    assert len(drift) == 1 and re.fullmatch(
+        r"conversion bug\? fp32 outputs differ from the reference by 1\.0\de-03 \(tolerance 0\.0001\)", drift[0])
