@@ -50,6 +50,32 @@ def load(folder: Path, mmap: bool = True) -> Feeds:
             for name in names if name}
 
 
+def read(folder: Path, start: int, stop: int) -> Feeds:
+    """Samples ``start:stop`` of the feeds saved by ``save``, read with plain file reads into fresh arrays.
+
+    Unlike slicing the memory map, this maps no page of the file into the process, so reading the samples adds
+    only their own bytes to its resident memory (what the benchmark worker's memory figures must not include)."""
+    samples = {}
+    for name in filter(None, (folder / "names.txt").read_text().split("\n")):
+        with (folder / f"{_file_name(name)}.npy").open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = header(handle)
+            if fortran:
+                raise ValueError(f"{name}: a Fortran-ordered array cannot be read a sample at a time")
+            per_sample = int(np.prod(shape[1:], dtype=np.int64))
+            stop = min(stop, shape[0])
+            handle.seek(handle.tell() + start * per_sample * dtype.itemsize)
+            values = np.fromfile(handle, dtype=dtype, count=(stop - start) * per_sample)
+            samples[name] = values.reshape((stop - start, *shape[1:]))
+    return samples
+
+
+def sample_bytes(feeds: Feeds) -> int:
+    """Bytes of one sample of every input, from the shapes alone (a memory map is not touched)."""
+    return sum(array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)) for array in feeds.values())
+
+
 def _file_name(name: str) -> str:
     return "".join(char if char.isalnum() or char in "._-" else "_" for char in name)
 

@@ -332,6 +332,16 @@ def test_memory_of_the_child_is_positive_and_monotone_over_phases(digits_job) ->
     assert m.model_memory_mb == m.memory[-1].peak_over_import_mb
 
 
+def test_samples_read_from_the_file_equal_the_saved_arrays(tmp_path: Path) -> None:
+    arrays = {"pixels": np.arange(120, dtype=np.float32).reshape(5, 2, 3, 4), "ids": np.arange(10).reshape(5, 2)}
+    folder = feeds.save(arrays, tmp_path / "inputs")
+    for start, stop in ((0, 1), (1, 3), (4, 9)):
+        read = feeds.read(folder, start, stop)
+        assert all(np.array_equal(read[name], array[start:stop]) for name, array in arrays.items())
+        assert not any(isinstance(array, np.memmap) for array in read.values())  # fresh arrays, no mapped pages
+    assert feeds.sample_bytes(feeds.load(folder)) == 2 * 3 * 4 * 4 + 2 * 8
+
+
 def test_model_memory_does_not_grow_with_the_evaluation_set(digits_cnn: dict, tmp_path: Path) -> None:
     """The worker maps the evaluation inputs and reads a ring of samples, and its throughput and accuracy passes
     come after the last memory reading: 50 or 500 evaluation samples, the model memory is the same."""
