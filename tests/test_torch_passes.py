@@ -11,7 +11,7 @@ import torch
 
 from compress import registry
 from compress.base import Artifact, PassContext
-from tests.conftest import images, labels, torch_logits
+from tests.conftest import accuracy, images, labels, torch_logits
 
 
 def apply(name: str, digits_cnn: dict, tmp_path, **options):
@@ -27,36 +27,98 @@ def zipped_size(model: torch.nn.Module) -> int:
     return len(buffer.getvalue())
 
 
+def count_macs(model: torch.nn.Module, x: np.ndarray) -> int:
+    """Multiply-accumulates of one sample through conv and linear layers, counted on the model itself (forward
+    hooks), not read from what a pass reports about its work."""
+    macs = 0
+
+    def conv(module, _inputs, output) -> None:
+        nonlocal macs
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        macs += output[0].numel() * (module.in_channels // module.groups) * kernel
+
+    def linear(module, _inputs, output) -> None:
+        nonlocal macs
+        macs += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.from_numpy(x[:1]))
+    for hook in hooks:
+        hook.remove()
+    return macs
+
+
+def parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def test_structured_pruning_removes_channels_and_leaves_the_input_model_alone(digits_cnn: dict, tmp_path) -> None:
-    original_parameters = sum(p.numel() for p in digits_cnn["model"].parameters())
+    original = digits_cnn["model"]
+    original_parameters = parameters(original)
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     outcome = apply("prune.structured", digits_cnn, tmp_path, ratio=0.5, finetune_epochs=2, lr=2e-3)
     pruned, details = outcome.artifact.model, outcome.details
-    assert sum(p.numel() for p in digits_cnn["model"].parameters()) == original_parameters  # a copy was pruned
-    assert details["parameters_before"] == original_parameters
-    assert details["parameters_before"] >= 2 * details["parameters_after"]
-    assert details["macs_before"] >= 2 * details["macs_after"]
+    assert parameters(original) == original_parameters  # a copy was pruned
+    # Counted on the models, not read from the pass's own report.
+    assert parameters(original) >= 2 * parameters(pruned)
+    assert count_macs(original, x) >= 2 * count_macs(pruned, x)
+    assert details["parameters_after"] == parameters(pruned)
     assert pruned.classifier.out_features == 10  # the classifier's outputs are never pruned
-    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
-    assert details["accuracy_after"] == pytest.approx(float((torch_logits(pruned, x).argmax(1) == y).mean()))
-    assert details["accuracy_after"] >= details["accuracy_before"] - 0.05
+    before, after = accuracy(torch_logits(original, x), y), accuracy(torch_logits(pruned, x), y)
+    assert details["accuracy_after"] == pytest.approx(after)
+    assert after >= before - 0.02  # 98.6 % → 97.5 % measured on an AVX2 host
 
 
 def test_unstructured_pruning_zeroes_weights_permanently(digits_cnn: dict, tmp_path) -> None:
-    outcome = apply("prune.unstructured", digits_cnn, tmp_path, sparsity=0.6)
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
+    outcome = apply("prune.unstructured", digits_cnn, tmp_path, sparsity=0.6, finetune_epochs=2)
     sparse, details = outcome.artifact.model, outcome.details
-    assert details["sparsity_after"] == pytest.approx(0.6, abs=0.01)
-    assert details["parameters_after"] == details["parameters_before"]  # same dense shapes: honest about it
+    weights = [m.weight.detach() for m in sparse.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.6, abs=0.005)  # counted on the weights themselves
+    assert parameters(sparse) == parameters(digits_cnn["model"])  # same dense shapes: honest about it
     assert not any(name.endswith("_orig") for name, _ in sparse.named_parameters())  # masks folded in
     assert zipped_size(sparse) < 0.75 * zipped_size(digits_cnn["model"])
     assert "do not run faster" in details["note"]
+    # 60 % of the weights gone: without fine-tuning digits-cnn fell to 67 %; two epochs bring it back.
+    assert accuracy(torch_logits(sparse, x), y) >= accuracy(torch_logits(digits_cnn["model"], x), y) - 0.02
+
+
+class RolledTeacher(torch.nn.Module):
+    """The trained model with its class scores rolled by one: it "knows" that every digit is the next one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(self.model(x), 1, dims=1)
+
+
+def test_distillation_transfers_what_the_teacher_knows(digits_cnn: dict, tmp_path) -> None:
+    """A fresh student taught (alpha 1) by a teacher that predicts the next digit learns to predict the next
+    digit: the teacher term is what trains it (with alpha 0 it would learn the labels instead: 0.8 % / 79 %)."""
+    context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path})
+    distill = registry.get("distill")
+    config = distill.config_model(type="distill", student="builtin:digits-cnn", epochs=3, alpha=1.0, lr=1e-2,
+                                  compare_with_student_alone=False)
+    teacher = Artifact("torch", digits_cnn["signature"], model=RolledTeacher(digits_cnn["model"]))
+    student = distill.apply(teacher, config, context).artifact.model
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
+    predicted = torch_logits(student, x).argmax(1)
+    assert float((predicted == (y + 1) % 10).mean()) >= 0.25  # 41 % after three epochs on an AVX2 host
+    assert float((predicted == y).mean()) <= 0.05
 
 
 def test_distillation_builds_a_half_width_student_and_compares_it(digits_cnn: dict, tmp_path) -> None:
     outcome = apply("distill", digits_cnn, tmp_path, student="width:0.5", epochs=2, alpha=0.7, temperature=4)
-    details = outcome.details
-    assert details["student_parameters"] <= details["teacher_parameters"] / 2
-    assert 0 <= details["student_alone_accuracy"] <= 1 and 0 <= details["student_accuracy"] <= 1
-    assert sum(p.numel() for p in outcome.artifact.model.parameters()) == details["student_parameters"]
+    details, student = outcome.details, outcome.artifact.model
+    assert parameters(student) == details["student_parameters"] <= parameters(digits_cnn["model"]) / 2
+    x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
+    assert details["student_accuracy"] == pytest.approx(accuracy(torch_logits(student, x), y))
+    assert details["student_alone_accuracy"] != details["student_accuracy"]  # trained separately, on labels alone
 
 
 def test_distillation_is_deterministic_under_a_seed(digits_cnn: dict, tmp_path) -> None:
