@@ -70,6 +70,14 @@ def test_editing_a_helper_module_changes_the_step_key(tmp_path: Path) -> None:
     assert closure()["userpkg.helper"] != before["userpkg.helper"]
 
 
+def test_a_step_key_changes_with_the_config_and_the_input() -> None:
+    step = registry.get("quantize.static")
+    minmax, entropy = (step.config_model(type="quantize.static", calibration_method=m) for m in ("minmax", "entropy"))
+    assert step_key("input", step, minmax) == step_key("input", step, minmax)
+    assert step_key("input", step, minmax) != step_key("input", step, entropy)
+    assert step_key("input", step, minmax) != step_key("other input", step, minmax)
+
+
 def test_a_pass_key_changes_with_its_helpers_code_and_its_libraries(monkeypatch) -> None:
     step = registry.get("quantize.static")
     config = step.config_model()
