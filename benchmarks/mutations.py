@@ -87,9 +87,12 @@ def check(mutation: Mutation) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", choices=[m.name for m in MUTATIONS] + [[]], metavar="NAME",
-                        help=f"mutations to check (default: all): {', '.join(m.name for m in MUTATIONS)}")
+    known = [m.name for m in MUTATIONS]
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"mutations to check (default: all): {', '.join(known)}")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(known))
+    if unknown:
+        parser.error(f"unknown mutation(s) {', '.join(unknown)}; known: {', '.join(known)}")
     chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
     results = [check(mutation) for mutation in chosen]
     print(f"{sum(results)} of {len(results)} mutations caught")
