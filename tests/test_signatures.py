@@ -4,6 +4,8 @@ inputs, the split shapes that used to crash, and the bad inputs that must be one
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +249,9 @@ def test_a_training_pass_on_a_three_head_model_fails_its_rows_with_the_reason(tm
   - name: fp32
   - name: pruned
     passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}, {type: export.onnx}]""")
+    # Only ONNX Runtime, and so none of the TFLite variants (a variant no target runs is refused at validation).
     text = text.replace("targets: [onnxruntime:cpu, openvino:cpu, litert:cpu]", "targets: [onnxruntime:cpu]")
+    text = re.sub(r"  - name: tflite.*\n    passes: .*\n", "", text)
     results, _ = run(text.replace("train: 0.0", "train: 0.3"), tmp_path)
     rows = {row.variant: row for row in results.rows}
     assert rows["fp32"].status == "ok" and rows["int8"].status == "ok"
