@@ -89,7 +89,13 @@ def test_qat_model_runs_in_int8_on_openvino_and_litert(qat, digits_cnn: dict, tm
 
 
 def test_autotune_finds_an_int8_scheme_within_the_tolerated_loss(digits_cnn: dict, tmp_path) -> None:
+    model = digits_cnn["model"]
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    mode = model.training
     outcome = apply("quantize.autotune", digits_cnn["torch"], digits_cnn, tmp_path, tolerable_loss=0.01, max_trials=2)
+    # The session's shared model is handed over as a copy: its weights and mode are as they were.
+    assert model.training == mode
+    assert all(np.array_equal(tensor.numpy(), state[name].numpy()) for name, tensor in model.state_dict().items())
     details = outcome.details
     assert 1 <= details["trials"] <= 2
     assert details["validation_accuracy_trials"][-1] >= 0.99 * details["validation_accuracy_fp32"]

@@ -143,3 +143,47 @@ def test_two_runs_sharing_a_cache_both_finish_with_the_same_results(tmp_path: Pa
     # A third run finds every step, whichever of the two stored it.
     third, _ = run(tmp_path, path)
     assert [p["cached"] for p in third["passes"]] == [True, True, True]
+
+
+# Loaded by a run's interpreter through PYTHONPATH: every pass appends its name to APPLIED_LOG when applied.
+PASSES_THAT_LOG = """\
+import os
+from compress import registry
+
+def _logging(apply):
+    def logged(self, *args, **kwargs):
+        with open(os.environ["APPLIED_LOG"], "a") as log:
+            log.write(self.name + "\\n")
+        return apply(self, *args, **kwargs)
+    return logged
+
+for _cls in registry.passes().values():
+    _cls.apply = _logging(_cls.apply)
+"""
+
+SHARED_PREFIX = """\
+name: shared-prefix
+models:
+  - factory: tests.helpers:tiny_net
+data: {source: "tests.helpers:random_data"}
+variants:
+  - name: static
+    passes: [{type: prune.structured, ratio: 0.25, finetune_epochs: 1}, {type: export.onnx}, {type: quantize.static}]
+  - name: dynamic
+    passes: [{type: prune.structured, ratio: 0.25, finetune_epochs: 1}, {type: export.onnx}, {type: quantize.dynamic}]
+targets: [onnxruntime:cpu]
+"""
+
+
+def test_variants_sharing_a_prefix_of_passes_run_it_once(tmp_path: Path, monkeypatch) -> None:
+    logging_passes = tmp_path / "logging"
+    logging_passes.mkdir()
+    (logging_passes / "sitecustomize.py").write_text(PASSES_THAT_LOG)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(logging_passes), str(REPO)]))
+    monkeypatch.setenv("APPLIED_LOG", str(tmp_path / "applied.txt"))
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED_PREFIX)
+    results, _ = run(tmp_path, path)
+    applied = (tmp_path / "applied.txt").read_text().split()
+    assert sorted(applied) == ["export.onnx", "prune.structured", "quantize.dynamic", "quantize.static"]
+    assert [row["status"] for row in results["rows"]] == ["ok", "ok"]

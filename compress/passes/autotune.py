@@ -8,6 +8,8 @@ split that the report's accuracy comes from.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from typing import Literal
 
@@ -71,9 +73,10 @@ class Autotune(Pass):
             context.progress(f"autotune: {label} accuracy {score:.4f}", len(trials), config.max_trials + 1)
             return score
 
-        # Neural Compressor's own export: it marks the graph as one it may quantize.
+        # Neural Compressor's own export, of a copy: the input model is shared with other variants and later steps,
+        # and export and tuning must not change its mode or weights.
         captured = export(
-            artifact.model.eval(),
+            copy.deepcopy(artifact.model).eval(),
             example_inputs(signature),
             dynamic_shapes=dynamic_shapes(artifact.model, signature),
         )
