@@ -352,3 +352,19 @@ def test_a_new_conversion_bug_warning_is_a_regression(gate) -> None:
 def test_a_conversion_bug_warning_the_baseline_had_too_is_not_new(gate) -> None:
     flagged = run([with_warning(BASE[0], DRIFT), BASE[1]])
     assert gate(flagged, run([with_warning(BASE[0], DRIFT.replace("3.10", "3.20")), BASE[1]])).code == 0
+
+
+def test_caveats_name_every_condition_that_differs_between_the_runs() -> None:
+    """Not failures, but printed next to the verdict: another CPU, other benchmark settings, another library
+    version, and too few timed runs for a latency gate to mean much."""
+    baseline, candidate = run(BASE, name="base"), run(BASE, name="cand")
+    candidate.environment["cpu"]["model"] = "Other CPU"
+    candidate.environment.setdefault("packages", {})["onnxruntime"] = "9.9.9"
+    candidate.recipe["benchmark"]["threads"] = 2
+    caveats = compare_runs(baseline, candidate).caveats
+    assert "different CPUs: Test CPU vs Other CPU" in caveats
+    assert "benchmark.threads: 1 vs 2" in caveats
+    assert any(c.startswith("onnxruntime ") and c.endswith(" vs 9.9.9") for c in caveats), caveats
+    assert any(c.startswith("only 20 timed runs per row") for c in caveats), caveats
+    alike = compare_runs(run(BASE, name="a"), run(BASE, name="b")).caveats
+    assert not any(c.startswith(("different CPUs", "benchmark.", "onnxruntime ")) for c in alike), alike
