@@ -176,6 +176,7 @@ def test_a_recipe_prunes_before_export(tmp_path) -> None:
     assert results.rows[0].measurement.fidelity.max_abs_diff <= 1e-4  # the pruned model exports faithfully
 
 
+@pytest.mark.slow
 def test_a_built_in_model_trains_to_the_same_weights_in_any_process(tmp_path) -> None:
     """The model cache's key assumes that training is reproducible, including the initial weights."""
     import subprocess
