@@ -3,7 +3,7 @@ its fine-tuning, since one epoch leaves a half-pruned digits-mobilenet at chance
 98.3 %), and show what the README says they show; digits-mobilenet's fp16 conversions keep its accuracy on every CPU runtime.
 
 digits-mobilenet is trained once per session by the quickstart fixture and cached; these runs reuse it.
-The heaviest recipes (full, distill-qat, arm) run in the slow suite.
+The heavier recipes (distill, full, distill-qat, arm) run in the slow suite.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def test_prune_finetune_halves_digits_mobilenet_through_its_residual_and_depthwi
     assert [p.cached for p in pruning] == [False, True]  # pruned once, reused by pruned-int8
 
 
+@pytest.mark.slow  # one epoch proves only the structure; the distillation pass itself is tested in test_torch_passes
 def test_distill_trains_a_half_width_student_and_the_student_alone(quickstart_run: Path, tmp_path: Path) -> None:
     results = run(reduced("distill", tmp_path), tmp_path)
     every_row_measured_or_skipped(results)
