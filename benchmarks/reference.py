@@ -38,13 +38,11 @@ class Reference:
     fp32: Path  # the fp32 ONNX export every variant comes from
 
     def reference_outputs(self) -> dict[str, np.ndarray]:
-        """The fp32 export's outputs on every evaluation input (ONNX Runtime, one sample at a time)."""
+        """The fp32 export's outputs on every evaluation input, on ONNX Runtime, as a run computes them."""
+        from edgecraft.rows import reference_outputs
         from targets import registry
 
-        target = registry.get("onnxruntime")
-        session = target.load(self.fp32, "cpu", 1, target.options_model())
-        batches = [target.run(session, feed) for feed in self.feeds()]
-        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+        return reference_outputs(registry.get("onnxruntime"), self.fp32, "cpu", {}, feeds.load(self.inputs), threads=1)
 
     @property
     def evaluation_inputs(self) -> np.ndarray:
