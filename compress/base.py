@@ -6,6 +6,7 @@ imports every pass module to build the recipe schema, and that happens on the CL
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,28 @@ class Dataset:
 
 
 @dataclass
+class Validation:
+    """The recipe's evaluator on the calibration split: what accuracy-aware passes search against.
+
+    Never the evaluation split, which the report's accuracy comes from: a search tuned on it would report its own
+    selection bias. ``reference`` (the fp32 model's outputs on ``data``) is computed on first use only.
+    """
+
+    data: Dataset
+    metric: str
+    reference_fn: Callable[[], dict[str, np.ndarray]]
+    score_fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], float]
+
+    @functools.cached_property
+    def reference(self) -> dict[str, np.ndarray]:
+        return self.reference_fn()
+
+    def score(self, outputs: dict[str, np.ndarray]) -> float:
+        """The evaluator's headline metric of ``outputs`` (every output by name, for ``data``'s samples)."""
+        return float(self.score_fn(outputs, self.reference))
+
+
+@dataclass
 class PassContext:
     """What a pass may use besides its input: the data splits, a folder for its outputs, a folder for
     intermediates that several passes of one run can share (keyed by content), and a progress hook."""
@@ -70,6 +93,8 @@ class PassContext:
     progress: Callable[[str, int, int], None] = field(default=lambda description, done, total: None)
     # The PyTorch model as the recipe named it, before any pass (e.g. a teacher to distill from after pruning).
     original: Any = None
+    # The evaluator on the calibration split, for passes that search for accuracy (None outside a recipe run).
+    validation: Validation | None = None
 
 
 @dataclass(frozen=True)

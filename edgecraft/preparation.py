@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from bench import evaluators
 from bench.evaluators import EvaluatorSpec
-from compress.base import Artifact, Dataset, PassContext
+from compress.base import Artifact, Dataset, PassContext, Validation
 from compress.onnx_export import export_torch
 from compress.zoo import REFERENCE_MODELS
 from edgecraft import data as datasets
@@ -90,9 +90,12 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
         seed=data_spec.seed,
         original=model,
     )
-    start = Keyed(artifact, digest(content_key(spec, artifact), data_key(splits), data_spec.seed))
+    # The evaluator is part of the key: accuracy-aware passes search against it.
+    start = Keyed(artifact, digest(content_key(spec, artifact), data_key(splits), data_spec.seed,
+                                   evaluator.model_dump(mode="json")))
     shared = steps.apply(name, None, start, passes, context, model_dir / "shared")
     artifact = shared.artifact
+    context.validation = validation_for(evaluator, artifact, splits.calibration)
     evaluation = splits.evaluation
     if artifact.format == "torch":
         from compress.torch_io import predict
@@ -127,6 +130,24 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
         evaluation=Evaluation(feeds.save(evaluation.inputs, model_dir / "evaluation-inputs"), reference, score),
         record=record,
     )
+
+
+def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Dataset) -> Validation:
+    """The evaluator on the calibration split against the fp32 model's outputs there (after the shared passes)."""
+
+    def reference() -> dict[str, np.ndarray]:
+        if artifact.format == "torch":
+            from compress.torch_io import predict
+
+            return predict(artifact.model, calibration.inputs, artifact.signature)
+        return reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs,
+                                 threads=1)
+
+    def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+        return evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
+
+    metric = evaluators.EVALUATORS[evaluator.type].metric if evaluator.type in evaluators.EVALUATORS else evaluator.type
+    return Validation(data=calibration, metric=metric, reference_fn=reference, score_fn=score)
 
 
 def _builtin(name: str, train: Dataset, progress: Progress) -> Any:

@@ -68,9 +68,11 @@ class StepRunner:
             else:
                 outcome, seconds = self._run(model, step, entry, current.artifact, context, step_dir)
                 self.cache.store(key, outcome, step_dir, seconds)
+            details = dict(outcome.details)
+            control = details.pop("accuracy_control", None)  # typed in the record, not a flat fact
             self.records.append(PassRecord(model=model, variant=variant, name=entry.type,
                                            config=entry.model_dump(mode="json"), seconds=seconds,
-                                           details=outcome.details, cached=cached is not None))
+                                           details=details, accuracy_control=control, cached=cached is not None))
             current = Keyed(outcome.artifact, key)
         return current
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from reports.settings import ReportSettings, report_settings
 
-SCHEMA_VERSION = 3  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest
+SCHEMA_VERSION = 4  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
+# 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows
 
 
 class ResultsError(Exception):
@@ -239,6 +240,45 @@ class ResultRow(_Model):
     )
 
 
+class LayerSensitivity(_Model):
+    """How much one quantizable layer matters to int8 accuracy, on the validation (calibration) split."""
+
+    layer: str = Field(description="The layer's node name in the format quantized (ONNX node, OpenVINO op, TFLite tensor).")
+    op_type: str
+    score: float = Field(description="What ``measure`` says: the metric with only this layer kept in float, or the "
+                         "quantization error the format's debugger reports for it.")
+    gain: float | None = Field(None, description="Metric recovered by keeping only this layer in float "
+                               "(score − all-int8 metric); None where the score is not a metric.")
+
+
+class AccuracyTrial(_Model):
+    """One model the accuracy-aware search quantized and validated."""
+
+    float_layers: int = Field(description="How many of the most sensitive layers it kept in float.")
+    metric: float = Field(description="The evaluator's headline metric on the validation split.")
+
+
+class AccuracyControl(_Model):
+    """An accuracy-aware int8 search: the sensitivity of each layer and which layers stayed float to keep the
+    metric within ``max_drop`` of fp32. Judged on the calibration split, never on the evaluation split."""
+
+    metric: str = Field(description="The evaluator's headline metric the budget applies to.")
+    max_drop: float
+    measure: str = Field(description="How layers were ranked, e.g. 'metric with only this layer in float'.")
+    fp32: float = Field(description="The fp32 model's metric on the validation split.")
+    all_int8: float = Field(description="The metric with every layer quantized.")
+    final: float = Field(description="The metric of the model the pass returned.")
+    met: bool = Field(description="Whether final ≥ fp32 − max_drop.")
+    layers: int = Field(description="Quantizable layers in the model.")
+    float_layers: list[str] = Field([], description="Layers kept in float in the returned model.")
+    float_op_types: dict[str, int] = Field({}, description="Op types of the layers kept in float, counted.")
+    latency_ratio: float | None = Field(
+        None, description="Quick in-pass estimate (median of a few runs, not the benchmark protocol) of the returned "
+        "model's latency over the all-int8 model's: what keeping layers in float cost in speed.")
+    sensitivity: list[LayerSensitivity] = Field([], description="Every layer ranked, the most sensitive first.")
+    trials: list[AccuracyTrial] = []
+
+
 class PassRecord(_Model):
     """What one pass did to one model."""
 
@@ -248,6 +288,8 @@ class PassRecord(_Model):
     config: dict[str, Any]
     seconds: float = Field(description="Time the pass took when it ran (a cached step keeps its original time).")
     details: dict[str, Any] = {}
+    accuracy_control: AccuracyControl | None = Field(
+        None, description="An accuracy-aware int8 pass's sensitivity analysis and search (see AccuracyControl).")
     cached: bool = Field(False, description="Reused from the step cache instead of run again.")
 
 

@@ -43,7 +43,9 @@ def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     from compress.base import Artifact, PassContext
     from compress.onnx_export import export_torch
     from compress.zoo import REFERENCE_MODELS
+    from bench.evaluators import EvaluatorSpec
     from edgecraft import data, model_source
+    from edgecraft.preparation import validation_for
 
     reference = REFERENCE_MODELS["digits-cnn"]
     splits = data.split(data.digits(reference.input_shape), (0.6, 0.2, 0.2), 0)
@@ -51,13 +53,15 @@ def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     signature = model_source.with_outputs(model, reference.signature)
     folder = tmp_path_factory.mktemp("digits-cnn")
     onnx_path = export_torch(model, signature, folder / "fp32.onnx")
+    torch_artifact = Artifact("torch", signature, model=model)
     context = PassContext(
-        train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation, work_dir=folder
+        train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation, work_dir=folder,
+        validation=validation_for(EvaluatorSpec(type="classification"), torch_artifact, splits.calibration),
     )
     return {
         "model": model,
         "signature": signature,
-        "torch": Artifact("torch", signature, model=model),
+        "torch": torch_artifact,
         "onnx": Artifact("onnx", signature, path=onnx_path),
         "context": context,
         "splits": splits,
