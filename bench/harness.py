@@ -24,7 +24,8 @@ from bench.settings import BenchSettings
 from bench.stats import latency_stats
 from bench.evaluators import snr_db
 from reports.schema import (
-    NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OutputFidelity, Quality, Repetition, Throughput,
+    NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OperatorProfile, OutputFidelity, Quality, Repetition,
+    Throughput,
 )
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,8 @@ def round_orders(jobs: int, repetitions: int, seed: int) -> list[list[int]]:
 
 
 def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> dict:
-    """One fresh ``bench.worker`` process; its raw numbers. The first repetition also runs the accuracy pass."""
+    """One fresh ``bench.worker`` process; its raw numbers. The first repetition also runs the accuracy pass and,
+    unless the settings turn it off, the operator profile, both after every timed pass."""
     folder = job.work_dir / f"repetition-{repetition}"
     folder.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -103,6 +105,8 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
         "outputs": str(job.work_dir / "outputs.npz"),
         "result": str(folder / "result.json"),
         "accuracy": repetition == 0,
+        "operator_profile": repetition == 0 and settings.operator_profile,
+        "operator_profile_runs": settings.operator_profile_runs,
         **settings.model_dump(include={
             "threads", "warmup_runs", "warmup_s", "runs", "measure_s", "max_runs", "max_s", "pin_cpus",
             "batch_sizes", "parallel_requests", "throughput_s", "eval_batch",
@@ -227,6 +231,19 @@ def _throughput(raws: list[dict]) -> list[Throughput]:
     return merged
 
 
+def _operator_profile(raws: list[dict]) -> OperatorProfile | None:
+    """The first repetition's operator profile; one the worker wrote wrong becomes a profile saying so (the
+    row's timings stand without it)."""
+    raw = next((raw["operator_profile"] for raw in raws if raw.get("operator_profile") is not None), None)
+    if raw is None:
+        return None
+    try:
+        return OperatorProfile.model_validate(raw)
+    except ValueError as exc:
+        return OperatorProfile(source=str(raw.get("source", "?")) if isinstance(raw, dict) else "?",
+                               not_measured=f"the profile could not be read: {str(exc).splitlines()[0]}")
+
+
 def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
     """Turn the repetitions' raw numbers into one ``Measurement``: statistics over every raw sample, timings and
     memory as medians over repetitions, and the accuracy pass of the first repetition."""
@@ -262,6 +279,7 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         repetitions=repetitions,
         memory=memory,
         throughput=_throughput(raws),
+        operator_profile=_operator_profile(raws),
     )
 
 

@@ -66,6 +66,11 @@ class BenchSettings(BaseModel):
     )
     throughput_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Duration of each throughput configuration (s).")
     eval_batch: int = Field(64, gt=0, le=_MAX_BATCH, description="Batch size of the accuracy pass (not timed).")
+    operator_profile: bool = Field(True, description="Profile each row per operator (ONNX Runtime's profiler, "
+                                   "OpenVINO's performance counters, LiteRT's op list) once, in the first repetition's "
+                                   "process after every timed pass, on a session of its own.")
+    operator_profile_runs: int = Field(10, gt=0, le=10_000, description="Profiled inferences per row (after 3 "
+                                       "untimed ones).")
     timeout_s: float = Field(300, gt=0, le=86_400, description="A benchmark process running longer fails its row.")
 
     @model_validator(mode="after")

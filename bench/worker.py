@@ -5,8 +5,10 @@ same state (no warm caches, no memory left over from another runtime), and it im
 registry and the one runtime it measures: no torch, no TensorFlow.
 
 Phases, in order: pin to CPUs (optional) → runtime import → load/compile → first inference → warm-up → timed
-steady state → throughput pass → accuracy pass. Memory is read between phases, never inside a timed loop, and
-its last reading comes before the throughput and accuracy passes, whose larger batches would otherwise set it.
+steady state → throughput pass → accuracy pass → operator profile. Memory is read between phases, never inside a
+timed loop, and its last reading comes before the throughput and accuracy passes, whose larger batches would
+otherwise set it. The operator profile comes last, on a session of its own with the runtime's profiler on: the
+timed phases run exactly as they do without it.
 """
 
 from __future__ import annotations
@@ -208,6 +210,17 @@ def run_job(job: dict) -> dict:
         except Exception:  # noqa: BLE001 - a model exported with a fixed batch of 1 runs the samples one by one
             batches = evaluation_outputs(target, session, inputs, 1)
         np.savez(job["outputs"], **{name: np.concatenate([b[name] for b in batches]) for name in batches[0]})
+    runtime_info = target.describe(session)
+    del session  # the profile's own session does not share the machine with this one
+
+    operator_profile = None
+    if job.get("operator_profile"):
+        # Last of all, never inside a timed phase: profilers change how a session runs, so it gets its own.
+        try:
+            operator_profile = target.profile(Path(job["model"]), job["device"], job["threads"], options, single,
+                                              job["operator_profile_runs"])
+        except Exception as exc:  # noqa: BLE001 - a profile that fails leaves the row's measurements standing
+            operator_profile = {"source": target.runtime, "not_measured": f"profiling failed: {_brief(exc)}"}
     return {
         "import_s": import_s,
         "load_s": load_s,
@@ -221,7 +234,8 @@ def run_job(job: dict) -> dict:
         "cpus": cpus,
         "steal_fraction": steal,
         "throughput": results,
-        "runtime_info": target.describe(session),
+        "runtime_info": runtime_info,
+        "operator_profile": operator_profile,
     }
 
 

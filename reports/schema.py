@@ -179,6 +179,45 @@ class Throughput(_Model):
     error: str | None = Field(None, description="Why this configuration could not run (e.g. a fixed batch size).")
 
 
+class OperatorTime(_Model):
+    """One op type of an operator profile: how many nodes of it ran per inference and the time they took."""
+
+    op_type: str = Field(description="The runtime's own name: ONNX Runtime op (after its fusions, e.g. QLinearConv), "
+                         "OpenVINO node type, TFLite builtin op.")
+    nodes: int = Field(ge=0, description="Nodes of this type per inference.")
+    ms: float | None = Field(None, ge=0, description="Their time per inference (mean over the profiled runs, "
+                             "profiler overhead included); None where per-op time is not measured.")
+    share: float | None = Field(None, ge=0, le=1, description="Their share of the summed op time.")
+
+
+class OperatorProfile(_Model):
+    """Where a row's inference time goes, op type by op type: measured once per row in a separate phase of the
+    benchmark process, after the timed, throughput and accuracy passes, on a session of its own (never inside the
+    timed runs, whose numbers it cannot change)."""
+
+    source: str = Field(description="What measured it, e.g. 'onnxruntime profiler', 'openvino performance counters'.")
+    runs: int = Field(0, ge=0, description="Profiled inferences after a short warm-up; 0 where none was timed.")
+    total_ms: float | None = Field(None, ge=0, description="Summed op time per inference (or, where per-op time is "
+                                   "not measured, the mean inference time in the profiling phase).")
+    ops: list[OperatorTime] = Field([], description="Every op type, the most time first (the most nodes first "
+                                    "where time is not measured).")
+    quantized: bool = Field(False, description="The model holds quantize nodes or ran integer kernels.")
+    qdq_nodes: dict[str, int] = Field({}, description="Quantize / dequantize nodes: for ONNX Runtime those that "
+                                      "still ran after its fusions (QuantizeLinear, DequantizeLinear...); for OpenVINO "
+                                      "the IR's FakeQuantize ops; for LiteRT the file's QUANTIZE / DEQUANTIZE ops.")
+    float_ops: dict[str, int] = Field({}, description="In a quantized model, the op types (node counts) that ran "
+                                      "in floating point; empty for a float model.")
+    not_measured: str | None = Field(None, description="Why per-op time (or the whole profile) is missing.")
+    notes: list[str] = Field([], description="Runtime facts, e.g. which delegate took the graph.")
+
+    @property
+    def timed(self) -> bool:
+        return self.runs > 0 and any(op.ms is not None for op in self.ops)
+
+    def top(self, count: int = 3) -> list[OperatorTime]:
+        return self.ops[:count]
+
+
 class Measurement(_Model):
     import_s: float = Field(description="Runtime import time (s): median over repetitions.")
     load_s: float = Field(description="Load and compile (cold start) time (s): median over repetitions.")
@@ -212,6 +251,9 @@ class Measurement(_Model):
         [], description="Memory per phase, each figure the median over repetitions; empty in older results."
     )
     throughput: list[Throughput] = Field([], description="The throughput pass, one entry per configuration.")
+    operator_profile: OperatorProfile | None = Field(
+        None, description="Per-operator profile, from the first repetition's process (None when profiling is off "
+        "or in older results).")
 
     @property
     def accuracy(self) -> float | None:
@@ -245,10 +287,11 @@ class LayerSensitivity(_Model):
 
     layer: str = Field(description="The layer's node name in the format quantized (ONNX node, OpenVINO op, TFLite tensor).")
     op_type: str
-    score: float = Field(description="What ``measure`` says: the metric with only this layer kept in float, or the "
-                         "quantization error the format's debugger reports for it.")
+    score: float = Field(description="What AccuracyControl.measure says; a higher score is a more sensitive layer.")
+    metric: float | None = Field(None, description="The evaluator's metric with only this layer kept in float; None "
+                                 "where the ranking ran no such model (a debugger's statistics).")
     gain: float | None = Field(None, description="Metric recovered by keeping only this layer in float "
-                               "(score − all-int8 metric); None where the score is not a metric.")
+                               "(metric − all-int8 metric).")
 
 
 class AccuracyTrial(_Model):
@@ -256,6 +299,7 @@ class AccuracyTrial(_Model):
 
     float_layers: int = Field(description="How many of the most sensitive layers it kept in float.")
     metric: float = Field(description="The evaluator's headline metric on the validation split.")
+    error: float | None = Field(None, description="Output error against fp32: Σ(out − ref)² / Σref².")
 
 
 class AccuracyControl(_Model):
@@ -263,7 +307,7 @@ class AccuracyControl(_Model):
     metric within ``max_drop`` of fp32. Judged on the calibration split, never on the evaluation split."""
 
     metric: str = Field(description="The evaluator's headline metric the budget applies to.")
-    max_drop: float
+    max_drop: float | None = Field(None, description="None: no budget, the layers were only ranked.")
     measure: str = Field(description="How layers were ranked, e.g. 'metric with only this layer in float'.")
     fp32: float = Field(description="The fp32 model's metric on the validation split.")
     all_int8: float = Field(description="The metric with every layer quantized.")

@@ -10,6 +10,7 @@ import importlib.util
 import platform
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,6 +103,16 @@ class Target(ABC):
         """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}
 
+    def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
+                runs: int) -> dict[str, Any]:
+        """Where the time of one inference goes, per op type, as a ``reports.schema.OperatorProfile`` dict.
+
+        Called once, after every timed phase, in the benchmark process: it loads its own session with the
+        runtime's profiler on (profiling changes how a session runs, so the measured session is never reused),
+        runs ``PROFILE_WARMUP`` untimed inferences, then ``runs`` profiled ones cycling through ``feeds``.
+        A runtime without a per-operator profiler says so in ``not_measured``."""
+        return {"source": self.runtime, "not_measured": f"edgecraft has no operator profiler for {self.runtime}"}
+
 
 def as_output(array: Any) -> np.ndarray:
     """A runtime's output as an owned numpy array, floats as float32 (fp16 models compare with fp32 ones)."""
@@ -112,3 +123,55 @@ def as_output(array: Any) -> np.ndarray:
 def image_like(shape: list | tuple | None, channels_axis: int) -> bool:
     """A 4-D shape whose ``channels_axis`` holds 1, 3 or 4 channels: read from a file as an image layout."""
     return bool(shape) and len(shape) == 4 and shape[channels_axis] in (1, 3, 4)
+
+
+# Untimed inferences before a profile's runs: first-inference costs (weight repacking, arena sizing) are no op's.
+PROFILE_WARMUP = 3
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One executed node of a profile: its op type, its time summed over the profiled runs (None where the runtime
+    cannot time it) and whether it computed in floating point."""
+
+    name: str
+    op_type: str
+    ms: float | None
+    floating: bool
+
+
+def summarize(source: str, nodes: Iterable[NodeTime], runs: int, *, quantized: bool, qdq_nodes: dict[str, int],
+              qdq_types: Iterable[str] = (), not_measured: str | None = None, notes: Iterable[str] = (),
+              total_ms: float | None = None) -> dict[str, Any]:
+    """An ``OperatorProfile`` dict from per-node records: per op type its node count (distinct node names), its
+    time per inference and share; the float op types of a quantized model (quantize / dequantize ops excluded)."""
+    per_type: dict[str, dict[str, Any]] = {}
+    floating: dict[str, set[str]] = {}
+    skip = set(qdq_types)
+    for node in nodes:
+        entry = per_type.setdefault(node.op_type, {"names": set(), "ms": None})
+        entry["names"].add(node.name)
+        if node.ms is not None:
+            entry["ms"] = (entry["ms"] or 0.0) + node.ms
+        if quantized and node.floating and node.op_type not in skip:
+            floating.setdefault(node.op_type, set()).add(node.name)
+    timed = runs > 0 and any(entry["ms"] is not None for entry in per_type.values())
+    summed = sum(entry["ms"] or 0.0 for entry in per_type.values()) / runs if timed else None
+    ops = [
+        {"op_type": op_type, "nodes": len(entry["names"]),
+         "ms": entry["ms"] / runs if timed and entry["ms"] is not None else None,
+         "share": (entry["ms"] or 0.0) / runs / summed if timed and summed else None}
+        for op_type, entry in per_type.items()
+    ]
+    ops.sort(key=lambda op: (-(op["ms"] or 0.0), -op["nodes"], op["op_type"]))
+    return {
+        "source": source,
+        "runs": runs if timed else 0,
+        "total_ms": summed if timed else total_ms,
+        "ops": ops,
+        "quantized": quantized,
+        "qdq_nodes": {name: count for name, count in sorted(qdq_nodes.items()) if count},
+        "float_ops": {op_type: len(names) for op_type, names in sorted(floating.items())},
+        "not_measured": not_measured,
+        "notes": list(notes),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from reports.schema import Signature, TensorSpec
-from targets.base import Target, as_output, image_like
+from targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
 from targets.feeds import Feeds
 from targets.registry import register
 
@@ -121,6 +122,27 @@ class LiteRt(Target):
             outputs=[_spec(name, detail, False) for name, detail in outputs.items()],
         )
 
+    def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
+                runs: int) -> dict[str, Any]:
+        """The file's op list with each op's operand types, and the mean inference time of ``runs`` invocations.
+
+        Per-op time is not measured: the Python Interpreter of ai-edge-litert (and tflite-runtime) exposes no op
+        profiler (``benchmark_model --enable_op_profiling`` is a C++ tool outside the wheel), and the default
+        XNNPACK delegate runs most of the graph as one delegate node."""
+        session = self.load(path, device, threads, options)
+        for i in range(PROFILE_WARMUP):
+            self.run(session, feeds[i % len(feeds)])
+        spent = 0.0
+        for i in range(runs):
+            start = time.perf_counter()
+            self.run(session, feeds[i % len(feeds)])
+            spent += time.perf_counter() - start
+        from importlib import metadata
+
+        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
+        return op_list_profile(session.interpreter._get_ops_details(), runs, 1e3 * spent / max(runs, 1),
+                               f"{package} {metadata.version(package)}")
+
     def describe(self, session: LiteRtSession) -> dict[str, Any]:
         from importlib import metadata
 
@@ -176,3 +198,28 @@ def _dequantize(data: np.ndarray, detail: dict) -> np.ndarray:
     if np.dtype(detail["dtype"]).kind == "f" or not scale:
         return as_output(data)
     return ((data.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+_QDQ_OPS = ("QUANTIZE", "DEQUANTIZE")
+_INTEGER_KINDS = ("int8", "uint8", "int16")
+
+
+def op_list_profile(ops: list[dict], runs: int, mean_ms: float, interpreter: str) -> dict[str, Any]:
+    """An ``OperatorProfile`` dict from the interpreter's op list (``_get_ops_details()``: ``op_name`` and
+    ``operand_types`` per op): op types counted, no per-op time; an op ran in float when its first operand is a
+    float tensor. The XNNPACK delegate's own node (``DELEGATE``) is noted, not counted as an op."""
+    nodes, delegates, integer = [], 0, False
+    for op in ops:
+        kinds = [np.dtype(kind).name for kind in op.get("operand_types", [])]
+        if op["op_name"] == "DELEGATE":
+            delegates += 1
+            continue
+        integer |= op["op_name"] in _QDQ_OPS or bool(kinds and kinds[0] in _INTEGER_KINDS)
+        nodes.append(NodeTime(str(op["index"]), op["op_name"], None, bool(kinds) and kinds[0].startswith("float")))
+    qdq = {name: sum(node.op_type == name for node in nodes) for name in _QDQ_OPS}
+    notes = [f"{interpreter}: {delegates} XNNPACK delegate node(s) ran part or all of the graph"] if delegates else \
+        [f"{interpreter}: no delegate, the builtin kernels ran every op"]
+    return summarize("litert op list", nodes, 0, quantized=integer, qdq_nodes=qdq, qdq_types=_QDQ_OPS,
+                     not_measured=f"per-op time not measured: {interpreter}'s Python Interpreter has no op profiler "
+                     "(only the C++ benchmark_model tool has --enable_op_profiling); op counts and types are the "
+                     "file's, the time is the whole inference", notes=notes, total_ms=mean_ms)

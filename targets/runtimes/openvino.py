@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from reports.schema import Signature, TensorSpec
-from targets.base import Target, as_output, image_like
+from targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
 from targets.feeds import Feeds
 from targets.registry import register
 
@@ -69,9 +69,16 @@ class OpenVino(Target):
         return [runnable, runnable.with_suffix(".bin")]
 
     def load(self, path: Path, device: str, threads: int, options: OpenVinoOptions) -> OpenVinoSession:
+        return self._compile(path, device, threads, options)
+
+    def _compile(self, path: Path, device: str, threads: int, options: OpenVinoOptions,
+                 perf_count: bool = False) -> OpenVinoSession:
+        """The compiled model as the benchmark measures it; with ``perf_count``, with performance counters on."""
         import openvino
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if perf_count:
+            config["PERF_COUNT"] = True
         if PLUGINS[device] == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         if options.inference_precision != "plugin-default":
@@ -92,6 +99,24 @@ class OpenVino(Target):
         return {output.get_any_name(): as_output(session.request.get_tensor(output).data)
                 for output in session.compiled.outputs}
 
+    def profile(self, path: Path, device: str, threads: int, options: OpenVinoOptions, feeds: list[Feeds],
+                runs: int) -> dict[str, Any]:
+        """OpenVINO's performance counters (``PERF_COUNT``) on a model compiled for them: each executed node's
+        real time, read after every profiled inference (the counters hold the last one only), and its exec type,
+        whose suffix is the precision it computed in (``brgconv_avx512_1x1_I8``, ``jit_avx2_f32``)."""
+        import openvino
+
+        session = self._compile(path, device, threads, options, perf_count=True)
+        for i in range(PROFILE_WARMUP):
+            self.run(session, feeds[i % len(feeds)])
+        counters = []
+        for i in range(runs):
+            self.run(session, feeds[i % len(feeds)])
+            counters.append(session.request.get_profiling_info())
+        ops = [op.get_type_name() for op in openvino.Core().read_model(str(path)).get_ordered_ops()]
+        return parse_counters(counters, fake_quantize=ops.count("FakeQuantize"),
+                              precision=session.compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+
     def signature(self, path: Path) -> Signature:
         import openvino
 
@@ -110,6 +135,32 @@ class OpenVino(Target):
             "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
             "streams": compiled.get_property("NUM_STREAMS"),
         }
+
+
+_INTEGER = ("i8", "u8", "i4", "u4", "int8", "uint8")
+_FLOAT = ("f32", "fp32", "bf16", "f16", "fp16")
+
+
+def exec_precision(exec_type: str) -> str | None:
+    """The precision a CPU-plugin exec type names in its last part (``jit_avx2_1x1_I8`` → i8), else None."""
+    last = exec_type.rsplit("_", 1)[-1].lower()
+    return last if last in _INTEGER or last in _FLOAT else None
+
+
+def parse_counters(counters: list[list[Any]], fake_quantize: int, precision: str = "") -> dict[str, Any]:
+    """An ``OperatorProfile`` dict from one ``get_profiling_info()`` list per profiled inference (items with
+    ``node_name``, ``node_type``, ``exec_type``, ``real_time``, ``status``); executed nodes only."""
+    nodes, integer = [], False
+    for infos in counters:
+        for info in infos:
+            if info.status != info.Status.EXECUTED:
+                continue
+            kind = exec_precision(info.exec_type)
+            integer |= kind in _INTEGER
+            nodes.append(NodeTime(info.node_name, info.node_type, info.real_time.total_seconds() * 1e3, kind in _FLOAT))
+    notes = [f"inference precision {precision}"] if precision else []
+    return summarize("openvino performance counters", nodes, len(counters), quantized=integer or fake_quantize > 0,
+                     qdq_nodes={"FakeQuantize": fake_quantize}, qdq_types=("FakeQuantize",), notes=notes)
 
 
 def _spec(port: Any) -> TensorSpec:
