@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reports.schema import LatencyStats, PassRecord, ResultRow, RunResults, Throughput
+from reports.schema import LatencyStats, OperatorProfile, PassRecord, ResultRow, RunResults, Throughput
 from reports.settings import ReportSettings
 
 FLOAT_SLACK = 1e-9  # 0.98 - 0.97 is 0.010000000000000009 in floats: that drop is still within a 0.01 budget
+# A quantized row below this speed-up over its fp32 row gets an operator panel: int8 that is slower, or barely
+# faster, than fp32 is rarely worth its accuracy cost, and the profile says which op types ate the gain.
+BARELY_FASTER = 1.2
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,48 @@ class RowFacts:
     cost_per_million: float | None
     on_front: bool
     throughput: list[ThroughputFacts] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OpChange:
+    """One op type's time per inference in a quantized row and in its fp32 row (0 where absent)."""
+
+    op_type: str
+    ms: float
+    fp32_ms: float
+    share: float  # of the quantized row's summed op time
+    nodes: int
+    fp32_nodes: int
+
+    @property
+    def delta_ms(self) -> float:
+        return self.ms - self.fp32_ms
+
+
+@dataclass(frozen=True)
+class OperatorGap:
+    """Why a quantized row is slower than fp32, or barely faster: per op type, the profiled time of the row
+    against its fp32 row on the same target. ``grown`` are the op types that account for the difference (their
+    time grew, or they only exist in the quantized graph), the most first; ``shrunk`` those that got faster.
+    ``not_measured`` says why there is no per-op comparison (a runtime without per-op time, no fp32 profile)."""
+
+    fact: "RowFacts"
+    profile: OperatorProfile
+    fp32_profile: OperatorProfile | None
+    grown: list[OpChange]
+    shrunk: list[OpChange]
+    not_measured: str | None
+
+    @property
+    def delta_ms(self) -> float | None:
+        if self.fp32_profile is None or self.fp32_profile.total_ms is None or self.profile.total_ms is None:
+            return None
+        return self.profile.total_ms - self.fp32_profile.total_ms
+
+    @property
+    def grown_share(self) -> float:
+        """The quantized row's share of op time held by the op types whose time grew."""
+        return sum(change.share for change in self.grown)
 
 
 @dataclass(frozen=True)
@@ -78,6 +123,7 @@ class Analysis:
     best_speedup: RowFacts | None
     best_size_reduction: RowFacts | None
     baseline_variants: list[str]
+    operator_gaps: list[OperatorGap] = field(default_factory=list)
 
 
 def cis_overlap(a: LatencyStats, b: LatencyStats) -> bool:
@@ -205,6 +251,41 @@ def _pass_facts(results: RunResults) -> list[PassFacts]:
     return facts
 
 
+def op_changes(profile: OperatorProfile, fp32: OperatorProfile) -> list[OpChange]:
+    """Every op type of either timed profile with its time in both, the largest growth first."""
+    mine = {op.op_type: op for op in profile.ops}
+    theirs = {op.op_type: op for op in fp32.ops}
+    changes = [
+        OpChange(op_type=name,
+                 ms=mine[name].ms or 0.0 if name in mine else 0.0,
+                 fp32_ms=theirs[name].ms or 0.0 if name in theirs else 0.0,
+                 share=mine[name].share or 0.0 if name in mine else 0.0,
+                 nodes=mine[name].nodes if name in mine else 0,
+                 fp32_nodes=theirs[name].nodes if name in theirs else 0)
+        for name in dict.fromkeys([*mine, *theirs])
+    ]
+    return sorted(changes, key=lambda change: (-change.delta_ms, change.op_type))
+
+
+def operator_gap(fact: RowFacts) -> OperatorGap | None:
+    """The operator panel of a quantized row that is slower than its fp32 row, or faster by less than
+    ``BARELY_FASTER``; None for any other row."""
+    m = fact.row.measurement
+    profile = m.operator_profile if m else None
+    if profile is None or not profile.quantized or fact.speedup is None or fact.speedup >= BARELY_FASTER:
+        return None
+    fp32 = fact.baseline.measurement.operator_profile if fact.baseline and fact.baseline.measurement else None
+    if fp32 is None:
+        reason = f"the fp32 row ({fact.baseline.variant}) has no operator profile" if fact.baseline else "no fp32 row"
+    elif not profile.timed or not fp32.timed:
+        reason = (profile.not_measured if not profile.timed else fp32.not_measured) or "per-op time not measured"
+    else:
+        changes = op_changes(profile, fp32)
+        return OperatorGap(fact, profile, fp32, [c for c in changes if c.delta_ms > 0],
+                           sorted((c for c in changes if c.delta_ms < 0), key=lambda c: c.delta_ms), None)
+    return OperatorGap(fact, profile, fp32, [], [], reason)
+
+
 def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
     facts = _row_facts(results, settings)
     budget = [f for f in facts if f.within_budget]
@@ -219,4 +300,5 @@ def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
         best_speedup=max(faster, key=lambda f: f.speedup, default=None),
         best_size_reduction=max(smaller, key=lambda f: f.size_reduction, default=None),
         baseline_variants=baseline_variants(results),
+        operator_gaps=[gap for fact in facts if (gap := operator_gap(fact)) is not None],
     )

@@ -15,6 +15,13 @@ def _measured(read: Callable[[Any], Any]) -> Callable[[RowFacts], Any]:
     return lambda fact: read(fact.row.measurement) if fact.row.measurement else None
 
 
+def _profiled(read: Callable[[Any], Any]) -> Callable[[RowFacts], Any]:
+    def cell(fact: RowFacts) -> Any:
+        m = fact.row.measurement
+        return read(m.operator_profile) if m and m.operator_profile else None
+    return cell
+
+
 COLUMNS: list[tuple[str, Callable[[RowFacts], Any]]] = [
     ("model", lambda f: f.row.model),
     ("variant", lambda f: f.row.variant),
@@ -53,6 +60,10 @@ COLUMNS: list[tuple[str, Callable[[RowFacts], Any]]] = [
     ("max_abs_diff_vs_fp32", _measured(lambda m: m.fidelity.max_abs_diff)),
     ("cost_per_1m_predictions", lambda f: f.cost_per_million),
     ("pareto_front", lambda f: f.on_front),
+    ("top_op_types", _profiled(lambda p: ";".join(f"{op.op_type}:{op.share:.4f}" if op.share is not None
+                                                   else f"{op.op_type}:x{op.nodes}" for op in p.top(5)))),
+    ("qdq_nodes", _profiled(lambda p: sum(p.qdq_nodes.values()))),
+    ("float_ops_in_quantized_model", _profiled(lambda p: ";".join(f"{k}:{v}" for k, v in sorted(p.float_ops.items())))),
     ("sha256", lambda f: f.row.sha256),
 ]
 

@@ -33,6 +33,21 @@ def _pts(value: float | None) -> str:
     return DASH if value is None else f"{round(100 * value, 2) + 0.0:+.2f} pt".replace("-", "−")  # no "−0.00"
 
 
+def _top_ops(profile: Any, count: int = 3) -> str:
+    """An operator profile's top op types, compactly: 'Conv 50 % · QuantizeLinear 22 %' (or node counts,
+    'CONV_2D ×12', where per-op time is not measured)."""
+    if profile is None:
+        return DASH
+    parts = [f"{op.op_type} {100 * op.share:.0f} %" if op.share is not None else f"{op.op_type} ×{op.nodes}"
+             for op in profile.top(count)]
+    return " · ".join(parts) or (profile.not_measured or DASH)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """{'Conv': 12, 'Mul': 13} → 'Conv ×12, Mul ×13'."""
+    return ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items())) or DASH
+
+
 def _change(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:+.1f} %".replace("-", "−")
 
@@ -55,6 +70,8 @@ def _environment() -> Environment:
         times=lambda value: _fmt(value, ".2f", "×"),
         kb=lambda size: _fmt(None if size is None else size / 1024, ",.1f"),
         compact_json=lambda value: json.dumps(value, separators=(", ", ": ")),
+        top_ops=_top_ops,
+        counts=_counts,
         figures=lambda metrics: ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())),
     )
     return env
