@@ -5,6 +5,9 @@ different shapes (which converters may reorder), PReLU (per-channel slopes, so a
 flatten after an NCHW trunk (so a wrong NHWC ↔ NCHW transposition shows) and a softmax head.
 ``write_native_tflite`` writes a .tflite built with TensorFlow itself (not via ONNX or edgecraft), with a
 signature whose input and output names are known, as a user would bring one.
+``mobilenet_v3_small_like`` is a MobileNetV3-Small-shaped image classifier with random weights at 224×224
+(hard-swish, squeeze-excite, depthwise convolutions): the shape on which ONNX Runtime's static int8 can run
+slower than fp32, for the operator profile.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ THREE_HEAD_SHAPE = (3, 48, 48)
 NATIVE_TFLITE_INPUT = "image"
 NATIVE_TFLITE_OUTPUTS = {"boxes": (8, 4), "scores": (8,)}  # per-sample shapes
 NATIVE_TFLITE_SHAPE = (64, 64, 3)  # NHWC, batch dimension dynamic in the signature
+
+MOBILENET_V3_SHAPE = (3, 224, 224)
 
 
 class ThreeHeadFaceNet(nn.Module):
@@ -144,3 +149,104 @@ def write_native_tflite(path: Path, seed: int = 0, int8: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(converter.convert())
     return path
+
+
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-excite: global average → 1×1 reduce → ReLU → 1×1 expand → hard-sigmoid → scale."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * nn.functional.hardsigmoid(self.expand(nn.functional.relu(self.reduce(scale))))
+
+
+class _InvertedResidual(nn.Module):
+    """Expand 1×1 → depthwise k×k (stride s) → optional squeeze-excite → project 1×1, each with batch norm;
+    a skip connection where the shape allows it."""
+
+    def __init__(self, cin: int, expand: int, cout: int, kernel: int, stride: int, se: bool, hswish: bool) -> None:
+        super().__init__()
+        act = nn.Hardswish if hswish else nn.ReLU
+        layers: list[nn.Module] = []
+        if expand != cin:
+            layers += [nn.Conv2d(cin, expand, 1, bias=False), nn.BatchNorm2d(expand), act()]
+        layers += [nn.Conv2d(expand, expand, kernel, stride, kernel // 2, groups=expand, bias=False),
+                   nn.BatchNorm2d(expand), act()]
+        if se:
+            layers.append(_SqueezeExcite(expand, max(8, expand // 4)))
+        layers += [nn.Conv2d(expand, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.skip else y
+
+
+class MobileNetV3SmallLike(nn.Module):
+    """A reduced MobileNetV3-Small: 3×224×224 → 16 (stride 2, hard-swish) → six inverted-residual blocks (the
+    real net's first six, with its kernels, strides, squeeze-excite and activations) → 1×1 conv 288 → global
+    average → 128 hard-swish → ``classes`` logits. Random (He) weights and batch-norm statistics, seeded."""
+
+    # (expand, out, kernel, stride, squeeze-excite, hard-swish), as in the paper's table 2
+    BLOCKS = [(16, 16, 3, 2, True, False), (72, 24, 3, 2, False, False), (88, 24, 3, 1, False, False),
+              (96, 40, 5, 2, True, True), (240, 40, 5, 1, True, True), (120, 48, 5, 1, True, True)]
+
+    def __init__(self, classes: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+        channels = 16
+        for expand, out, kernel, stride, se, hswish in self.BLOCKS:
+            layers.append(_InvertedResidual(channels, expand, out, kernel, stride, se, hswish))
+            channels = out
+        layers += [nn.Conv2d(channels, 288, 1, bias=False), nn.BatchNorm2d(288), nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(288, 128), nn.Hardswish(), nn.Linear(128, classes))
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(module.weight, generator=generator)
+                    if module.bias is not None:
+                        nn.init.uniform_(module.bias, -0.1, 0.1, generator=generator)
+                elif isinstance(module, nn.BatchNorm2d):
+                    # Statistics as after training, so that folding them into the convolutions is not a no-op.
+                    module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                    module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                    module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                    module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = nn.functional.adaptive_avg_pool2d(self.features(image), 1)
+        return self.head(torch.flatten(features, 1))
+
+
+def mobilenet_v3_small_like(seed: int = 0) -> MobileNetV3SmallLike:
+    """A model factory for recipes (``factory: tests.fixtures_models:mobilenet_v3_small_like``): seeded, eval mode."""
+    return MobileNetV3SmallLike(seed=seed).eval()
+
+
+def mobilenet_v3_dataset(n: int = 48, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Random crops of scikit-learn's two bundled photos at 224×224, ImageNet-normalised: ``({"image": float32
+    [n, 3, 224, 224]}, targets int64 [n])``, target 0 for china.jpg and 1 for flower.jpg (alternating)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    images = np.empty((n, *MOBILENET_V3_SHAPE), dtype=np.float32)
+    targets = np.arange(n, dtype=np.int64) % 2
+    for i, label in enumerate(targets):
+        photo = photos[label]
+        height, width = photo.shape[:2]
+        size = int(rng.integers(224, min(height, width) + 1))
+        top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+        crop = Image.fromarray(photo[top : top + size, left : left + size]).resize((224, 224), Image.BILINEAR)
+        images[i] = (np.transpose(np.asarray(crop, dtype=np.float32), (2, 0, 1)) / 255.0 - mean) / std
+    return {"image": images}, targets
