@@ -5,6 +5,7 @@ of bounds. Run from the repository root, pinned to a quiet CPU (``taskset -c 1``
     python -m benchmarks.crosscheck cv              # CV of the headline median over five repeated benches
     python -m benchmarks.crosscheck overhead        # harness median / bare session.run (or infer()) loop median
     python -m benchmarks.crosscheck memory          # our model memory + runtime import / a bare process's peak
+    python -m benchmarks.crosscheck profiling       # harness median with the operator profile on / off
 
 The models are the built-in reference variants (``benchmarks.reference``), built on first use.
 """
@@ -152,6 +153,34 @@ def overhead(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def profiling(args: argparse.Namespace) -> int:
+    """The operator profile runs after the timed phases, on a session of its own: the harness's median with it on
+    and off, in alternating benches of each variant, must agree within 5 % (median of the per-round ratios)."""
+    references = build(args.model, args.folder, args.variants)
+    base = profile_settings("default", repetitions=1, threads=args.threads, measure_s=args.seconds,
+                            max_s=args.seconds * 2, throughput_s=0.1, batch_sizes=[1])
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, reference in references.items():
+            ratios, on, off = [], [], []
+            for round_ in range(args.rounds):
+                for enabled, into in ((True, on), (False, off)) if round_ % 2 == 0 else ((False, off), (True, on)):
+                    settings = base.model_copy(update={"operator_profile": enabled})
+                    measured = measure(_job(reference, Path(tmp) / f"{name}-{round_}-{enabled}"), settings)
+                    assert (measured.operator_profile is not None) == enabled
+                    into.append(measured.latency_ms.p50)
+                ratios.append(on[-1] / off[-1])
+                print(f"  {name} round {round_ + 1}: profile on {on[-1]:.4f} ms, off {off[-1]:.4f} ms, "
+                      f"ratio {ratios[-1]:.3f}")
+            ratio = float(np.median(ratios))
+            ok = abs(ratio - 1) <= 0.05
+            failed |= not ok
+            print(f"{args.model} {name}: median p50 with the operator profile {np.median(on):.4f} ms, without "
+                  f"{np.median(off):.4f} ms over {args.rounds} alternating rounds; median ratio on / off = {ratio:.3f} "
+                  f"({'ok' if ok else 'OUTSIDE'} ±5 %)")
+    return 1 if failed else 0
+
+
 # A bare process per runtime: numpy, then the runtime, one model, N runs on one zero input of the model's own
 # shape, and VmHWM read before the runtime import and at the end. Only the runtime's plain API, none of ours.
 _BARE = {
@@ -250,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     resident = checks.add_parser("memory", help="our model memory + runtime import vs a bare process's peak")
     resident.add_argument("--runs", type=int, default=200, help="inferences in the bare process")
     resident.set_defaults(handler=memory)
+    profiled = checks.add_parser("profiling", help="harness median with the operator profile on vs off")
+    profiled.add_argument("--variants", nargs="+", default=["onnx-int8", "ov-int8"],
+                          choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"))
+    profiled.add_argument("--seconds", type=float, default=1.0, help="timed seconds per bench")
+    profiled.add_argument("--rounds", type=int, default=6, help="alternating rounds (on, off / off, on)")
+    profiled.set_defaults(handler=profiling)
     args = parser.parse_args(argv)
     return args.handler(args)
 
