@@ -6,11 +6,14 @@ which hand-written quantization could not match.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
 from compress.cpu import int8_saturates
 from compress.registry import register
@@ -67,8 +70,9 @@ class OpenVinoConversion(Pass):
         return PassOutcome(Artifact("openvino", artifact.signature, path=path), {"compress_to_fp16": config.compress_to_fp16})
 
 
-class NncfQuantizationConfig(PassConfig):
-    """Calibrated int8 for OpenVINO with ``nncf.quantize``."""
+class NncfQuantizationConfig(AccuracyAwareOptions):
+    """Calibrated int8 for OpenVINO with ``nncf.quantize``; with ``max_drop``, the most sensitive operations stay
+    in float (NNCF's ``ignored_scope``) until the metric is within budget."""
 
     type: Literal["quantize.nncf"] = "quantize.nncf"
     calibration_samples: int = Field(300, gt=0, description="NNCF's subset_size: calibration inputs observed.")
@@ -112,25 +116,123 @@ class NncfQuantization(Pass):
         return {"overflow_fix": config.overflow()}
 
     def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
+        samples = context.calibration.head(config.calibration_samples).samples()
+        fmt = OpenVinoInt8(artifact, samples, config)
+        path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
+        output = context.work_dir / "model.xml"
+        for source, target in ((path, output), (path.with_suffix(".bin"), output.with_suffix(".bin"))):
+            shutil.copyfile(source, target)
+        details = {"calibration_samples": len(samples), "preset": config.preset,
+                   "fast_bias_correction": config.fast_bias_correction, "model_type": config.model_type,
+                   "overflow_fix": config.overflow()}
+        if control:
+            details["accuracy_control"] = control
+        return PassOutcome(Artifact("openvino", artifact.signature, path=output), details)
+
+
+class OpenVinoInt8(Int8Format):
+    """``nncf.quantize`` with ``ignored_scope`` for the operations kept in float.
+
+    NNCF's own ``quantize_with_accuracy_control`` does this search for OpenVINO alone; the shared search gives
+    the same budget, ranking and record on all three runtimes. Ranking re-quantizes nothing: one operation of the
+    int8 model gets its activation FakeQuantize inputs bypassed and its fp32 weights back, so the CPU plugin runs
+    it in float with the calibration of every other operation unchanged."""
+
+    target = "openvino"
+
+    def __init__(self, artifact: Artifact, samples: list[dict], config: NncfQuantizationConfig) -> None:
+        self.artifact = artifact
+        self.samples = samples
+        self.config = config
+        self._float_ops: dict[str, Any] | None = None
+        self._quantized: tuple[Path, Any] | None = None
+
+    def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
         import nncf
         from nncf.quantization.advanced_parameters import (
             AdvancedQuantizationParameters,
             OverflowFix,
         )
 
-        samples = context.calibration.head(config.calibration_samples).samples()
+        nncf.set_log_level(logging.WARNING)  # it logs every quantizer it leaves out at INFO
+        config = self.config
         quantized = nncf.quantize(
-            _read(artifact),
-            nncf.Dataset(samples),
-            subset_size=len(samples),
+            _read(self.artifact),
+            nncf.Dataset(self.samples),
+            subset_size=len(self.samples),
             preset=nncf.QuantizationPreset(config.preset),
             fast_bias_correction=config.fast_bias_correction,
             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(config.overflow())),
+            ignored_scope=nncf.IgnoredScope(names=float_layers),
             **({"model_type": nncf.ModelType.TRANSFORMER} if config.model_type == "transformer" else {}),
         )
-        path = _save(quantized, context.work_dir / "model.xml", compress_to_fp16=False)
-        return PassOutcome(
-            Artifact("openvino", artifact.signature, path=path),
-            {"calibration_samples": len(samples), "preset": config.preset, "fast_bias_correction": config.fast_bias_correction,
-             "model_type": config.model_type, "overflow_fix": config.overflow()},
-        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _save(quantized, out_dir / "model.xml", compress_to_fp16=False)
+
+    def layers(self, quantized: Path) -> list[Layer]:
+        """Every operation that reads a FakeQuantize output or int8 weights: the plugin runs it in int8."""
+        return [Layer(op.get_friendly_name(), op.get_type_name()) for op in self._model(quantized).get_ordered_ops()
+                if op.get_type_name() not in _NOT_LAYERS
+                and any(_fake_quantize_above(i) or _is_int8_weight(i) for i in op.inputs())]
+
+    def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
+        import openvino
+
+        model = self._model(quantized).clone()
+        op = next(op for op in model.get_ordered_ops() if op.get_friendly_name() == layer.name)
+        original = self._float_op(layer.name)
+        for index, port in enumerate(op.inputs()):
+            above = _fake_quantize_above(port)
+            if above:  # an activation: read it before it was quantized
+                reader, fake_quantize = above
+                reader.replace_source_output(fake_quantize.input_value(0))
+            elif original is not None and index < original.get_input_size():
+                weight = original.input_value(index).get_node()
+                if weight.get_type_name() == "Constant":  # the fp32 model's weights instead of the int8 ones
+                    port.replace_source_output(openvino.op.Constant(weight.get_data()).output(0))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _save(model, out_dir / "model.xml", compress_to_fp16=False)
+
+    def _model(self, quantized: Path) -> Any:
+        import openvino
+
+        if self._quantized is None or self._quantized[0] != quantized:
+            self._quantized = (quantized, openvino.Core().read_model(str(quantized)))
+        return self._quantized[1]
+
+    def _float_op(self, name: str) -> Any:
+        if self._float_ops is None:
+            self._float_ops = {op.get_friendly_name(): op for op in _read(self.artifact).get_ordered_ops()}
+        return self._float_ops.get(name)
+
+
+# Operations that only move data: NNCF quantizes the operation that reads them (e.g. the MatMul after a Reshape)
+# and ignoring them changes nothing, so they are not layers, and a layer's FakeQuantize may sit above them.
+_MOVES_DATA = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "StridedSlice", "Gather", "Split",
+               "VariadicSplit", "Concat")
+_NOT_LAYERS = ("FakeQuantize", "Convert", "Subtract", "Multiply", *_MOVES_DATA)
+
+
+def _fake_quantize_above(port: Any) -> tuple[Any, Any] | None:
+    """The FakeQuantize this input reads, through operations that only move data, and the input port that reads
+    it; None when the input is not quantized."""
+    while True:
+        node = port.get_source_output().get_node()
+        if node.get_type_name() == "FakeQuantize":
+            return port, node
+        if node.get_type_name() not in _MOVES_DATA:
+            return None
+        port = node.input(0)
+
+
+def _is_int8_weight(port: Any) -> bool:
+    """An input fed by NNCF's compressed weights: an 8-bit Constant → Convert → (Subtract) → Multiply chain."""
+    node = port.get_source_output().get_node()
+    pending = [node] if node.get_type_name() == "Multiply" else []
+    while pending:
+        node = pending.pop()
+        if node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4"):
+            return True
+        if node.get_type_name() in ("Multiply", "Subtract", "Convert"):
+            pending += [value.get_node() for value in node.input_values()]
+    return False

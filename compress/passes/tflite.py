@@ -10,15 +10,17 @@ model's own input and output names and which inputs were transposed, for the Lit
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Judgement, Layer, LayerScore, search
 from compress.base import Artifact, Dataset, Pass, PassConfig, PassContext, PassOutcome
 from compress.qdq import without_qdq
 from compress.registry import register
@@ -132,7 +134,7 @@ def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: 
     return folder
 
 
-class TfliteConversionConfig(PassConfig):
+class TfliteConversionConfig(AccuracyAwareOptions):
     """What the TFLite file holds; every option runs on LiteRT's CPU (XNNPACK) kernels."""
 
     type: Literal["convert.tflite"] = "convert.tflite"
@@ -143,6 +145,14 @@ class TfliteConversionConfig(PassConfig):
     )
     int8_io: bool = Field(False, description="With 'int8': int8 model inputs and outputs (for integer-only devices).")
     calibration_samples: int = Field(200, gt=0)
+
+    @model_validator(mode="after")
+    def _accuracy_options_need_int8(self) -> "TfliteConversionConfig":
+        if self.accuracy_aware() and self.quantization != "int8":
+            raise ValueError("max_drop, sensitivity and first_last_float apply to quantization: int8 only")
+        if self.accuracy_aware() and self.int8_io:
+            raise ValueError("max_drop, sensitivity and first_last_float keep layers in float: not with int8_io")
+        return self
 
 
 @register
@@ -157,8 +167,6 @@ class TfliteConversion(Pass):
         return config.quantization == "none"
 
     def apply(self, artifact: Artifact, config: TfliteConversionConfig, context: PassContext) -> PassOutcome:
-        import tensorflow as tf
-
         signature = artifact.signature
         source = artifact.path
         removed = without_qdq(source, context.work_dir / "float-weights.onnx")
@@ -174,22 +182,14 @@ class TfliteConversion(Pass):
         if static:
             converted = context.work_dir / "fixed-shapes.onnx"
         folder = saved_model(converted, calibration, context.cache_dir or context.work_dir)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
-        if config.quantization != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if config.quantization == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        if config.quantization == "int8":
-            count = len(next(iter(calibration.values())))
-            converter.representative_dataset = lambda: (
-                {name: array[i : i + 1] for name, array in calibration.items()} for i in range(count)
-            )
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if config.int8_io:
-                converter.inference_input_type = tf.int8
-                converter.inference_output_type = tf.int8
+        fmt = TfliteInt8(folder, calibration, config, names, _nchw_inputs(signature))
         output = context.work_dir / "model.tflite"
-        output.write_bytes(converter.convert())
+        control = None
+        if config.quantization == "int8" and config.accuracy_aware():
+            path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
+            shutil.copyfile(path, output)
+        else:
+            output.write_bytes(fmt.converter().convert())
         write_io_note(output, names, _nchw_inputs(signature))
         check_outputs(output, signature)
         details = {"quantization": config.quantization, "int8_io": config.int8_io}
@@ -199,8 +199,111 @@ class TfliteConversion(Pass):
             details["qdq_nodes_removed"] = removed
             details["note"] = "QDQ input: weights kept as trained, activations re-calibrated by the TFLite converter"
         if config.quantization == "int8":
-            details["calibration_samples"] = count
+            details["calibration_samples"] = len(next(iter(calibration.values())))
+        if control:
+            details["accuracy_control"] = control
         return PassOutcome(Artifact("tflite", signature, path=output), details)
+
+
+class TfliteInt8(Int8Format):
+    """The TFLite converter's full-integer quantization, with layers kept in float through the
+    QuantizationDebugger's deny-list (TFLite's documented selective quantization).
+
+    The debugger calibrates once and re-quantizes from that calibration for each deny-list. Ranking runs no model
+    per layer (a conversion each would take minutes on a real network): it uses the debugger's own per-layer
+    statistics, the root-mean-square error of each quantized op's output against its float output divided by
+    the output's quantization scale, the measure TensorFlow's guide ranks layers by."""
+
+    target = "litert"
+    measure = ("RMSE of the layer's int8 output against float, in units of its quantization scale (TFLite "
+               "QuantizationDebugger, on the calibration split)")
+
+    def __init__(self, folder: Path, calibration: dict[str, np.ndarray], config: TfliteConversionConfig,
+                 names: dict[str, str], nchw_inputs: list[str]) -> None:
+        self.folder = folder
+        self.calibration = calibration
+        self.config = config
+        self.names = names
+        self.nchw_inputs = nchw_inputs
+        self._debugger: Any = None
+        self._rows: list[dict[str, str]] | None = None
+
+    def converter(self) -> Any:
+        """TensorFlow's converter for the SavedModel with the pass's quantization."""
+        import tensorflow as tf
+
+        config, calibration = self.config, self.calibration
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(self.folder))
+        if config.quantization != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if config.quantization == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        if config.quantization == "int8":
+            converter.representative_dataset = self._samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if config.int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        return converter
+
+    def _samples(self) -> Any:
+        count = len(next(iter(self.calibration.values())))
+        return ({name: array[i : i + 1] for name, array in self.calibration.items()} for i in range(count))
+
+    def _debugger_for(self) -> Any:
+        """The debugger, calibrated once; float ops allowed, so that deny-listed layers can stay float."""
+        import tensorflow as tf
+
+        if self._debugger is None:
+            converter = self.converter()
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            order = [detail["name"] for detail in tf.lite.Interpreter(
+                model_content=tf.lite.TFLiteConverter.from_saved_model(str(self.folder)).convert()).get_input_details()]
+            plain = [next(name for name in self.calibration if name in detail) for detail in order]
+            # The debugger feeds inputs as a list in the interpreter's order, not by name.
+            self._debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter,
+                debug_dataset=lambda: ([sample[name] for name in plain] for sample in self._samples()),
+            )
+        return self._debugger
+
+    def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
+        import tensorflow as tf
+
+        debugger = self._debugger_for()
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_layers or None)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        output = out_dir / "model.tflite"
+        output.write_bytes(debugger.get_nondebug_quantized_model())
+        write_io_note(output, self.names, self.nchw_inputs)
+        return output
+
+    def layers(self, quantized: Path) -> list[Layer]:
+        return [Layer(row["tensor_name"], row["op_name"]) for row in self._statistics()]
+
+    def rank(self, quantized: Path, layers: list[Layer], judge: Callable[[Path], Judgement], work_dir: Path,
+             progress: Callable[[int], None]) -> dict[str, LayerScore]:
+        scores = {}
+        for row in self._statistics():
+            scale = float(row["scale"])
+            rmse = float(np.sqrt(float(row["mean_squared_error"])))
+            scores[row["tensor_name"]] = LayerScore(rmse / scale if scale else 0.0)
+        progress(len(layers))
+        return {layer.name: scores[layer.name] for layer in layers}
+
+    def _statistics(self) -> list[dict[str, str]]:
+        """The debugger's per-layer statistics (one row per quantized op, in graph order), run once."""
+        import tensorflow as tf
+
+        if self._rows is None:
+            debugger = self._debugger_for()
+            debugger.options = tf.lite.experimental.QuantizationDebugOptions()
+            debugger.run()
+            text = io.StringIO()
+            debugger.layer_statistics_dump(text)
+            text.seek(0)
+            self._rows = list(csv.DictReader(text))
+        return self._rows
 
 
 def check_outputs(path: Path, signature: Signature) -> None:

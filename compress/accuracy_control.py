@@ -1,0 +1,266 @@
+"""Accuracy-aware int8: rank the quantized layers by how much each one costs, then keep the fewest most sensitive
+layers in float that bring the evaluator's metric within ``max_drop`` of fp32.
+
+This is NNCF's ``quantize_with_accuracy_control`` algorithm (rank, then revert the worst layers to float until
+the drop is within budget), written once for every format: NNCF offers it for OpenVINO and ONNX only, ONNX
+Runtime and TFLite have nothing like it, and one loop gives one meaning of the budget (the recipe's own
+evaluator), one sensitivity table and one record in the report for all three runtimes. What is per format (how
+to quantize with some layers left in float, how to rank the layers, how to run a model) is a ``Int8Format``
+that calls the format's own quantizer: ONNX Runtime's ``nodes_to_exclude``, NNCF's ``ignored_scope`` and the
+TFLite converter's deny-lists.
+
+Everything here is judged on the calibration split (``PassContext.validation``), never on the evaluation split
+that the report's accuracy comes from.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import Field
+
+from compress.base import PassConfig, Validation
+
+# Batches the validation split is run in: large enough to be quick, small enough for a 224×224 model's memory.
+_BATCH = 16
+# Runs of the quick in-pass latency estimate (batch 1, median): enough for a ratio, far from the benchmark.
+_TIMING_RUNS = 20
+# Metrics are fractions of a few hundred samples: 99/100 must meet a budget of 1.0 − 0.01.
+_EPSILON = 1e-9
+
+
+class AccuracyBudgetMissed(RuntimeError):
+    """No model within the search's limits kept the metric within ``max_drop``."""
+
+
+class AccuracyAwareOptions(PassConfig):
+    """The options every int8 pass shares for accuracy-aware quantization (its config subclasses this)."""
+
+    max_drop: float | None = Field(
+        None, ge=0, le=1,
+        description="Accuracy budget: keep the most sensitive layers in float until the evaluator's metric on the "
+        "calibration split is at most this far below fp32 (0.01: one point of top-1). None: quantize every layer.",
+    )
+    sensitivity: bool = Field(
+        False, description="Rank every layer's sensitivity even when the budget is met (or no budget is set), for "
+        "the report's sensitivity panel.",
+    )
+    max_trials: int = Field(12, gt=0, description="Quantized models the accuracy-aware search tries at most.")
+    def accuracy_aware(self) -> bool:
+        """Whether any of these options asks for more than plain int8."""
+        return self.max_drop is not None or self.sensitivity or self.first_last_float
+
+    first_last_float: bool = Field(
+        False, description="Keep the first and the last quantized layer in float (the input stem and the "
+        "classifier, often the most sensitive), whatever the budget.",
+    )
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op_type: str
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    """A layer's sensitivity from a format's own debugger (no model with the layer in float was run)."""
+
+    score: float
+    metric: None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A model's evaluator metric and its output error against fp32 (Σ(out − ref)² / Σref² over every float
+    output): the metric moves in steps of one sample, the error continuously, so layers rank by the error."""
+
+    metric: float
+    error: float
+
+
+def output_error(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    noise = signal = 0.0
+    for name, expected in reference.items():
+        if expected.dtype.kind != "f":
+            continue
+        expected = expected.astype(np.float64)
+        noise += float(((outputs[name].astype(np.float64) - expected) ** 2).sum())
+        signal += float((expected**2).sum())
+    return noise / signal if signal else noise
+
+
+class Int8Format(ABC):
+    """One format's hooks for the search: its quantizer with layers left in float, its layers, and the target that
+    runs it (models run through the same ``targets`` code as the benchmark)."""
+
+    target: str
+    # How ``rank`` scores a layer, in words, for the report (a higher score: a more sensitive layer).
+    measure: str = ("share of the int8 model's output error (relative L2², against fp32) removed by keeping only "
+                    "this layer in float")
+
+    @abstractmethod
+    def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
+        """The model quantized by the format's own quantizer, with ``float_layers`` left in float."""
+
+    @abstractmethod
+    def layers(self, quantized: Path) -> list[Layer]:
+        """The layers of an all-int8 model that run quantized (candidates to keep in float)."""
+
+    def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
+        """``quantized`` with only ``layer`` computed in float (same calibration), for ranking."""
+        raise NotImplementedError
+
+    def rank(self, quantized: Path, layers: list[Layer], judge: Callable[[Path], "Judgement"], work_dir: Path,
+             progress: Callable[[int], None]) -> dict[str, "Judgement"]:
+        """Each layer judged with only that layer in float in ``quantized``."""
+        judged = {}
+        for index, layer in enumerate(layers):
+            judged[layer.name] = judge(self.with_float(quantized, layer, work_dir / "one-layer-float"))
+            progress(index + 1)
+        return judged
+
+    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name for ``inputs``, in batches, on every core."""
+        from targets import registry
+
+        target = registry.get(self.target)
+        session = target.load(path, "cpu", os.cpu_count() or 1, target.options_model())
+        count = len(next(iter(inputs.values())))
+        parts = [target.run(session, {name: array[start : start + _BATCH] for name, array in inputs.items()})
+                 for start in range(0, count, _BATCH)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
+        """Median of a few single-sample runs after one warm-up, on one thread: a ratio between two models of one
+        pass, no more (the benchmark measures the rows properly)."""
+        from targets import registry
+
+        target = registry.get(self.target)
+        session = target.load(path, "cpu", 1, target.options_model())
+        target.run(session, sample)
+        samples = []
+        for _ in range(_TIMING_RUNS):
+            start = time.perf_counter()
+            target.run(session, sample)
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples)
+
+
+def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwareOptions, work_dir: Path,
+           progress: Callable[[str, int, int], None]) -> tuple[Path, dict[str, Any] | None]:
+    """The quantized model to ship and the ``AccuracyControl`` record (None when the options ask for no budget,
+    ranking or float layers). Raises ``AccuracyBudgetMissed`` when no model within ``max_trials`` meets the budget."""
+    all_int8 = fmt.quantize([], work_dir / "all-int8")
+    if not options.accuracy_aware():
+        return all_int8, None
+    if validation is None:
+        raise ValueError("accuracy-aware quantization needs the recipe's evaluator and calibration split "
+                         "(run it from a recipe)")
+    data = validation.data.inputs
+
+    def judge(path: Path) -> Judgement:
+        outputs = fmt.run(path, data)
+        return Judgement(validation.score(outputs), output_error(outputs, validation.reference))
+
+    layers = fmt.layers(all_int8)
+    by_name = {layer.name: layer for layer in layers}
+    forced = [layers[0].name, layers[-1].name] if options.first_last_float and len(layers) > 1 else []
+    start = fmt.quantize(forced, work_dir / "first-last-float") if forced else all_int8
+    fp32 = validation.score(validation.reference)
+    baseline = judge(start)
+    budget = fp32 - options.max_drop if options.max_drop is not None else None
+    trials = [{"float_layers": len(forced), "metric": baseline.metric, "error": baseline.error}]
+    needs_search = budget is not None and baseline.metric < budget - _EPSILON
+    candidates = [layer for layer in layers if layer.name not in forced]
+    ranked: list[tuple[Layer, float, float | None]] = []
+    if needs_search or options.sensitivity:
+        judged = fmt.rank(start, candidates, judge, work_dir,
+                          lambda done: progress(f"sensitivity: layer {done}/{len(candidates)}", done, len(candidates)))
+        ranked = sorted(((layer, _score(judged[layer.name], baseline), judged[layer.name].metric)
+                         for layer in candidates), key=lambda item: (-item[1], -(item[2] or 0), item[0].name))
+    chosen, final, float_layers = start, baseline.metric, list(forced)
+    if needs_search:
+        order = [layer.name for layer, _, _ in ranked]
+
+        def attempt(count: int) -> tuple[Path, float]:
+            path = fmt.quantize(forced + order[:count], work_dir / f"float-{len(forced) + count}")
+            judgement = judge(path)
+            trials.append({"float_layers": len(forced) + count, "metric": judgement.metric, "error": judgement.error})
+            progress(f"accuracy-aware int8: {len(forced) + count} layer(s) in float, metric {judgement.metric:.4f} "
+                     f"(budget {budget:.4f})", len(trials), options.max_trials)
+            return path, judgement.metric
+
+        found = _fewest(attempt, len(order), budget, options.max_trials - 1)
+        if found is None:
+            raise AccuracyBudgetMissed(
+                f"no int8 model met max_drop={options.max_drop} ({validation.metric} on the calibration split: fp32 "
+                f"{fp32:.4f}, int8 {baseline.metric:.4f}; with the most sensitive layers in float: "
+                + ", ".join(f"{t['float_layers']} → {t['metric']:.4f}" for t in trials[1:])
+                + f"; {len(trials)} of max_trials={options.max_trials} models tried). Most sensitive layers: "
+                + ", ".join(f"{layer.name} ({layer.op_type})" for layer, _, _ in ranked[:5])
+            )
+        count, chosen, final = found
+        float_layers += order[:count]
+    record = {
+        "metric": validation.metric,
+        "max_drop": options.max_drop,
+        "measure": fmt.measure,
+        "fp32": fp32,
+        "all_int8": trials[0]["metric"] if not forced else judge(all_int8).metric,
+        "final": final,
+        "met": budget is None or final >= budget - _EPSILON,
+        "layers": len(layers),
+        "float_layers": float_layers,
+        "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
+        "sensitivity": [{"layer": layer.name, "op_type": layer.op_type, "score": score, "metric": metric,
+                         "gain": None if metric is None else metric - baseline.metric}
+                        for layer, score, metric in ranked],
+        "trials": trials,
+    }
+    if float_layers:
+        sample = {name: array[:1] for name, array in data.items()}
+        record["latency_ratio"] = fmt.latency_ms(chosen, sample) / fmt.latency_ms(all_int8, sample)
+    return chosen, record
+
+
+def _score(judgement: Judgement | LayerScore, baseline: Judgement) -> float:
+    """A layer's sensitivity: the debugger's own score, else the share of the output error its float removed."""
+    if isinstance(judgement, LayerScore):
+        return judgement.score
+    return (baseline.error - judgement.error) / baseline.error if baseline.error else 0.0
+
+
+def _fewest(attempt: Callable[[int], tuple[Path, float]], candidates: int, budget: float,
+            max_attempts: int) -> tuple[int, Path, float] | None:
+    """The fewest of the ranked layers in float that meet ``budget``: double the count until a model meets it,
+    then bisect between the last miss and the first hit (each ``attempt`` quantizes and validates one model)."""
+    met: dict[int, tuple[Path, float]] = {}
+    missed, count, attempts = 0, 1, 0
+    while attempts < max_attempts and count <= candidates:
+        path, metric = attempt(count)
+        attempts += 1
+        if metric >= budget - _EPSILON:
+            met[count] = (path, metric)
+        else:
+            missed = count
+        if not met:
+            if count == candidates:
+                break
+            count = min(count * 2, candidates)
+        elif min(met) - missed <= 1:
+            break
+        else:
+            count = (missed + min(met)) // 2
+    if not met:
+        return None
+    count = min(met)
+    return count, *met[count]

@@ -1,0 +1,167 @@
+"""Accuracy-aware int8: the search keeps the fewest most sensitive layers in float that meet the budget, on every
+format's own quantizer, and neither the search nor the sensitivity analysis ever reads the evaluation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress import registry
+from compress.accuracy_control import AccuracyAwareOptions, AccuracyBudgetMissed, Int8Format, Layer, search
+from compress.base import Artifact, Dataset, PassContext, Validation
+from reports.schema import AccuracyControl
+
+LAYERS = [Layer(f"layer{i}", "Conv") for i in range(8)]
+# What quantizing each layer costs the metric: two layers matter, the rest barely.
+COST = {"layer0": 0.001, "layer1": 0.002, "layer2": 0.05, "layer3": 0.001, "layer4": 0.001, "layer5": 0.08,
+        "layer6": 0.001, "layer7": 0.001}
+
+
+class SyntheticFormat(Int8Format):
+    """A format whose "model" is the set of float layers written to a file: the metric is 1 minus the cost of
+    every quantized layer, and its one output is that metric (so the output error ranks the layers too)."""
+
+    target = "none"
+
+    def __init__(self) -> None:
+        self.quantized: list[list[str]] = []
+
+    def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
+        self.quantized.append(list(float_layers))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "model.txt"
+        path.write_text("\n".join(float_layers))
+        return path
+
+    def layers(self, quantized: Path) -> list[Layer]:
+        return [layer for layer in LAYERS if layer.name not in quantized.read_text().split("\n")]
+
+    def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
+        return self.quantize(quantized.read_text().split("\n") + [layer.name], out_dir)
+
+    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        floats = set(path.read_text().split("\n"))
+        metric = 1.0 - sum(cost for name, cost in COST.items() if name not in floats)
+        return {"score": np.full((len(inputs["x"]), 1), metric, dtype=np.float32)}
+
+    def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
+        return 1.0 + 0.1 * len([name for name in path.read_text().split("\n") if name])
+
+
+def synthetic_validation() -> Validation:
+    data = Dataset({"x": np.zeros((4, 1), dtype=np.float32)})
+    return Validation(data=data, metric="synthetic", reference_fn=lambda: {"score": np.ones((4, 1), np.float32)},
+                      score_fn=lambda outputs, reference: float(outputs["score"].mean()))
+
+
+def options(**values) -> AccuracyAwareOptions:
+    return AccuracyAwareOptions(type="test", **values)
+
+
+def test_search_keeps_the_fewest_most_sensitive_layers_in_float(tmp_path: Path) -> None:
+    fmt = SyntheticFormat()
+    path, record = search(fmt, synthetic_validation(), options(max_drop=0.01), tmp_path, lambda *_: None)
+    control = AccuracyControl.model_validate(record)
+    assert [entry.layer for entry in control.sensitivity[:2]] == ["layer5", "layer2"]
+    assert control.float_layers == ["layer5", "layer2"]  # the two that matter, nothing more
+    assert control.met and control.final >= control.fp32 - 0.01 - 1e-9
+    assert control.all_int8 == pytest.approx(1 - sum(COST.values()), abs=1e-6)
+    assert control.float_op_types == {"Conv": 2}
+    assert control.latency_ratio == pytest.approx(1.2 / 1.0)
+    assert sorted(path.read_text().split("\n")) == ["layer2", "layer5"]
+    # Grow (1, 2) until met, then stop: a miss at 1 and a hit at 2 leave nothing to bisect.
+    assert [trial.float_layers for trial in control.trials] == [0, 1, 2]
+
+
+def test_search_bisects_down_after_overshooting(tmp_path: Path) -> None:
+    """A budget that needs three layers: grown 1, 2, 4 (met), then bisected to 3."""
+    fmt = SyntheticFormat()
+    budget = 1 - (sum(COST.values()) - 0.05 - 0.08 - 0.002) - 1e-6
+    _, record = search(fmt, synthetic_validation(), options(max_drop=1 - budget), tmp_path, lambda *_: None)
+    control = AccuracyControl.model_validate(record)
+    assert [trial.float_layers for trial in control.trials] == [0, 1, 2, 4, 3]
+    assert control.float_layers == ["layer5", "layer2", "layer1"]
+
+
+def test_a_budget_nothing_meets_fails_with_the_trials_and_the_culprits(tmp_path: Path) -> None:
+    fmt = SyntheticFormat()
+    with pytest.raises(AccuracyBudgetMissed, match=r"max_drop=0.0.*fp32 1\.0000.*layer5 \(Conv\)") as caught:
+        search(fmt, synthetic_validation(), options(max_drop=0.0, max_trials=3), tmp_path, lambda *_: None)
+    assert "3 of max_trials=3" in str(caught.value)
+
+
+def test_a_met_budget_quantizes_every_layer_and_ranks_nothing(tmp_path: Path) -> None:
+    fmt = SyntheticFormat()
+    _, record = search(fmt, synthetic_validation(), options(max_drop=0.5), tmp_path, lambda *_: None)
+    assert record["float_layers"] == [] and record["sensitivity"] == [] and fmt.quantized == [[]]
+
+
+def test_first_and_last_layer_stay_float_whatever_the_budget(tmp_path: Path) -> None:
+    fmt = SyntheticFormat()
+    _, record = search(fmt, synthetic_validation(), options(first_last_float=True), tmp_path, lambda *_: None)
+    assert record["float_layers"] == ["layer0", "layer7"]
+
+
+def test_plain_int8_needs_no_validation(tmp_path: Path) -> None:
+    path, record = search(SyntheticFormat(), None, options(), tmp_path, lambda *_: None)
+    assert record is None and path.read_text() == ""
+
+
+class EvaluationSplit:
+    """Stands in for the evaluation split: any use of it fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the accuracy-aware search read the evaluation split ({name})")
+
+    def __len__(self) -> int:
+        raise AssertionError("the accuracy-aware search read the evaluation split (len)")
+
+
+def relative_error_validation(digits_cnn) -> Validation:
+    """1 − relative L2 error against fp32 on the calibration split: any quantized layer costs something, every
+    float layer gives some back, so a budget between all-int8 and fp32 needs some (not all) layers in float."""
+    from edgecraft.preparation import validation_for
+    from bench.evaluators import EvaluatorSpec
+
+    return validation_for(EvaluatorSpec(type="regression"), digits_cnn["torch"], digits_cnn["splits"].calibration)
+
+
+INT8_PASSES = {
+    "onnxruntime": {"type": "quantize.static"},
+    "openvino": {"type": "quantize.nncf", "fast_bias_correction": True},
+    "litert": {"type": "convert.tflite", "quantization": "int8"},
+}
+
+
+@pytest.mark.parametrize("runtime", list(INT8_PASSES))
+def test_each_format_meets_a_budget_with_its_own_quantizer_without_the_evaluation_split(
+        runtime: str, digits_cnn, tmp_path: Path) -> None:
+    step = registry.get(INT8_PASSES[runtime]["type"])
+    validation = relative_error_validation(digits_cnn)
+    context = PassContext(train=digits_cnn["splits"].train, calibration=digits_cnn["splits"].calibration,
+                          evaluation=EvaluationSplit(), work_dir=tmp_path / "ranked", cache_dir=tmp_path / "cache",
+                          validation=validation)
+    context.work_dir.mkdir()
+    ranked = step.apply(digits_cnn["onnx"], step.config_model(**INT8_PASSES[runtime], sensitivity=True), context)
+    control = AccuracyControl.model_validate(ranked.details["accuracy_control"])
+    assert control.layers >= 3 and len(control.sensitivity) == control.layers and not control.float_layers
+    assert control.all_int8 < control.fp32
+
+    # Half-way between all-int8 and fp32: some layers must go back to float, and fewer than all of them.
+    max_drop = (control.fp32 - control.all_int8) / 2
+    context.work_dir = tmp_path / "budget"
+    context.work_dir.mkdir()
+    outcome = step.apply(digits_cnn["onnx"], step.config_model(**INT8_PASSES[runtime], max_drop=max_drop), context)
+    control = AccuracyControl.model_validate(outcome.details["accuracy_control"])
+    assert control.met and control.final >= control.fp32 - max_drop - 1e-9
+    assert 0 < len(control.float_layers) < control.layers
+    assert control.latency_ratio is not None and control.latency_ratio > 0
+    # The file shipped is the one judged: run it again and score it.
+    from targets import registry as targets
+
+    target = targets.get(runtime)
+    session = target.load(outcome.artifact.path, "cpu", 1, target.options_model())
+    outputs = target.run(session, validation.data.inputs)
+    assert validation.score(outputs) == pytest.approx(control.final, abs=1e-4)
