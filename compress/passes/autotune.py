@@ -2,22 +2,31 @@
 turn until one stays within the tolerated accuracy loss, then write the winner as a QDQ ONNX model.
 
 Neural Compressor 3.x quantizes PyTorch (PT2E) graphs only (its ONNX Runtime backend is gone), so this pass
-starts from the PyTorch model, like QAT. Tuning is judged on the calibration split, never on the evaluation
-split that the report's accuracy comes from.
+starts from the PyTorch model, like QAT. Tuning is judged on the calibration split with the recipe's evaluator
+(``PassContext.validation``: top-1 accuracy, or top-1 agreement with fp32 for unlabelled data), never on the
+evaluation split that the report's accuracy comes from.
+
+Two things Neural Compressor 3.10 does not do, which this pass does itself:
+- Judge the result. When ``max_trials`` run out and no trial met ``tolerable_loss``, ``autotune`` still returns
+  the best trial's model (it returns None only when its search space runs out first); the pass checks every trial
+  against the same bar (score ≥ fp32 score × (1 − tolerable_loss)) and fails with the scores when none met it.
+- Store int8 weights. Its PT2E ``convert`` calls torchao's ``convert_pt2e(fold_quantize=False)``, so each weight's
+  quantize op stays in the graph and the ONNX file keeps float weights (larger than fp32); the pass folds them
+  with the same torchao step that ``fold_quantize=True`` runs (``compress.pt2e.fold_weight_quantize``).
 """
 
 from __future__ import annotations
 
 import copy
-
 import logging
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
 from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
 from compress.facts import model_facts, top1
 from compress.registry import register
+from reports.schema import Signature
 
 # The schemes tried, in order: the fastest first (per-channel weights, asymmetric uint8 activations).
 _SEARCH_SPACE = {"w_granularity": ["per_channel", "per_tensor"], "act_sym": [False, True]}
@@ -38,6 +47,11 @@ class NoSchemeFound(RuntimeError):
     """No scheme within ``max_trials`` met ``tolerable_loss``."""
 
 
+def meets(score: float, baseline: float, tolerable_loss: float) -> bool:
+    """Neural Compressor's own bar (``TuningMonitor.need_stop``): a relative loss against the fp32 score."""
+    return score >= baseline * (1 - tolerable_loss)
+
+
 @register
 class Autotune(Pass):
     name = "quantize.autotune"
@@ -53,25 +67,24 @@ class Autotune(Pass):
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
 
         from compress.torch_io import dynamic_shapes, example_inputs, predict
-        from compress.training import require_class_labels
 
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO
         signature = artifact.signature
-        require_class_labels(context.calibration, signature, "quantize.autotune (validation on the calibration split)")
+        score, metric = _scorer(context, signature)
         before = model_facts(artifact.model, signature, context.evaluation)
         calibration = context.calibration.head(config.calibration_samples)
-        trials: list[float] = []
+        scores: list[float] = []  # the fp32 baseline, then one per trial
 
         def calibrate(model) -> None:
             predict(model, calibration.inputs, signature, batch_size=32)
 
         def validate(model) -> float:
             # autotune scores the fp32 model first, as its baseline, then one model per trial.
-            score = top1(model, signature, context.calibration)
-            label = f"trial {len(trials)}" if trials else "fp32 baseline"
-            trials.append(score)
-            context.progress(f"autotune: {label} accuracy {score:.4f}", len(trials), config.max_trials + 1)
-            return score
+            value = score(model)
+            label = f"trial {len(scores)}" if scores else "fp32 baseline"
+            scores.append(value)
+            context.progress(f"autotune: {label} {metric} {value:.4f}", len(scores), config.max_trials + 1)
+            return value
 
         # Neural Compressor's own export, of a copy: the input model is shared with other variants and later steps,
         # and export and tuning must not change its mode or weights.
@@ -84,11 +97,16 @@ class Autotune(Pass):
             config_set=[StaticQuantConfig(**_SEARCH_SPACE)], tolerable_loss=config.tolerable_loss, max_trials=config.max_trials
         )
         quantized = autotune(captured, tuning, eval_fn=validate, run_fn=calibrate)
-        if quantized is None:
+        baseline, trials = scores[0], scores[1:]
+        if quantized is None or not any(meets(t, baseline, config.tolerable_loss) for t in trials):
             raise NoSchemeFound(
-                f"no int8 scheme kept the accuracy loss within tolerable_loss={config.tolerable_loss} "
-                f"in {config.max_trials} trial(s) (validation accuracies: {[round(t, 4) for t in trials]})"
+                f"no int8 scheme kept the {metric} loss within tolerable_loss={config.tolerable_loss} "
+                f"(at least {baseline * (1 - config.tolerable_loss):.4f} against fp32's {baseline:.4f}, on the "
+                f"calibration split) in {len(trials)} of max_trials={config.max_trials} trial(s): "
+                f"{', '.join(f'{t:.4f}' for t in trials) or 'none ran'}"
             )
+        # INC returns the first trial that met the bar (the last one it ran): the one to keep.
+        pt2e.fold_weight_quantize(quantized)
         path = pt2e.to_onnx(quantized, signature, context.work_dir / "model.onnx")
         return PassOutcome(
             Artifact("onnx", signature, path=path),
@@ -96,8 +114,23 @@ class Autotune(Pass):
                 "parameters": before["parameters"],
                 "accuracy_before": before["accuracy"],
                 "accuracy_after": top1(quantized, signature, context.evaluation),
-                "validation_accuracy_fp32": trials[0] if trials else None,
-                "validation_accuracy_trials": trials[1:],
-                "trials": len(trials) - 1,
+                "validation_metric": metric,
+                "validation_fp32": baseline,
+                "validation_trials": trials,
+                "trials": len(trials),
             },
         )
+
+
+def _scorer(context: PassContext, signature: Signature) -> tuple[Callable[[Any], float], str]:
+    """How a candidate model is judged: the recipe's evaluator on the calibration split where the run has one,
+    else top-1 accuracy against the calibration split's class labels."""
+    from compress.torch_io import predict
+    from compress.training import require_class_labels
+
+    validation = context.validation
+    if validation is not None:
+        return (lambda model: validation.score(predict(model, validation.data.inputs, signature))), validation.metric
+    require_class_labels(context.calibration, signature,
+                         "quantize.autotune (no evaluator given: validation on the calibration split's labels)")
+    return (lambda model: top1(model, signature, context.calibration)), "accuracy"

@@ -6,6 +6,11 @@ train → ``convert_pt2e``) is their maintained home, and its converted graph ex
 Runtime and OpenVINO run in int8 (add ``convert.openvino`` for an IR, ``convert.tflite`` for LiteRT). NNCF's
 own torch QAT was not chosen: it compiles a C++ extension at first use (over a minute here, and a compiler
 on every machine).
+
+For ONNX Runtime speed, relay the result through ``quantize.static`` (which keeps the trained weights and lays the
+graph out the way ORT fuses it): torchao's x86 layout leaves convolutions feeding residual Adds in float, its
+XNNPACK layout leaves ReLU6 Clips in float, and with ``reduce_range`` the 7-bit activations cannot be expressed by
+an ONNX QuantizeLinear, so ORT keeps each ReLU6 Clip and fuses almost no convolution (figures: README).
 """
 
 from __future__ import annotations
