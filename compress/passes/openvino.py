@@ -95,11 +95,11 @@ class NncfQuantizationConfig(AccuracyAwareOptions):
         return "enable" if int8_saturates() else "first_layer_only"
 
     fast_bias_correction: bool = Field(
-        False,
+        True,
         description=(
-            "NNCF's fast bias correction instead of the full one. Off by default: measured on the constant-folded "
-            "digits-cnn, fast correction lost 1.1 accuracy points, the full one none (and costs ~5 s more on "
-            "digits-mobilenet)."
+            "NNCF's fast bias correction (its own default) instead of the full one. Measured on the pretrained "
+            "EfficientNet-Lite0 (recipes/int8-defaults.yaml, AVX2 CPU): fast 83.8 % top-1 agreement with fp32, full "
+            "77.3 %; on the digits-cnn toy model the full one kept 1.1 points more, and costs ~5 s more."
         ),
     )
 
