@@ -199,10 +199,12 @@ def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwar
                      f"(budget {budget:.4f})", len(trials), options.max_trials)
             return path, judgement.metric
 
-        found = _fewest(attempt, len(order), budget, options.max_trials - 1)
+        # At least one layer stays quantized: a model with every layer in float is fp32, not an int8 answer.
+        found = _fewest(attempt, len(order) - 1, budget, options.max_trials - 1)
         if found is None:
             raise AccuracyBudgetMissed(
-                f"no int8 model met max_drop={options.max_drop} ({validation.metric} on the calibration split: fp32 "
+                f"no int8 model (at least one layer quantized) met max_drop={options.max_drop} "
+                f"({validation.metric} on the calibration split: fp32 "
                 f"{fp32:.4f}, int8 {baseline.metric:.4f}; with the most sensitive layers in float: "
                 + ", ".join(f"{t['float_layers']} → {t['metric']:.4f}" for t in trials[1:])
                 + f"; {len(trials)} of max_trials={options.max_trials} models tried). Most sensitive layers: "

@@ -165,3 +165,42 @@ def test_each_format_meets_a_budget_with_its_own_quantizer_without_the_evaluatio
     session = target.load(outcome.artifact.path, "cpu", 1, target.options_model())
     outputs = target.run(session, validation.data.inputs)
     assert validation.score(outputs) == pytest.approx(control.final, abs=1e-4)
+
+
+ACCURACY_RECIPE = """\
+name: accuracy-aware
+models:
+  - builtin: digits-cnn
+    evaluator: {type: regression}   # 1 − relative error: every quantized layer costs something
+variants:
+  - name: fp32
+  - name: ranked                    # every layer ranked, no budget
+    passes: [{type: quantize.static, sensitivity: true}]
+  - name: impossible                # no int8 model is exactly fp32: the row fails and says why
+    passes: [{type: quantize.static, max_drop: 0.0, max_trials: 2}]
+targets: [onnxruntime:cpu]
+benchmark: {operator_profile: false}
+"""
+
+
+def test_the_cli_records_sensitivity_and_fails_a_missed_budget_with_its_reason(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import edgecraft
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(ACCURACY_RECIPE)
+    completed = edgecraft("run", recipe, "--quick", "--output-dir", tmp_path / "runs")
+    assert completed.returncode == 0, completed.stderr
+    run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = {row["variant"]: row for row in results["rows"]}
+    assert rows["fp32"]["status"] == rows["ranked"]["status"] == "ok"
+    assert rows["impossible"]["status"] == "failed"
+    assert "no int8 model" in rows["impossible"]["reason"] and "max_drop=0.0" in rows["impossible"]["reason"]
+    ranked = next(record for record in results["passes"] if record["variant"] == "ranked")
+    control = AccuracyControl.model_validate(ranked["accuracy_control"])
+    assert len(control.sensitivity) == control.layers >= 3 and control.max_drop is None
+    assert "accuracy_control" not in ranked["details"]
+    report = (run_dir / "report.html").read_text()
+    assert control.sensitivity[0].layer in report  # the most sensitive layer is named in the panel

@@ -271,7 +271,10 @@ class TfliteInt8(Int8Format):
         import tensorflow as tf
 
         debugger = self._debugger_for()
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_layers or None)
+        # The options are set on the private attribute that get_nondebug_quantized_model reads: the public setter
+        # also rebuilds and loads an instrumented debug model (a second conversion per trial, never used here),
+        # and raises when every op is deny-listed.
+        debugger._debug_options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_layers or None)
         out_dir.mkdir(parents=True, exist_ok=True)
         output = out_dir / "model.tflite"
         output.write_bytes(debugger.get_nondebug_quantized_model())
