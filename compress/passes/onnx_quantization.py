@@ -98,6 +98,8 @@ class OnnxRuntimeInt8(Int8Format):
         self.float_model = float_model
         self.samples = samples
         self.config = config
+        self._quantized: tuple[Path, Any] | None = None
+        self._float: Any = None
 
     def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
         from onnxruntime.quantization import (
@@ -177,18 +179,19 @@ class OnnxRuntimeInt8(Int8Format):
         return output
 
     def _quantized_proto(self, quantized: Path) -> Any:
+        """A fresh copy of the all-int8 model (loaded once) to change one layer in."""
         import onnx
 
-        if getattr(self, "_quantized_path", None) != quantized:
-            self._quantized_path, self._quantized = quantized, onnx.load(str(quantized))
+        if self._quantized is None or self._quantized[0] != quantized:
+            self._quantized = (quantized, onnx.load(str(quantized)))
         copy = onnx.ModelProto()
-        copy.CopyFrom(self._quantized)
+        copy.CopyFrom(self._quantized[1])
         return copy
 
     def _float_proto(self) -> Any:
         import onnx
 
-        if getattr(self, "_float", None) is None:
+        if self._float is None:
             self._float = onnx.load(str(self.float_model))
         return self._float
 
