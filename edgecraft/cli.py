@@ -16,11 +16,11 @@ OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edgecraft.runner import run_recipe
+    from edgecraft.api import run
 
-    run_dir = run_recipe(args.recipe, output_dir=args.output_dir, profile=args.profile, pin_cpus=args.pin,
-                         price_per_hour=args.price_per_hour, use_cache=not args.no_cache)
-    print(run_dir / "report.html")
+    result = run(args.recipe, output_dir=args.output_dir, profile=args.profile, pin_cpus=args.pin,
+                 price_per_hour=args.price_per_hour, use_cache=not args.no_cache)
+    print(result.report_path)
     return 0
 
 

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 
 from bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
@@ -327,6 +328,25 @@ class Recipe(_Strict):
     )
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
+    _text: str | None = PrivateAttr(None)  # the YAML it was read from, stored verbatim with the results
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        """Read and validate a recipe file (see ``load_recipe``); its text is kept for the run's results."""
+        recipe, text = load_recipe(Path(path))
+        recipe._text = text
+        return recipe
+
+    def __eq__(self, other: object) -> bool:  # the same fields, however they were written
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML: the text it was read from, else the fields that were given."""
+        if self._text is not None:
+            return self._text
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_unset=True), sort_keys=False)
 
     @field_validator("output_dir")
     @classmethod

@@ -23,7 +23,7 @@ from compress.base import Artifact
 from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
 from edgecraft.preparation import PreparedModel, prepare_model
-from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, load_recipe, starts_from_torch
+from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
 from edgecraft.rows import Pending, brief, export_row, measure_rows
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.step_cache import StepCache
@@ -145,25 +145,32 @@ def progress_bar(console: Console | None) -> Progress:
     return Progress(*columns, console=console, disable=not console.is_terminal)
 
 
-def run_recipe(
-    recipe_path: Path,
+def run_recipe(recipe_path: Path, *, quick: bool = False, profile: ProfileName | None = None,
+               **options: Any) -> Path:
+    """Execute the recipe file at ``recipe_path``; return the run folder holding results.json and report.html.
+
+    ``quick`` is the ``quick`` profile; the other options are ``execute_recipe``'s."""
+    return execute_recipe(Recipe.from_yaml(recipe_path), profile="quick" if quick else profile, **options)[0]
+
+
+def execute_recipe(
+    recipe: Recipe,
     *,
     output_dir: Path | None = None,
-    quick: bool = False,
     use_cache: bool = True,
     profile: ProfileName | None = None,
     pin_cpus: list[int] | None = None,
     price_per_hour: float | None = None,
     console: Console | None = None,
-) -> Path:
-    """Execute the recipe at ``recipe_path``; return the run folder holding results.json and report.html.
+) -> tuple[Path, RunResults]:
+    """Execute a validated recipe into a new run folder; return the folder and its results.
 
-    Finished pass steps are kept in the step cache (``use_cache=False`` neither reads nor writes it), so a
-    second run, or one resumed after an interruption, redoes only what did not finish. ``quick`` is the
-    ``quick`` profile; ``profile``, ``pin_cpus`` and ``price_per_hour`` override the recipe's. When no model
+    The one code path of ``edgecraft run`` and ``edgecraft.run()``. Finished pass steps are kept in the step cache
+    (``use_cache=False`` neither reads nor writes it), so a second run, or one resumed after an interruption, redoes
+    only what did not finish. ``profile``, ``pin_cpus`` and ``price_per_hour`` override the recipe's. When no model
     could be prepared, the run folder is still written, and the reasons are raised as the error."""
-    recipe, text = load_recipe(recipe_path)
-    settings = bench_settings(recipe.benchmark, "quick" if quick else profile, pin_cpus)
+    text = recipe.to_yaml()
+    settings = bench_settings(recipe.benchmark, profile, pin_cpus)
     if price_per_hour is not None:
         recipe = recipe.model_copy(update={"report": with_overrides(recipe.report, price_per_hour=price_per_hour)})
     # Absolute: passes such as convert.tflite change the working directory while they write into the run folder.
@@ -184,4 +191,4 @@ def run_recipe(
         raise EdgecraftError("\n".join(f"model {model.name!r}: {model.failure}" for model in failed))
     for model in failed:
         log.warning("model %s could not be prepared, its rows are failed: %s", model.name, model.failure)
-    return report.parent
+    return report.parent, results
