@@ -3,6 +3,7 @@ report's questions (verdict, table, comparison) from its results; ``import edgec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,28 @@ from reports.schema import load_results
 from tests.conftest import REPO
 
 
+def readme_python_lines() -> str:
+    """The code block of the README's "Python API" section, exactly as a reader copies it."""
+    section = (REPO / "README.md").read_text().split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def api_run(quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory) -> edgecraft.Run:
-    """The quickstart through the API, after the CLI's run of it (its trained models and pass steps are reused)."""
-    recipe = edgecraft.Recipe.from_yaml(REPO / "recipes" / "quickstart.yaml")
-    return edgecraft.run(recipe, output_dir=tmp_path_factory.mktemp("api-runs"), profile="quick")
+    """The README's Python lines, run as written (the quickstart through the API, after the CLI's run of it, whose
+    trained models and pass steps are reused), from a folder where ``recipes/`` is the repository's."""
+    folder = tmp_path_factory.mktemp("readme")
+    (folder / "recipes").symlink_to(REPO / "recipes")
+    namespace: dict = {}
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        exec(compile(readme_python_lines(), "README.md", "exec"), namespace)  # noqa: S102
+    finally:
+        os.chdir(previous)
+    run = namespace["run"]
+    assert run.run_dir.parent == folder / "runs"  # the recipe's default output folder, under the reader's folder
+    return run
 
 
 def _identity(rows) -> list[tuple]:
