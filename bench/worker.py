@@ -206,12 +206,12 @@ def run_job(job: dict) -> dict:
     if job["accuracy"]:
         # Accuracy in its own pass after every timed one, on the same target.run code path.
         try:
-            batches = evaluation_outputs(target, session, inputs, job["eval_batch"])
+            batches = target.run_batches(session, inputs, job["eval_batch"])
         except Exception:  # noqa: BLE001 - a model exported with a fixed batch of 1 runs the samples one by one
-            batches = evaluation_outputs(target, session, inputs, 1)
-        np.savez(job["outputs"], **{name: np.concatenate([b[name] for b in batches]) for name in batches[0]})
+            batches = target.run_batches(session, inputs, 1)
+        np.savez(job["outputs"], **feeds.concatenate(batches))
     runtime_info = target.describe(session)
-    del session  # the profile's own session does not share the machine with this one
+    session = None  # released: the profile's own session does not share the machine with this one
 
     operator_profile = None
     if job.get("operator_profile"):
@@ -237,12 +237,6 @@ def run_job(job: dict) -> dict:
         "runtime_info": runtime_info,
         "operator_profile": operator_profile,
     }
-
-
-def evaluation_outputs(target: Any, session: Any, inputs: dict[str, np.ndarray], batch_size: int) -> list[dict]:
-    """Every output on every evaluation input, batch by batch (read from the mapped file as they are needed)."""
-    return [target.run(session, feeds.take(inputs, i, i + batch_size))
-            for i in range(0, feeds.count(inputs), batch_size)]
 
 
 def _brief(exc: BaseException) -> str:

@@ -130,14 +130,11 @@ class Int8Format(ABC):
 
     def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output by name for ``inputs``, in batches, on every core."""
-        from targets import registry
+        from targets import feeds, registry
 
         target = registry.get(self.target)
         session = target.load(path, "cpu", os.cpu_count() or 1, target.options_model())
-        count = len(next(iter(inputs.values())))
-        parts = [target.run(session, {name: array[start : start + _BATCH] for name, array in inputs.items()})
-                 for start in range(0, count, _BATCH)]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return feeds.concatenate(target.run_batches(session, inputs, _BATCH))
 
     def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
         """Median of a few single-sample runs after one warm-up, on one thread: a ratio between two models of one

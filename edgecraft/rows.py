@@ -145,6 +145,4 @@ def reference_outputs(target: Any, path: Path, device: str, options: dict, input
                       threads: int, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Every output of a model file on ``target``, in this process, over all the inputs."""
     session = target.load(path, device, threads, target.options_model(**options))
-    batches = [target.run(session, feeds.take(inputs, start, start + batch_size))
-               for start in range(0, feeds.count(inputs), batch_size)]
-    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+    return feeds.concatenate(target.run_batches(session, inputs, batch_size))

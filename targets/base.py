@@ -103,6 +103,13 @@ class Target(ABC):
         """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}
 
+    def run_batches(self, session: Any, inputs: Feeds, batch_size: int) -> list[Feeds]:
+        """Every output for every sample of ``inputs``, ``batch_size`` samples per ``run`` call."""
+        from targets import feeds
+
+        return [self.run(session, feeds.take(inputs, start, start + batch_size))
+                for start in range(0, feeds.count(inputs), batch_size)]
+
     def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
                 runs: int) -> dict[str, Any]:
         """Where the time of one inference goes, per op type, as a ``reports.schema.OperatorProfile`` dict.

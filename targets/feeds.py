@@ -35,6 +35,11 @@ def take(feeds: Feeds, start: int, stop: int) -> Feeds:
     return {name: array[start:stop] for name, array in feeds.items()}
 
 
+def concatenate(batches: list[Feeds]) -> Feeds:
+    """Batches of outputs joined per name, in order."""
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
 def save(feeds: Feeds, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in feeds.items():

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Judgement, Layer, LayerScore, search
-from compress.base import Artifact, Dataset, Pass, PassConfig, PassContext, PassOutcome
+from compress.base import Artifact, Dataset, Pass, PassContext, PassOutcome
 from compress.qdq import without_qdq
 from compress.registry import register
 from reports.schema import Signature
@@ -232,7 +232,7 @@ class TfliteInt8(Int8Format):
         """TensorFlow's converter for the SavedModel with the pass's quantization."""
         import tensorflow as tf
 
-        config, calibration = self.config, self.calibration
+        config = self.config
         converter = tf.lite.TFLiteConverter.from_saved_model(str(self.folder))
         if config.quantization != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

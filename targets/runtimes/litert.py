@@ -137,18 +137,19 @@ class LiteRt(Target):
             start = time.perf_counter()
             self.run(session, feeds[i % len(feeds)])
             spent += time.perf_counter() - start
+        return op_list_profile(session.interpreter._get_ops_details(), runs, 1e3 * spent / max(runs, 1),
+                               self._interpreter_version())
+
+    def _interpreter_version(self) -> str:
+        """The installed interpreter package and its version, e.g. 'ai-edge-litert 2.3.0'."""
         from importlib import metadata
 
         package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
-        return op_list_profile(session.interpreter._get_ops_details(), runs, 1e3 * spent / max(runs, 1),
-                               f"{package} {metadata.version(package)}")
+        return f"{package} {metadata.version(package)}"
 
     def describe(self, session: LiteRtSession) -> dict[str, Any]:
-        from importlib import metadata
-
-        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
         return {
-            "interpreter": f"{package} {metadata.version(package)}",
+            "interpreter": self._interpreter_version(),
             "input_dtype": ", ".join(sorted({np.dtype(d["dtype"]).name for d in session.inputs.values()})),
             "num_threads": session.threads,
         }
