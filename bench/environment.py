@@ -46,6 +46,11 @@ def cpu_info() -> dict[str, Any]:
         info["flags"] = [flag for flag in INTERESTING_FLAGS if flag in flags]
     else:
         info["model"] = platform.processor()
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total = next((line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")), None)
+        if total:
+            info["memory_mb"] = round(int(total) / 1024)
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     if governor.exists():
         info["governor"] = governor.read_text().strip()

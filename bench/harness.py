@@ -55,6 +55,9 @@ class MeasureJob:
     reference_outputs: dict[str, np.ndarray]
     evaluate: Callable[[dict[str, np.ndarray]], Quality]
     work_dir: Path
+    # Measures every repetition somewhere else (a remote device's agent) and returns the workers' raw numbers,
+    # its outputs written to ``work_dir/outputs.npz`` as a local worker writes them; None: a local process.
+    remote: Callable[["MeasureJob", BenchSettings], list[dict]] | None = None
 
 
 def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Fidelity:
@@ -168,7 +171,7 @@ def measure_all(
     orders = round_orders(len(jobs), settings.repetitions, settings.seed)
     for repetition, order in enumerate(orders):
         for position, index in enumerate(order):
-            if index in failures:
+            if index in failures or jobs[index].remote:
                 continue
             on_process(index, repetition)
             try:
@@ -178,6 +181,15 @@ def measure_all(
                 failures[index] = MeasurementFailed(f"{where}{exc}")
                 continue
             raws[index].append(raw | {"index": repetition, "order": position})
+    # Remote jobs after the local rounds, one at a time: a device emulated on this machine would otherwise compete
+    # with the local timings, and each agent measures one job at a time anyway.
+    for index, job in enumerate(jobs):
+        if job.remote:
+            on_process(index, 0)
+            try:
+                raws[index] = job.remote(job, settings)
+            except MeasurementFailed as exc:
+                failures[index] = exc
     return [failures.get(index) or _aggregated(job, raws[index]) for index, job in enumerate(jobs)]
 
 

@@ -23,6 +23,7 @@ from bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
 from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
+from edgecraft.devices import RemoteDevice
 from edgecraft.errors import EdgecraftError
 from reports.schema import TensorSpec
 from reports.settings import ReportSettings
@@ -273,7 +274,8 @@ class VariantSpec(_Strict):
 class TargetEntry(_Strict):
     """A ``runtime:device`` to measure on, with the runtime's own options (e.g. OpenVINO's inference precision)."""
 
-    target: str = Field(description="'runtime:device', e.g. 'onnxruntime:cpu', 'openvino:gpu', 'litert:arm'.")
+    target: str = Field(description="'runtime:device', e.g. 'onnxruntime:cpu', 'openvino:gpu', 'litert:arm'; "
+                        "'runtime:device@name' measures on the remote device 'name' of the recipe's 'devices'.")
     options: dict[str, Any] = Field({}, description="Runtime options; see each runtime's options in the README.")
 
     @field_validator("target")
@@ -286,6 +288,8 @@ class TargetEntry(_Strict):
         devices = runtimes[spec.runtime].devices
         if spec.device not in devices:
             raise ValueError(f"{spec.runtime} has no device {spec.device!r}; known: {', '.join(devices)}")
+        if spec.remote is not None:
+            _check_name(spec.remote)
         return str(spec)
 
     @model_validator(mode="after")
@@ -326,6 +330,9 @@ class Recipe(_Strict):
     benchmark: BenchmarkSpec = Field(  # type: ignore[valid-type]
         BenchmarkSpec(), description="The benchmark protocol: a profile and any of its settings overridden."
     )
+    devices: dict[Name, RemoteDevice] = Field(
+        {}, description="Remote devices by name, each running 'edgecraft agent serve'; a target 'runtime:device@name' "
+        "is measured there.")
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
     _text: str | None = PrivateAttr(None)  # the YAML it was read from, stored verbatim with the results
@@ -365,6 +372,11 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         labels = [entry.label for entry in self.targets]
+        for entry in self.targets:
+            remote = entry.spec.remote
+            if remote is not None and remote not in self.devices:
+                known = f"; devices: {', '.join(self.devices)}" if self.devices else "; the recipe has no 'devices:'"
+                raise ValueError(f"target {entry.target!r} names the device {remote!r}, which is not in 'devices'{known}")
         if len(set(labels)) != len(labels):
             raise ValueError(f"targets must differ in device or options, got {labels}")
         for variant in self.variants:

@@ -7,6 +7,7 @@ failed measurement changes only its own row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rich.progress import Progress
 
 from bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
 from bench.settings import BenchSettings
+from edgecraft.devices import DeviceLink
 from edgecraft.recipe import TargetEntry
 from reports.schema import CONVERSION_WARNING, Quality, ResultRow
 from targets import feeds
@@ -78,13 +80,21 @@ def runnable_row(row: ResultRow, runnable: Path, files: list[Path], run_dir: Pat
 
 
 def export_row(row: ResultRow, entry: TargetEntry, source: Path, fmt: str, out_dir: Path, run_dir: Path,
-               settings: BenchSettings, evaluation: Evaluation) -> tuple[ResultRow, MeasureJob | None]:
+               settings: BenchSettings, evaluation: Evaluation,
+               devices: dict[str, DeviceLink] | None = None) -> tuple[ResultRow, MeasureJob | None]:
     """Export ``source`` (a ``fmt`` file) for the row's target: the row with its runnable file and the job that
-    will measure it, or the row skipped (the target cannot run here) or failed (the export crashed)."""
+    will measure it, or the row skipped (the target cannot run there) or failed (the export crashed, the remote
+    device is unreachable). A remote target (``runtime:device@name``) is exported here and measured by the agent
+    of ``devices[name]``."""
     spec = entry.spec
     target = target_registry.get(spec.runtime)
     where = f"{row.model}/{row.variant} on {entry.label}"
-    reason = target.unavailable_reason(spec.device)
+    link = (devices or {})[spec.remote].connect() if spec.remote else None
+    if link:
+        row = row.model_copy(update={"device": link.name, "emulated": link.emulated})
+        if link.problem:
+            return row.model_copy(update={"status": "failed", "reason": link.problem}), None
+    reason = link.unavailable_reason(spec.runtime, spec.device) if link else target.unavailable_reason(spec.device)
     if reason:
         log.info("skipped %s: %s", where, reason)
         return row.model_copy(update={"status": "skipped", "reason": reason}), None
@@ -103,6 +113,7 @@ def export_row(row: ResultRow, entry: TargetEntry, source: Path, fmt: str, out_d
         reference_outputs=evaluation.reference_outputs,
         evaluate=evaluation.score,
         work_dir=out_dir / "bench",
+        remote=functools.partial(link.measure, files=target.files(runnable)) if link else None,
     )
     return runnable_row(row, runnable, target.files(runnable), run_dir, settings), job
 
@@ -117,7 +128,8 @@ def drift_warning(drift: float) -> list[str]:
 
 def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchSettings, progress: Progress) -> None:
     """Measure the pending rows in interleaved rounds and put each one's measurement (or failure) into ``rows``."""
-    task = progress.add_task("measuring", total=len(pending) * settings.repetitions)
+    remote = sum(1 for entry in pending if entry.job.remote)  # a remote job is one call, its repetitions included
+    task = progress.add_task("measuring", total=(len(pending) - remote) * settings.repetitions + remote)
     started = 0
 
     def on_process(index: int, repetition: int) -> None:

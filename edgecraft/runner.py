@@ -20,7 +20,7 @@ from bench.environment import environment
 from bench.settings import BenchSettings, ProfileName, check_pinnable, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.base import Artifact
-from edgecraft import model_source
+from edgecraft import devices, model_source
 from edgecraft.errors import EdgecraftError
 from edgecraft.preparation import PreparedModel, prepare_model
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
@@ -51,6 +51,7 @@ class RecipeRun:
         self.settings = settings
         self.progress = progress
         self.steps = StepRunner(cache, progress)
+        self.devices = devices.links(recipe.devices)
         self.models: list[ModelRecord] = []
         self.rows: list[ResultRow] = []
 
@@ -80,6 +81,7 @@ class RecipeRun:
             models=self.models,
             passes=self.steps.records,
             rows=self.rows,
+            devices={name: link.description for name, link in self.devices.items() if link.description},
         )
 
     def _prepare(self, spec: ModelSpec) -> PreparedModel | None:
@@ -123,7 +125,7 @@ class RecipeRun:
             return row, None
         out_dir = self.run_dir / "models" / prepared.name / variant.name / folder_name(entry.label)
         return export_row(row, entry, artifact.path, artifact.format, out_dir, self.run_dir, self.settings,
-                          prepared.evaluation)
+                          prepared.evaluation, self.devices)
 
 
 def bench_settings(

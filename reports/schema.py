@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from reports.settings import ReportSettings, report_settings
 
-SCHEMA_VERSION = 4  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
-# 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows
+SCHEMA_VERSION = 5  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
+# 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows;
+# 5: rows measured on remote devices (device, emulated) and the devices' descriptions
 
 
 class ResultsError(Exception):
@@ -280,6 +281,13 @@ class ResultRow(_Model):
         description="The variant only exports or converts the model (no quantization, no fp16): the fp32 "
         "baseline that other variants on the same target are compared with.",
     )
+    device: str | None = Field(None, description="The remote device (a recipe's 'devices:' entry) whose agent "
+                               "measured the row; None: this machine.")
+    emulated: str | None = Field(
+        None,
+        description="Why the row's timings are not device timings: its device is an emulator. Its fidelity and "
+        "accuracy are real; its latency, throughput and memory are never compared with native rows.",
+    )
 
 
 class LayerSensitivity(_Model):
@@ -381,6 +389,9 @@ class RunResults(_Model):
     models: list[ModelRecord]
     passes: list[PassRecord]
     rows: list[ResultRow]
+    devices: dict[str, dict[str, Any]] = Field(
+        {}, description="Each remote device's own description, as its agent gave it: architecture, CPU model and "
+        "flags, cores, memory, runtime versions, the targets it can run, whether it is emulated.")
 
     @model_validator(mode="after")
     def _rows_name_known_models(self) -> "RunResults":

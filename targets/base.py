@@ -26,18 +26,21 @@ ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A recipe's ``runtime:device`` string, parsed."""
+    """A recipe's ``runtime:device`` string, parsed; ``runtime:device@name`` runs on the remote device ``name``
+    (a recipe's ``devices:`` entry) instead of this machine."""
 
     runtime: str
     device: str
+    remote: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "TargetSpec":
+        text, at, remote = text.partition("@")
         runtime, _, device = text.partition(":")
-        return cls(runtime.strip().lower(), (device or "cpu").strip().lower())
+        return cls(runtime.strip().lower(), (device or "cpu").strip().lower(), remote.strip() if at else None)
 
     def __str__(self) -> str:
-        return f"{self.runtime}:{self.device}"
+        return f"{self.runtime}:{self.device}" + (f"@{self.remote}" if self.remote is not None else "")
 
 
 class NoOptions(BaseModel):

@@ -1,0 +1,168 @@
+"""Remote devices: a recipe's ``devices:`` entries and the link to each device's agent during a run.
+
+A target written ``runtime:device@name`` is exported here and measured on the agent of device ``name``
+(``edgecraft agent serve`` on the board). The agent runs the same fresh-process worker and returns its raw
+numbers; this side aggregates them with the recipe's own evaluator and fp32 reference, so a remote row means
+exactly what a local one means. A device that cannot be reached, or that stops mid-job, fails its own rows only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bench.harness import MeasureJob, MeasurementFailed
+from bench.settings import BenchSettings
+from edgecraft.errors import EdgecraftError
+from targets import feeds
+
+# The format the agent is told a runnable file is in, by its suffix.
+_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+
+
+class RemoteDevice(BaseModel):
+    """Where a device's agent listens and where its bearer token is read (never written in the recipe)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    url: str = Field(description="The agent's address, e.g. 'http://192.168.1.20:8765'.")
+    token_file: str | None = Field(None, description="A file holding the agent's bearer token (e.g. "
+                                   "~/.config/edgecraft/pi5.token).")
+    token_env: str | None = Field(None, description="An environment variable holding the agent's bearer token.")
+    job_timeout_s: float = Field(3600.0, gt=0, description="How long one row may take on the device, queue "
+                                 "included, before it fails.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL such as 'http://192.168.1.20:8765', got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "RemoteDevice":
+        if (self.token_file is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_file and token_env (where the agent's token is read)")
+        return self
+
+    def token(self, name: str) -> str:
+        """The bearer token; a missing or empty source raises, naming the device and the source."""
+        if self.token_env is not None:
+            token = os.environ.get(self.token_env, "").strip()
+            if not token:
+                raise EdgecraftError(f"devices.{name}.token_env: the environment variable {self.token_env} is not set")
+            return token
+        path = Path(self.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise EdgecraftError(f"devices.{name}.token_file: cannot read {path}: {exc.strerror}") from None
+        if not token:
+            raise EdgecraftError(f"devices.{name}.token_file: {path} is empty")
+        return token
+
+
+class DevicesFile(BaseModel):
+    """A file of device entries alone (``--devices FILE``), in the same form as a recipe's ``devices:``."""
+
+    model_config = ConfigDict(extra="ignore")  # a recipe is a devices file too: its other sections are not ours
+
+    devices: dict[str, RemoteDevice] = {}
+
+
+def load_devices(path: Path) -> dict[str, RemoteDevice]:
+    """The ``devices:`` of a recipe or devices file; problems are one line naming the file and the field."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise EdgecraftError(f"{path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise EdgecraftError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    try:
+        devices = DevicesFile.model_validate(data if isinstance(data, dict) else {"devices": data}).devices
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(map(str, error["loc"]))
+        raise EdgecraftError(f"{path}: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+    if not devices:
+        raise EdgecraftError(f"{path}: has no 'devices:' entries")
+    return devices
+
+
+class DeviceLink:
+    """One configured device during a run: asked for its description once, then sent each row's job."""
+
+    def __init__(self, name: str, config: RemoteDevice):
+        self.name = name
+        self.config = config
+        self.description: dict[str, Any] | None = None
+        self.problem: str | None = None
+        self._client: Any = None
+        self._connected = False
+
+    def connect(self) -> "DeviceLink":
+        """Ask the agent what it is and can run; an unreachable agent or a bad token is kept as ``problem``."""
+        if self._connected:
+            return self
+        self._connected = True
+        from bench.agent.client import AgentClient, AgentError
+
+        try:
+            self._client = AgentClient(self.config.url, self.config.token(self.name))
+            self.description = self._client.describe()
+        except (AgentError, EdgecraftError) as exc:
+            self.problem = f"device {self.name} ({self.config.url}) unreachable: {exc}"
+        return self
+
+    @property
+    def emulated(self) -> str | None:
+        """Why this device's timings are not device timings (an emulator), else None."""
+        return (self.description or {}).get("emulated")
+
+    def unavailable_reason(self, runtime: str, device: str) -> str | None:
+        """Why the agent cannot run ``runtime:device`` (``None`` when it can), from its own description."""
+        targets = (self.description or {}).get("targets", {})
+        key = f"{runtime}:{device}"
+        if key not in targets:
+            return f"device {self.name} does not know the target {key} (its agent runs an older edgecraft?)"
+        reason = targets[key]
+        return f"on device {self.name}: {reason}" if reason else None
+
+    def measure(self, job: MeasureJob, settings: BenchSettings, files: list[Path]) -> list[dict]:
+        """Every repetition of ``job`` on the device: the worker's raw numbers; the outputs go where the harness
+        reads a local worker's (``job.work_dir/outputs.npz``)."""
+        from bench.agent.client import AgentError
+
+        if self.problem:
+            raise MeasurementFailed(self.problem)
+        fmt = _FORMATS.get(job.model.suffix)
+        if fmt is None:
+            raise MeasurementFailed(f"device {self.name}: cannot send a {job.model.suffix} file")
+        # The device's own CPU numbering is unknown here: pinning is the agent's business.
+        remote_settings = settings.model_dump(mode="json") | {"pin_cpus": None}
+        try:
+            result = self._client.measure(
+                runtime=job.runtime, device=job.device, options=job.options, model_format=fmt, model_files=files,
+                inputs={name: np.asarray(array) for name, array in feeds.load(job.inputs).items()},
+                settings=remote_settings, deadline_s=self.config.job_timeout_s,
+            )
+        except AgentError as exc:
+            raise MeasurementFailed(f"device {self.name}: {exc}") from None
+        job.work_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(job.work_dir / "outputs.npz", **result.outputs)
+        self.description = result.device
+        return result.raws
+
+
+def links(devices: dict[str, RemoteDevice]) -> dict[str, DeviceLink]:
+    """A link per configured device; none is contacted until a row needs it."""
+    return {name: DeviceLink(name, config) for name, config in devices.items()}
