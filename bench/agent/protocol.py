@@ -1,0 +1,136 @@
+"""What the agent and its client agree on: the URL prefix, the folder layout, the job manifest and its checks.
+
+numpy and pydantic only: the agent runs on a box with the runtimes and nothing else (no torch, no ``onnx``), so
+model files are recognised by their first bytes, not parsed.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+
+from bench.settings import BenchSettings
+
+PREFIX = "/v1"
+BLOB_NAME = re.compile(r"[0-9a-f]{64}")  # a sha256; also what keeps a client's name from walking out of the folder
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+
+# The agent's folder: blobs/<sha256> as uploaded, jobs/<id>/ with generated names only.
+BLOBS = "blobs"
+JOBS = "jobs"
+STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+RESULT_FILE = "result.json"
+INPUTS_FOLDER = "inputs"
+OUTPUTS_FILE = "outputs.npz"  # where bench.harness.run_process has the worker write every output
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+JobState = Literal["queued", "running", "done", "failed"]
+ModelFormat = Literal["onnx", "tflite", "openvino"]
+
+# The names a job's model files get in its folder, in the order the manifest lists their blobs.
+MODEL_FILE_NAMES: dict[str, tuple[str, ...]] = {
+    "onnx": ("model.onnx",),
+    "tflite": ("model.tflite",),
+    "openvino": ("model.xml", "model.bin"),
+}
+
+Sha256 = Annotated[str, StringConstraints(pattern=BLOB_NAME.pattern + "$")]
+
+
+class ModelFiles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: ModelFormat
+    files: list[Sha256]
+
+    @model_validator(mode="after")
+    def _one_blob_per_file(self) -> "ModelFiles":
+        names = MODEL_FILE_NAMES[self.format]
+        if len(self.files) != len(names):
+            raise ValueError(f"a {self.format} model is {len(names)} file(s) ({', '.join(names)}), got "
+                             f"{len(self.files)}")
+        return self
+
+
+class JobManifest(BaseModel):
+    """``POST /v1/jobs``: what to measure, on which target, on which inputs; every file named by its sha256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: str
+    device: str
+    options: dict[str, Any] = {}
+    model: ModelFiles
+    inputs: Sha256  # an .npz of named numeric arrays with the same number of samples
+    settings: BenchSettings
+
+
+def validation_problem(exc: ValidationError) -> str:
+    """A pydantic error as 'field: problem' lines, short enough for an HTTP error."""
+    problems = [f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
+                for error in exc.errors(include_url=False)[:3]]
+    return "; ".join(problems)
+
+
+# What a file's first bytes say it is, checked in this order (a TFLite root offset may begin with any byte).
+_DESCRIPTIONS = {"onnx": "an ONNX model", "tflite": "a TFLite model", "openvino": "an OpenVINO IR"}
+HEAD_BYTES = 4096
+
+
+def looks_like(head: bytes) -> str:
+    """What a file is, from its first ``HEAD_BYTES`` bytes, as the end of 'it looks like …'."""
+    if head[4:8] == b"TFL3":
+        return _DESCRIPTIONS["tflite"]
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (what torch.save and TorchScript write: a pickle inside)"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy array (.npy)"
+    if head.lstrip()[:1] == b"<":
+        return _DESCRIPTIONS["openvino"] if b"<net" in head else "an XML or HTML file that is not an OpenVINO IR"
+    # A serialised ModelProto starts with field 1 (ir_version) as a one-byte varint: tag 0x08, then the version.
+    if len(head) > 1 and head[0] == 0x08 and 0 < head[1] < 0x80:
+        return _DESCRIPTIONS["onnx"]
+    return f"no model format edgecraft runs (its first bytes are {head[:8].hex(' ') or 'empty'})"
+
+
+def check_format(declared: str, first_file: Path) -> None:
+    """Raise ``ValueError`` unless the model's first file (the .xml of an OpenVINO IR) is of the declared format."""
+    with first_file.open("rb") as handle:
+        found = looks_like(handle.read(HEAD_BYTES))
+    if found != _DESCRIPTIONS[declared]:
+        raise ValueError(f"not {_DESCRIPTIONS[declared]}: it looks like {found}")
+
+
+def read_inputs(path: Path) -> dict[str, np.ndarray]:
+    """The named input arrays of an uploaded .npz, without unpickling anything; ``ValueError`` says what is wrong."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it is a single .npy array, not an .npz of named arrays")
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not an .npz file: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"not an .npz of plain arrays: {exc}") from None
+    if not arrays:
+        raise ValueError("the .npz holds no arrays")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf" or array.ndim == 0:
+            raise ValueError(f"{name!r} is a {array.dtype} array of shape {list(array.shape)}; every input must be a "
+                             "numeric array with a first (sample) dimension")
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"the arrays have different numbers of samples: {lengths}")
+    if not next(iter(lengths.values())):
+        raise ValueError("the arrays hold no samples")
+    return arrays
