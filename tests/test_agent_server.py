@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from bench.agent.client import AgentClient, AgentError
-from tests.agent_helpers import BLOCKED_CLI, RunningAgent, start_agent
+from bench.agent.server import detect_emulation
+from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, start_agent
 
 TOKEN = "test-token-0123456789"
 SAMPLES = 8
@@ -269,23 +270,31 @@ def test_a_killed_agent_loses_nothing_already_measured(tmp_path, token_file, mod
         while not any(status["state"] == "running" for status in started) and time.monotonic() < deadline:
             time.sleep(0.05)
         running = next(status["job"] for status in started if status["state"] == "running")
+        waiting = [submit(first, model, inputs) for _ in range(2)]
         time.sleep(1.0)  # the benchmark process is under way
         first.kill()
+        assert _workers_of(folder / "jobs" / running)  # left behind, still measuring
         thread.join(30)
         assert len(errors) == 1 and "stopped answering during job" in str(errors[0]) and first.url in str(errors[0])
 
-        second = start_agent(folder, token_file)
+        second = start_agent(folder, token_file, "--emulated", "declared by the test")
         try:
+            assert AgentClient(second.url, TOKEN).describe()["emulated"] == "declared by the test"
             status, answer = request(second, "GET", f"/v1/jobs/{running}")
             assert status == 200 and answer["state"] == "failed"
             assert "the agent stopped during this job (restarted at" in answer["reason"]
-            assert not _workers_of(folder)  # the benchmark process the killed agent left behind was stopped
+            assert not _workers_of(folder / "jobs" / running)  # the killed agent's benchmark process was stopped
             status, result = request(second, "GET", f"/v1/jobs/{finished}/result")
             assert status == 200 and result["raws"][0]["samples_ms"]
             assert request(second, "GET", f"/v1/jobs/{finished}/outputs")[0] == 200
             assert request(second, "GET", f"/v1/jobs/{running}/result")[0] == 409
             assert request(second, "DELETE", f"/v1/jobs/{finished}")[0] == 200
             assert request(second, "GET", f"/v1/jobs/{finished}")[0] == 404
+            # The jobs that were waiting run after the restart, in the order they were submitted.
+            for job in waiting:
+                wait_for(second, job, ("done",))
+            windows = [request(second, "GET", f"/v1/jobs/{job}/result")[1] for job in waiting]
+            assert windows[0]["finished_at"] <= windows[1]["started_at"]
         finally:
             second.stop()
     finally:
@@ -303,6 +312,25 @@ def _workers_of(folder: Path) -> list[str]:
         if "bench.worker" in command and str(folder.resolve()) in command:
             found.append(entry.name)
     return found
+
+
+def test_emulation_is_an_arm_machine_reading_an_x86_cpuinfo():
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 avx2\n"
+    raspberry = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n"
+    assert "qemu-user" in detect_emulation("aarch64", intel)
+    assert "sse2" in detect_emulation("aarch64", "processor\t: 0\nflags\t\t: fpu sse2\n")
+    assert detect_emulation("aarch64", raspberry) is None
+    assert detect_emulation("x86_64", intel) is None
+
+
+def test_the_command_line_module_imports_only_the_standard_library():
+    """``edgecraft`` imports it on every start, whatever the command."""
+    import subprocess
+    import sys
+
+    script = "import sys, bench.agent.commands; print(sorted({'numpy', 'pydantic', 'bench.agent.server'} & set(sys.modules)))"
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert completed.stdout.strip() == "[]"
 
 
 def test_the_agent_refuses_to_start_without_a_token(tmp_path):

@@ -41,6 +41,7 @@ from bench.agent.protocol import (
 )
 from bench.environment import environment
 from bench.harness import MeasureJob, MeasurementFailed, run_process
+from bench.settings import check_pinnable
 from targets import feeds, registry
 from targets.base import ARM_MACHINES
 
@@ -225,6 +226,10 @@ class Agent:
             inputs = read_inputs(self.blobs / manifest.inputs)
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: {exc}") from None
+        try:
+            check_pinnable(manifest.settings.pin_cpus)
+        except ValueError as exc:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"settings.pin_cpus: {exc}") from None
         settings = manifest.settings.model_copy(update={"timeout_s": min(manifest.settings.timeout_s,
                                                                           self.job_timeout_s)})
         job_id = uuid.uuid4().hex
@@ -320,7 +325,7 @@ class Agent:
                 while not self._queue:
                     self._changed.wait()
                 job_id = self._queue.pop(0)
-            self._set_state(job_id, state="running", started_at=time.time())
+                self._set_state(job_id, state="running", started_at=time.time())  # never seen out of the queue
             started = time.monotonic()
             print(f"job {job_id}: started", file=sys.stderr, flush=True)
             try:
