@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import pickle
 import re
@@ -133,7 +134,7 @@ def test_the_import_blocker_blocks(tmp_path: Path):
 
     script = BLOCKED_CLI.format(blocked=("torch", "tensorflow", "onnx")).replace("from edgecraft.cli import main",
                                                                                 "import onnxruntime\nimport onnx")
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert completed.returncode == 1 and "onnx is blocked" in completed.stderr
 
 
@@ -242,7 +243,7 @@ def test_concurrent_jobs_run_one_at_a_time(agent, model, inputs):
         thread.join(120)
     assert not errors and len(results) == 3, (errors, agent.log())
     windows = sorted((result.started_at, result.finished_at) for result in results)
-    assert all(before[1] <= after[0] for before, after in zip(windows, windows[1:])), windows
+    assert all(before[1] <= after[0] for before, after in itertools.pairwise(windows)), windows
     waiting = [(at, status) for at, status in statuses if status["state"] == "queued"]
     assert all(status["position"] >= 1 for _, status in waiting)
     assert any(start < at < end for at, status in waiting for start, end in windows), statuses
@@ -312,6 +313,15 @@ def _workers_of(folder: Path) -> list[str]:
         if "bench.worker" in command and str(folder.resolve()) in command:
             found.append(entry.name)
     return found
+
+
+def test_a_job_past_the_agent_time_limit_fails_with_the_reason(tmp_path, token_file, model, inputs):
+    agent = start_agent(tmp_path / "folder", token_file, "--job-timeout", "1")
+    try:
+        with pytest.raises(AgentError, match=r"failed on the agent.*timed out.*job time limit"):
+            measure(agent, model, inputs, measure_s=30.0, max_s=60.0, max_runs=10_000_000)
+    finally:
+        agent.stop()
 
 
 def test_emulation_is_an_arm_machine_reading_an_x86_cpuinfo():

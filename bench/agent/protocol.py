@@ -2,6 +2,18 @@
 
 numpy and pydantic only: the agent runs on a box with the runtimes and nothing else (no torch, no ``onnx``), so
 model files are recognised by their first bytes, not parsed.
+
+Every request carries ``Authorization: Bearer TOKEN``; answers are JSON (errors ``{"error": ...}``) except outputs:
+
+- ``GET /v1/device``: ``bench.environment.environment()`` plus ``targets`` (``"runtime:device"``: None where it
+  runs, else why not), ``agent`` (version, limits) and ``emulated`` (None or why the timings are an emulator's).
+- ``PUT /v1/blobs/<sha256>`` (body: the file, with a Content-Length) and ``HEAD`` (200 when it is there).
+- ``POST /v1/jobs`` (body: a ``JobManifest``) → 202 ``{"job", "state": "queued", "position"}``.
+- ``GET /v1/jobs/<id>`` → ``{"job", "state", "position" (queued: 1 is next), "reason" (failed)}``.
+- ``GET /v1/jobs/<id>/result`` → ``{"raws", "device", "started_at", "finished_at"}`` (409 until done): each
+  worker's raw dict per repetition, with ``index`` and ``order`` as ``bench.harness.measure_all`` adds them.
+- ``GET /v1/jobs/<id>/outputs`` → the accuracy pass's outputs as .npz bytes (409 until done).
+- ``DELETE /v1/jobs/<id>``: results are kept until the client deletes them (a running job cannot be deleted).
 """
 
 from __future__ import annotations
@@ -12,7 +24,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from bench.settings import BenchSettings
 
@@ -51,7 +69,7 @@ class ModelFiles(BaseModel):
     files: list[Sha256]
 
     @model_validator(mode="after")
-    def _one_blob_per_file(self) -> "ModelFiles":
+    def _one_blob_per_file(self) -> ModelFiles:
         names = MODEL_FILE_NAMES[self.format]
         if len(self.files) != len(names):
             raise ValueError(f"a {self.format} model is {len(names)} file(s) ({', '.join(names)}), got "

@@ -36,8 +36,22 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from bench.agent.protocol import (
-    BLOB_NAME, BLOBS, INPUTS_FOLDER, JOB_ID, JOBS, MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE_NAMES, OUTPUTS_FILE,
-    PREFIX, RESULT_FILE, STATE_FILE, JobManifest, check_format, read_inputs, validation_problem,
+    BLOB_NAME,
+    BLOBS,
+    INPUTS_FOLDER,
+    JOB_ID,
+    JOBS,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MODEL_FILE_NAMES,
+    OUTPUTS_FILE,
+    PREFIX,
+    RESULT_FILE,
+    STATE_FILE,
+    JobManifest,
+    check_format,
+    read_inputs,
+    validation_problem,
 )
 from bench.environment import environment
 from bench.harness import MeasureJob, MeasurementFailed, run_process
@@ -445,7 +459,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}")
         parts = path[len(PREFIX) + 1:].split("/")
         routes = {
-            ("device",): {"GET": lambda: agent.describe()},
+            ("device",): {"GET": agent.describe},
             ("blobs", "*"): {"PUT": lambda name: agent.put_blob(_blob_name(name), self.rfile,
                                                                 self._length(agent.max_upload_bytes)),
                              "HEAD": lambda name: self._exists(agent.has_blob(name))},
