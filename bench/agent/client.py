@@ -66,8 +66,9 @@ class AgentClient:
                 inputs: dict[str, np.ndarray], settings: dict, deadline_s: float,
                 on_status: Callable[[dict], None] = lambda status: None) -> RemoteResult:
         """Measure ``model_files`` (an OpenVINO IR: [.xml, .bin]) on the agent's ``runtime:device`` and return the
-        raw results; the job is deleted from the agent once fetched. ``deadline_s`` bounds the whole call, in
-        seconds from now; ``on_status`` gets every status the agent reports (state, queue position)."""
+        raw results; the job is deleted from the agent once fetched. ``deadline_s``: seconds from now after which
+        waiting for the job stops (each request is bounded by ``timeout_s``); ``on_status`` gets every status the
+        agent reports (state, queue position). ``settings``: every ``BenchSettings`` field, e.g. its model_dump()."""
         deadline = time.monotonic() + deadline_s
         limit = self.describe()["agent"]["max_upload_bytes"]
         archive = io.BytesIO()

@@ -414,6 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: AgentServer
     server_version = "edgecraft-agent"
+    timeout = 60  # seconds a connection may stay silent: a stalled client does not hold a thread for ever
 
     def do_GET(self) -> None:
         self._answer("GET")
