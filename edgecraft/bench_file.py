@@ -20,7 +20,8 @@ from rich.console import Console
 from bench.environment import environment
 from bench import evaluators
 from bench.settings import BenchSettings
-from edgecraft import data as datasets
+from edgecraft import data as datasets, devices
+from edgecraft.devices import RemoteDevice
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import TargetEntry
 from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs
@@ -46,13 +47,21 @@ def _format(path: Path) -> str:
     return fmt
 
 
-def _targets(texts: list[str], fmt: str, path: Path) -> list[TargetEntry]:
+def _targets(texts: list[str], fmt: str, path: Path, device: str | None,
+             known: dict[str, RemoteDevice]) -> list[TargetEntry]:
+    """The ``--target`` entries, each sent to ``--device`` when one is given (``runtime:device@name``)."""
     entries = []
     for text in texts or [DEFAULT_TARGET[fmt]]:
+        if device and "@" not in text:
+            text = f"{text}@{device}"
         try:
             entry = TargetEntry(target=text)
         except ValidationError as exc:
             raise EdgecraftError(f"--target {text!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+        remote = entry.spec.remote
+        if remote is not None and remote not in known:
+            where = f"the devices file's {', '.join(known)}" if known else "no devices file (--devices FILE)"
+            raise EdgecraftError(f"--target {entry.label}: the device {remote!r} is not configured ({where})")
         accepts = target_registry.runtimes()[entry.spec.runtime].accepts
         if fmt not in accepts:
             raise EdgecraftError(
@@ -97,6 +106,17 @@ def _vocabularies(path: Path) -> dict[str, int]:
             if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in inputs}
 
 
+def _reference_target(entries: list[TargetEntry], fmt: str) -> TargetEntry:
+    """Where the file's own reference outputs are computed: the first target that runs here, else (every target
+    being remote) the format's CPU runtime here."""
+    local = [e for e in entries if e.spec.remote is None] or [TargetEntry(target=DEFAULT_TARGET[fmt])]
+    for entry in local:
+        if not target_registry.get(entry.spec.runtime).unavailable_reason(entry.spec.device):
+            return entry
+    raise EdgecraftError(f"none of {', '.join(e.label for e in local)} can run on this machine to compute the "
+                         "reference outputs (see `edgecraft targets`)")
+
+
 def _reference(path: Path, entry: TargetEntry, inputs: dict[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
     """The file's own outputs on the first target, in this process; a model that rejects the inputs stops here."""
     try:
@@ -138,16 +158,16 @@ def bench_file(
     price_per_hour: float | None = None,
     command: list[str] | None = None,
     console: Console | None = None,
+    device: str | None = None,
+    remote_devices: dict[str, RemoteDevice] | None = None,
 ) -> Path:
-    """Measure ``model`` on every target; return the run folder."""
+    """Measure ``model`` on every target; return the run folder. With ``device``, every target is measured by
+    that remote device's agent (one of ``remote_devices``); the reference outputs still come from this machine."""
     model = Path(model)
     fmt = _format(model)
-    entries = _targets(targets, fmt, model)
-    runnable_entries = [e for e in entries if not target_registry.get(e.spec.runtime).unavailable_reason(e.spec.device)]
-    if not runnable_entries:
-        raise EdgecraftError(f"none of the targets can run on this machine: {', '.join(e.label for e in entries)} "
-                             "(see `edgecraft targets`)")
-    first = runnable_entries[0]
+    remote_devices = remote_devices or {}
+    entries = _targets(targets, fmt, model, device, remote_devices)
+    first = _reference_target(entries, fmt)
     signature = target_registry.get(first.spec.runtime).signature(model)
     dataset, data_origin = _data(model, inputs, signature)
     reference = _reference(model, first, dataset.inputs, settings.threads)
@@ -159,10 +179,11 @@ def bench_file(
     rows: list[ResultRow] = []
     pending: list[Pending] = []
     evaluation = Evaluation(evaluation_inputs, reference, score)
+    device_links = devices.links(remote_devices)
     for entry in entries:
         row = ResultRow(model=name, variant=model.name, target=entry.label, status="failed", lossless=True)
         row, job = export_row(row, entry, model, fmt, run_dir / "models" / folder_name(entry.label), run_dir,
-                              settings, evaluation)
+                              settings, evaluation, device_links)
         if job:
             pending.append(Pending(len(rows), job, lossless=False))  # no independent reference to check drift against
         rows.append(row)
@@ -192,6 +213,7 @@ def bench_file(
                             reference=score(reference))],
         passes=[],
         rows=rows,
+        devices={name: link.description for name, link in device_links.items() if link.description},
     )
     write_run(results, run_dir)
     return run_dir

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench.agent.commands import add_agent_commands
 from edgecraft.errors import EdgecraftError
 from reports.settings import GateThresholds
 
@@ -30,11 +31,54 @@ def _bench(args: argparse.Namespace) -> int:
     from edgecraft.runner import bench_settings
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
+    remote_devices = _devices_file(args.devices, needed=args.device is not None or any("@" in t for t in args.target))
     run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, evaluator=args.evaluator,
-                         output_dir=args.output_dir,
-                         price_per_hour=args.price_per_hour, command=args.argv[args.argv.index("bench") + 1 :])
+                         output_dir=args.output_dir, price_per_hour=args.price_per_hour,
+                         command=args.argv[args.argv.index("bench") + 1 :], device=args.device,
+                         remote_devices=remote_devices)
     print(run_dir / "report.html")
     return 0
+
+
+def _devices_file(path: Path | None, needed: bool) -> dict:
+    """The remote devices of ``--devices FILE`` (a recipe or a devices file), else of ``$EDGECRAFT_DEVICES``."""
+    from edgecraft.devices import load_devices
+
+    path = path or (Path(os.environ["EDGECRAFT_DEVICES"]) if os.environ.get("EDGECRAFT_DEVICES") else None)
+    if path is None:
+        if needed:
+            raise EdgecraftError("a remote device needs its definition: --devices FILE (a recipe with 'devices:', "
+                                 "or a file of them), or EDGECRAFT_DEVICES=FILE")
+        return {}
+    return load_devices(path)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    """List each configured device: reachable or not, what it is and what it can run. Exit 1 when one is not
+    reachable (so a script can wait for its boards)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecraft.devices import links
+
+    table = Table("device", "url", "reachable", "machine", "can run", box=None, pad_edge=False)
+    unreachable = 0
+    for name, link in links(_devices_file(args.file, needed=True)).items():
+        link.connect()
+        if link.problem:
+            unreachable += 1
+            table.add_row(name, link.config.url, f"no: {link.problem}", "", "")
+            continue
+        description = link.description
+        cpu = description.get("cpu", {})
+        machine = " · ".join(str(part) for part in (
+            cpu.get("machine"), cpu.get("model"), f"{cpu.get('logical_cores')} cores",
+            f"{cpu.get('memory_mb')} MB" if cpu.get("memory_mb") else None,
+            f"emulated: {link.emulated}" if link.emulated else None) if part)
+        runs = ", ".join(target for target, reason in description.get("targets", {}).items() if reason is None)
+        table.add_row(name, link.config.url, "yes", machine, runs or "nothing")
+    Console(width=200).print(table)
+    return 1 if unreachable else 0
 
 
 def _cpus(text: str) -> list[int]:
@@ -188,12 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classification, agreement, embedding, regression or module:function (default: "
                        "classification when --inputs has class targets)")
     bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
+    bench.add_argument("--device", metavar="NAME",
+                       help="measure every target on this remote device's agent (defined in --devices FILE)")
+    bench.add_argument("--devices", type=Path, metavar="FILE",
+                       help="remote device definitions: a recipe with a 'devices:' section or a file of them "
+                       "(default: $EDGECRAFT_DEVICES)")
     bench.add_argument("--output-dir", type=Path, default=Path("runs"), help="where to create the run folder")
     _protocol_options(bench)
     bench.set_defaults(handler=_bench)
 
     targets = commands.add_parser("targets", help="list every target and whether it can run on this machine")
     targets.set_defaults(handler=_targets)
+
+    devices = commands.add_parser(
+        "devices", help="list the remote devices a recipe or devices file names: reachable or not, what they run",
+        description="Ask each configured device's agent what it is and what it can run. Exit 1 when a device is "
+        "not reachable.")
+    devices.add_argument("file", type=Path, nargs="?", metavar="FILE",
+                         help="a recipe with a 'devices:' section, or a file of them (default: $EDGECRAFT_DEVICES)")
+    devices.set_defaults(handler=_devices)
+
+    add_agent_commands(commands)
 
     recipe = commands.add_parser("recipe", help="recipe utilities")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
