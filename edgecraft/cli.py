@@ -56,28 +56,26 @@ def _devices_file(path: Path | None, needed: bool) -> dict:
 def _devices(args: argparse.Namespace) -> int:
     """List each configured device: reachable or not, what it is and what it can run. Exit 1 when one is not
     reachable (so a script can wait for its boards)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from edgecraft.devices import links
 
-    table = Table("device", "url", "reachable", "machine", "can run", box=None, pad_edge=False)
     unreachable = 0
     for name, link in links(_devices_file(args.file, needed=True)).items():
         link.connect()
         if link.problem:
             unreachable += 1
-            table.add_row(name, link.config.url, f"no: {link.problem}", "", "")
+            print(f"{name}: not reachable: {link.problem}")
             continue
         description = link.description
         cpu = description.get("cpu", {})
         machine = " · ".join(str(part) for part in (
             cpu.get("machine"), cpu.get("model"), f"{cpu.get('logical_cores')} cores",
-            f"{cpu.get('memory_mb')} MB" if cpu.get("memory_mb") else None,
-            f"emulated: {link.emulated}" if link.emulated else None) if part)
+            f"{cpu.get('memory_mb')} MB" if cpu.get("memory_mb") else None) if part)
         runs = ", ".join(target for target, reason in description.get("targets", {}).items() if reason is None)
-        table.add_row(name, link.config.url, "yes", machine, runs or "nothing")
-    Console(width=200).print(table)
+        print(f"{name}: reachable at {link.config.url}")
+        print(f"    machine: {machine}")
+        if link.emulated:
+            print(f"    emulated: {link.emulated} (its timings are not device timings)")
+        print(f"    runs: {runs or 'nothing'}")
     return 1 if unreachable else 0
 
 

@@ -1,0 +1,195 @@
+"""Remote devices end to end: a recipe whose targets name devices runs against real agents on loopback (behind an
+import blocker: no torch, TensorFlow or onnx in them), and their rows merge into the same results and report.
+
+One agent is native, one declares itself emulated, one device points at a closed port and one lacks its token:
+the last two fail their own rows with the reason and every other row is still measured.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reports.schema import load_results
+from tests.agent_helpers import RunningAgent, start_agent
+from tests.conftest import edgecraft
+
+RECIPE = """\
+name: remote
+models:
+  - builtin: digits-cnn
+variants:
+  - name: fp32
+  - name: int8
+    passes: [{{type: quantize.static}}]
+targets: {targets}
+devices:
+  loop: {{url: "{loop}", token_file: "{token}"}}
+  emu: {{url: "{emu}", token_file: "{token}"}}
+  down: {{url: "{down}", token_file: "{token}"}}
+  tokenless: {{url: "{loop}", token_env: EDGECRAFT_TEST_UNSET_TOKEN}}
+benchmark: {{profile: quick, operator_profile: false, throughput_s: 0.1}}
+"""
+TARGETS = ["onnxruntime:cpu", "onnxruntime:cpu@loop", "onnxruntime:cpu@emu", "onnxruntime:cpu@down",
+           "onnxruntime:cpu@tokenless"]
+
+
+def _closed_port_url() -> str:
+    """An address where nothing listens: a port taken from the OS and released again."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _write_recipe(folder: Path, agents: dict[str, RunningAgent], token: Path, targets: list[str]) -> Path:
+    recipe = folder / "remote.yaml"
+    recipe.write_text(RECIPE.format(targets=json.dumps(targets), loop=agents["loop"].url, emu=agents["emu"].url,
+                                    down=_closed_port_url(), token=token))
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("agents")
+    token = folder / "token"
+    token.write_text("s3cret-for-tests\n")
+    started = {
+        "loop": start_agent(folder / "loop", token),
+        "emu": start_agent(folder / "emu", token, "--emulated", "declared by the test (stands for qemu-user)"),
+    }
+    yield started, token, folder
+    for agent in started.values():
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_run(agents, model_cache: Path) -> Path:
+    started, token, folder = agents
+    recipe = _write_recipe(folder, started, token, TARGETS)
+    completed = edgecraft("run", recipe, "--output-dir", folder / "runs")
+    assert completed.returncode == 0, completed.stderr
+    return Path(completed.stdout.strip().splitlines()[-1]).parent
+
+
+def test_remote_rows_are_measured_there_and_merged(remote_run: Path) -> None:
+    results = load_results(remote_run)
+    rows = {(r.variant, r.target): r for r in results.rows}
+    assert len(rows) == 2 * len(TARGETS)
+    for variant in ("fp32", "int8"):
+        local, remote = rows[(variant, "onnxruntime:cpu")], rows[(variant, "onnxruntime:cpu@loop")]
+        assert local.status == remote.status == "ok", (local.reason, remote.reason)
+        assert local.device is None and remote.device == "loop" and remote.emulated is None
+        # The same file on the same kind of CPU: the agent's outputs are the local ones, scored by the same evaluator.
+        assert remote.sha256 == local.sha256
+        assert remote.measurement.accuracy == pytest.approx(local.measurement.accuracy)
+        assert remote.measurement.fidelity.max_abs_diff == pytest.approx(local.measurement.fidelity.max_abs_diff,
+                                                                         abs=1e-5)
+        assert remote.measurement.latency_ms.runs >= 20 and remote.measurement.latency_ms.p50 > 0
+    assert rows[("fp32", "onnxruntime:cpu@loop")].measurement.fidelity.max_abs_diff <= 1e-4
+    description = results.devices["loop"]
+    assert description["cpu"]["machine"] and description["cpu"]["logical_cores"] >= 1
+    assert description["targets"]["onnxruntime:cpu"] is None and description["emulated"] is None
+    assert description["packages"]["onnxruntime"]
+
+
+def test_emulated_device_rows_say_so(remote_run: Path) -> None:
+    results = load_results(remote_run)
+    for row in (r for r in results.rows if r.target.endswith("@emu")):
+        assert row.status == "ok", row.reason
+        assert row.device == "emu" and "declared by the test" in row.emulated
+        assert row.measurement.accuracy is not None  # fidelity and accuracy stay real
+    assert "declared by the test" in results.devices["emu"]["emulated"]
+
+
+def test_unreachable_or_tokenless_devices_fail_only_their_rows(remote_run: Path) -> None:
+    results = load_results(remote_run)
+    for row in results.rows:
+        if row.target.endswith("@down"):
+            assert row.status == "failed" and "device down" in row.reason and "unreachable" in row.reason
+        elif row.target.endswith("@tokenless"):
+            assert row.status == "failed" and "EDGECRAFT_TEST_UNSET_TOKEN is not set" in row.reason
+        else:
+            assert row.status == "ok"
+    html = (remote_run / "report.html").read_text()
+    assert "onnxruntime:cpu@loop" in html and "onnxruntime:cpu@down" in html
+
+
+def test_devices_command_lists_reachability(agents, remote_run: Path) -> None:
+    recipe = remote_run / "recipe.yaml"
+    completed = edgecraft("devices", recipe)
+    assert completed.returncode == 1, completed.stderr  # 'down' and 'tokenless' are not reachable
+    out = completed.stdout
+    assert f"loop: reachable at {agents[0]['loop'].url}" in out
+    loop = out[out.index("loop: reachable"):out.index("emu: reachable")]
+    assert "machine: " in loop and "cores" in loop and "runs: " in loop and "onnxruntime:cpu" in loop
+    assert "emulated: declared by the test" in out[out.index("emu: reachable"):]
+    assert "down: not reachable: device down" in out
+    assert "tokenless: not reachable:" in out and "EDGECRAFT_TEST_UNSET_TOKEN is not set" in out
+
+
+def test_bench_a_file_on_a_device(agents, remote_run: Path, tmp_path: Path) -> None:
+    model = next(remote_run.glob("models/digits-cnn/fp32/onnxruntime-cpu/*.onnx"))
+    completed = edgecraft("bench", model, "--device", "loop", "--devices", remote_run / "recipe.yaml", "--quick",
+                          "--output-dir", tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    results = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
+    (row,) = results.rows
+    assert row.status == "ok" and row.target == "onnxruntime:cpu@loop" and row.device == "loop", row.reason
+    assert row.measurement.fidelity.max_abs_diff <= 1e-5 and "loop" in results.devices
+    unknown = edgecraft("bench", model, "--device", "nowhere", "--devices", remote_run / "recipe.yaml")
+    assert unknown.returncode == 2 and "'nowhere' is not configured" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_recipe_naming_an_undefined_device_is_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
+                      "targets: [onnxruntime:arm@pi5]\n")
+    completed = edgecraft("recipe", "validate", recipe)
+    assert completed.returncode == 2
+    assert "names the device 'pi5', which is not in 'devices'" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_agent_killed_mid_job_fails_that_row_and_keeps_the_rest(tmp_path: Path, model_cache: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("another-secret\n")
+    agent = start_agent(tmp_path / "agent", token)
+    try:
+        recipe = _write_recipe(tmp_path, {"loop": agent, "emu": agent}, token,
+                               ["onnxruntime:cpu", "onnxruntime:cpu@loop"])
+
+        def kill_when_running() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                for state in (tmp_path / "agent").glob("jobs/*/state.json"):
+                    try:
+                        running = json.loads(state.read_text())["state"] == "running"
+                    except (OSError, ValueError, KeyError):
+                        continue
+                    if running:
+                        agent.kill()
+                        return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_running, daemon=True)
+        killer.start()
+        completed = edgecraft("run", recipe, "--output-dir", tmp_path / "runs")
+        killer.join(timeout=1)
+    finally:
+        agent.stop()
+    assert completed.returncode == 0, completed.stderr
+    results = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
+    for row in results.rows:
+        if row.target == "onnxruntime:cpu":
+            assert row.status == "ok", row.reason  # measured before the remote rows: never lost
+        else:
+            assert row.status == "failed" and "device loop" in row.reason, row.reason
+    first_remote = next(r for r in results.rows if r.target == "onnxruntime:cpu@loop")
+    assert "stopped" in first_remote.reason, first_remote.reason
