@@ -4,6 +4,11 @@
     run = edgecraft.run(edgecraft.Recipe.from_yaml("recipes/quickstart.yaml"), profile="quick")
     run.verdict(); run.to_pandas(); run.report_path
 
+    # your own torch.nn.Module and data, in memory (no file, no module:function)
+    recipe = edgecraft.Recipe(name="mine", models=[edgecraft.Model(module=net)],
+                              data=edgecraft.Data(arrays={"x": x}, targets=y),
+                              variants=[{"name": "fp32"}, {"name": "int8", "passes": [{"type": "quantize.static"}]}])
+
 Everything not listed in ``__all__`` is private. Names are imported on first use, so ``import edgecraft`` stays
 cheap (no torch, no runtime).
 """
@@ -12,15 +17,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["EdgecraftError", "Recipe", "Run", "run"]
+__all__ = ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
 
-_WHERE = {"EdgecraftError": "edgecraft.errors", "Recipe": "edgecraft.recipe", "Run": "edgecraft.api",
-          "run": "edgecraft.api"}
+# public name -> (module, name there): Model and Data are the recipe's ModelSpec and DataSpec
+_WHERE = {"Data": ("edgecraft.recipe", "DataSpec"), "EdgecraftError": ("edgecraft.errors", "EdgecraftError"),
+          "Model": ("edgecraft.recipe", "ModelSpec"), "Recipe": ("edgecraft.recipe", "Recipe"),
+          "Run": ("edgecraft.api", "Run"), "run": ("edgecraft.api", "run")}
 
 if TYPE_CHECKING:
     from edgecraft.api import Run, run
     from edgecraft.errors import EdgecraftError
-    from edgecraft.recipe import Recipe
+    from edgecraft.recipe import DataSpec as Data, ModelSpec as Model, Recipe
 
 
 def __getattr__(name: str) -> Any:
@@ -28,7 +35,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'edgecraft' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(_WHERE[name]), name)
+    module, attribute = _WHERE[name]
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value
 

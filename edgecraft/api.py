@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from bench.settings import ProfileName
     from edgecraft.recipe import Recipe
+    from reports import charts
     from reports.analysis import Analysis, Recommendation
     from reports.compare import Comparison
     from reports.schema import ResultRow, RunResults
@@ -107,6 +108,15 @@ class Run:
         return pandas.DataFrame([{name: read(fact) for name, read in COLUMNS} for fact in self.analysis.facts],
                                 columns=[name for name, _ in COLUMNS])
 
+    def charts(self) -> "dict[str, Chart]":
+        """The report's charts, each shown inline by a notebook (``_repr_svg_``; ``.svg`` is the SVG text):
+        ``accuracy_vs_latency`` (with the Pareto front), ``size``, ``latency`` (distributions) and ``memory``."""
+        from reports import charts
+
+        drawers = {"accuracy_vs_latency": charts.accuracy_vs_latency, "size": charts.size_per_variant,
+                   "latency": charts.latency_distributions, "memory": charts.memory_per_target}
+        return {name: Chart(name, charts.draw(drawer, self.analysis)) for name, drawer in drawers.items()}
+
     def compare(self, baseline: "Run", *, allow_missing: bool = False, **thresholds: float | None) -> "Comparison":
         """This run judged against ``baseline`` by the ``edgecraft report compare`` gate: ``.outcome`` is "PASS" or
         "FAIL", ``.rows`` the per-row findings. ``thresholds``: ``max_latency_increase``, ``max_size_increase``,
@@ -156,3 +166,18 @@ class Run:
         return (f"<div><h4>edgecraft · {e(self.results.name)}</h4><ul>{''.join(lines)}</ul>"
                 f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>{report}</div>")
+
+
+class Chart:
+    """One of the report's charts: SVG that a notebook shows inline, or why it could not be drawn."""
+
+    def __init__(self, name: str, drawn: "charts.Chart") -> None:
+        self.name = name
+        self.svg = drawn.svg
+        self.failure = drawn.failure
+
+    def _repr_svg_(self) -> str | None:
+        return self.svg
+
+    def __repr__(self) -> str:
+        return f"<edgecraft chart {self.name}: {'not drawn: ' + self.failure if self.failure else 'SVG'}>"

@@ -86,6 +86,99 @@ def load_source(source: str, base_dir: Path, signature: Signature | None) -> Dat
     raise EdgecraftError(f"data.source {source!r}: expected 'digits', a .npz file or 'module:function'")
 
 
+def from_arrays(arrays: dict[str, np.ndarray], targets: np.ndarray | None, signature: Signature | None) -> Dataset:
+    """In-memory named arrays (the Python API's ``DataSpec.arrays``), plus optional targets."""
+    arrays = dict(arrays)
+    if targets is not None:
+        arrays["targets"] = targets
+    return _named(arrays, "data.arrays", signature)
+
+
+def from_torch_dataset(dataset: Any, input_names: list[str]) -> Dataset:
+    """Every item of a map-style torch ``Dataset``, stacked into named arrays (the Python API's ``DataSpec.dataset``).
+
+    An item is a tensor (the inputs), a pair (inputs, target), or a dict of named tensors (``targets`` or
+    ``labels`` is the target); inputs are a tensor, a tuple of tensors or a dict of named ones. Tensors given by
+    position are named ``input_names`` in order (the model's inputs), else ``input``, ``input_1``, ..."""
+    origin = f"data.dataset ({type(dataset).__qualname__})"
+    count = len(dataset)
+    columns: dict[str, list[np.ndarray]] = {}
+    targets: list[np.ndarray] = []
+    layout = None
+    for index in range(count):
+        try:
+            item = dataset[index]
+        except Exception as exc:  # noqa: BLE001 - the user's __getitem__
+            raise EdgecraftError(f"{origin}: item {index} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        inputs, target = _item_parts(item, origin, index)
+        named = _name_inputs(inputs, input_names, origin, index)
+        shape = (tuple(named), target is not None)
+        if layout is None:
+            layout = shape
+        elif shape != layout:
+            raise EdgecraftError(f"{origin}: item {index} holds inputs {list(shape[0])}"
+                                 f"{' and a target' if shape[1] else ''}, item 0 {list(layout[0])}"
+                                 f"{' and a target' if layout[1] else ''}: every item needs the same form")
+        for name, value in named.items():
+            columns.setdefault(name, []).append(_sample(value, f"{origin}: item {index}: input {name!r}"))
+        if target is not None:
+            targets.append(_sample(target, f"{origin}: item {index}: target"))
+    arrays = {name: _stack(values, f"{origin}: input {name!r}") for name, values in columns.items()}
+    if not arrays:
+        raise EdgecraftError(f"{origin}: its items hold no inputs")
+    return Dataset(arrays, _stack(targets, f"{origin}: target") if targets else None)
+
+
+def _item_parts(item: Any, origin: str, index: int) -> tuple[Any, Any]:
+    """(inputs, target or None) of one Dataset item."""
+    if isinstance(item, dict):
+        inputs = dict(item)
+        key = next((key for key in TARGET_KEYS if key in inputs), None)
+        return inputs, inputs.pop(key) if key else None
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2:
+            raise EdgecraftError(f"{origin}: item {index} is a {type(item).__name__} of {len(item)}; an item is a "
+                                 "tensor, a pair (inputs, target) or a dict of named tensors (several inputs: "
+                                 "((x1, x2), target))")
+        return item[0], item[1]
+    return item, None
+
+
+def _name_inputs(inputs: Any, input_names: list[str], origin: str, index: int) -> dict[str, Any]:
+    if isinstance(inputs, dict):
+        return inputs
+    values = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    if len(input_names) >= len(values):
+        names = input_names[: len(values)]
+    else:
+        names = ["input", *(f"input_{i}" for i in range(1, len(values)))]
+    return dict(zip(names, values))
+
+
+def _sample(value: Any, what: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, read without importing torch here
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise EdgecraftError(f"{what} is a {type(value).__name__}, not a tensor or a number")
+    return array
+
+
+def _stack(values: list[np.ndarray], what: str) -> np.ndarray:
+    shapes = {value.shape for value in values}
+    if len(shapes) > 1:
+        first = values[0].shape
+        index = next(i for i, value in enumerate(values) if value.shape != first)
+        raise EdgecraftError(f"{what}: item {index} has shape {list(values[index].shape)}, item 0 {list(first)}: "
+                             "items must have one shape (pad sequences to one length)")
+    return np.ascontiguousarray(np.stack(values))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _single_image_input(signature: Signature | None) -> Any:
     if signature is None:
         raise EdgecraftError("data.source 'digits' needs the model's input shape: set the model's input_shape or inputs")

@@ -1,5 +1,6 @@
 """Turn a recipe's model entry into a starting artifact: a built-in (trained once, then cached), a user's
-``module:factory`` (+ state dict), or a ready ONNX file."""
+``module:factory`` (+ state dict), a ready ONNX file, or (Python API) an in-memory ``torch.nn.Module``; and its
+data: the recipe's ``data.source``, or in-memory arrays or a torch ``Dataset``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from compress.zoo import REFERENCE_MODELS
 from edgecraft.errors import EdgecraftError
 from edgecraft.imports import call_object
 from edgecraft import data as datasets
-from edgecraft.recipe import ModelSpec
+from edgecraft.recipe import DataSpec, ModelSpec
 from reports.schema import Signature, TensorSpec
 from targets.base import image_like
 
@@ -58,9 +59,35 @@ def data_source(spec: ModelSpec, source: str) -> str:
     return REFERENCE_MODELS[spec.builtin].data if spec.builtin else "digits"
 
 
-def load_data(spec: ModelSpec, source: str, signature: Signature | None) -> Dataset:
-    """The model's whole data set, before splitting."""
-    return datasets.load_source(data_source(spec, source), Path("."), signature)
+def data_origin(spec: ModelSpec, data: DataSpec) -> str:
+    """How messages name where the model's data comes from."""
+    if data.arrays is not None:
+        return "data.arrays"
+    if data.dataset is not None:
+        return f"data.dataset ({type(data.dataset).__qualname__})"
+    return f"data.source {data_source(spec, data.source)!r}"
+
+
+def load_data(spec: ModelSpec, data: DataSpec, signature: Signature | None, model: Any = None) -> Dataset:
+    """The model's whole data set, before splitting: in-memory arrays or a torch Dataset (Python API), or the
+    recipe's ``data.source``. A Dataset's positional tensors are named after the declared inputs, else after
+    ``model``'s ``forward()`` parameters."""
+    if data.arrays is not None:
+        return datasets.from_arrays(data.arrays, data.targets, signature)
+    if data.dataset is not None:
+        names = signature.input_names if signature is not None else forward_parameters(model)
+        return datasets.from_torch_dataset(data.dataset, names)
+    return datasets.load_source(data_source(spec, data.source), Path("."), signature)
+
+
+def forward_parameters(model: Any) -> list[str]:
+    """The names of ``model.forward``'s positional parameters (none for no model)."""
+    if model is None:
+        return []
+    import inspect
+
+    return [p.name for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, model: Any = None) -> Signature:
@@ -177,13 +204,26 @@ def factory_model(spec: ModelSpec) -> Any:
     return model.eval()
 
 
+def in_memory_model(spec: ModelSpec) -> Any:
+    """A copy of the user's in-memory module, in eval mode on the CPU: passes (pruning, training) and ``eval()``
+    never touch the object the user holds."""
+    import copy
+
+    try:
+        model = copy.deepcopy(spec.module)
+    except Exception as exc:  # noqa: BLE001 - a module holding something that cannot be copied
+        raise EdgecraftError(f"model.module {type(spec.module).__qualname__}: cannot copy it "
+                             f"({type(exc).__name__}: {_first_line(exc)}); edgecraft works on a copy") from None
+    return model.cpu().eval()
+
+
 def starting_artifact(spec: ModelSpec, model: Any, signature: Signature) -> Artifact:
     if spec.onnx:
         return Artifact("onnx", signature, path=Path(spec.onnx))
     return Artifact("torch", signature, model=model)
 
 
-def check_accepts(artifact: Artifact, sample: Dataset, data_source: str) -> None:
+def check_accepts(artifact: Artifact, sample: Dataset, origin: str) -> None:
     """Run one real sample through the model so that a mismatch is reported before any long work."""
     try:
         if artifact.format == "torch":
@@ -198,7 +238,7 @@ def check_accepts(artifact: Artifact, sample: Dataset, data_source: str) -> None
     except Exception as exc:  # noqa: BLE001 - the framework's message is the useful part
         shapes = ", ".join(f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in sample.inputs.items())
         raise EdgecraftError(
-            f"the model rejects the data: data.source {data_source!r} gives {shapes} (plus batch): "
+            f"the model rejects the data: {origin} gives {shapes} (plus batch): "
             f"{_first_line(exc)[:300]}"
         ) from None
 

@@ -28,7 +28,9 @@ from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import DataSpec, ModelSpec
 from edgecraft.rows import Evaluation, reference_outputs
-from edgecraft.step_cache import OUR_PACKAGES, code_key, digest, file_digest, library_versions
+from edgecraft.step_cache import (
+    OUR_PACKAGES, architecture_key, code_key, digest, file_digest, library_versions, weights_digest,
+)
 from edgecraft.steps import Keyed, StepRunner
 from reports.schema import ModelRecord
 from targets import feeds
@@ -57,12 +59,14 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
     name = spec.display_name
     model_dir = run_dir / "models" / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    source = model_source.data_source(spec, data_spec.source)
+    origin = model_source.data_origin(spec, data_spec)
     declared = model_source.declared_signature(spec)
-    dataset = model_source.load_data(spec, data_spec.source, declared)
-    model = model_source.factory_model(spec) if spec.factory else None
+    model = model_source.in_memory_model(spec) if spec.module is not None else None
+    dataset = model_source.load_data(spec, data_spec, declared, model)
+    if spec.factory:
+        model = model_source.factory_model(spec)
     signature = declared or model_source.signature_from_data(dataset, spec.outputs, model)
-    dataset = datasets.conform(dataset, signature, f"model {name!r}: data.source {source!r}")
+    dataset = datasets.conform(dataset, signature, f"model {name!r}: {origin}")
     chosen = spec.evaluator or _builtin_evaluator(spec)
     splits = datasets.split(dataset, (data_spec.splits.train, data_spec.splits.calibration,
                                       data_spec.splits.evaluation), data_spec.seed,
@@ -79,7 +83,7 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
     except evaluators.EvaluatorMismatch as exc:
         raise EdgecraftError(f"model {name!r}: {exc}") from None
     artifact = model_source.starting_artifact(spec, model, signature)
-    model_source.check_accepts(artifact, splits.evaluation.head(1), source)
+    model_source.check_accepts(artifact, splits.evaluation.head(1), origin)
 
     context = PassContext(
         train=splits.train,
@@ -180,8 +184,14 @@ def data_notes(evaluation: Dataset, how: str) -> list[str]:
 
 def content_key(spec: ModelSpec, artifact: Artifact) -> str:
     """What a starting model is, by content: a PyTorch model's weights and the code that defines it (its
-    class's module and, for a factory, the factory's module); an ONNX model's file and its external data."""
+    class's module and, for a factory, the factory's module; for an in-memory module, its structure and its
+    classes' source); an ONNX model's file and its external data."""
     signature = artifact.signature.model_dump(mode="json")
+    if artifact.format == "torch" and spec.module is not None:
+        # An in-memory module has no factory file: its weights, its structure and its classes' source.
+        model = artifact.model
+        return digest("in-memory", type(model).__qualname__, weights_digest(model), architecture_key(model),
+                      signature)
     if artifact.format == "torch":
         model = artifact.model
         state = model.state_dict()

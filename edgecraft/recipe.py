@@ -15,14 +15,16 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-    model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunctionWrapHandler, ValidationError,
+    ValidationInfo, field_serializer, field_validator, model_serializer, model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
 from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
 from compress import registry as pass_registry
 from compress.zoo import REFERENCE_MODELS
+from edgecraft.data import TARGET_KEYS
 from edgecraft.devices import RemoteDevice
 from edgecraft.errors import EdgecraftError
 from reports.schema import TensorSpec
@@ -59,6 +61,68 @@ FunctionReference = Annotated[str, AfterValidator(_check_function)]
 
 class _Strict(BaseModel):
     model_config = _STRICT
+
+
+class _PythonObjects(_Strict):
+    """A recipe part that may hold Python objects (an ``nn.Module``, arrays, a torch ``Dataset``): the Python API.
+
+    Those fields are absent from the JSON Schema (YAML cannot give them), are dumped to JSON (results.json, the
+    stored recipe YAML) as a one-line description with a content digest, and are left out of dumps when unset.
+    Built in code, a part that does not validate raises ``EdgecraftError``, one line per problem, like a YAML
+    recipe does (``model_validate``, which ``load_recipe`` uses, keeps pydantic's ``ValidationError``)."""
+
+    _objects: tuple[str, ...] = ()
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise EdgecraftError(validation_message(exc, _API_NAMES.get(type(self).__name__, ""))) from None
+
+    # Only a part built in code goes through this __init__: pydantic validates nested parts and model_validate()
+    # without it (a custom __init__ would be called there too), so a YAML recipe keeps its file:line errors.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_serializer(mode="wrap")
+    def _without_unset_objects(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)
+        for name in self._objects:
+            if dumped.get(name) is None:
+                dumped.pop(name, None)
+        return dumped
+
+
+def validation_message(exc: ValidationError, prefix: str = "") -> str:
+    """pydantic's errors as ``field: problem`` lines (no input dumps: a value may be a whole tensor)."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = _dotted(tuple(part for part in error["loc"] if not _is_union_tag(part)))
+        field = f"{prefix}.{field}" if prefix and field != "recipe" else (prefix or field)
+        lines.append(_one_line(f"{field}: {error['msg'].removeprefix('Value error, ')}"))
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part.startswith(("function-", "tagged-union")) or "." in part)
+
+
+# How a part built in code is named in its error messages.
+_API_NAMES = {"ModelSpec": "model", "DataSpec": "data", "Recipe": ""}
+
+
+def _torch_module(value: Any) -> bool:
+    """Whether ``value`` is a ``torch.nn.Module``, without importing torch (no torch loaded: it cannot be one)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _torch_dataset(value: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.utils.data.Dataset)
 
 
 def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
@@ -124,8 +188,10 @@ class OutputSpec(TensorSpec):
     model_config = _STRICT
 
 
-class ModelSpec(_Strict):
-    """Exactly one of ``builtin``, ``factory`` or ``onnx``."""
+class ModelSpec(_PythonObjects):
+    """Exactly one of ``builtin``, ``factory``, ``onnx`` or (Python API) ``module``."""
+
+    _objects = ("module",)
 
     name: Name | None = Field(None, description="Name in results (and of its folder in the run folder); defaults to "
                               "the builtin name, the factory function's name or the file stem.")
@@ -137,6 +203,10 @@ class ModelSpec(_Strict):
     )
     weights: str | None = Field(None, description="State-dict file loaded into the factory's model.")
     onnx: str | None = Field(None, description="A ready ONNX model file.")
+    module: SkipJsonSchema[Any] = Field(
+        None, description="Python API only: an in-memory torch.nn.Module (copied; the object you pass is never "
+        "changed). Stored in results as a description with the digest of its weights."
+    )
     input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
         None, description="Shorthand for one float32 input named 'input': its shape without the batch, e.g. [3, 64, 64]."
     )
@@ -173,18 +243,33 @@ class ModelSpec(_Strict):
     _check_weights = field_validator("weights", "onnx")(_existing_file)
     _check_onnx = field_validator("onnx")(_onnx_model)
 
+    @field_validator("module")
+    @classmethod
+    def _a_module(cls, value: Any) -> Any:
+        if value is not None and not _torch_module(value):
+            hint = " (in a YAML recipe, name a function that builds it: factory: 'package.module:function')" \
+                if isinstance(value, str) else ""
+            raise ValueError(f"expected a torch.nn.Module object, got {type(value).__name__}{hint}")
+        return value
+
+    @field_serializer("module", when_used="json")
+    def _describe_module(self, value: Any) -> str | None:
+        from edgecraft.step_cache import describe_module
+
+        return None if value is None else describe_module(value)
+
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        sources = [key for key in ("builtin", "factory", "onnx") if getattr(self, key) is not None]
+        sources = [key for key in ("builtin", "factory", "onnx", "module") if getattr(self, key) is not None]
         if len(sources) != 1:
-            raise ValueError(f"give exactly one of builtin, factory or onnx (got {sources or 'none'})")
+            raise ValueError(f"give exactly one of builtin, factory, onnx or module (got {sources or 'none'})")
         if self.weights and not self.factory:
-            raise ValueError("weights is only used with factory")
+            raise ValueError("weights is only used with factory (load an in-memory module's weights yourself)")
         if self.inputs and self.input_shape:
             raise ValueError("give inputs or input_shape, not both")
-        if (self.inputs or self.outputs) and not self.factory:
-            raise ValueError("inputs and outputs declare a factory model's signature; built-in and onnx models "
-                             "carry their own")
+        if (self.inputs or self.outputs) and not (self.factory or self.module is not None):
+            raise ValueError("inputs and outputs declare a factory model's signature (or an in-memory module's); "
+                             "built-in and onnx models carry their own")
         if self.inputs:
             names = [spec.name for spec in self.inputs]
             if len(set(names)) != len(names):
@@ -193,6 +278,9 @@ class ModelSpec(_Strict):
 
     @property
     def source(self) -> str:
+        """What the model is, for results and the compare gate (a module by its class, not its weights)."""
+        if self.module is not None:
+            return f"in-memory:{type(self.module).__module__}.{type(self.module).__qualname__}"
         return self.builtin or self.factory or f"onnx:{self.onnx}"
 
     @property
@@ -202,6 +290,8 @@ class ModelSpec(_Strict):
             return self.name
         if self.builtin:
             return self.builtin
+        if self.module is not None:
+            return _safe_name(type(self.module).__name__)
         return _safe_name(self.factory.rpartition(":")[2] if self.factory else Path(self.onnx).stem)
 
 
@@ -220,7 +310,12 @@ class SplitSpec(_Strict):
         return self
 
 
-class DataSpec(_Strict):
+class DataSpec(_PythonObjects):
+    """Where the data comes from: ``source`` (a recipe's), or in memory (Python API): ``arrays`` (+ ``targets``)
+    or a torch ``dataset``."""
+
+    _objects = ("arrays", "targets", "dataset")
+
     source: str = Field(
         "auto",
         description="'auto': each built-in model's own data set (digits for the digits models), digits for other "
@@ -230,6 +325,103 @@ class DataSpec(_Strict):
     )
     splits: SplitSpec = SplitSpec()
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the splits and of training (numpy's range).")
+    arrays: SkipJsonSchema[dict[str, Any] | None] = Field(
+        None, description="Python API only: named arrays (numpy, or anything np.asarray reads), one per model "
+        "input, [samples, ...] each; a 'targets' (or 'labels') entry holds the targets."
+    )
+    targets: SkipJsonSchema[Any] = Field(None, description="Python API only: the targets of ``arrays``, "
+                                         "[samples, ...] (class labels, values, group ids).")
+    dataset: SkipJsonSchema[Any] = Field(
+        None, description="Python API only: a map-style torch.utils.data.Dataset whose items are a tensor (one "
+        "input), a pair (inputs, target) with inputs a tensor, a tuple of tensors or a dict of them, or a dict of "
+        "named tensors (a 'targets' or 'labels' entry holds the target)."
+    )
+
+    @field_validator("arrays")
+    @classmethod
+    def _named_arrays(cls, value: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("no arrays: give one array per model input, by name")
+        arrays = {}
+        for name, array in value.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"array names must be non-empty strings, got {name!r}")
+            arrays[name] = _as_array(array, f"'{name}'")
+        return arrays
+
+    @field_validator("targets")
+    @classmethod
+    def _target_array(cls, value: Any) -> np.ndarray | None:
+        return None if value is None else _as_array(value, "targets")
+
+    @field_validator("dataset")
+    @classmethod
+    def _a_dataset(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not _torch_dataset(value):
+            raise ValueError(f"expected a torch.utils.data.Dataset, got {type(value).__name__} (numpy arrays go in "
+                             "'arrays', by input name)")
+        try:
+            size = len(value)
+        except TypeError:
+            raise ValueError(f"{type(value).__name__} has no len(): give a map-style Dataset (an "
+                             "IterableDataset cannot be split reproducibly)") from None
+        if size == 0:
+            raise ValueError(f"{type(value).__name__} is empty")
+        return value
+
+    @field_serializer("arrays", when_used="json")
+    def _describe_arrays(self, value: dict[str, np.ndarray] | None) -> str | None:
+        if value is None:
+            return None
+        shown = ", ".join(f"{name} {array.dtype.name} {list(array.shape)}" for name, array in value.items())
+        return f"<in-memory arrays {shown}; sha256 {_arrays_digest(list(value.values()))}>"
+
+    @field_serializer("targets", when_used="json")
+    def _describe_targets(self, value: np.ndarray | None) -> str | None:
+        if value is None:
+            return None
+        return f"<in-memory array {value.dtype.name} {list(value.shape)}; sha256 {_arrays_digest([value])}>"
+
+    @field_serializer("dataset", when_used="json")
+    def _describe_dataset(self, value: Any) -> str | None:
+        return None if value is None else f"<in-memory torch Dataset {type(value).__qualname__}, {len(value)} items>"
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "DataSpec":
+        given = [name for name in ("arrays", "dataset") if getattr(self, name) is not None]
+        if "source" in self.model_fields_set and self.source != "auto":
+            given.insert(0, "source")
+        if len(given) > 1:
+            raise ValueError(f"give one of source, arrays or dataset (got {', '.join(given)})")
+        if self.targets is not None:
+            if self.arrays is None:
+                raise ValueError("targets go with arrays (a Dataset's items carry their own targets)")
+            named = [key for key in TARGET_KEYS if key in self.arrays]
+            if named:
+                raise ValueError(f"targets given twice: as targets and as arrays[{named[0]!r}]")
+        if self.arrays is not None:
+            counts = {name: len(array) for name, array in self.arrays.items()}
+            if self.targets is not None:
+                counts["targets"] = len(self.targets)
+            if len(set(counts.values())) != 1:
+                raise ValueError(f"arrays of different lengths: every array needs the same number of samples "
+                                 f"(first dimension), got {counts}")
+        return self
+
+    @property
+    def in_memory(self) -> bool:
+        return self.arrays is not None or self.dataset is not None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_objects(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = super()._without_unset_objects(handler)
+        if self.in_memory and dumped.get("source") == "auto":  # not where this data came from
+            dumped.pop("source")
+        return dumped
 
     @field_validator("source")
     @classmethod
@@ -239,6 +431,30 @@ class DataSpec(_Strict):
         if value not in ("auto", "digits") and not FUNCTION_REFERENCE.fullmatch(value):
             raise ValueError(f"expected 'auto', 'digits', a .npz file or 'module:function', got {value!r}")
         return value
+
+
+def _as_array(value: Any, what: str) -> np.ndarray:
+    """An array of samples (a numpy array, a CPU tensor, a list), as numpy; never an object array."""
+    if hasattr(value, "detach"):  # a torch tensor: read without autograd, on the CPU
+        value = value.detach().cpu()
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - whatever np.asarray refuses
+        raise ValueError(f"{what}: not an array ({_first_line(exc)})") from None
+    if array.dtype == object or array.ndim == 0:
+        raise ValueError(f"{what}: expected an array of samples [samples, ...] of numbers, got "
+                         f"{type(value).__name__}" + (" of dtype object" if array.dtype == object else " (a scalar)"))
+    return array
+
+
+def _arrays_digest(arrays: list[np.ndarray]) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    for array in arrays:
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()[:16]
 
 
 def _pass_union() -> Any:
@@ -313,7 +529,12 @@ class TargetEntry(_Strict):
         return f"{self.target}[{extra}]" if extra else self.target
 
 
-class Recipe(_Strict):
+class Recipe(_PythonObjects):
+    """A whole recipe: what ``edgecraft run`` reads from YAML, and what ``edgecraft.run()`` takes.
+
+    In code, a model may be an in-memory ``torch.nn.Module`` (``ModelSpec(module=net)``) and the data in-memory
+    arrays or a torch ``Dataset`` (``DataSpec(arrays={...}, targets=...)``, ``DataSpec(dataset=...)``)."""
+
     name: Name
     models: list[ModelSpec] = Field(min_length=1)
     data: DataSpec = DataSpec()

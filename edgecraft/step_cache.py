@@ -130,6 +130,65 @@ def code_key(*modules: str) -> str:
     return digest(closure)
 
 
+def weights_digest(model: Any) -> str:
+    """sha256 of a PyTorch module's state: every tensor's name, dtype, shape and bytes, in name order."""
+    sha = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        value = state[name]
+        if not hasattr(value, "detach"):  # a module's extra state: whatever it chose to store
+            sha.update(f"{name}\0{value!r}\0".encode())
+            continue
+        tensor = value.detach().cpu().contiguous()
+        sha.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        sha.update(_tensor_bytes(tensor))
+    return sha.hexdigest()
+
+
+def _tensor_bytes(tensor: Any) -> bytes:
+    """A tensor's raw bytes, for any dtype numpy lacks (bfloat16) too; a quantized tensor by its int repr."""
+    import torch
+
+    if tensor.is_quantized:
+        tensor = tensor.int_repr()
+    if tensor.numel() == 0:
+        return b""
+    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def architecture_key(model: Any) -> str:
+    """What a module is apart from its weights: its structure (``repr``: layers, sizes, settings) and the source of
+    every class in it that is not PyTorch's own (its ``forward`` and helpers), read where Python can read it (a
+    file, a notebook cell); a class without readable source is keyed by its qualified name."""
+    import inspect
+
+    sources = {}
+    for cls in sorted({type(module) for module in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            sources[name] = inspect.getsource(cls)
+        except (OSError, TypeError):  # a class defined in a notebook or a REPL: its functions' cells are readable
+            parts = []
+            for attribute, value in sorted(vars(cls).items()):
+                function = getattr(value, "__func__", value)
+                if inspect.isfunction(function):
+                    try:
+                        parts.append(inspect.getsource(function))
+                    except (OSError, TypeError):
+                        parts.append(f"{attribute}:{function.__code__.co_code.hex()}")
+            sources[name] = "\n".join(parts)
+    return digest(repr(model), sources)
+
+
+def describe_module(model: Any) -> str:
+    """How an in-memory module is written where a recipe is stored (results.json, the run's recipe.yaml)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    return (f"<in-memory torch.nn.Module {type(model).__qualname__}, {parameters} parameters, "
+            f"sha256 of weights {weights_digest(model)[:16]}>")
+
+
 def step_key(input_key: str, step: Pass, config: PassConfig) -> str:
     return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries),
                   code_key(type(step).__module__), step.environment_facts(config))
