@@ -8,6 +8,7 @@ exactly what a local one means. A device that cannot be reached, or that stops m
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from edgecraft.errors import EdgecraftError
 from targets import feeds
 
 # The format the agent is told a runnable file is in, by its suffix.
+log = logging.getLogger(__name__)
+
 _FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 
 
@@ -153,7 +156,7 @@ class DeviceLink:
             result = self._client.measure(
                 runtime=job.runtime, device=job.device, options=job.options, model_format=fmt, model_files=files,
                 inputs={name: np.asarray(array) for name, array in feeds.load(job.inputs).items()},
-                settings=remote_settings, deadline_s=self.config.job_timeout_s,
+                settings=remote_settings, deadline_s=self.config.job_timeout_s, on_status=self._log_queue,
             )
         except AgentError as exc:
             raise MeasurementFailed(f"device {self.name}: {exc}") from None
@@ -161,6 +164,13 @@ class DeviceLink:
         np.savez(job.work_dir / "outputs.npz", **result.outputs)
         self.description = result.device
         return result.raws
+
+
+    def _log_queue(self, status: dict) -> None:
+        """Say (with -v) when a row waits behind other jobs on the device, and where it stands."""
+        if status.get("state") == "queued" and status.get("position", 1) > 1:
+            log.info("device %s: job %s waits in the queue at position %s", self.name, status.get("job"),
+                     status["position"])
 
 
 def links(devices: dict[str, RemoteDevice]) -> dict[str, DeviceLink]:
