@@ -6,6 +6,11 @@ Baselines: accuracy drop is measured against the model's fp32 reference accuracy
 the PyTorch model on the evaluation split, after any shared passes), because it exists for every row even when the
 fp32 variant failed or was skipped on a target. Speed-up and size reduction compare with the model's fp32 row (the
 variant without passes) on the same target, since they only mean something on one runtime and device.
+
+Rows measured on an emulated device (``ResultRow.emulated``, e.g. qemu-user) have real fidelity and accuracy but no
+device timings: ``RowFacts.timing_not_measured`` says why, and nothing speed-related (speed-up, "slower than fp32",
+the Pareto front, cost, operator gaps, a fastest variant) is derived from them. Renderers read that field rather than
+testing ``row.emulated`` themselves.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class RowFacts:
     cost_per_million: float | None
     on_front: bool
     throughput: list[ThroughputFacts] = field(default_factory=list)
+    # Why the row's timings (latency, memory, load, throughput, cost) are not device timings: its device is emulated.
+    timing_not_measured: str | None = None
+    # The remote device that measured the row, described: "pi5 · aarch64 · Cortex-A76"; None: this machine.
+    device_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,9 @@ class Recommendation:
     target: str
     choice: RowFacts | None
     reason: str
+    # Where speed cannot be judged: why (an emulated device), and the measured variants within the accuracy budget.
+    timing_not_measured: str | None = None
+    within_budget: list[RowFacts] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,22 @@ def cost_per_million(price_per_hour: float | None, throughput_per_s: float | Non
     return price_per_hour / 3600 / throughput_per_s * 1e6
 
 
+def timing_not_measured(row: ResultRow) -> str | None:
+    """Why ``row``'s timings mean nothing on its device (it is emulated), else None."""
+    if not row.emulated:
+        return None
+    device = f"emulated device {row.device}" if row.device else "emulated device"
+    return f"{device} ({row.emulated}): timings are not device timings"
+
+
+def device_label(row: ResultRow, devices: dict[str, dict]) -> str | None:
+    """The remote device of ``row`` in a few words from its own description: "pi5 · aarch64 · Cortex-A76"."""
+    if row.device is None:
+        return None
+    cpu = (devices.get(row.device) or {}).get("cpu") or {}
+    return " · ".join(str(part) for part in (row.device, cpu.get("machine"), cpu.get("model")) if part)
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
@@ -165,8 +193,10 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     ok = [r for r in results.rows if r.status == "ok"]
     front: set[int] = set()
     for key in {(r.model, r.target) for r in ok}:
-        # Rows whose quality could not be measured have no place on an accuracy/latency front.
-        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None]
+        # Rows whose quality could not be measured, or whose timings are an emulator's, have no place on an
+        # accuracy/latency front.
+        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None
+                 and not r.emulated]
         marks = pareto_front([(r.measurement.latency_ms.p50, r.measurement.accuracy) for r in group])
         front.update(id(r) for r, mark in zip(group, marks) if mark)
     facts = []
@@ -177,8 +207,10 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
         m, base = row.measurement, compared.measurement if compared else None
         measured = m is not None and m.accuracy is not None and model.reference_accuracy is not None
         drop = model.reference_accuracy - m.accuracy if measured else None
-        slower = bool(m and base and m.latency_ms.p50 > base.latency_ms.p50
-                      and not cis_overlap(m.latency_ms, base.latency_ms))
+        untimed = timing_not_measured(row) or (timing_not_measured(compared) if compared else None)
+        timed, base_timed = (None, None) if untimed else (m, base)  # what speed figures may be derived from
+        slower = bool(timed and base_timed and timed.latency_ms.p50 > base_timed.latency_ms.p50
+                      and not cis_overlap(timed.latency_ms, base_timed.latency_ms))
         facts.append(
             RowFacts(
                 row=row,
@@ -189,14 +221,15 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 baseline=baseline,
                 accuracy_drop=drop,
                 within_budget=drop is not None and drop <= settings.max_accuracy_drop + FLOAT_SLACK,
-                speedup=_ratio(base.latency_ms.p50, m.latency_ms.p50) if m and base else None,
+                speedup=_ratio(base_timed.latency_ms.p50, timed.latency_ms.p50) if timed and base_timed else None,
                 size_reduction=_ratio(compared.size_bytes, row.size_bytes) if compared else None,
                 slower_than_fp32=slower,
-                cost_per_million=cost_per_million(settings.price_per_hour, m.throughput_per_s) if m else None,
+                cost_per_million=cost_per_million(settings.price_per_hour, timed.throughput_per_s) if timed else None,
                 on_front=id(row) in front,
-                # What the model costs on top of the runtime itself: the peak over the peak after the bare import.
                 throughput=[ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))
-                            for t in (m.throughput if m else [])],
+                            for t in (m.throughput if m and not timing_not_measured(row) else [])],
+                timing_not_measured=timing_not_measured(row),
+                device_label=device_label(row, results.devices),
             )
         )
     return facts
@@ -204,13 +237,28 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
 
 def _recommend(facts: list[RowFacts], settings: ReportSettings) -> list[Recommendation]:
     """Per (model, target): the fastest measured variant within the accuracy budget (then the more accurate, then
-    the smaller). The fastest such row is always on the Pareto front."""
+    the smaller). The fastest such row is always on the Pareto front. Rows whose timings are not device timings (an
+    emulated device) are never picked for speed: a group of only such rows names no fastest variant, says why, and
+    lists the variants within the budget (their accuracy is real)."""
     recommendations = []
     for model, target in dict.fromkeys((f.row.model, f.row.target) for f in facts):
         group = [f for f in facts if (f.row.model, f.row.target) == (model, target)]
-        measured = [f for f in group if f.row.measurement]
+        every_measured = [f for f in group if f.row.measurement]
+        measured = [f for f in every_measured if not f.timing_not_measured]
         eligible = [f for f in measured if f.within_budget]
         budget = f"{100 * settings.max_accuracy_drop:g} pt of the fp32 {group[0].metric}"
+        if every_measured and not measured:
+            untimed = every_measured[0].timing_not_measured
+            within = [f for f in every_measured if f.within_budget]
+            if within:
+                judged = f"within {budget}: {', '.join(f.row.variant for f in within)}"
+            elif all(f.row.measurement.accuracy is None for f in every_measured):
+                judged = "quality not measured either: no variant can be recommended"
+            else:
+                judged = f"no variant is within {budget}"
+            reason = f"{untimed}, so no variant is picked for speed; {judged}"
+            recommendations.append(Recommendation(model, target, None, reason, untimed, within))
+            continue
         if eligible:
             choice = min(
                 eligible,
@@ -272,7 +320,8 @@ def operator_gap(fact: RowFacts) -> OperatorGap | None:
     ``BARELY_FASTER``; None for any other row."""
     m = fact.row.measurement
     profile = m.operator_profile if m else None
-    if profile is None or not profile.quantized or fact.speedup is None or fact.speedup >= BARELY_FASTER:
+    if (profile is None or not profile.quantized or fact.timing_not_measured or fact.speedup is None
+            or fact.speedup >= BARELY_FASTER):
         return None
     fp32 = fact.baseline.measurement.operator_profile if fact.baseline and fact.baseline.measurement else None
     if fp32 is None:
@@ -289,7 +338,8 @@ def operator_gap(fact: RowFacts) -> OperatorGap | None:
 def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
     facts = _row_facts(results, settings)
     budget = [f for f in facts if f.within_budget]
-    faster = [f for f in budget if f.speedup and f.speedup > 1]  # a 0.1× "best speed-up" would be no headline
+    # A 0.1× "best speed-up" would be no headline; an emulated row never has one.
+    faster = [f for f in budget if f.speedup and f.speedup > 1 and not f.timing_not_measured]
     smaller = [f for f in budget if f.size_reduction and f.size_reduction > 1]
     return Analysis(
         results=results,

@@ -1,7 +1,9 @@
 """Charts as inline SVG (matplotlib's SVG backend), so that the report needs no JavaScript library or CDN.
 
 Rows that were not measured (failed or skipped) stay in every chart as a labelled gap: a chart that silently
-drops them would make a partial run look complete.
+drops them would make a partial run look complete. Rows whose timings are not device timings (an emulated device,
+``RowFacts.timing_not_measured``) are left out of the timing charts: the accuracy/latency chart lists them under its
+axes, and the report's captions say how many were left out.
 
 Every text that comes from the results (names, reasons) goes through ``_plain``: matplotlib reads a pair of ``$``
 as math and raises on what is not. A chart is an illustration of numbers the tables also hold, so ``draw`` turns
@@ -104,11 +106,27 @@ def _by(facts: list[RowFacts], key: Callable[[ResultRow], str]) -> dict[str, lis
     return groups
 
 
+def _timed(facts: list[RowFacts]) -> list[RowFacts]:
+    """The rows whose timings are device timings (every row but an emulated device's)."""
+    return [f for f in facts if not f.timing_not_measured]
+
+
+def _nothing_timed(name: str) -> str:
+    """A chart with no row to show: every row's timings are an emulator's."""
+    with _style(name):
+        figure, (axis,) = _figure(6.5, 0.9, 1)
+        axis.set_axis_off()
+        axis.text(0, 0.5, "no row with device timings: every measured row ran on an emulated device",
+                  transform=axis.transAxes, va="center", fontsize=8, color=STATUS_COLORS["skipped"])
+        return _svg(figure)
+
+
 def accuracy_vs_latency(analysis: Analysis) -> str:
     """One panel per model: p50 latency (x, log) against accuracy (y), a marker per target, the Pareto front of each
-    target as a step line, the accuracy budget as a dashed line, and the unmeasured rows listed under the axes."""
+    target as a step line, the accuracy budget as a dashed line, and the unmeasured rows (and those left out: an
+    emulated device's) listed under the axes."""
     by_model = _by(analysis.facts, lambda r: r.model)
-    targets = list(dict.fromkeys(f.row.target for f in analysis.facts))
+    targets = list(dict.fromkeys(f.row.target for f in _timed(analysis.facts)))
     with _style("accuracy-latency"):
         figure, axes = _figure(5.0 * len(by_model), 3.6, len(by_model))
         for axis, (model, facts) in zip(axes, by_model.items()):
@@ -118,7 +136,7 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
                 axis.annotate("accuracy budget", (0, 100 * budget), xycoords=("axes fraction", "data"),
                               xytext=(2, 3), textcoords="offset points", color="#57606a", fontsize=7)
             for index, target in enumerate(targets):
-                measured = [f for f in facts if f.row.target == target and f.row.measurement
+                measured = [f for f in _timed(facts) if f.row.target == target and f.row.measurement
                             and f.row.measurement.accuracy is not None]
                 if not measured:
                     continue
@@ -140,10 +158,13 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
             axis.set_xlabel("latency p50 (ms, log) — lower is better")
             axis.set_ylabel(_plain(f"{facts[0].metric} (%)"))
             axis.grid(True, which="both", alpha=0.25)
-            if any(f.row.measurement and f.row.measurement.accuracy is not None for f in facts):
+            if any(f.row.measurement and f.row.measurement.accuracy is not None for f in _timed(facts)):
                 axis.legend(fontsize=7, loc="lower right", title="filled: Pareto front", title_fontsize=7)
             missing = [f"{_plain(f.row.variant)} · {_plain(f.row.target)} — {_not_measured(f.row, 45)}"
                        for f in facts if not f.row.measurement or f.row.measurement.accuracy is None]
+            missing += [f"{_plain(f.row.variant)} · {_plain(f.row.target)} — left out: emulated device, timings "
+                        "are not device timings" for f in facts
+                        if f.timing_not_measured and f.row.measurement and f.row.measurement.accuracy is not None]
             if missing:
                 axis.text(0, -0.28, "not measured:\n" + "\n".join(missing), transform=axis.transAxes, va="top",
                           fontsize=7, color=STATUS_COLORS["failed"])
@@ -188,7 +209,9 @@ def size_per_variant(analysis: Analysis) -> str:
 
 def latency_distributions(analysis: Analysis) -> str:
     """Per target, a box per row over every timed sample (whiskers at the 1st and 99th percentiles)."""
-    by_target = _by(analysis.facts, lambda r: r.target)
+    by_target = _by(_timed(analysis.facts), lambda r: r.target)
+    if not by_target:
+        return _nothing_timed("latency")
     with _style("latency"):
         height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
         figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
@@ -209,7 +232,9 @@ def latency_distributions(analysis: Analysis) -> str:
 def memory_per_target(analysis: Analysis) -> str:
     """Per target and row, what importing the runtime costs the process and, stacked on it, what the model adds
     (model memory, labelled): the runtime's share is paid once per process, the model's per model."""
-    by_target = _by(analysis.facts, lambda r: r.target)
+    by_target = _by(_timed(analysis.facts), lambda r: r.target)
+    if not by_target:
+        return _nothing_timed("memory")
     with _style("memory"):
         height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
         figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
@@ -239,7 +264,7 @@ def latency_change(comparison: Comparison) -> str:
         figure, (axis,) = _figure(7.5, 1.1 + 1.4 * ROW_HEIGHT_IN * len(rows), 1)
         for offset, side, colour in ((-0.17, "baseline", "#8c959f"), (0.17, "candidate", "#0969da")):
             points = [(i + offset, getattr(row, side).measurement.latency_ms) for i, row in enumerate(rows)
-                      if getattr(row, side) and getattr(row, side).measurement]
+                      if getattr(row, side) and getattr(row, side).measurement and not row.latency_not_compared]
             if points:
                 ys, stats = zip(*points)
                 p50 = [s.p50 for s in stats]
@@ -251,7 +276,10 @@ def latency_change(comparison: Comparison) -> str:
         axis.set_ylim(len(rows) - 0.5, -0.5)
         for position, row in enumerate(rows):
             side = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
-            if side or not (row.baseline and row.candidate):
+            if row.latency_not_compared:
+                axis.text(0.01, position, _plain(row.latency_not_compared), transform=axis.get_yaxis_transform(),
+                          va="center", fontsize=7, color=STATUS_COLORS["skipped"])
+            elif side or not (row.baseline and row.candidate):
                 note = _not_measured(side) if side else "only in " + ("baseline" if row.baseline else "candidate")
                 axis.text(0.01, position, note, transform=axis.get_yaxis_transform(), va="center", fontsize=7,
                           color=STATUS_COLORS["failed"])
@@ -260,5 +288,6 @@ def latency_change(comparison: Comparison) -> str:
         axis.set_xscale("log")
         axis.set_xlabel("latency p50 with 95 % CI (ms, log)")
         axis.grid(True, axis="x", which="both", alpha=0.25)
-        figure.legend(fontsize=7, loc="outside lower center", ncol=2)
+        if axis.get_legend_handles_labels()[0]:  # nothing to label where every row's latency went uncompared
+            figure.legend(fontsize=7, loc="outside lower center", ncol=2)
         return _svg(figure)

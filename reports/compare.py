@@ -10,8 +10,11 @@ The gate fails a row (exit 1) for one of three kinds of finding:
 - missing: a baseline row that the candidate lacks or skipped, unless ``allow_missing``.
 
 A p50 increase beyond the threshold with CIs that do not overlap is a regression even on a noisy row. Size and
-accuracy are deterministic, so their thresholds apply directly. Thresholds come from the command line, else from the
-*baseline* run's recipe, else the defaults: never from the candidate, which could otherwise switch its own gate off.
+accuracy are deterministic, so their thresholds apply directly. A row measured on an emulated device in either run
+(``ResultRow.emulated``) gets no latency verdict at all (its timings are the emulator's, not the device's; the row
+says so in ``latency_not_compared``), while its size and accuracy are gated as usual. Thresholds come from the
+command line, else from the *baseline* run's recipe, else the defaults: never from the candidate, which could
+otherwise switch its own gate off.
 
 Two runs that are not comparable (a model's source, signature, evaluator or evaluation data differ) or that hold a
 number no measurement can have are refused with ``ResultsError`` (exit 2): a verdict on them would mean nothing.
@@ -90,6 +93,7 @@ class RowDiff:
     size_change: float | None
     accuracy_change: float | None
     findings: list[Finding]
+    latency_not_compared: str | None = None  # why the row has no latency verdict (an emulated device)
 
     @property
     def failures(self) -> list[Finding]:
@@ -127,7 +131,9 @@ class Comparison:
         """How many rows have each failing verdict, e.g. "1 regression, 2 missing of 6 row(s)"."""
         counts = Counter(row.verdict for row in self.rows)
         failing = ", ".join(f"{counts[kind]} {kind}" for kind in KINDS if counts[kind]) or "nothing fails"
-        return f"{failing} of {len(self.rows)} row(s)"
+        untimed = sum(1 for row in self.rows if row.latency_not_compared)
+        emulated = f" (latency not compared for {untimed}: emulated device)" if untimed else ""
+        return f"{failing} of {len(self.rows)} row(s){emulated}"
 
 
 def _key(row: ResultRow) -> Key:
@@ -186,12 +192,17 @@ def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, gate: GateTh
     elif bm and not cm:
         findings.append(Finding("regression", f"measured in the baseline but {cand.status} in the candidate: "
                                               f"{cand.reason}"))
-    latency = overlap = accuracy = None
-    if bm and cm:
+    latency = overlap = accuracy = untimed = None
+    emulated = next((f"{side}: {row.emulated}" for side, row in (("baseline", base), ("candidate", cand))
+                     if row and row.emulated), None)
+    if bm and cm and emulated:
+        untimed = f"latency not compared: emulated device ({emulated}); its timings are not device timings"
+    elif bm and cm:
         latency = _relative(cm.latency_ms.p50, bm.latency_ms.p50)
         overlap = cis_overlap(bm.latency_ms, cm.latency_ms)
         if finding := _latency(base, cand, latency, overlap, gate.max_latency_increase):
             findings.append(finding)
+    if bm and cm:
         metric = bm.quality.metric
         if bm.accuracy is not None and cm.accuracy is None:
             findings.append(Finding("regression", f"{metric} measured in the baseline but not in the candidate: "
@@ -209,7 +220,7 @@ def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, gate: GateTh
     if base and cand and not any(w.startswith(CONVERSION_WARNING) for w in base.warnings):
         findings.extend(Finding("regression", f"new in the candidate: {warning}")
                         for warning in cand.warnings if warning.startswith(CONVERSION_WARNING))
-    return RowDiff(*key, base, cand, latency, overlap, size, accuracy, findings)
+    return RowDiff(*key, base, cand, latency, overlap, size, accuracy, findings, untimed)
 
 
 def _describe(signature: Signature) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from reports import charts
-from reports.analysis import Analysis, analyse
+from reports.analysis import Analysis, analyse, timing_not_measured
 from reports.compare import Comparison
 from reports.csv_table import results_csv
 from reports.files import write_atomic
@@ -33,11 +33,15 @@ def _pts(value: float | None) -> str:
     return DASH if value is None else f"{round(100 * value, 2) + 0.0:+.2f} pt".replace("-", "−")  # no "−0.00"
 
 
-def _top_ops(profile: Any, count: int = 3) -> str:
+def _top_ops(profile: Any, count: int = 3, nodes_only: bool = False) -> str:
     """An operator profile's top op types, compactly: 'Conv 50 % · QuantizeLinear 22 %' (or node counts,
-    'CONV_2D ×12', where per-op time is not measured)."""
+    'CONV_2D ×12', where per-op time is not measured, or where it means nothing: ``nodes_only``, the most nodes
+    first)."""
     if profile is None:
         return DASH
+    if nodes_only:
+        ops = sorted(profile.ops, key=lambda op: (-op.nodes, op.op_type))[:count]
+        return " · ".join(f"{op.op_type} ×{op.nodes}" for op in ops) or DASH
     parts = [f"{op.op_type} {100 * op.share:.0f} %" if op.share is not None else f"{op.op_type} ×{op.nodes}"
              for op in profile.top(count)]
     return " · ".join(parts) or (profile.not_measured or DASH)
@@ -71,6 +75,7 @@ def _environment() -> Environment:
         kb=lambda size: _fmt(None if size is None else size / 1024, ",.1f"),
         compact_json=lambda value: json.dumps(value, separators=(", ", ": ")),
         top_ops=_top_ops,
+        timing_not_measured=timing_not_measured,
         counts=_counts,
         figures=lambda metrics: ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())),
     )
