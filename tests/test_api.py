@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import edgecraft
+from edgecraft.recipe import DataSpec, ModelSpec
 from reports.schema import load_results
 from tests.conftest import REPO
 
@@ -41,8 +42,11 @@ def api_run(quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory) -> e
 
 
 def _identity(rows) -> list[tuple]:
-    """A row apart from its measured figures."""
-    return [(r.model, r.variant, r.target, r.status, r.reason, r.lossless, r.sha256, r.size_bytes, r.artifact)
+    """A row apart from its measured figures (timings, memory): what it is, its file, where it ran and its quality
+    (the evaluator and the fidelity to fp32 on the same evaluation data are computed, not timed)."""
+    return [(r.model, r.variant, r.target, r.status, r.reason, r.lossless, r.sha256, r.size_bytes, r.artifact,
+             r.device, r.emulated,
+             r.measurement and r.measurement.quality, r.measurement and r.measurement.fidelity)
             for r in rows]
 
 
@@ -124,7 +128,8 @@ def test_bad_recipe_path_is_an_edgecraft_error(tmp_path: Path) -> None:
 
 
 def test_public_names_and_a_cheap_import() -> None:
-    assert sorted(edgecraft.__all__) == ["EdgecraftError", "Recipe", "Run", "run"]
+    assert sorted(edgecraft.__all__) == ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
+    assert edgecraft.Model is ModelSpec and edgecraft.Data is DataSpec  # the recipe's own types
     assert all(getattr(edgecraft, name) for name in edgecraft.__all__)
     with pytest.raises(AttributeError):
         edgecraft.run_recipe  # noqa: B018 - private names are not re-exported
