@@ -27,6 +27,7 @@ from compress.zoo import REFERENCE_MODELS
 from edgecraft.data import TARGET_KEYS
 from edgecraft.devices import RemoteDevice
 from edgecraft.errors import EdgecraftError
+from edgecraft.tune.space import SearchSpec
 from reports.schema import TensorSpec
 from reports.settings import ReportSettings
 from targets import registry as target_registry
@@ -556,6 +557,9 @@ class Recipe(_PythonObjects):
         "is measured there.")
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
+    search: SearchSpec | None = Field(
+        None, description="What 'edgecraft tune' searches (pass parameters, objectives, accuracy budget); "
+        "'edgecraft run' ignores it.")
     _text: str | None = PrivateAttr(None)  # the YAML it was read from, stored verbatim with the results
 
     @classmethod

@@ -1,0 +1,64 @@
+"""Trials as Ray tasks.
+
+Every node offers one ``benchmark_slot`` (a custom Ray resource: ``ray start --resources '{"benchmark_slot": 1}'``;
+a local Ray started here gets it by itself) and every trial task takes one, so no two trials, and therefore no two
+benchmark phases, run at once on one node. A trial is one task (its training, export and measurement together):
+splitting it into a parallel training task and a slot-holding measurement task would need the run's in-memory
+state moved between tasks, so whole trials are serialised per node and the nodes run in parallel. Results come
+back to the driver, which tells the one Optuna study and logs to the one MLflow experiment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from edgecraft.errors import EdgecraftError
+
+SLOT = "benchmark_slot"
+
+
+class RayTrials:
+    def __init__(self, address: str | None, workers: int, run: Callable[..., dict]):
+        import ray
+
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+            else:
+                ray.init(num_cpus=workers, resources={SLOT: workers}, include_dashboard=False,
+                         log_to_driver=False, ignore_reinit_error=True)
+        except Exception as exc:  # noqa: BLE001 - an address that does not answer, a cluster that will not start
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgecraftError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {first[:300]}") from None
+        slots = int(ray.cluster_resources().get(SLOT, 0))
+        if slots < 1:
+            ray.shutdown()
+            raise EdgecraftError(f"--ray-address {address}: no node offers a {SLOT}; start each node with "
+                                 f"ray start --resources '{{\"{SLOT}\": 1}}'")
+        self.parallel = slots if address else workers
+        self.ray = ray
+        self.task = ray.remote(num_cpus=1, resources={SLOT: 1}, max_retries=0)(_call)
+        self.run = run
+
+    def map(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run every call as a task; a task that dies is that trial's failure only."""
+        futures = [self.task.remote(self.run, call) for call in calls]
+        outcomes = []
+        for call, future in zip(calls, futures):
+            try:
+                outcomes.append(self.ray.get(future))
+            except Exception as exc:  # noqa: BLE001 - a worker that crashed
+                outcomes.append({"number": call["number"], "values": call["values"], "state": "failed",
+                                 "reason": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}"})
+        return outcomes
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def _call(run: Callable[..., dict], call: dict[str, Any]) -> dict[str, Any]:
+    import ray
+
+    outcome = run(**call)
+    outcome["ray_node"] = ray.get_runtime_context().get_node_id()
+    return outcome

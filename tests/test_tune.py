@@ -1,0 +1,172 @@
+"""edgecraft tune: the search section's errors, the study (seeded, resumed without redoing trials), MLflow, the
+tune report and the best recipe; one real study on digits-cnn with the quick profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgecraft.cli import main
+from edgecraft.recipe import load_recipe
+
+BASE = {
+    "name": "tiny-tune",
+    "models": [{"builtin": "digits-cnn"}],
+    "variants": [
+        {"name": "fp32"},
+        {"name": "pruned", "passes": [{"type": "prune.structured", "ratio": 0.5, "finetune_epochs": 1},
+                                      {"type": "export.onnx"}, {"type": "quantize.static"}]},
+    ],
+    "targets": ["onnxruntime:cpu"],
+    "benchmark": {"profile": "quick", "operator_profile": False},
+    "search": {"parameters": {"variants.pruned.passes[0].ratio": {"choice": [0.1, 0.2]},
+                              "variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "entropy"]}},
+               "max_drop": 0.05, "trials": 2},
+}
+
+
+def write(tmp_path: Path, search: dict | None = None, **changes) -> Path:
+    data = json.loads(json.dumps(BASE))
+    data.update(changes, output_dir=str(tmp_path / "runs"))
+    if search is not None:
+        data["search"] = search
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("search, expected", [
+    ({"parameters": {}}, "the search space is empty"),
+    ({"parameters": {"variants.pruned.passes[0].ratioo": {"float": [0.2, 0.7]}}},
+     "prune.structured has no parameter 'ratioo'"),
+    ({"parameters": {"variants.nope.passes[0].ratio": {"float": [0.2, 0.7]}}}, "no variant named 'nope'"),
+    ({"parameters": {"variants.pruned.passes[5].ratio": {"float": [0.2, 0.7]}}}, "has 3 pass(es), no passes[5]"),
+    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.7, 0.2]}}}, "a range needs low < high"),
+    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 1.5]}}}, "ratio = 1.5 is not valid"),
+    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 0.5], "choice": [1]}}}, "exactly one of"),
+    ({"parameters": {"variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "magic"]}}},
+     "calibration_method = 'magic' is not valid"),
+])
+def test_bad_search_is_one_line_and_exit_2(tmp_path, capsys, search, expected):
+    path = write(tmp_path, search)
+    assert main(["tune", str(path), "--no-track"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {path}") and "search" in err and expected in err, err
+
+
+def test_run_ignores_search_and_schema_publishes_it(tmp_path):
+    recipe, _ = load_recipe(write(tmp_path))
+    assert recipe.search is not None and recipe.search.trials == 2
+    from edgecraft.recipe import recipe_json_schema
+
+    assert "search" in recipe_json_schema()["properties"]
+
+
+def fake_trial(data, base_dir, search, values, trials_dir, number, profile=None, benchmark_lock=None):
+    """A stand-in trial (the study logic without compression): smaller ratio → slower, entropy → more accurate."""
+    ratio = values["variants.pruned.passes[0].ratio"]
+    method = values["variants.pruned.passes[2].calibration_method"]
+    run_dir = Path(trials_dir) / f"trial-{number:04d}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.html").write_text("<html></html>")
+    (run_dir / "results.json").write_text(json.dumps({"environment": {"python": "3"}}))
+    (run_dir / "model.onnx").write_bytes(b"\0" * int(1000 * (1 - ratio)))
+    metric = 0.97 - ratio / 10 + (0.02 if method == "entropy" else 0)
+    row = {"model": "digits-cnn", "variant": "pruned", "target": "onnxruntime:cpu", "status": "ok", "reason": None,
+           "lossless": False, "artifact": "model.onnx", "size_bytes": int(1000 * (1 - ratio)), "p50": 1 - ratio,
+           "p90": 1.1, "p95": 1.1, "p99": 1.2 - ratio, "metric": metric, "peak_mb": 50.0}
+    drop = 0.98 - metric
+    return {"number": number, "values": values, "state": "complete", "run_dir": str(run_dir), "rows": [row],
+            "row": row, "metric": metric, "reference": 0.98, "metric_name": "top-1 accuracy", "drop": drop,
+            "values_objective": [row["p50"]], "constraint": drop - search["max_drop"],
+            "feasible": drop <= search["max_drop"], "speedup": 1 / row["p50"]}
+
+
+def test_study_resumes_tracks_and_reports(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from edgecraft.tune.study import tune
+    from edgecraft.tune.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path)
+    first = tune(path, trials=2, seed=3, tracker=Tracker(uri), run_trial=fake_trial)
+    assert first.new_trials == 2
+    again = tune(path, trials=4, seed=3, tracker=Tracker(uri), run_trial=fake_trial)
+    assert again.new_trials == 2  # the two finished trials are not redone
+    trials = json.loads((again.folder / "trials.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3] and all(t["state"] == "complete" for t in trials)
+    assert tune(path, trials=4, seed=3, run_trial=fake_trial).new_trials == 0
+
+    html = again.report.read_text()
+    assert "<svg" in html and "Pareto front" in html and "chosen: trial" in html and "Study history" in html
+    best = yaml.safe_load(again.best_recipe.read_text())
+    assert "search" not in best
+    chosen = min((t for t in trials if t["feasible"]), key=lambda t: (t["values"][0], t["number"]))
+    assert best["variants"][1]["passes"][0]["ratio"] == chosen["params"]["variants.pruned.passes[0].ratio"]
+    recipe, _ = load_recipe(again.best_recipe)  # what `edgecraft run` reads
+    assert recipe.search is None
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("edgecraft-tune/tiny-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    runs = [r for r in runs if "edgecraft.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["edgecraft.trial"]) for r in runs) == [0, 1, 2, 3]
+    for run in runs:
+        assert "variants.pruned.passes.0.ratio" in run.data.params
+        assert {"p50_ms", "p99_ms", "size_bytes", "metric", "peak_mb"} <= set(run.data.metrics)
+        assert "edgecraft.recipe_sha256" in run.data.tags and "env.python" in run.data.tags
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"report.html", "results.json", "model"} <= artifacts
+
+
+def test_killed_trial_is_redone_and_finished_ones_are_not(tmp_path):
+    import optuna
+
+    from edgecraft.tune.study import plan, tune, tune_folder
+
+    path = write(tmp_path)
+    done = tune(path, trials=1, seed=0, run_trial=fake_trial)
+    study = optuna.load_study(study_name="tiny-tune", storage=done.storage)
+    killed = study.ask({"variants.pruned.passes[0].ratio": optuna.distributions.CategoricalDistribution([0.1, 0.2]),
+                        "variants.pruned.passes[2].calibration_method":
+                            optuna.distributions.CategoricalDistribution(["minmax", "entropy"])})  # never told
+    seen = []
+
+    def recording(**call):
+        seen.append((call["number"], call["values"]))
+        return fake_trial(**call)
+
+    result = tune(path, trials=3, seed=0, run_trial=recording)
+    assert result.new_trials == 2 and [n for n, _ in seen] == [2, 3]
+    assert seen[0][1] == killed.params  # the interrupted trial's parameters, run again
+    assert tune_folder(plan(path), None) == result.folder
+
+
+def test_unreachable_mlflow_server_is_one_line(tmp_path, capsys):
+    path = write(tmp_path)
+    assert main(["tune", str(path), "--mlflow-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not reachable" in err, err
+
+
+def test_real_study_on_digits_cnn(tmp_path, capsys):
+    """Two real trials (quick profile): the tune folder, the report and a best recipe that validates."""
+    path = write(tmp_path)
+    assert main(["tune", str(path), "--no-track", "--trials", "2", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    report = Path(out.split("report: ")[1].split()[0])
+    assert report.is_file()
+    trials = json.loads((report.parent / "trials.json").read_text())["trials"]
+    assert len(trials) == 2
+    assert all(t["state"] in ("complete", "pruned") for t in trials), trials
+    complete = [t for t in trials if t["state"] == "complete"]
+    for trial in complete:
+        assert trial["row"]["p50"] > 0 and Path(trial["run_dir"], "report.html").is_file()
+    if "best recipe: none" not in out:
+        best = Path(out.split("best recipe: ")[1].split()[0])
+        assert main(["recipe", "validate", str(best)]) == 0
