@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.agent.commands import add_agent_commands
 from edgecraft.errors import EdgecraftError
+from edgecraft.tune.commands import add_tune_commands
 from reports.settings import GateThresholds
 
 OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(handler=_devices)
 
     add_agent_commands(commands)
+    add_tune_commands(commands)
 
     recipe = commands.add_parser("recipe", help="recipe utilities")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
