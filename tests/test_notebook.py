@@ -77,8 +77,9 @@ def code_lines(name: str) -> list[str]:
 
 
 def test_notebooks_are_stripped_and_numbered() -> None:
-    assert [path.name for path in NOTEBOOKS][:4] == ["01-quickstart.ipynb", "02-your-own-model.ipynb",
-                                                     "03-pruning-and-distillation.ipynb", "04-int8-that-holds.ipynb"]
+    assert [path.name for path in NOTEBOOKS] == ["01-quickstart.ipynb", "02-your-own-model.ipynb",
+                                                 "03-pruning-and-distillation.ipynb", "04-int8-that-holds.ipynb",
+                                                 "05-remote-device.ipynb"]
     for path in NOTEBOOKS:
         notebook = json.loads(path.read_text())
         for cell in notebook["cells"]:
@@ -130,3 +131,11 @@ def test_04_int8_that_holds(kernel_env: Path) -> None:
     assert "ort-int8-accurate" in text and "nncf-int8-accurate" in text
     assert "all int8" in text and "op_type" in text  # the search and the sensitivity ranking
     assert "ort-int8-dynamic on onnxruntime:cpu:" in text and "ConvInteger" in text  # the operator panel
+
+
+def test_05_remote_device(kernel_env: Path) -> None:
+    notebook = execute("05-remote-device.ipynb", kernel_env)
+    text = outputs(notebook)
+    assert "http://127.0.0.1:" in text and "onnxruntime:cpu@local" in text
+    assert "failed" not in text.split("edgecraft · remote", 1)[1].split("</table>", 1)[0]
+    assert "local" in text.split("device", 1)[1]  # the agent's rows carry their device
