@@ -1,0 +1,438 @@
+"""An emulated aarch64 box: a Debian arm64 root run under qemu-user, with edgecraft's device agent in a venv.
+
+For the slow device test and for developers without a board. Plain functions, no pytest; importing this module
+does nothing. Everything here needs root (debootstrap, chroot, mount).
+
+    root = ensure_root()                       # builds it once (minutes), then only re-syncs edgecraft's source
+    proc, url = start_agent(root, root / "srv/token", 8766, root / "srv/models")
+    ...                                        # AgentClient(url, token) from the host
+    stop_agent(proc)
+
+Or from a shell: ``sudo .venv/bin/python tests/aarch64_box.py serve --port 8766`` (prints the URL and the token file).
+
+Inside the root: Debian bookworm arm64 (minbase, python3 3.11), ``/opt/edgecraft`` (a venv with
+``edgecraft[agent]`` installed from ``/src/edgecraft``, a copy of this working tree). ``/proc`` is mounted; the
+host's ``/sys`` never is: onnxruntime's cpuinfo segfaults under qemu when it can read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import fnmatch
+import hashlib
+import os
+import platform
+import queue
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT_ENV = "EDGECRAFT_AARCH64_ROOT"
+REPO = Path(__file__).resolve().parents[1]
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("python3", "python3-venv", "python3-pip")
+VENV = "/opt/edgecraft"  # inside the root
+SOURCE = "/src/edgecraft"  # inside the root: the copy of the working tree that VENV is installed from
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+QEMU_BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+COMPLETE = ".edgecraft-root-complete"  # in the root, written once debootstrap and the venv succeeded
+INSTALLED = "opt/edgecraft/.edgecraft-source-sha256"  # in the root: the hash of the tree last installed
+LISTENING = re.compile(r"edgecraft agent listening on (http://\S+)")
+# Under qemu, importing onnxruntime alone takes ~25 s; a cold start of the agent well under a minute.
+START_TIMEOUT_S = 300.0
+# The host's pip settings that also hold inside the root. Its find-links and file:// indexes are host folders
+# (x86 wheels only) and are not carried.
+_CARRIED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PIP_INDEX_URL",
+                "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES")
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"[aarch64-box] {message}", file=sys.stderr, flush=True)
+
+
+def default_root() -> Path:
+    """``$EDGECRAFT_AARCH64_ROOT``, else ``~/.cache/edgecraft/aarch64-root``."""
+    return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache/edgecraft/aarch64-root").expanduser()
+
+
+def _native() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+def _binfmt_enabled() -> bool:
+    try:
+        return QEMU_BINFMT.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        return False
+
+
+def _reachable(host: str, port: int, timeout: float = 5.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def why_unavailable(root: Path | None = None) -> str | None:
+    """Why this machine cannot build or run the box (a reason to skip with), or None when it can."""
+    if sys.platform != "linux":
+        return f"needs Linux (chroot, binfmt_misc), this is {sys.platform}"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, chroot, mount)"
+    if not shutil.which("chroot") or not shutil.which("mount"):
+        return "chroot or mount is missing"
+    if not _native():
+        if not (Path("/usr/bin/qemu-aarch64-static").exists() or Path("/usr/libexec/qemu-binfmt").exists()):
+            return "qemu-user-static is not installed (apt-get install qemu-user-static binfmt-support)"
+        if not _binfmt_enabled() and not shutil.which("update-binfmts"):
+            return "binfmt_misc has no enabled qemu-aarch64 entry and update-binfmts is missing"
+    root = root or default_root()
+    if not (root / COMPLETE).exists():
+        if not shutil.which("debootstrap"):
+            return "debootstrap is not installed (apt-get install debootstrap)"
+        if not os.environ.get("http_proxy") and not _reachable("deb.debian.org", 80):
+            return f"the box is not built at {root} and deb.debian.org is unreachable"
+    proxied = os.environ.get("https_proxy") or os.environ.get("PIP_INDEX_URL")
+    if _installed_hash(root) != source_hash() and not proxied and not _reachable("pypi.org", 443):
+        return "edgecraft must be (re)installed in the box and pypi.org is unreachable"
+    return None
+
+
+# --- the source tree ------------------------------------------------------------------------------------------------
+
+def source_files(repo: Path = REPO) -> list[str]:
+    """The files of the working tree that go into edgecraft's package, sorted: pyproject.toml, the README and the
+    top-level packages its setuptools ``include`` patterns name. Git's view (tracked, plus untracked files not
+    ignored), so caches and build output never count; tests and recipes do not either."""
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                check=True, capture_output=True).stdout.decode()
+        names = {name for name in listed.split("\0") if name}
+    except (OSError, subprocess.CalledProcessError):  # not a checkout: everything but the usual clutter
+        skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", "build", "dist"}
+        names = {str(path.relative_to(repo)) for path in repo.rglob("*")
+                 if path.is_file() and not skip.intersection(path.relative_to(repo).parts)}
+    with open(repo / "pyproject.toml", "rb") as handle:
+        include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.split(".")[0] for pattern in include}  # "edgecraft*" -> top-level folders edgecraft*
+
+    def packaged(name: str) -> bool:
+        top, _, rest = name.partition("/")
+        return (not rest and top in ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in")) or (
+            bool(rest) and any(fnmatch.fnmatch(top, pattern) for pattern in packages))
+
+    return sorted(name for name in names if packaged(name) and (repo / name).is_file())
+
+
+def source_hash(repo: Path = REPO) -> str:
+    """One hash of the names and contents of ``source_files``: what decides whether the box reinstalls."""
+    digest = hashlib.sha256()
+    for name in source_files(repo):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256((repo / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _installed_hash(root: Path) -> str | None:
+    try:
+        return (root / INSTALLED).read_text().strip()
+    except OSError:
+        return None
+
+
+# --- running inside -------------------------------------------------------------------------------------------------
+
+def _env() -> dict[str, str]:
+    """A clean environment for the root: the host's PIP_FIND_LINKS and the like name host folders."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.update({name: os.environ[name] for name in _CARRIED_ENV
+                if name in os.environ and not os.environ[name].startswith("file:")})
+    return env
+
+
+def inside(root: Path, *command: str, log: Log | None = _stderr, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``command`` in the root (chroot), its output captured; raise with the output's tail on failure."""
+    mount_proc(root)
+    started = time.monotonic()
+    done = subprocess.run(["chroot", str(root), *command], env=_env(), capture_output=True, text=True,
+                          check=False)
+    if log:
+        log(f"{' '.join(command)[:120]}: {time.monotonic() - started:.1f} s")
+    if check and done.returncode:
+        tail = (done.stdout + done.stderr)[-4000:]
+        raise RuntimeError(f"in {root}: {' '.join(command)} exited {done.returncode}:\n{tail}")
+    return done
+
+
+def mount_proc(root: Path) -> None:
+    """Mount /proc in the root (idempotent). Never the host's /sys: onnxruntime's cpuinfo segfaults under qemu."""
+    target = root / "proc"
+    target.mkdir(exist_ok=True)
+    if not os.path.ismount(target):
+        subprocess.run(["mount", "-t", "proc", "proc", str(target)], check=True)
+    shm = root / "dev/shm"  # POSIX semaphores (multiprocessing) need it; debootstrap leaves a plain folder
+    shm.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(shm):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(shm)], check=True)
+
+
+def unmount(root: Path) -> None:
+    """Undo ``mount_proc`` (before deleting the root)."""
+    for target in (root / "dev/shm", root / "proc"):
+        if os.path.ismount(target):
+            subprocess.run(["umount", "--lazy", str(target)], check=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One builder at a time (two pytest processes, or a developer and a test)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# --- building -------------------------------------------------------------------------------------------------------
+
+def _enable_binfmt(log: Log) -> None:
+    if _native() or _binfmt_enabled():
+        return
+    binfmt_misc = QEMU_BINFMT.parent
+    if not os.path.ismount(binfmt_misc):
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_misc)], check=False)
+    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
+    if not _binfmt_enabled():
+        raise RuntimeError("could not enable qemu-aarch64 in binfmt_misc (update-binfmts --enable qemu-aarch64)")
+    log("enabled qemu-aarch64 in binfmt_misc")
+
+
+def _pip_conf() -> str:
+    """pip's settings inside the root: the host's CA bundle and timeout. PyPI itself (its aarch64 wheels); the
+    host's own wheel folders and file:// indexes are x86-only and not reachable from the root."""
+    lines = ["[global]", f"cert = {CA_BUNDLE}", f"timeout = {os.environ.get('PIP_DEFAULT_TIMEOUT', '180')}",
+             "disable-pip-version-check = true"]
+    index = os.environ.get("PIP_INDEX_URL")
+    if index and not index.startswith("file:"):
+        lines.append(f"index-url = {index}")
+    return "\n".join(lines) + "\n"
+
+
+def _configure(root: Path) -> None:
+    """Name resolution, CA certificates and pip settings as on the host."""
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)  # may be a dangling link to the host's resolver
+    shutil.copyfile(Path("/etc/resolv.conf").resolve(), resolv)
+    if CA_BUNDLE.exists():
+        (root / CA_BUNDLE.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CA_BUNDLE, root / CA_BUNDLE.relative_to("/"))
+    (root / "etc/pip.conf").write_text(_pip_conf())
+
+
+def _bootstrap(root: Path, log: Log) -> None:
+    if root.exists():  # a build that stopped half way
+        unmount(root)
+        if _mounts_under(root):
+            raise RuntimeError(f"{root} is incomplete and has mounts under it: {_mounts_under(root)}")
+        log(f"removing the incomplete root {root}")
+        shutil.rmtree(root)
+    started = time.monotonic()
+    log(f"debootstrap arm64 {SUITE} into {root} (several minutes)")
+    subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+                    str(root), MIRROR], check=True, stdout=subprocess.DEVNULL)
+    log(f"debootstrap: {time.monotonic() - started:.0f} s")
+    _configure(root)
+    inside(root, "python3", "-m", "venv", VENV, log=log)
+    (root / COMPLETE).write_text(f"{SUITE} arm64\n")
+
+
+def _sync_source(root: Path, repo: Path) -> None:
+    """Replace the root's copy of the working tree."""
+    target = root / SOURCE.lstrip("/")
+    if target.exists():
+        shutil.rmtree(target)
+    for name in source_files(repo):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, target / name)
+
+
+def ensure_root(root: Path | None = None, *, repo: Path = REPO, log: Log = _stderr) -> Path:
+    """The box at ``root`` (default ``default_root()``), built if missing, with this working tree's edgecraft
+    installed. Idempotent: when the hash of the packaged files matches the installed one it only mounts /proc
+    (well under a second); when they changed it re-copies them and reinstalls edgecraft (~30 s under qemu; its
+    dependencies stay)."""
+    reason = why_unavailable(root)
+    if reason:
+        raise RuntimeError(f"cannot build the aarch64 box: {reason}")
+    root = (root or default_root()).resolve()
+    with _locked(root):
+        _enable_binfmt(log)
+        if not (root / COMPLETE).exists():
+            _bootstrap(root, log)
+        else:
+            _configure(root)  # the host's resolver or certificates may have changed
+        mount_proc(root)
+        wanted = source_hash(repo)
+        if _installed_hash(root) == wanted:
+            return root
+        first = not (root / VENV.lstrip("/") / "bin/edgecraft").exists()
+        _sync_source(root, repo)
+        pip = f"{VENV}/bin/pip"
+        if first:
+            inside(root, pip, "install", "--upgrade", "pip", log=log)
+        # pip always reinstalls a project from a local folder; its installed requirements stay unless they no
+        # longer satisfy it.
+        inside(root, pip, "install", f"{SOURCE}[agent]", log=log)
+        (root / INSTALLED).write_text(wanted + "\n")
+        return root
+
+
+def versions(root: Path) -> dict[str, str]:
+    """The versions pip installed in the box's venv (name → version)."""
+    done = inside(root, f"{VENV}/bin/pip", "list", "--format=freeze", log=None)
+    return dict(line.split("==", 1) for line in done.stdout.splitlines() if "==" in line)
+
+
+# --- the agent ------------------------------------------------------------------------------------------------------
+
+def _inside_path(root: Path, path: Path | str) -> str:
+    """``path`` on the host, which must lie in the root, as the root sees it."""
+    resolved = Path(path).resolve()
+    try:
+        return "/" + str(resolved.relative_to(root.resolve()))
+    except ValueError:
+        raise ValueError(f"{path} is not inside the box's root {root}: the agent cannot see it") from None
+
+
+def start_agent(root: Path, token_file: Path, port: int, folder: Path, *, emulated: str | None = None,
+                timeout_s: float = START_TIMEOUT_S, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``edgecraft agent serve`` in the root; return the process and the URL it printed.
+
+    ``token_file`` and ``folder`` are host paths inside the root (the folder is created). ``emulated`` passes
+    ``--emulated REASON``; by default the agent detects emulation itself. Raises (with the agent's output) when no
+    "listening on" line came within ``timeout_s`` or the agent exited first."""
+    root = root.resolve()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mount_proc(root)
+    command = ["chroot", str(root), f"{VENV}/bin/edgecraft", "agent", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--token-file", _inside_path(root, token_file),
+               "--folder", _inside_path(root, folder)]
+    if emulated:
+        command += ["--emulated", emulated]
+    command += extra or []
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: deque[str] = deque(maxlen=200)
+    proc.output_tail = tail  # type: ignore[attr-defined]  # for a failing test's message
+
+    def drain() -> None:  # keeps reading after the line too, so the agent never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, name="aarch64-agent-output", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = ""
+        match = LISTENING.search(line or "")
+        if match:
+            return proc, match.group(1)
+        if line is None or (line == "" and time.monotonic() >= deadline):
+            stop_agent(proc)
+            why = f"exited {proc.returncode}" if line is None else f"printed no 'listening on' in {timeout_s:.0f} s"
+            raise RuntimeError(f"the agent in {root} {why}:\n" + "\n".join(tail))
+
+
+def stop_agent(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """Stop the agent and whatever it started (its own process group): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:  # workers the agent left behind in its group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def write_token(path: Path) -> str:
+    """A fresh random token in ``path`` (mode 600)."""
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tests/aarch64_box.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["ensure", "serve", "versions", "unmount"])
+    parser.add_argument("--root", type=Path, default=None, help=f"default: ${ROOT_ENV} or {default_root()}")
+    parser.add_argument("--port", type=int, default=8766)
+    args = parser.parse_args(argv)
+    root = (args.root or default_root()).resolve()
+    if args.command == "unmount":
+        unmount(root)
+        return 0
+    root = ensure_root(root)
+    if args.command == "versions":
+        for name, version in sorted(versions(root).items()):
+            print(f"{name}=={version}")
+        return 0
+    if args.command == "serve":
+        token_file = root / "srv/edgecraft/token"
+        if not token_file.exists():
+            write_token(token_file)
+        proc, url = start_agent(root, token_file, args.port, root / "srv/edgecraft/models")
+        print(f"agent (aarch64, emulated) at {url}; token in {token_file}; Ctrl-C stops it", flush=True)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_agent(proc)
+        return 0
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
