@@ -157,7 +157,7 @@ class Run:
             row, m = fact.row, fact.row.measurement
             status = row.status + (f": {row.reason}" if row.reason else "")
             cells = [row.model, row.variant, row.target, status,
-                     f"{m.latency_ms.p50:.3f}" if m else "",
+                     fact.timing_not_measured or (f"{m.latency_ms.p50:.3f}" if m else ""),
                      f"{fact.speedup:.2f}×" if fact.speedup else "",
                      f"{row.size_bytes / 1024:.1f}" if row.size_bytes is not None else "",
                      f"{m.accuracy:.2%}" if m and m.accuracy is not None else ""]
