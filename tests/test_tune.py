@@ -106,7 +106,7 @@ def test_study_resumes_tracks_and_reports(tmp_path, capsys):
     assert "<svg" in html and "Pareto front" in html and "chosen: trial" in html and "Study history" in html
     best = yaml.safe_load(again.best_recipe.read_text())
     assert "search" not in best
-    chosen = min((t for t in trials if t["feasible"]), key=lambda t: (t["values"][0], t["number"]))
+    chosen = min((t for t in trials if t["feasible"]), key=lambda t: (t["values"][0], -t["metric"], t["number"]))
     assert best["variants"][1]["passes"][0]["ratio"] == chosen["params"]["variants.pruned.passes[0].ratio"]
     recipe, _ = load_recipe(again.best_recipe)  # what `edgecraft run` reads
     assert recipe.search is None

@@ -10,7 +10,7 @@ back to the driver, which tells the one Optuna study and logs to the one MLflow 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edgecraft.errors import EdgecraftError
 
@@ -35,22 +35,20 @@ class RayTrials:
             ray.shutdown()
             raise EdgecraftError(f"--ray-address {address}: no node offers a {SLOT}; start each node with "
                                  f"ray start --resources '{{\"{SLOT}\": 1}}'")
-        self.parallel = slots if address else workers
         self.ray = ray
         self.task = ray.remote(num_cpus=1, resources={SLOT: 1}, max_retries=0)(_call)
         self.run = run
 
-    def map(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run every call as a task; a task that dies is that trial's failure only."""
+    def map(self, calls: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Submit every call as a task (Ray queues them on the benchmark slots); yield the outcomes in order, each
+        as soon as it is done. A task that dies is that trial's failure only."""
         futures = [self.task.remote(self.run, call) for call in calls]
-        outcomes = []
         for call, future in zip(calls, futures):
             try:
-                outcomes.append(self.ray.get(future))
+                yield self.ray.get(future)
             except Exception as exc:  # noqa: BLE001 - a worker that crashed
-                outcomes.append({"number": call["number"], "values": call["values"], "state": "failed",
-                                 "reason": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}"})
-        return outcomes
+                yield {"number": call["number"], "values": call["values"], "state": "failed",
+                       "reason": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}"}
 
     def close(self) -> None:
         self.ray.shutdown()

@@ -92,6 +92,9 @@ class SearchSpec(BaseModel):
                         "training passes (on the calibration split) already misses the budget.")
     trials: int = Field(20, gt=0, le=100000, description="Trials in the study (--trials overrides).")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the sampler (--seed overrides).")
+    batch: int = Field(4, ge=1, le=256, description="Trials asked from the sampler together, before any of them "
+                       "is told: the sampler sees the same history whether they run one by one or on several "
+                       "workers, so a seed gives the same trials however many workers run them.")
     sampler: Literal["auto", "tpe", "nsga2", "random", "grid"] = Field(
         "auto", description="auto: TPE for one objective, NSGA-II for several; grid needs only choices and int ranges.")
     study: str | None = Field(None, description="Study name in the storage (default: the recipe's name); a tune "

@@ -197,15 +197,13 @@ def tune(recipe_path: Path, *, trials: int | None = None, seed: int | None = Non
         from edgecraft.tune.distributed import RayTrials
 
         runner = RayTrials(ray_address, workers, run)
-    batch = runner.parallel if runner else 1
     new = 0
     while new < remaining:
-        asked = [study.ask() for _ in range(min(batch, remaining - new))]
+        asked = [study.ask() for _ in range(min(search.batch, remaining - new))]
         jobs = [(trial, suggest(trial, search)) for trial in asked]
-        if runner:
-            outcomes = runner.map([dict(arguments, values=values, number=trial.number) for trial, values in jobs])
-        else:
-            outcomes = [run(**arguments, values=values, number=trial.number) for trial, values in jobs]
+        calls = [dict(arguments, values=values, number=trial.number) for trial, values in jobs]
+        # Each outcome is told as soon as it arrives: a tune killed mid-batch keeps every finished trial.
+        outcomes = runner.map(calls) if runner else (run(**call) for call in calls)
         for (trial, _), outcome in zip(jobs, outcomes):
             _tell(study, trial, outcome)
             if tracker is not None:
@@ -244,15 +242,16 @@ def trial_table(study: Any, search: SearchSpec) -> list[dict[str, Any]]:
             if trial.datetime_complete and trial.datetime_start else None,
             **{key: outcome.get(key) for key in ("metric", "drop", "feasible", "reason", "rows", "row", "proxy",
                                                  "reference", "metric_name", "speedup", "run_dir", "node",
-                                                 "measure_interval")},
+                                                 "ray_node", "measure_interval")},
         })
     return table
 
 
 def chosen(table: list[dict[str, Any]], search: SearchSpec) -> dict[str, Any] | None:
-    """The chosen point: among feasible complete trials, the lowest first objective (ties: the next objectives)."""
+    """The chosen point: among feasible complete trials, the lowest first objective (ties: the next objectives,
+    then the higher metric, then the earlier trial), so it is always on the feasible Pareto front."""
     feasible = [t for t in table if t["state"] == "complete" and t["feasible"]]
-    return min(feasible, key=lambda t: (*t["values"], t["number"]), default=None)
+    return min(feasible, key=lambda t: (*t["values"], -(t["metric"] or 0), t["number"]), default=None)
 
 
 def pareto(table: list[dict[str, Any]]) -> set[int]:
@@ -279,7 +278,7 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
     report = write_tune_report(TuneReport(
         study=search.study, recipe=str(plan_.path), storage=storage, objectives=list(search.objectives),
         statistic=search.statistic, variant=search.variant, target=search.target, model=search.model,
-        max_drop=search.max_drop, parameters={k: v.model_dump(by_alias=True, exclude_none=True)
+        max_drop=search.max_drop, parameters={k: v.model_dump(by_alias=True, exclude_defaults=True)
                                               for k, v in search.parameters.items()},
         trials=table, chosen=best["number"] if best else None, pareto=sorted(pareto(table)),
         best_recipe=best_path.name if best_path else None), folder)

@@ -1,0 +1,172 @@
+"""edgecraft tune at full size: the digits-mobilenet sweep of recipes/tune-mobilenet.yaml (24 trials, quick profile),
+its best recipe run again, a tune killed mid-study and resumed, and the same study on a local 2-node Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_tune import write
+
+pytestmark = pytest.mark.slow
+RECIPE = REPO / "recipes" / "tune-mobilenet.yaml"
+
+
+def edgecraft(*args: str, env: dict | None = None, timeout: float = 4 * 3600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecraft", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def printed(stdout: str, label: str) -> Path:
+    return Path(stdout.split(f"{label}: ")[1].split()[0])
+
+
+def trials_of(folder: Path) -> list[dict]:
+    return json.loads((folder / "trials.json").read_text())["trials"]
+
+
+def chosen_trial(folder: Path) -> dict:
+    data = json.loads((folder / "trials.json").read_text())
+    return next(t for t in data["trials"] if t["number"] == data["chosen"])
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    done = edgecraft("tune", RECIPE, "--quick", "--output-dir", out, "--mlflow-uri", f"sqlite:///{out / 'mlflow.db'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return printed(done.stdout, "report").parent
+
+
+def test_sweep_finds_a_2x_variant_within_one_point(sweep: Path):
+    trials = trials_of(sweep)
+    assert len(trials) >= 20
+    best = chosen_trial(sweep)
+    assert best["drop"] <= 0.01 and best["speedup"] >= 2.0, best
+    html = (sweep / "tune-report.html").read_text()
+    assert "chosen: trial" in html and "Pareto front" in html
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep.parent / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("edgecraft-tune/tune-mobilenet")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "edgecraft.trial" in r.data.tags]
+    assert len(runs) == len(trials)
+    complete = [r for r in runs if r.data.tags["edgecraft.state"] == "complete"]
+    assert complete and all("p50_ms" in r.data.metrics for r in complete)
+    assert all("report.html" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in complete)
+
+
+def test_best_recipe_reproduces_the_point(sweep: Path, tmp_path: Path):
+    best = chosen_trial(sweep)
+    done = edgecraft("run", sweep / "best-recipe.yaml", "--quick", "--output-dir", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((Path(done.stdout.strip().splitlines()[-1]).parent / "results.json").read_text())
+    rows = {row["variant"]: row for row in results["rows"]}
+    again, fp32 = rows["compressed"]["measurement"], rows["fp32"]["measurement"]
+    assert again["quality"]["value"] == pytest.approx(best["metric"], abs=1e-9)  # training is deterministic
+    assert rows["compressed"]["size_bytes"] == best["row"]["size_bytes"]
+    p50 = again["latency_ms"]["p50"]
+    assert 0.67 < p50 / best["row"]["p50"] < 1.5, (p50, best["row"]["p50"])  # quick profile on a shared machine
+    assert fp32["latency_ms"]["p50"] / p50 >= 1.8, "the speed-up holds (within noise of 2×)"
+
+
+def test_killed_tune_resumes_without_redoing_trials(tmp_path: Path):
+    import optuna
+
+    path = write(tmp_path)
+    args = [sys.executable, "-m", "edgecraft", "tune", str(path), "--no-track", "--trials", "4"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'tiny-tune-tune' / 'study.db'}"
+    deadline = time.time() + 1800
+    finished: list = []
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(2)
+        try:
+            study = optuna.load_study(study_name="tiny-tune", storage=storage)
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        finished = [t for t in study.get_trials() if t.state.is_finished()]
+        if finished:
+            break
+    assert finished and process.poll() is None, "the tune ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {t.number: t.datetime_complete for t in finished}
+    done = edgecraft("tune", path, "--no-track", "--trials", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="tiny-tune", storage=storage)
+    trials = study.get_trials()
+    for number, completed in before.items():
+        assert trials[number].datetime_complete == completed  # not redone
+    counted = [t for t in trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 4
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    for trial in interrupted:  # the trial the kill cut short ran again with its parameters
+        assert any(t.params == trial.params for t in counted if t.number > trial.number)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def ray_cluster(tmp_path: Path):
+    """Two Ray nodes on loopback (head + one worker), one CPU and one benchmark slot each, small object stores."""
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--resources", '{"benchmark_slot": 1}', "--object-store-memory", "80000000",
+              "--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(20)
+    worker = subprocess.Popen([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(20)
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        for process in (worker, head):  # our own process groups only
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for process in (worker, head):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_same_study_on_two_ray_nodes(sweep: Path, ray_cluster, tmp_path: Path):
+    address, env = ray_cluster
+    done = edgecraft("tune", RECIPE, "--quick", "--output-dir", tmp_path, "--no-track", "--ray-address", address,
+                     env={key: env[key] for key in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = printed(done.stdout, "report").parent
+    on_ray, local = trials_of(folder), trials_of(sweep)
+    nodes = {t["ray_node"] for t in on_ray}
+    # The same seed and batches give the same first trials (the sampler's start-up draws), and the same choice.
+    assert [t["params"] for t in on_ray[:4]] == [t["params"] for t in local[:4]]
+    assert chosen_trial(folder)["params"] == chosen_trial(sweep)["params"]
+    # No two benchmark phases overlapped on one Ray node.
+    by_node: dict[str, list] = {}
+    for trial in on_ray:
+        if trial.get("measure_interval"):
+            by_node.setdefault(trial["ray_node"], []).append(trial["measure_interval"])
+    assert len(by_node) == 2, nodes
+    for intervals in by_node.values():
+        intervals.sort()
+        assert all(end <= start for (_, end), (start, _) in zip(intervals, intervals[1:])), intervals
