@@ -1,0 +1,151 @@
+"""A recipe measured on a real aarch64 agent: a Debian arm64 root under qemu-user on this machine
+(``tests/aarch64_box.py``), running ``edgecraft agent serve`` with aarch64 builds of onnxruntime and ai-edge-litert.
+
+The arm recipe's four variants go to the box (``onnxruntime:arm@box``, ``litert:arm@box``) and the ONNX ones also
+run natively (``onnxruntime:cpu``). Emulation is ~300x slower than native, so the protocol is a handful of runs:
+the point is that remote rows are real rows (fidelity against the PyTorch fp32 reference, labelled with the
+device, flagged as emulated), not their timings. Needs root, debootstrap, qemu-user-static and the package
+registries; otherwise skipped with the reason. The first run builds the box (~8 min); later ones reuse it
+(re-installing edgecraft there, ~30-60 s, when its packaged files changed). ~18-24 min on a busy 2-core host,
+most of it training digits-mobilenet and converting to TFLite here; a remote row takes 20-90 s emulated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reports.analysis import analyse
+from reports.schema import load_results
+from reports.settings import report_settings
+from tests import aarch64_box
+from tests.conftest import edgecraft
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = textwrap.dedent("""\
+    variants:
+      - name: fp32
+      - name: onnx-int8
+        passes:
+          - type: quantize.static
+            activation_type: int8
+      - name: tflite-fp32
+        passes: [{type: convert.tflite}]
+      - name: tflite-int8
+        passes: [{type: convert.tflite, quantization: int8}]
+    """)
+
+
+@pytest.fixture(scope="module")
+def box_agent():
+    """The aarch64 box with this tree's edgecraft installed, its agent listening: (url, token file on the host)."""
+    reason = aarch64_box.why_unavailable()
+    if reason:
+        pytest.skip(f"no emulated aarch64 box: {reason}")
+    root = aarch64_box.ensure_root()
+    (root / "srv").mkdir(exist_ok=True)
+    here = Path(tempfile.mkdtemp(prefix="test-agent-", dir=root / "srv"))  # the agent sees only the root
+    token_file = here / "token"
+    aarch64_box.write_token(token_file)
+    proc, url = aarch64_box.start_agent(root, token_file, 0, here / "folder")
+    try:
+        yield url, token_file, proc
+    finally:
+        aarch64_box.stop_agent(proc)
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> None:
+    url, token_file, proc = box_agent
+    recipe = tmp_path / "arm-box.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        name: arm-box
+        models:
+          - builtin: digits-mobilenet
+        """) + VARIANTS + textwrap.dedent(f"""\
+        targets:
+          - onnxruntime:arm@box
+          - litert:arm@box
+          - onnxruntime:cpu
+        data:
+          splits: {{train: 0.6, calibration: 0.2, evaluation: 0.1}}   # 180 images: evaluating is emulated too
+        devices:
+          box:
+            url: {url}
+            token_file: {token_file}
+        benchmark:
+          profile: quick
+          threads: 2
+          warmup_runs: 1
+          warmup_s: 0
+          runs: 3
+          measure_s: 0
+          max_runs: 20
+          max_s: 5
+          repetitions: 1
+          batch_sizes: [1]
+          throughput_s: 0
+          operator_profile: false
+        """))
+    completed = edgecraft("run", recipe, "--output-dir", tmp_path / "runs")
+    agent_log = "\n".join(getattr(proc, "output_tail", []))
+    assert completed.returncode == 0, f"{completed.stderr[-4000:]}\n--- agent:\n{agent_log}"
+    run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
+    results = load_results(run_dir)
+
+    rows = {(row.variant, row.target): row for row in results.rows}
+    remote = {key: row for key, row in rows.items() if key[1].endswith("@box")}
+    assert sorted(remote) == [("fp32", "onnxruntime:arm@box"), ("onnx-int8", "onnxruntime:arm@box"),
+                              ("tflite-fp32", "litert:arm@box"), ("tflite-int8", "litert:arm@box")]
+    for key, row in remote.items():
+        assert row.status == "ok", f"{key}: {row.reason}\n--- agent:\n{agent_log}"
+        assert row.device == "box"
+        assert row.emulated and "x86" in row.emulated, key  # detected by the agent itself: no --emulated given
+    for key in (("fp32", "onnxruntime:cpu"), ("onnx-int8", "onnxruntime:cpu")):
+        assert rows[key].status == "ok" and rows[key].device is None and rows[key].emulated is None, key
+
+    # The box describes itself as aarch64, with aarch64 builds of both runtimes, and as emulated.
+    box = results.devices["box"]
+    assert box["cpu"]["machine"] == "aarch64" and "aarch64" in box["platform"]
+    assert box["emulated"] and box["targets"]["onnxruntime:arm"] is None and box["targets"]["litert:arm"] is None
+    packages = box["packages"]
+    assert {"onnxruntime", "ai-edge-litert", "edgecraft", "numpy"} <= set(packages)
+    assert not {"torch", "tensorflow"} & set(packages)  # the agent extra only
+    ort_int8 = remote[("onnx-int8", "onnxruntime:arm@box")].measurement
+    assert ort_int8.runtime_info["onnxruntime"] == packages["onnxruntime"]
+    litert_int8 = remote[("tflite-int8", "litert:arm@box")].measurement
+    assert litert_int8.runtime_info["interpreter"] == f"ai-edge-litert {packages['ai-edge-litert']}"
+    # The recipe's threads reach the device's runtimes.
+    assert ort_int8.runtime_info["intra_op_threads"] == 2 and litert_int8.runtime_info["num_threads"] == 2
+
+    # Fidelity against the PyTorch fp32 reference, computed here from the outputs the agent sent back.
+    for key, row in remote.items():
+        fidelity = row.measurement.fidelity
+        assert fidelity.top1_agreement is not None, key
+        if key[0].endswith("fp32"):
+            assert fidelity.top1_agreement == 1.0 and fidelity.max_abs_diff < 1e-3, (key, fidelity)
+        else:
+            assert fidelity.top1_agreement >= 0.9, (key, fidelity)
+        assert row.measurement.accuracy is not None and row.measurement.accuracy > 0.8, key
+    # The same int8 model on ARM and x86 kernels: both close to the reference.
+    native = rows[("onnx-int8", "onnxruntime:cpu")].measurement
+    assert abs(native.accuracy - ort_int8.accuracy) <= 0.05
+
+    # The report judges the box's rows on accuracy only: no speed-up, front, cost or fastest variant from them.
+    analysis = analyse(results, report_settings(results.recipe))
+    for fact in analysis.facts:
+        if fact.row.device == "box":
+            assert fact.timing_not_measured and fact.speedup is None and fact.cost_per_million is None, fact.row.target
+            assert not fact.on_front and not fact.slower_than_fp32 and not fact.throughput
+            assert fact.device_label.startswith("box · aarch64")
+        else:
+            assert fact.timing_not_measured is None and fact.device_label is None
+    for recommendation in analysis.recommendations:
+        if recommendation.target.endswith("@box"):
+            assert recommendation.choice is None and recommendation.timing_not_measured, recommendation
+    assert analysis.best_speedup is None or analysis.best_speedup.row.device is None  # sizes are real: may be the box's
