@@ -167,6 +167,32 @@ def test_real_study_on_digits_cnn(tmp_path, capsys):
     complete = [t for t in trials if t["state"] == "complete"]
     for trial in complete:
         assert trial["row"]["p50"] > 0 and Path(trial["run_dir"], "report.html").is_file()
+    if complete:  # what `edgecraft run --track` would log: a run folder as one MLflow run
+        from mlflow import MlflowClient
+
+        from edgecraft.tune.tracking import track_run
+
+        uri = f"sqlite:///{tmp_path / 'runs.db'}"
+        run = MlflowClient(tracking_uri=uri).get_run(track_run(Path(complete[0]["run_dir"]), uri))
+        assert any(key.endswith("/p50_ms") for key in run.data.metrics) and "edgecraft.recipe_sha256" in run.data.tags
+        assert {"report.html", "results.json"} <= {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     if "best recipe: none" not in out:
         best = Path(out.split("best recipe: ")[1].split()[0])
         assert main(["recipe", "validate", str(best)]) == 0
+
+
+def test_proxy_prunes_before_export_and_benchmark(tmp_path):
+    """Pruned to half its channels with one fine-tuning epoch, digits-cnn is already over a 0.1-point budget
+    after training: the trial stops there, with no export, no benchmark and no results."""
+    from edgecraft.tune.study import plan
+    from edgecraft.tune.trial import run_trial
+
+    path = write(tmp_path, {"parameters": {"variants.pruned.passes[0].ratio": {"choice": [0.5]}}, "max_drop": 0.001})
+    checked = plan(path)
+    outcome = run_trial(checked.data, str(tmp_path), checked.search.model_dump(by_alias=True),
+                        {"variants.pruned.passes[0].ratio": 0.5}, str(tmp_path / "trials"), 0)
+    assert outcome["state"] == "pruned", outcome
+    assert outcome["proxy"]["drop"] > 0.001 and outcome["measure_interval"] is None
+    run_dir = Path(outcome["run_dir"])
+    assert not (run_dir / "results.json").exists()
+    assert not list(run_dir.rglob("*quantize.static*"))
