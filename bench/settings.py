@@ -139,4 +139,5 @@ def resolve(spec: BaseModel, profile: ProfileName | None = None, **overrides: An
     explicit = spec.model_dump(exclude_none=True, exclude={"profile"})
     if profile is not None:
         explicit = {key: value for key, value in explicit.items() if key not in PROFILES[profile]}
-    return profile_settings(profile or spec.profile, **{**explicit, **overrides})
+    given = {key: value for key, value in overrides.items() if value is not None}  # None: the recipe's stays
+    return profile_settings(profile or spec.profile, **{**explicit, **given})

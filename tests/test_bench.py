@@ -133,6 +133,9 @@ def test_profiles_recipe_overrides_and_command_line_profile() -> None:
     quick = resolve(spec, "quick")  # --quick is quick even when the recipe set phase lengths; threads and pins stay
     assert (quick.profile, quick.runs, quick.repetitions, quick.threads, quick.pin_cpus) == ("quick", 20, 1, 2, [0])
     assert resolve(BenchmarkSpec(), pin_cpus=[1]).pin_cpus == [1]
+    # The command line passes None for options it was not given: the recipe's threads and pins must stay.
+    unset = resolve(spec, None, pin_cpus=None, threads=None)
+    assert (unset.threads, unset.pin_cpus) == (2, [0])
 
 
 def test_inconsistent_settings_are_rejected() -> None:
