@@ -346,3 +346,23 @@ def test_the_command_line_module_imports_only_the_standard_library():
 def test_the_agent_refuses_to_start_without_a_token(tmp_path):
     with pytest.raises(RuntimeError, match=r"exit code 2.*no token"):
         start_agent(tmp_path / "folder", None)
+
+
+def test_a_tflite_model_may_bring_its_input_output_note(tmp_path):
+    """The LiteRT target keeps a converted model's input names and layouts in model.io.json beside the .tflite:
+    the agent takes it as an optional second file, and refuses one that is not a JSON object."""
+    from bench.agent.protocol import ModelFiles, check_format
+
+    blob = "0" * 64
+    assert ModelFiles(format="tflite", files=[blob]).files == [blob]
+    assert len(ModelFiles(format="tflite", files=[blob, blob]).files) == 2
+    with pytest.raises(ValueError, match="1 or 2 file"):
+        ModelFiles(format="tflite", files=[blob] * 3)
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    note = tmp_path / "model.io.json"
+    note.write_text(json.dumps({"inputs": []}))
+    check_format("tflite", [model, note])
+    note.write_bytes(pickle.dumps({"inputs": []}))
+    with pytest.raises(ValueError, match="not a JSON object"):
+        check_format("tflite", [model, note])

@@ -105,6 +105,9 @@ def test_emulated_device_rows_say_so(remote_run: Path) -> None:
         assert row.device == "emu" and "declared by the test" in row.emulated
         assert row.measurement.accuracy is not None  # fidelity and accuracy stay real
     assert "declared by the test" in results.devices["emu"]["emulated"]
+    # The emulator shows the host's CPU: the description says so instead of claiming it as the device's.
+    cpu = results.devices["emu"]["cpu"]
+    assert cpu["model"].startswith("emulated ") and cpu["flags"] == [] and "host_flags" in cpu
 
 
 def test_unreachable_or_tokenless_devices_fail_only_their_rows(remote_run: Path) -> None:

@@ -18,6 +18,7 @@ Every request carries ``Authorization: Bearer TOKEN``; answers are JSON (errors 
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -55,9 +56,13 @@ ModelFormat = Literal["onnx", "tflite", "openvino"]
 # The names a job's model files get in its folder, in the order the manifest lists their blobs.
 MODEL_FILE_NAMES: dict[str, tuple[str, ...]] = {
     "onnx": ("model.onnx",),
-    "tflite": ("model.tflite",),
+    # The LiteRT target's note of the converted model's input/output names and layouts (JSON, optional).
+    "tflite": ("model.tflite", "model.io.json"),
     "openvino": ("model.xml", "model.bin"),
 }
+
+# How many of a format's last files may be left out.
+OPTIONAL_FILES = {"tflite": 1}
 
 Sha256 = Annotated[str, StringConstraints(pattern=BLOB_NAME.pattern + "$")]
 
@@ -71,9 +76,10 @@ class ModelFiles(BaseModel):
     @model_validator(mode="after")
     def _one_blob_per_file(self) -> ModelFiles:
         names = MODEL_FILE_NAMES[self.format]
-        if len(self.files) != len(names):
-            raise ValueError(f"a {self.format} model is {len(names)} file(s) ({', '.join(names)}), got "
-                             f"{len(self.files)}")
+        least = len(names) - OPTIONAL_FILES.get(self.format, 0)
+        if not least <= len(self.files) <= len(names):
+            count = f"{least} or {len(names)}" if least != len(names) else str(len(names))
+            raise ValueError(f"a {self.format} model is {count} file(s) ({', '.join(names)}), got {len(self.files)}")
         return self
 
 
@@ -120,12 +126,20 @@ def looks_like(head: bytes) -> str:
     return f"no model format edgecraft runs (its first bytes are {head[:8].hex(' ') or 'empty'})"
 
 
-def check_format(declared: str, first_file: Path) -> None:
-    """Raise ``ValueError`` unless the model's first file (the .xml of an OpenVINO IR) is of the declared format."""
-    with first_file.open("rb") as handle:
+def check_format(declared: str, files: list[Path]) -> None:
+    """Raise ``ValueError`` unless the model's first file (the .xml of an OpenVINO IR) is of the declared format
+    and a TFLite model's optional note is a JSON object."""
+    with files[0].open("rb") as handle:
         found = looks_like(handle.read(HEAD_BYTES))
     if found != _DESCRIPTIONS[declared]:
         raise ValueError(f"not {_DESCRIPTIONS[declared]}: it looks like {found}")
+    if declared == "tflite" and len(files) > 1:
+        try:
+            note = json.loads(files[1].read_bytes())
+        except ValueError:
+            note = None
+        if not isinstance(note, dict):
+            raise ValueError("the second file (model.io.json, the input/output note) is not a JSON object")
 
 
 def read_inputs(path: Path) -> dict[str, np.ndarray]:

@@ -178,8 +178,13 @@ class Agent:
 
     def describe(self) -> dict[str, Any]:
         """This machine as a result records it, with every target and whether it runs here."""
+        machine = environment()
+        if self.emulated:  # an emulator passes the host's /proc/cpuinfo through: its CPU and flags are not this box's
+            cpu = machine["cpu"]
+            cpu |= {"model": f"emulated {cpu.get('machine')} (on a {cpu.get('model')} host)", "flags": [],
+                    "host_flags": cpu.get("flags", [])}
         return {
-            **environment(),
+            **machine,
             "targets": self._target_reasons,
             "agent": {"version": _version(), "max_upload_bytes": self.max_upload_bytes,
                       "job_timeout_s": self.job_timeout_s},
@@ -233,7 +238,7 @@ class Agent:
             if not self.has_blob(name):
                 raise Refused(HTTPStatus.BAD_REQUEST, f"blob {name} was not uploaded (PUT {PREFIX}/blobs/{name})")
         try:
-            check_format(manifest.model.format, self.blobs / manifest.model.files[0])
+            check_format(manifest.model.format, [self.blobs / name for name in manifest.model.files])
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"model: {exc}") from None
         try:
