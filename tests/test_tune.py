@@ -154,6 +154,13 @@ def test_unreachable_mlflow_server_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not reachable" in err, err
 
 
+def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
+    path = write(tmp_path)
+    assert main(["tune", str(path), "--no-track", "--ray-address", "127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no Ray head answers" in err, err
+
+
 def test_real_study_on_digits_cnn(tmp_path, capsys):
     """Two real trials (quick profile): the tune folder, the report and a best recipe that validates."""
     path = write(tmp_path)

@@ -10,6 +10,7 @@ back to the driver, which tells the one Optuna study and logs to the one MLflow 
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable, Iterator
 
 from edgecraft.errors import EdgecraftError
@@ -19,6 +20,8 @@ SLOT = "benchmark_slot"
 
 class RayTrials:
     def __init__(self, address: str | None, workers: int, run: Callable[..., dict]):
+        if address and address != "auto":
+            _check_reachable(address)
         import ray
 
         try:
@@ -60,3 +63,13 @@ def _call(run: Callable[..., dict], call: dict[str, Any]) -> dict[str, Any]:
     outcome = run(**call)
     outcome["ray_node"] = ray.get_runtime_context().get_node_id()
     return outcome
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds on a head that does not answer (Ray itself waits minutes for its GCS)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise EdgecraftError(f"--ray-address {address}: no Ray head answers there ({exc})") from None
