@@ -58,7 +58,7 @@ def pareto_svg(data: TuneReport) -> str:
     metric = [100 * (t["metric"] or 0) for t in points]
     sizes = [t["row"]["size_bytes"] or 1 for t in points]
     x, (x0, x1) = _scale(latency, left, width - 16)
-    y, (y0, y1) = _scale(metric, height - bottom, 16)
+    y, (y0, y1) = _scale(metric + [min(100.0, max(metric) + 0.5)], height - bottom, 16)
     largest = max(sizes)
     parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
              f'aria-label="Pareto front of the trials">',
@@ -154,7 +154,7 @@ def render_tune_report(data: TuneReport) -> str:
     env.filters.update(fmt=_fmt, pct=lambda v: "–" if v is None else f"{100 * v:.2f} %",
                        kb=lambda v: "–" if v is None else f"{v / 1024:,.1f}")
     counts = {state: sum(1 for t in data.trials if t["state"] == state)
-              for state in ("complete", "pruned", "fail", "running")}
+              for state in ("complete", "pruned", "fail", "running", "waiting")}
     chosen = next((t for t in data.trials if t["number"] == data.chosen), None)
     return env.get_template("tune.html").render(
         d=data, chosen=chosen, counts=counts, css=(TEMPLATES / "report.css").read_text(),
