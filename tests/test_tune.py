@@ -82,7 +82,8 @@ def fake_trial(data, base_dir, search, values, trials_dir, number, profile=None,
     drop = 0.98 - metric
     return {"number": number, "values": values, "state": "complete", "run_dir": str(run_dir), "rows": [row],
             "row": row, "metric": metric, "reference": 0.98, "metric_name": "top-1 accuracy", "drop": drop,
-            "values_objective": [row["p50"]], "constraint": drop - search["max_drop"],
+            "values_objective": [{"latency": row["p50"], "size": row["size_bytes"]}[name]
+                                 for name in search["objectives"]], "constraint": drop - search["max_drop"],
             "feasible": drop <= search["max_drop"], "speedup": 1 / row["p50"]}
 
 
@@ -122,6 +123,21 @@ def test_study_resumes_tracks_and_reports(tmp_path, capsys):
         assert "edgecraft.recipe_sha256" in run.data.tags and "env.python" in run.data.tags
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"report.html", "results.json", "model"} <= artifacts
+
+
+def test_two_objectives_use_nsga2_and_a_pareto_front(tmp_path):
+    import optuna
+
+    from edgecraft.tune.study import tune
+
+    search = json.loads(json.dumps(BASE["search"]))
+    search.update(objectives=["latency", "size"], trials=4)
+    result = tune(write(tmp_path, search), run_trial=fake_trial)
+    study = optuna.load_study(study_name="tiny-tune", storage=result.storage)
+    assert len(study.directions) == 2
+    data = json.loads((result.folder / "trials.json").read_text())
+    assert data["objectives"] == ["latency", "size"] and data["pareto"] and data["chosen"] in data["pareto"]
+    assert all(len(t["values"]) == 2 for t in data["trials"])
 
 
 def test_killed_trial_is_redone_and_finished_ones_are_not(tmp_path):
