@@ -170,3 +170,25 @@ def test_same_study_on_two_ray_nodes(sweep: Path, ray_cluster, tmp_path: Path):
     for intervals in by_node.values():
         intervals.sort()
         assert all(end <= start for (_, end), (start, _) in zip(intervals, intervals[1:])), intervals
+
+
+def test_tiny_study_on_two_ray_nodes_matches_the_local_one(ray_cluster, tmp_path: Path):
+    """The digits-cnn study (4 trials, one batch) here and on the 2-node cluster: the same trials and the same
+    choice for the same seed, trials on both nodes, and no two measurement phases overlapping."""
+    address, env = ray_cluster
+    recipe = write(tmp_path)
+    local = edgecraft("tune", recipe, "--no-track", "--trials", "4", "--seed", "7", "--output-dir", tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_ray = edgecraft("tune", recipe, "--no-track", "--trials", "4", "--seed", "7", "--output-dir", tmp_path / "ray",
+                       "--ray-address", address, env={key: env[key] for key in ("RAY_AUTH_MODE",)})
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    here, there = trials_of(printed(local.stdout, "report").parent), trials_of(printed(on_ray.stdout, "report").parent)
+    assert [t["params"] for t in here] == [t["params"] for t in there]
+    assert [t["state"] for t in here] == [t["state"] for t in there]
+    assert [t.get("metric") for t in here] == [t.get("metric") for t in there]  # deterministic training
+    if any(t.get("feasible") for t in here):
+        assert chosen_trial(printed(local.stdout, "report").parent)["params"] == \
+            chosen_trial(printed(on_ray.stdout, "report").parent)["params"]
+    assert len({t["ray_node"] for t in there}) == 2
+    intervals = sorted(t["measure_interval"] for t in there if t.get("measure_interval"))
+    assert all(end <= start for (_, end), (start, _) in zip(intervals, intervals[1:])), intervals

@@ -5,7 +5,9 @@ a local Ray started here gets it by itself) and every trial task takes one, so n
 benchmark phases, run at once on one node. A trial is one task (its training, export and measurement together):
 splitting it into a parallel training task and a slot-holding measurement task would need the run's in-memory
 state moved between tasks, so whole trials are serialised per node and the nodes run in parallel. Results come
-back to the driver, which tells the one Optuna study and logs to the one MLflow experiment.
+back to the driver, which tells the one Optuna study and logs to the one MLflow experiment. Within a trial, the
+measurement phase also holds a machine-wide file lock (``trial.machine_benchmark_lock``): several Ray nodes on one
+host (the loopback test cluster) never benchmark at once either.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ class RayTrials:
             raise EdgecraftError(f"--ray-address {address}: no node offers a {SLOT}; start each node with "
                                  f"ray start --resources '{{\"{SLOT}\": 1}}'")
         self.ray = ray
+        # Ray sets OMP_NUM_THREADS to a task's CPUs (1): training would sum in another order than here and give
+        # other weights. Trials train with this process's thread count, so a seed gives the same models anywhere.
+        import torch
+
+        self.torch_threads = torch.get_num_threads()
         self.task = ray.remote(num_cpus=1, resources={SLOT: 1}, max_retries=0)(_call)
         self.run = run
 
     def map(self, calls: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Submit every call as a task (Ray queues them on the benchmark slots); yield the outcomes in order, each
         as soon as it is done. A task that dies is that trial's failure only."""
-        futures = [self.task.remote(self.run, call) for call in calls]
+        futures = [self.task.remote(self.run, call, self.torch_threads) for call in calls]
         for call, future in zip(calls, futures):
             try:
                 yield self.ray.get(future)
@@ -57,8 +64,11 @@ class RayTrials:
         self.ray.shutdown()
 
 
-def _call(run: Callable[..., dict], call: dict[str, Any]) -> dict[str, Any]:
+def _call(run: Callable[..., dict], call: dict[str, Any], torch_threads: int) -> dict[str, Any]:
     import ray
+    import torch
+
+    torch.set_num_threads(torch_threads)
 
     outcome = run(**call)
     outcome["ray_node"] = ray.get_runtime_context().get_node_id()

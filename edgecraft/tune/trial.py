@@ -4,18 +4,19 @@ The run is ``edgecraft.runner``'s ``RecipeRun`` (the same preparation, step cach
 folder as ``edgecraft run``) with two additions: after the training passes of the scored variant (its leading
 PyTorch → PyTorch passes), the PyTorch model is scored with the recipe's evaluator on the calibration split, and
 when it is already further below the fp32 model than the budget the trial stops before any export or benchmark;
-and the measurement phase is timed (and serialised by ``benchmark_lock`` when one is given), so a distributed tune
-can show that no two benchmark phases overlapped on a node.
+and the measurement phase is timed and held under a machine-wide file lock (``machine_benchmark_lock``), so
+no two trials on one machine ever benchmark at once, and a distributed tune can show it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -112,6 +113,22 @@ class TrialRun(RecipeRun):
         )
 
 
+@contextlib.contextmanager
+def machine_benchmark_lock() -> Iterator[None]:
+    """Held by a trial while it measures: an exclusive lock on a file in this machine's temporary folder, so
+    trials of any tune on this machine (several Ray nodes on one host, two tunes started side by side) never
+    benchmark at the same time."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / "edgecraft-benchmark.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def recipe_from_data(data: dict[str, Any], base_dir: Path, where: str) -> tuple[Recipe, str]:
     """A validated recipe from YAML data (relative files resolved against ``base_dir``) and its YAML text."""
     from pydantic import ValidationError
@@ -145,7 +162,8 @@ def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], value
 
         with progress_bar(Console(stderr=True)) as progress:
             run = TrialRun(recipe, text, run_dir, settings, progress, cache, watch=spec.variant,
-                           max_drop=spec.max_drop if spec.prune else None, benchmark_lock=benchmark_lock)
+                           max_drop=spec.max_drop if spec.prune else None,
+                           benchmark_lock=benchmark_lock or machine_benchmark_lock)
             results = run.execute()
         write_run(results, run_dir)
         outcome.update(score(results, spec))
