@@ -22,6 +22,10 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run(args.recipe, output_dir=args.output_dir, profile=args.profile, pin_cpus=args.pin,
                  price_per_hour=args.price_per_hour, use_cache=not args.no_cache)
+    if args.track or args.mlflow_uri:
+        from edgecraft.tune.tracking import track_run
+
+        print(f"tracked as MLflow run {track_run(result.report_path.parent, args.mlflow_uri)}", file=sys.stderr)
     print(result.report_path)
     return 0
 
@@ -214,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_options(run)
     run.add_argument("--no-cache", action="store_true",
                      help="recompute every pass step instead of reusing finished ones from the step cache")
+    run.add_argument("--track", action="store_true",
+                     help="log the run to MLflow: parameters, every row's figures, report and model files")
+    run.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI for --track (default: "
+                     "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here); implies --track")
     run.set_defaults(handler=_run)
 
     bench = commands.add_parser(

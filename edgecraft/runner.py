@@ -70,7 +70,7 @@ class RecipeRun:
                         pending.append(Pending(len(self.rows), job, row.lossless))
                     self.rows.append(row)
         machine = environment()
-        measure_rows(self.rows, pending, self.settings, self.progress)
+        self._measure(pending)
         return RunResults(
             name=self.recipe.name,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -83,6 +83,10 @@ class RecipeRun:
             rows=self.rows,
             devices={name: link.description for name, link in self.devices.items() if link.description},
         )
+
+    def _measure(self, pending: list[Pending]) -> None:
+        """Measure every exported row (a tune trial times this phase and holds a machine-wide lock around it)."""
+        measure_rows(self.rows, pending, self.settings, self.progress)
 
     def _prepare(self, spec: ModelSpec) -> PreparedModel | None:
         """The model ready for its variants, or None after recording why it is not: every row it would have

@@ -202,6 +202,13 @@ def test_real_study_on_digits_cnn(tmp_path, capsys):
     if "best recipe: none" not in out:
         best = Path(out.split("best recipe: ")[1].split()[0])
         assert main(["recipe", "validate", str(best)]) == 0
+        # `edgecraft run --track` on the best recipe: the run is logged to MLflow as it ends.
+        from mlflow import MlflowClient
+
+        uri = f"sqlite:///{tmp_path / 'tracked.db'}"
+        assert main(["run", str(best), "--quick", "--output-dir", str(tmp_path / "rerun"), "--mlflow-uri", uri]) == 0
+        (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("edgecraft-runs").experiment_id])
+        assert any(key.endswith("/p50_ms") for key in run.data.metrics)
 
 
 def test_proxy_prunes_before_export_and_benchmark(tmp_path):

@@ -14,18 +14,16 @@ import contextlib
 import socket
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
 
-from bench.environment import environment
 from compress import registry as pass_registry
 from edgecraft import model_source
 from edgecraft.errors import EdgecraftError
 from edgecraft.recipe import Recipe, validation_message
-from edgecraft.rows import Pending, brief, measure_rows
+from edgecraft.rows import Pending, brief
 from edgecraft.run_folder import new_run_dir, write_run
 from edgecraft.runner import RecipeRun, bench_settings, progress_bar
 from edgecraft.step_cache import StepCache
@@ -80,37 +78,12 @@ class TrialRun(RecipeRun):
         if self.max_drop is not None and fp32 - proxy > self.max_drop:
             raise Pruned(proxy, fp32)
 
-    def execute(self) -> RunResults:
-        """``RecipeRun.execute`` with the measurement phase timed and held under ``benchmark_lock``."""
-        pending: list[Pending] = []
-        for spec in self.recipe.models:
-            prepared = self._prepare(spec)
-            if prepared is None:
-                continue
-            for variant in self.recipe.variants:
-                artifact, failure = self._variant(prepared, variant)
-                for entry in self.recipe.targets_for(variant):
-                    row, job = self._export(prepared, variant, artifact, failure, entry)
-                    if job:
-                        pending.append(Pending(len(self.rows), job, row.lossless))
-                    self.rows.append(row)
-        machine = environment()
+    def _measure(self, pending: list[Pending]) -> None:
+        """The measurement phase, timed and held under ``benchmark_lock``."""
         with self.benchmark_lock():
             start = time.time()
-            measure_rows(self.rows, pending, self.settings, self.progress)
+            super()._measure(pending)
             self.measure_interval = (start, time.time())
-        return RunResults(
-            name=self.recipe.name,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            recipe=self.recipe.model_dump(mode="json"),
-            recipe_text=self.recipe_text,
-            environment=machine,
-            benchmark=self.settings.model_dump(mode="json"),
-            models=self.models,
-            passes=self.steps.records,
-            rows=self.rows,
-            devices={name: link.description for name, link in self.devices.items() if link.description},
-        )
 
 
 @contextlib.contextmanager
