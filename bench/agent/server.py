@@ -56,6 +56,7 @@ from bench.agent.protocol import (
 from bench.environment import environment
 from bench.harness import MeasureJob, MeasurementFailed, run_process
 from bench.settings import check_pinnable
+from reports.files import write_atomic
 from targets import feeds, registry
 from targets.base import ARM_MACHINES
 
@@ -98,9 +99,7 @@ def _emulation_here() -> str | None:
 
 def _write_json(path: Path, value: Any) -> None:
     """Write-then-rename: a crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(value))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(value))
 
 
 def _never_evaluated(outputs: dict) -> Any:

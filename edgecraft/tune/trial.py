@@ -15,9 +15,10 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import yaml
+from filelock import FileLock
 
 from compress import registry as pass_registry
 from edgecraft import model_source
@@ -86,20 +87,11 @@ class TrialRun(RecipeRun):
             self.measure_interval = (start, time.time())
 
 
-@contextlib.contextmanager
-def machine_benchmark_lock() -> Iterator[None]:
+def machine_benchmark_lock() -> FileLock:
     """Held by a trial while it measures: an exclusive lock on a file in this machine's temporary folder, so
     trials of any tune on this machine (several Ray nodes on one host, two tunes started side by side) never
     benchmark at the same time."""
-    import fcntl
-
-    path = Path(tempfile.gettempdir()) / "edgecraft-benchmark.lock"
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(Path(tempfile.gettempdir()) / "edgecraft-benchmark.lock")
 
 
 def recipe_from_data(data: dict[str, Any], base_dir: Path, where: str) -> tuple[Recipe, str]:
