@@ -137,6 +137,32 @@ def _existing_file(value: str | None, info: ValidationInfo) -> str | None:
     return str(path)
 
 
+def rebase_files(data: dict[str, Any], old_base: Path, new_base: Path) -> dict[str, Any]:
+    """Recipe YAML data written in ``new_base`` that names the same files as ``data`` read from ``old_base``.
+
+    The fields read relative to the recipe's folder (``_existing_file``: a model's ``weights`` and ``onnx``, an
+    ``.npz`` data ``source``) are rewritten relative to ``new_base``; everything else is copied as it is. For a
+    recipe written elsewhere than the one it came from, such as a tune's best recipe."""
+    import copy
+    import os
+
+    def moved(value: Any) -> Any:
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            return value
+        return os.path.relpath((Path(old_base) / value).resolve(), Path(new_base).resolve())
+
+    result = copy.deepcopy(data)
+    for model in result.get("models") or []:
+        if isinstance(model, dict):
+            for field in ("weights", "onnx"):
+                if field in model:
+                    model[field] = moved(model[field])
+    source = (result.get("data") or {}).get("source") if isinstance(result.get("data"), dict) else None
+    if isinstance(source, str) and source.endswith(".npz"):
+        result["data"]["source"] = moved(source)
+    return result
+
+
 def _onnx_model(value: str | None) -> str | None:
     """Read the file's graph now (not its external data), so that a file that is not ONNX is one line here rather
     than a DecodeError at run time."""

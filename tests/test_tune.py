@@ -125,6 +125,51 @@ def test_study_resumes_tracks_and_reports(tmp_path, capsys):
         assert {"report.html", "results.json", "model"} <= artifacts
 
 
+def test_best_recipe_names_the_base_recipes_files(tmp_path):
+    """The best recipe is written in the tune folder: a model file the base recipe names relative to its own folder
+    is named relative to the tune folder, so `edgecraft run best-recipe.yaml` reads the same file."""
+    from edgecraft.tune.study import tune
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "weights").mkdir()
+    (recipes / "weights" / "net.pt").write_bytes(b"not read by the stand-in trials")
+    data = json.loads(json.dumps(BASE))
+    data.update(models=[{"factory": "tests.fixtures_models:three_head_net", "weights": "weights/net.pt"}],
+                output_dir=str(tmp_path / "elsewhere" / "runs"))
+    path = recipes / "tune.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = tune(path, trials=2, run_trial=fake_trial)
+    written = yaml.safe_load(result.best_recipe.read_text())["models"][0]["weights"]
+    assert not Path(written).is_absolute()
+    recipe, _ = load_recipe(result.best_recipe)
+    assert Path(recipe.models[0].weights) == (recipes / "weights" / "net.pt").resolve()
+
+
+def test_accuracy_aware_int8_options_are_search_parameters(tmp_path, capsys):
+    """The accuracy-aware int8 options of quantize.static are searched like any other parameter: null (plain
+    int8) is a choice of max_drop, and a value the pass refuses is one line."""
+    from edgecraft.tune.study import plan
+
+    parameters = {"variants.pruned.passes[2].max_drop": {"choice": [None, 0.005]},
+                  "variants.pruned.passes[2].first_last_float": {"choice": [False, True]}}
+    checked = plan(write(tmp_path, {"parameters": parameters}))
+    assert checked.search.parameters["variants.pruned.passes[2].max_drop"].choice == [None, 0.005]
+    bad = write(tmp_path, {"parameters": {"variants.pruned.passes[2].max_drop": {"choice": [None, 2]}}})
+    assert main(["tune", str(bad), "--no-track"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "max_drop = 2 is not valid" in err, err
+
+
+def test_tune_mobilenet_searches_accuracy_aware_int8():
+    """The shipped sweep searches prune ratio, distillation, calibration and the accuracy-aware int8 options."""
+    from edgecraft.tune.study import plan
+    from tests.conftest import REPO
+
+    fields = {place.rsplit(".", 1)[1] for place in plan(REPO / "recipes" / "tune-mobilenet.yaml").search.parameters}
+    assert {"ratio", "temperature", "alpha", "calibration_method", "max_drop", "first_last_float"} <= fields
+
+
 def test_two_objectives_use_nsga2_and_a_pareto_front(tmp_path):
     import optuna
 

@@ -26,7 +26,8 @@ class ParameterSpec(BaseModel):
     float_range: tuple[float, float] | None = Field(None, alias="float", description="[low, high], sampled uniformly "
                                                     "(log-uniformly with log: true).")
     int_range: tuple[int, int] | None = Field(None, alias="int", description="[low, high], both included.")
-    choice: list[Scalar] | None = Field(None, min_length=1, description="The values to choose from.")
+    choice: list[Scalar | None] | None = Field(None, min_length=1, description="The values to choose from (null: "
+                                              "the pass's 'not set', e.g. max_drop: null for plain int8).")
     log: bool = Field(False, description="Sample a float or int range on a log scale (low must be > 0).")
     step: float | None = Field(None, gt=0, description="Sample a range on this grid (low, low + step, ...).")
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from edgecraft.errors import EdgecraftError
-from edgecraft.recipe import Recipe, _locate, _parse, load_recipe
+from edgecraft.recipe import Recipe, _locate, _parse, load_recipe, rebase_files
 from edgecraft.tune.space import ParameterSpec, SearchSpec, concrete, parse_place, pass_entry
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
     best_path = None
     if best is not None:
         best_data = concrete(plan_.data, {place: best["params"][place] for place in search.parameters})
+        best_data = rebase_files(best_data, plan_.path.parent, folder)  # it is written in the tune folder
         best_path = folder / "best-recipe.yaml"
         header = (f"# The chosen point of study {search.study!r} (trial {best['number']}): "
                   f"{search.variant} on {search.target}.\n# Run it with: edgecraft run {best_path.name}\n")
