@@ -25,6 +25,7 @@ class TuneReport(BaseModel):
     storage: str
     objectives: list[str]
     statistic: str
+    latency_tolerance: float = 0.0
     variant: str
     target: str
     model: str

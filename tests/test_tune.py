@@ -170,6 +170,25 @@ def test_tune_mobilenet_searches_accuracy_aware_int8():
     assert {"ratio", "temperature", "alpha", "calibration_method", "max_drop", "first_last_float"} <= fields
 
 
+def test_chosen_point_does_not_pick_a_winner_by_noise():
+    """Trials within latency_tolerance of the fastest tie with it and the most accurate wins; outside the band,
+    or with no tolerance, the fastest wins; the choice is on the feasible Pareto front either way."""
+    from edgecraft.tune.space import SearchSpec
+    from edgecraft.tune.study import chosen, pareto
+
+    def trial(number, p50, metric, feasible=True):
+        return {"number": number, "state": "complete", "feasible": feasible, "values": [p50], "metric": metric}
+
+    table = [trial(0, 1.00, 0.970), trial(1, 1.02, 0.980), trial(2, 1.10, 0.990), trial(3, 0.90, 0.5, False)]
+    search = SearchSpec.model_validate(BASE["search"])
+    assert chosen(table, search)["number"] == 1
+    assert chosen(table, search.model_copy(update={"latency_tolerance": 0.0}))["number"] == 0
+    assert chosen(table, search.model_copy(update={"latency_tolerance": 0.2}))["number"] == 2
+    assert {chosen(table, search.model_copy(update={"latency_tolerance": tol}))["number"]
+            for tol in (0.0, 0.03, 0.2)} <= pareto(table)
+    assert chosen(table, search.model_copy(update={"objectives": ["size"]}))["number"] == 0
+
+
 def test_two_objectives_use_nsga2_and_a_pareto_front(tmp_path):
     import optuna
 

@@ -158,8 +158,13 @@ def test_same_study_on_two_ray_nodes(sweep: Path, ray_cluster, tmp_path: Path):
     folder = printed(done.stdout, "report").parent
     on_ray, local = trials_of(folder), trials_of(sweep)
     nodes = {t["ray_node"] for t in on_ray}
-    # The same seed and batches give the same first trials (the sampler's start-up draws), and the same choice.
+    # The same seed and batches give the same first trials (the sampler's start-up draws), the same metric for the
+    # same parameters (training is deterministic on any node), and the same choice.
     assert [t["params"] for t in on_ray[:4]] == [t["params"] for t in local[:4]]
+    metrics = {json.dumps(t["params"], sort_keys=True): t["metric"] for t in local if t["state"] == "complete"}
+    for trial in on_ray:
+        if trial["state"] == "complete" and json.dumps(trial["params"], sort_keys=True) in metrics:
+            assert trial["metric"] == metrics[json.dumps(trial["params"], sort_keys=True)], trial["params"]
     assert chosen_trial(folder)["params"] == chosen_trial(sweep)["params"]
     # No two benchmark phases overlapped on one Ray node.
     by_node: dict[str, list] = {}

@@ -249,9 +249,19 @@ def trial_table(study: Any, search: SearchSpec) -> list[dict[str, Any]]:
 
 def chosen(table: list[dict[str, Any]], search: SearchSpec) -> dict[str, Any] | None:
     """The chosen point: among feasible complete trials, the lowest first objective (ties: the next objectives,
-    then the higher metric, then the earlier trial), so it is always on the feasible Pareto front."""
+    then the higher metric, then the earlier trial). When that objective is latency, every trial within
+    ``latency_tolerance`` of the fastest ties with it, and the most accurate of them (then the fastest, the
+    smallest) is chosen: a winner by less than the measurement's noise would be a coin toss, while the metric is
+    deterministic. Either way the chosen trial is on the feasible Pareto front: a trial that dominates it would be
+    in the same band and sort first."""
     feasible = [t for t in table if t["state"] == "complete" and t["feasible"]]
-    return min(feasible, key=lambda t: (*t["values"], -(t["metric"] or 0), t["number"]), default=None)
+    if not feasible:
+        return None
+    best = min(feasible, key=lambda t: (*t["values"], -(t["metric"] or 0), t["number"]))
+    if search.objectives[0] != "latency" or not search.latency_tolerance:
+        return best
+    band = [t for t in feasible if t["values"][0] <= best["values"][0] * (1 + search.latency_tolerance)]
+    return min(band, key=lambda t: (-(t["metric"] or 0), *t["values"], t["number"]))
 
 
 def pareto(table: list[dict[str, Any]]) -> set[int]:
@@ -278,7 +288,7 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
         best_path.write_text(header + yaml.safe_dump(best_data, sort_keys=False))
     report = write_tune_report(TuneReport(
         study=search.study, recipe=str(plan_.path), storage=storage, objectives=list(search.objectives),
-        statistic=search.statistic, variant=search.variant, target=search.target, model=search.model,
+        statistic=search.statistic, latency_tolerance=search.latency_tolerance, variant=search.variant, target=search.target, model=search.model,
         max_drop=search.max_drop, parameters={k: v.model_dump(by_alias=True, exclude_defaults=True)
                                               for k, v in search.parameters.items()},
         trials=table, chosen=best["number"] if best else None, pareto=sorted(pareto(table)),
