@@ -8,6 +8,8 @@ folders) is checked here. ``recipe_json_schema`` is what ``edgecraft recipe sche
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -143,8 +145,6 @@ def rebase_files(data: dict[str, Any], old_base: Path, new_base: Path) -> dict[s
     The fields read relative to the recipe's folder (``_existing_file``: a model's ``weights`` and ``onnx``, an
     ``.npz`` data ``source``) are rewritten relative to ``new_base``; everything else is copied as it is. For a
     recipe written elsewhere than the one it came from, such as a tune's best recipe."""
-    import copy
-    import os
 
     def moved(value: Any) -> Any:
         if not isinstance(value, str) or Path(value).expanduser().is_absolute():
