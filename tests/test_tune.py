@@ -66,7 +66,7 @@ def test_run_ignores_search_and_schema_publishes_it(tmp_path):
     assert "search" in recipe_json_schema()["properties"]
 
 
-def fake_trial(data, base_dir, search, values, trials_dir, number, profile=None, benchmark_lock=None):
+def fake_trial(data, base_dir, search, values, trials_dir, number, profile=None, lock=None):
     """A stand-in trial (the study logic without compression): smaller ratio → slower, entropy → more accurate."""
     ratio = values["variants.pruned.passes[0].ratio"]
     method = values["variants.pruned.passes[2].calibration_method"]
@@ -290,3 +290,40 @@ def test_proxy_prunes_before_export_and_benchmark(tmp_path):
     run_dir = Path(outcome["run_dir"])
     assert not (run_dir / "results.json").exists()
     assert not list(run_dir.rglob("*quantize.static*"))
+
+
+def test_trial_measures_under_the_exclusive_hold(tmp_path):
+    """A trial trains and exports under the machine lock's shared hold and lets it go before it waits for the
+    exclusive hold it measures under: another trial may train beside its training, never beside its measurement."""
+    import contextlib
+    import time
+
+    from edgecraft.tune.study import plan
+    from edgecraft.tune.trial import run_trial
+
+    class Recording:
+        def __init__(self):
+            self.events = []
+
+        def acquire_read(self):
+            self.events.append(("read", time.time()))
+
+        def release(self):
+            self.events.append(("release", time.time()))
+
+        @contextlib.contextmanager
+        def write_lock(self):
+            self.events.append(("write", time.time()))
+            yield
+            self.events.append(("write done", time.time()))
+
+    lock = Recording()
+    checked = plan(write(tmp_path))
+    outcome = run_trial(checked.data, str(tmp_path), checked.search.model_dump(by_alias=True),
+                        {"variants.pruned.passes[0].ratio": 0.1, "variants.pruned.passes[2].calibration_method":
+                         "minmax"}, str(tmp_path / "trials"), 0, lock=lock)
+    assert outcome["state"] == "complete", outcome
+    assert [name for name, _ in lock.events] == ["read", "release", "write", "write done"]
+    (_, read), (_, released), (_, exclusive), (_, done) = lock.events
+    prepared, measured = outcome["prepare_interval"], outcome["measure_interval"]
+    assert read <= prepared[0] <= prepared[1] <= released <= exclusive <= measured[0] <= measured[1] <= done

@@ -6,8 +6,9 @@ benchmark phases, run at once on one node. A trial is one task (its training, ex
 splitting it into a parallel training task and a slot-holding measurement task would need the run's in-memory
 state moved between tasks, so whole trials are serialised per node and the nodes run in parallel. Results come
 back to the driver, which tells the one Optuna study and logs to the one MLflow experiment. Within a trial, the
-measurement phase also holds a machine-wide file lock (``trial.machine_benchmark_lock``): several Ray nodes on one
-host (the loopback test cluster) never benchmark at once either.
+machine-wide reader/writer lock (``trial.machine_lock``) is shared while it trains and exclusive while it
+measures: several Ray nodes on one host (the loopback test cluster) train side by side, but a measurement never
+runs beside another trial's training or measurement.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def trial_table(study: Any, search: SearchSpec) -> list[dict[str, Any]]:
             if trial.datetime_complete and trial.datetime_start else None,
             **{key: outcome.get(key) for key in ("metric", "drop", "feasible", "reason", "rows", "row", "proxy",
                                                  "reference", "metric_name", "speedup", "run_dir", "node",
-                                                 "ray_node", "measure_interval")},
+                                                 "ray_node", "prepare_interval", "measure_interval")},
         })
     return table
 

@@ -4,8 +4,10 @@ The run is ``edgecraft.runner``'s ``RecipeRun`` (the same preparation, step cach
 folder as ``edgecraft run``) with two additions: after the training passes of the scored variant (its leading
 PyTorch → PyTorch passes), the PyTorch model is scored with the recipe's evaluator on the calibration split, and
 when it is already further below the fp32 model than the budget the trial stops before any export or benchmark;
-and the measurement phase is timed and held under a machine-wide file lock (``machine_benchmark_lock``), so
-no two trials on one machine ever benchmark at once, and a distributed tune can show it.
+and the trial holds a machine-wide reader/writer lock (``machine_lock``): shared while it prepares, trains and
+exports, exclusive while it measures. Trials on one machine (several Ray nodes on one host, two tunes side by side)
+train together, but a measurement never runs beside another trial's training or measurement, which would take
+the CPUs its latency is read from; each phase is timed, so a distributed tune can show it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
-from filelock import FileLock
+from filelock import ReadWriteLock
 
 from compress import registry as pass_registry
 from edgecraft import model_source
@@ -42,15 +44,34 @@ class Pruned(Exception):
 
 
 class TrialRun(RecipeRun):
-    """``RecipeRun`` with the pruning proxy on one variant and a timed (optionally locked) measurement phase."""
+    """``RecipeRun`` with the pruning proxy on one variant, and its work before measurement (shared hold of
+    ``lock``) and its measurement (exclusive hold) timed."""
 
-    def __init__(self, *args: Any, watch: str | None, max_drop: float | None,
-                 benchmark_lock: Callable[[], Any] | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, watch: str | None, max_drop: float | None, lock: ReadWriteLock | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.watch, self.max_drop = watch, max_drop
-        self.benchmark_lock = benchmark_lock or contextlib.nullcontext
+        self.watch, self.max_drop, self.lock = watch, max_drop, lock
         self.proxy: dict[str, float] | None = None
+        self.prepare_interval: tuple[float, float] | None = None
         self.measure_interval: tuple[float, float] | None = None
+        self._reading, self._started = False, 0.0
+
+    def execute(self) -> RunResults:
+        if self.lock is not None:
+            self.lock.acquire_read()
+            self._reading = True
+        self._started = time.time()
+        try:
+            return super().execute()
+        finally:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.prepare_interval is None:
+            self.prepare_interval = (self._started, time.time())
+        if self._reading:
+            self.lock.release()
+            self._reading = False
 
     def _variant(self, prepared: Any, variant: Any) -> Any:
         if variant.name == self.watch:
@@ -80,18 +101,19 @@ class TrialRun(RecipeRun):
             raise Pruned(proxy, fp32)
 
     def _measure(self, pending: list[Pending]) -> None:
-        """The measurement phase, timed and held under ``benchmark_lock``."""
-        with self.benchmark_lock():
+        """The measurement phase, timed, under the exclusive hold (the shared one is let go first: SQLite's
+        pending lock then keeps new readers out until the measurement is done)."""
+        self._stop_reading()
+        with self.lock.write_lock() if self.lock is not None else contextlib.nullcontext():
             start = time.time()
             super()._measure(pending)
             self.measure_interval = (start, time.time())
 
 
-def machine_benchmark_lock() -> FileLock:
-    """Held by a trial while it measures: an exclusive lock on a file in this machine's temporary folder, so
-    trials of any tune on this machine (several Ray nodes on one host, two tunes started side by side) never
-    benchmark at the same time."""
-    return FileLock(Path(tempfile.gettempdir()) / "edgecraft-benchmark.lock")
+def machine_lock() -> ReadWriteLock:
+    """This machine's reader/writer lock for trials, in its temporary folder: filelock's SQLite lock, released
+    by the operating system when a trial's process dies, so a killed trial never leaves the machine locked."""
+    return ReadWriteLock(Path(tempfile.gettempdir()) / "edgecraft-trials.lock.db")
 
 
 def recipe_from_data(data: dict[str, Any], base_dir: Path, where: str) -> tuple[Recipe, str]:
@@ -108,7 +130,7 @@ def recipe_from_data(data: dict[str, Any], base_dir: Path, where: str) -> tuple[
 
 
 def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], values: dict[str, Any], trials_dir: str,
-              number: int, profile: str | None = None, benchmark_lock: Callable[[], Any] | None = None) -> dict[str, Any]:
+              number: int, profile: str | None = None, lock: ReadWriteLock | None = None) -> dict[str, Any]:
     """Run trial ``number`` with the sampled ``values``; a plain dict (it crosses process boundaries) with
     ``state`` complete, pruned or failed, the scored row's figures and every row's."""
     spec = SearchSpec.model_validate(search)
@@ -128,7 +150,7 @@ def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], value
         with progress_bar(Console(stderr=True)) as progress:
             run = TrialRun(recipe, text, run_dir, settings, progress, cache, watch=spec.variant,
                            max_drop=spec.max_drop if spec.prune else None,
-                           benchmark_lock=benchmark_lock or machine_benchmark_lock)
+                           lock=lock or machine_lock())
             results = run.execute()
         write_run(results, run_dir)
         outcome.update(score(results, spec))
@@ -138,6 +160,7 @@ def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], value
         outcome.update(state="failed", reason=str(exc) if isinstance(exc, EdgecraftError) else brief(exc))
     if run is not None:
         outcome["proxy"] = run.proxy
+        outcome["prepare_interval"] = run.prepare_interval
         outcome["measure_interval"] = run.measure_interval
     outcome["finished"] = time.time()
     return outcome
