@@ -171,15 +171,18 @@ def test_tune_mobilenet_searches_accuracy_aware_int8():
 
 
 def test_chosen_point_does_not_pick_a_winner_by_noise():
-    """Trials within latency_tolerance of the fastest tie with it and the most accurate wins; outside the band,
-    or with no tolerance, the fastest wins; the choice is on the feasible Pareto front either way."""
+    """Trials within latency_tolerance of the fastest tie with it and the most accurate, then the smallest, wins;
+    outside the band, or with no tolerance, the fastest wins; the choice is on the feasible Pareto front (which
+    counts size) either way."""
     from edgecraft.tune.space import SearchSpec
     from edgecraft.tune.study import chosen, pareto
 
-    def trial(number, p50, metric, feasible=True):
-        return {"number": number, "state": "complete", "feasible": feasible, "values": [p50], "metric": metric}
+    def trial(number, p50, metric, feasible=True, size=1000):
+        return {"number": number, "state": "complete", "feasible": feasible, "values": [p50], "metric": metric,
+                "row": {"size_bytes": size}}
 
-    table = [trial(0, 1.00, 0.970), trial(1, 1.02, 0.980), trial(2, 1.10, 0.990), trial(3, 0.90, 0.5, False)]
+    table = [trial(0, 1.00, 0.970), trial(1, 1.02, 0.980), trial(2, 1.10, 0.990), trial(3, 0.90, 0.5, False),
+             trial(4, 1.01, 0.980, size=1200)]  # as accurate as 1 and as fast within noise, but larger
     search = SearchSpec.model_validate(BASE["search"])
     assert chosen(table, search)["number"] == 1
     assert chosen(table, search.model_copy(update={"latency_tolerance": 0.0}))["number"] == 0

@@ -250,10 +250,10 @@ def trial_table(study: Any, search: SearchSpec) -> list[dict[str, Any]]:
 def chosen(table: list[dict[str, Any]], search: SearchSpec) -> dict[str, Any] | None:
     """The chosen point: among feasible complete trials, the lowest first objective (ties: the next objectives,
     then the higher metric, then the earlier trial). When that objective is latency, every trial within
-    ``latency_tolerance`` of the fastest ties with it, and the most accurate of them (then the fastest, the
-    smallest) is chosen: a winner by less than the measurement's noise would be a coin toss, while the metric is
-    deterministic. Either way the chosen trial is on the feasible Pareto front: a trial that dominates it would be
-    in the same band and sort first."""
+    ``latency_tolerance`` of the fastest ties with it, and the most accurate of them, then the smallest, then the
+    fastest is chosen: a winner by less than the measurement's noise would be a coin toss, while metric and size
+    are deterministic. Either way the chosen trial is on the feasible Pareto front (``pareto``): a trial that
+    dominates it would be in the same band and sort first."""
     feasible = [t for t in table if t["state"] == "complete" and t["feasible"]]
     if not feasible:
         return None
@@ -261,12 +261,17 @@ def chosen(table: list[dict[str, Any]], search: SearchSpec) -> dict[str, Any] | 
     if search.objectives[0] != "latency" or not search.latency_tolerance:
         return best
     band = [t for t in feasible if t["values"][0] <= best["values"][0] * (1 + search.latency_tolerance)]
-    return min(band, key=lambda t: (-(t["metric"] or 0), *t["values"], t["number"]))
+    return min(band, key=lambda t: (-(t["metric"] or 0), _size(t), *t["values"], t["number"]))
+
+
+def _size(trial: dict[str, Any]) -> float:
+    return (trial.get("row") or {}).get("size_bytes") or 0
 
 
 def pareto(table: list[dict[str, Any]]) -> set[int]:
-    """Trial numbers on the feasible Pareto front of (−metric, every objective)."""
-    points = {t["number"]: (-(t["metric"] or 0), *t["values"]) for t in table
+    """Trial numbers on the feasible Pareto front of (−metric, every objective, size): as the report says, a
+    trial is dominated only by one at least as accurate, as fast and as small."""
+    points = {t["number"]: (-(t["metric"] or 0), *t["values"], _size(t)) for t in table
               if t["state"] == "complete" and t["feasible"]}
     return {n for n, p in points.items()
             if not any(all(a <= b for a, b in zip(q, p)) and q != p for m, q in points.items() if m != n)}
