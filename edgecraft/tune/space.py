@@ -92,8 +92,8 @@ class SearchSpec(BaseModel):
     latency_tolerance: float = Field(
         0.03, ge=0, le=0.5, description="Feasible trials whose latency is within this fraction of the fastest "
         "one's count as equally fast (the quick profile's noise on a shared machine is a few percent): among them "
-        "the chosen point is the most accurate, then the fastest and smallest. 0: the fastest, however small the "
-        "margin.")
+        "the chosen point is the most accurate, then the smallest, then the fastest. 0: the fastest, however small "
+        "the margin.")
     prune: bool = Field(True, description="Stop a trial before export and benchmark when the metric after its "
                         "training passes (on the calibration split) already misses the budget.")
     trials: int = Field(20, gt=0, le=100000, description="Trials in the study (--trials overrides).")

@@ -293,7 +293,8 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
         best_path.write_text(header + yaml.safe_dump(best_data, sort_keys=False))
     report = write_tune_report(TuneReport(
         study=search.study, recipe=str(plan_.path), storage=storage, objectives=list(search.objectives),
-        statistic=search.statistic, latency_tolerance=search.latency_tolerance, variant=search.variant, target=search.target, model=search.model,
+        statistic=search.statistic, latency_tolerance=search.latency_tolerance, variant=search.variant,
+        target=search.target, model=search.model,
         max_drop=search.max_drop, parameters={k: v.model_dump(by_alias=True, exclude_defaults=True)
                                               for k, v in search.parameters.items()},
         trials=table, chosen=best["number"] if best else None, pareto=sorted(pareto(table)),
