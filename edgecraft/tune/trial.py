@@ -54,12 +54,11 @@ class TrialRun(RecipeRun):
         self.proxy: dict[str, float] | None = None
         self.prepare_interval: tuple[float, float] | None = None
         self.measure_interval: tuple[float, float] | None = None
-        self._reading, self._started = False, 0.0
+        self._started = 0.0
 
     def execute(self) -> RunResults:
         if self.lock is not None:
             self.lock.acquire_read()
-            self._reading = True
         self._started = time.time()
         try:
             return super().execute()
@@ -67,11 +66,11 @@ class TrialRun(RecipeRun):
             self._stop_reading()
 
     def _stop_reading(self) -> None:
+        """End the shared hold (held from ``execute`` until the prepare interval is closed), once."""
         if self.prepare_interval is None:
             self.prepare_interval = (self._started, time.time())
-        if self._reading:
-            self.lock.release()
-            self._reading = False
+            if self.lock is not None:
+                self.lock.release()
 
     def _variant(self, prepared: Any, variant: Any) -> Any:
         if variant.name == self.watch:
