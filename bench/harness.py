@@ -20,13 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.settings import BenchSettings
-from bench.stats import latency_stats
-from bench.evaluators import snr_db
-from reports.schema import (
-    NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OperatorProfile, OutputFidelity, Quality, Repetition,
-    Throughput,
-)
+from edgecraft.bench.settings import BenchSettings
+from edgecraft.bench.stats import latency_stats
+from edgecraft.bench.evaluators import snr_db
+from edgecraft.core.results import NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OperatorProfile, OutputFidelity, Quality, Repetition, Throughput
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,7 +119,7 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
     env["OMP_NUM_THREADS"] = str(settings.threads)
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "bench.worker", str(job_path)],
+            [sys.executable, "-m", "edgecraft.bench.worker", str(job_path)],
             capture_output=True,
             text=True,
             timeout=settings.timeout_s,

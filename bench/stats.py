@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reports.schema import LatencyStats
+from edgecraft.core.results import LatencyStats
 
 # Bootstrap draws are made in chunks of at most this many indices, so that 10⁵ samples × 2000 resamples never
 # needs gigabytes at once.

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from targets import feeds
+from edgecraft.targets import feeds
 
 # Single samples the timed loop cycles through: at most RING of them and RING_BYTES together (at least one), so
 # that large inputs (224×224 images) add no more than a deployed model's own input would.
@@ -144,7 +144,7 @@ def run_job(job: dict) -> dict:
     if job["pin_cpus"]:
         os.sched_setaffinity(0, job["pin_cpus"])
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    from targets import registry
+    from edgecraft.targets import registry
 
     inputs = feeds.load(Path(job["inputs"]))  # memory-mapped: only the samples used are read
     target = registry.get(job["runtime"])

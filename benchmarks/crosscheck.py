@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.evaluators import EvaluatorSpec, evaluate
-from bench.harness import MeasureJob, measure
-from bench.settings import profile_settings
-from bench.stats import coefficient_of_variation
-from bench.worker import run_phase
+from edgecraft.bench.evaluators import EvaluatorSpec, evaluate
+from edgecraft.bench.harness import MeasureJob, measure
+from edgecraft.bench.settings import profile_settings
+from edgecraft.bench.stats import coefficient_of_variation
+from edgecraft.bench.worker import run_phase
 from benchmarks.reference import DEFAULT_FOLDER, Reference, build
-from targets import registry
+from edgecraft.targets import registry
 
 
 def _job(reference: Reference, work_dir: Path) -> MeasureJob:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from targets import feeds
+from edgecraft.targets import feeds
 
 # name → (runtime that runs it, passes applied to the fp32 ONNX export)
 VARIANTS: dict[str, tuple[str, list[dict]]] = {
@@ -40,7 +40,7 @@ class Reference:
     def reference_outputs(self) -> dict[str, np.ndarray]:
         """The fp32 export's outputs on every evaluation input, on ONNX Runtime, as a run computes them."""
         from edgecraft.rows import reference_outputs
-        from targets import registry
+        from edgecraft.targets import registry
 
         return reference_outputs(registry.get("onnxruntime"), self.fp32, "cpu", {}, feeds.load(self.inputs), threads=1)
 
@@ -60,11 +60,11 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
     ``folder/model`` and reused while the trained weights are the same."""
     import torch
 
-    from compress import registry as passes
-    from compress.base import Artifact, PassContext
-    from compress.zoo import REFERENCE_MODELS
+    from edgecraft.compress import registry as passes
+    from edgecraft.compress.base import Artifact, PassContext
+    from edgecraft.compress.zoo import REFERENCE_MODELS
     from edgecraft import data, model_source
-    from compress.onnx_export import export_torch
+    from edgecraft.compress.onnx_export import export_torch
 
     names = names or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))

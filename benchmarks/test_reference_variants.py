@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.reference import VARIANTS
-from targets import registry
+from edgecraft.targets import registry
 
 
 @pytest.mark.benchmark(warmup=True, warmup_iterations=200, min_rounds=200, max_time=2.0, disable_gc=True)

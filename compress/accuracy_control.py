@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import Field
 
-from compress.base import PassConfig, Validation
+from edgecraft.compress.base import PassConfig, Validation
 
 # Batches the validation split is run in: large enough to be quick, small enough for a 224×224 model's memory.
 _BATCH = 16
@@ -130,7 +130,7 @@ class Int8Format(ABC):
 
     def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output by name for ``inputs``, in batches, on every core."""
-        from targets import feeds, registry
+        from edgecraft.targets import feeds, registry
 
         target = registry.get(self.target)
         session = target.load(path, "cpu", os.cpu_count() or 1, target.options_model())
@@ -139,7 +139,7 @@ class Int8Format(ABC):
     def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
         """Median of a few single-sample runs after one warm-up, on one thread: a ratio between two models of one
         pass, no more (the benchmark measures the rows properly)."""
-        from targets import registry
+        from edgecraft.targets import registry
 
         target = registry.get(self.target)
         session = target.load(path, "cpu", 1, target.options_model())

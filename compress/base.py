@@ -10,12 +10,12 @@ import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from reports.schema import Signature
+from edgecraft.core.signature import Signature
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,15 @@ class PassConfig(BaseModel):
     type: str
 
 
+def config_type(model: type[PassConfig]) -> str:
+    """The single value of a pass config's ``type: Literal[...]``: the pass's name in recipes and the registry."""
+    annotation = model.model_fields["type"].annotation
+    values = get_args(annotation)
+    if get_origin(annotation) is not Literal or len(values) != 1:
+        raise TypeError(f"{model.__name__}.type must be a Literal of one name, got {annotation}")
+    return str(values[0])
+
+
 @dataclass
 class PassOutcome:
     """A pass's new artifact and the facts it reports about what it did (flat, JSON-serialisable)."""
@@ -126,7 +135,8 @@ class PassOutcome:
 
 
 class Pass(ABC):
-    """One compression or conversion step. Subclasses set the class variables and register themselves."""
+    """One compression or conversion step. Subclasses set the class variables and register themselves; a pass's
+    name is its config's ``type`` literal, written once there."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[PassConfig]]
@@ -134,6 +144,11 @@ class Pass(ABC):
     output_format: ClassVar[str]
     # Distributions whose versions change this pass's output: part of the step-cache key.
     libraries: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_model" in cls.__dict__:
+            cls.name = config_type(cls.config_model)
 
     def environment_facts(self, config: PassConfig) -> dict[str, Any]:
         """Facts of this machine that change the pass's output (e.g. a setting chosen for the CPU): part of the

@@ -15,7 +15,7 @@ def int8_saturates() -> bool:
 
     Measured on an AVX2-only CPU: digits-cnn's static int8 agreed with fp32 on 78.6 % of the evaluation split
     with 8-bit ranges, 99.7 % with 7-bit weights, and 99.4 % with the same 8-bit model simulated in float."""
-    from bench.environment import cpu_info
+    from edgecraft.core.cpu import cpu_info
 
     info = cpu_info()
     return info["machine"].lower() in ("x86_64", "amd64") and not VNNI_FLAGS & set(info.get("flags", []))

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
-from compress.base import Dataset
-from reports.schema import Signature
+from edgecraft.compress.base import Dataset
+from edgecraft.core.signature import Signature
 
 
 def model_facts(model: Any, signature: Signature, data: Dataset) -> dict[str, Any]:
     """Parameters, MACs, zero fraction of weights and, where the data has class labels, top-1 accuracy."""
     import torch_pruning
 
-    from compress.torch_io import example_inputs
+    from edgecraft.compress.torch_io import example_inputs
 
     macs, parameters = torch_pruning.utils.count_ops_and_params(model, example_inputs(signature, batch=1))
     weights = [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
@@ -29,7 +29,7 @@ def model_facts(model: Any, signature: Signature, data: Dataset) -> dict[str, An
 
 def top1(model: Any, signature: Signature, data: Dataset) -> float | None:
     """Top-1 accuracy of the first output against class labels; None where the data has no class labels."""
-    from compress.torch_io import predict
+    from edgecraft.compress.torch_io import predict
 
     targets = data.targets
     if targets is None or targets.ndim != 1 or targets.dtype.kind not in "iu" or not len(data):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reports.schema import Signature
+from edgecraft.core.signature import Signature
 
 
 def export_torch(model: Any, signature: Signature, path: Path) -> Path:
@@ -20,7 +20,7 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
 
     import torch
 
-    from compress.torch_io import dynamic_shapes, example_inputs
+    from edgecraft.compress.torch_io import dynamic_shapes, example_inputs
 
     # The exporter warns about every torchvision op it cannot register and about its own deprecations:
     # noise for a user who exports a plain nn.Module.

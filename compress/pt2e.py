@@ -16,15 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compress.onnx_export import export_torch
-from reports.schema import Signature
+from edgecraft.compress.onnx_export import export_torch
+from edgecraft.core.signature import Signature
 
 
 def capture(model: Any, signature: Signature) -> Any:
     """``model`` as an exported graph module with its symbolic axes dynamic (what PT2E quantizers take)."""
     import torch
 
-    from compress.torch_io import dynamic_shapes, example_inputs
+    from edgecraft.compress.torch_io import dynamic_shapes, example_inputs
 
     program = torch.export.export(model, example_inputs(signature), dynamic_shapes=dynamic_shapes(model, signature))
     return program.module()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from reports.schema import Signature, TensorSpec
+from edgecraft.core.signature import Signature, TensorSpec
 
 # Sizes given to symbolic axes of example inputs (export, tracing): distinct, so that no axis is specialised.
 EXAMPLE_SIZES = {"batch": 2, "sequence": 16}

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.base import Dataset, TrainingConfig
-from compress.torch_io import named_outputs, tensors
-from reports.schema import Signature
+from edgecraft.compress.base import Dataset, TrainingConfig
+from edgecraft.compress.torch_io import named_outputs, tensors
+from edgecraft.core.signature import Signature
 
 
 class NotTrainable(ValueError):

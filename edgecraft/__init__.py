@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
 
 # public name -> (module, name there): Model and Data are the recipe's ModelSpec and DataSpec
-_WHERE = {"Data": ("edgecraft.recipe", "DataSpec"), "EdgecraftError": ("edgecraft.errors", "EdgecraftError"),
+_WHERE = {"Data": ("edgecraft.recipe", "DataSpec"), "EdgecraftError": ("edgecraft.core.errors", "EdgecraftError"),
           "Model": ("edgecraft.recipe", "ModelSpec"), "Recipe": ("edgecraft.recipe", "Recipe"),
           "Run": ("edgecraft.api", "Run"), "run": ("edgecraft.api", "run")}
 
 if TYPE_CHECKING:
     from edgecraft.api import Run, run
-    from edgecraft.errors import EdgecraftError
+    from edgecraft.core.errors import EdgecraftError
     from edgecraft.recipe import DataSpec as Data, ModelSpec as Model, Recipe
 
 

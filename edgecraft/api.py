@@ -1,6 +1,6 @@
 """The Python API: ``edgecraft.run(recipe) -> Run``. ``edgecraft run`` is a thin layer over ``run``.
 
-A ``Run`` holds one run's results (``reports.schema.RunResults``, what results.json stores) and answers the
+A ``Run`` holds one run's results (``edgecraft.core.results.RunResults``, what results.json stores) and answers the
 report's questions from them with the report's own code: ``verdict()`` is ``reports.analysis``, ``to_pandas()``
 has the columns of results.csv, ``compare()`` is the ``edgecraft report compare`` gate.
 """
@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     import pandas
     from rich.console import Console
 
-    from bench.settings import ProfileName
+    from edgecraft.bench.settings import ProfileName
     from edgecraft.recipe import Recipe
-    from reports import charts
-    from reports.analysis import Analysis, Recommendation
-    from reports.compare import Comparison
-    from reports.schema import ResultRow, RunResults
+    from edgecraft.reports import charts
+    from edgecraft.reports.analysis import Analysis, Recommendation
+    from edgecraft.reports.compare import Comparison
+    from edgecraft.core.results import ResultRow, RunResults
 
 
 def run(
@@ -62,7 +62,7 @@ class Run:
     @classmethod
     def load(cls, run_dir: str | Path) -> "Run":
         """The run stored in ``run_dir`` (its results.json)."""
-        from reports.schema import load_results
+        from edgecraft.reports.results_file import load_results
 
         return cls(load_results(Path(run_dir)), run_dir)
 
@@ -79,8 +79,8 @@ class Run:
     @cached_property
     def analysis(self) -> "Analysis":
         """Everything the report derives from the results, under the recipe's ``report`` settings."""
-        from reports.analysis import analyse
-        from reports.settings import report_settings
+        from edgecraft.reports.analysis import analyse
+        from edgecraft.reports.settings import report_settings
 
         return analyse(self.results, report_settings(self.results.recipe))
 
@@ -89,8 +89,8 @@ class Run:
         ``report.max_accuracy_drop`` unless given), or ``choice=None`` with the reason there is none."""
         if max_accuracy_drop is None:
             return self.analysis.recommendations
-        from reports.analysis import analyse
-        from reports.settings import with_overrides
+        from edgecraft.reports.analysis import analyse
+        from edgecraft.reports.settings import with_overrides
 
         settings = with_overrides(self.analysis.settings, max_accuracy_drop=max_accuracy_drop)
         return analyse(self.results, settings).recommendations
@@ -103,7 +103,7 @@ class Run:
         except ImportError:
             raise ImportError("Run.to_pandas() needs pandas, which edgecraft does not install: pip install pandas "
                               "(or read run.rows, or the run folder's results.csv)") from None
-        from reports.csv_table import COLUMNS
+        from edgecraft.reports.csv_table import COLUMNS
 
         return pandas.DataFrame([{name: read(fact) for name, read in COLUMNS} for fact in self.analysis.facts],
                                 columns=[name for name, _ in COLUMNS])
@@ -111,7 +111,7 @@ class Run:
     def charts(self) -> "dict[str, Chart]":
         """The report's charts, each shown inline by a notebook (``_repr_svg_``; ``.svg`` is the SVG text):
         ``accuracy_vs_latency`` (with the Pareto front), ``size``, ``latency`` (distributions) and ``memory``."""
-        from reports import charts
+        from edgecraft.reports import charts
 
         drawers = {"accuracy_vs_latency": charts.accuracy_vs_latency, "size": charts.size_per_variant,
                    "latency": charts.latency_distributions, "memory": charts.memory_per_target}
@@ -122,8 +122,8 @@ class Run:
         "FAIL", ``.rows`` the per-row findings. ``thresholds``: ``max_latency_increase``, ``max_size_increase``,
         ``max_accuracy_drop`` (default: the baseline recipe's ``report.gate``). Raises ``ResultsError`` when the
         runs are not comparable."""
-        from reports.compare import compare_runs
-        from reports.settings import GateThresholds
+        from edgecraft.reports.compare import compare_runs
+        from edgecraft.reports.settings import GateThresholds
 
         unknown = set(thresholds) - set(GateThresholds.model_fields)
         if unknown:

@@ -17,41 +17,45 @@ import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 
-from bench.environment import environment
-from bench import evaluators
-from bench.settings import BenchSettings
+from edgecraft.bench.environment import environment
+from edgecraft.bench import evaluators
+from edgecraft.bench.settings import BenchSettings
 from edgecraft import data as datasets, devices
 from edgecraft.devices import RemoteDevice
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.recipe import TargetEntry
 from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.runner import progress_bar
-from compress.base import Dataset
-from reports.schema import ModelRecord, Quality, ResultRow, RunResults, Signature
-from targets import feeds
-from targets import registry as target_registry
-
-FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
-DEFAULT_TARGET = {"onnx": "onnxruntime:cpu", "openvino": "openvino:cpu", "tflite": "litert:cpu"}
-
+from edgecraft.compress.base import Dataset
+from edgecraft.core import formats
+from edgecraft.core.results import ModelRecord, Quality, ResultRow, RunResults
+from edgecraft.core.signature import Signature
+from edgecraft.targets import feeds
+from edgecraft.targets import registry as target_registry
 
 def _format(path: Path) -> str:
     if not path.is_file():
         raise EdgecraftError(f"{path}: model file not found")
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = formats.for_path(path)
     if fmt is None:
-        raise EdgecraftError(f"{path}: unknown model format {path.suffix!r}; expected {', '.join(FORMATS)}")
-    if fmt == "openvino" and not path.with_suffix(".bin").is_file():
-        raise EdgecraftError(f"{path}: OpenVINO IR needs its weights file {path.with_suffix('.bin').name} beside it")
-    return fmt
+        raise EdgecraftError(f"{path}: unknown model format {path.suffix!r}; expected {', '.join(formats.suffixes())}")
+    missing = fmt.missing(path)
+    if missing:
+        raise EdgecraftError(f"{path}: {missing}")
+    return fmt.name
+
+
+def _default_target(fmt: str) -> str:
+    """A file's default target: its format's first runtime, on this machine's CPU."""
+    return f"{formats.get(fmt).runtimes[0]}:cpu"
 
 
 def _targets(texts: list[str], fmt: str, path: Path, device: str | None,
              known: dict[str, RemoteDevice]) -> list[TargetEntry]:
     """The ``--target`` entries, each sent to ``--device`` when one is given (``runtime:device@name``)."""
     entries = []
-    for text in texts or [DEFAULT_TARGET[fmt]]:
+    for text in texts or [_default_target(fmt)]:
         if device and "@" not in text:
             text = f"{text}@{device}"
         try:
@@ -62,7 +66,7 @@ def _targets(texts: list[str], fmt: str, path: Path, device: str | None,
         if remote is not None and remote not in known:
             where = f"the devices file's {', '.join(known)}" if known else "no devices file (--devices FILE)"
             raise EdgecraftError(f"--target {entry.label}: the device {remote!r} is not configured ({where})")
-        accepts = target_registry.runtimes()[entry.spec.runtime].accepts
+        accepts = formats.loaded_by(entry.spec.runtime)
         if fmt not in accepts:
             raise EdgecraftError(
                 f"--target {entry.label}: {entry.spec.runtime} runs {' or '.join(accepts)} models, not {path.name} ({fmt})"
@@ -109,7 +113,7 @@ def _vocabularies(path: Path) -> dict[str, int]:
 def _reference_target(entries: list[TargetEntry], fmt: str) -> TargetEntry:
     """Where the file's own reference outputs are computed: the first target that runs here, else (every target
     being remote) the format's CPU runtime here."""
-    local = [e for e in entries if e.spec.remote is None] or [TargetEntry(target=DEFAULT_TARGET[fmt])]
+    local = [e for e in entries if e.spec.remote is None] or [TargetEntry(target=_default_target(fmt))]
     for entry in local:
         if not target_registry.get(entry.spec.runtime).unavailable_reason(entry.spec.device):
             return entry

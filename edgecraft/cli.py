@@ -9,12 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-from bench.agent.commands import add_agent_commands
-from edgecraft.errors import EdgecraftError
+from edgecraft.bench.agent.commands import add_agent_commands
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.tune.commands import add_tune_commands
-from reports.settings import GateThresholds
+from edgecraft.reports.settings import GateThresholds
 
-OUR_PACKAGES = ("edgecraft", "compress", "targets", "bench", "reports")
+OUR_PACKAGES = ("edgecraft",)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.settings import BenchmarkSpec
+    from edgecraft.bench.settings import BenchmarkSpec
     from edgecraft.bench_file import bench_file
     from edgecraft.runner import bench_settings
 
@@ -85,7 +85,7 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def _cpus(text: str) -> list[int]:
-    from bench.settings import parse_cpus
+    from edgecraft.bench.settings import parse_cpus
 
     try:
         return parse_cpus(text)
@@ -138,7 +138,7 @@ def _report(args: argparse.Namespace) -> int:
     """``report RUN_DIR`` re-renders one run; ``report compare BASELINE CANDIDATE`` is the CI gate."""
     from pydantic import ValidationError
 
-    from reports.schema import ResultsError
+    from edgecraft.reports.results_file import ResultsError
 
     try:
         if args.runs[0] == "compare":
@@ -156,9 +156,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace, run_dir: Path) -> int:
-    from reports.html import write_report
-    from reports.schema import load_results
-    from reports.settings import report_settings, with_overrides
+    from edgecraft.reports.html import write_report
+    from edgecraft.reports.results_file import load_results
+    from edgecraft.reports.settings import report_settings, with_overrides
 
     results = load_results(run_dir)
     settings = with_overrides(report_settings(results.recipe), price_per_hour=args.price_per_hour)
@@ -170,14 +170,15 @@ def _targets(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from targets import registry
+    from edgecraft.core import formats
+    from edgecraft.targets import registry
 
     table = Table("target", "runs", "available here", box=None, pad_edge=False)
     for runtime, cls in registry.runtimes().items():
         target = cls()
         for device in cls.devices:
             reason = target.unavailable_reason(device)
-            table.add_row(f"{runtime}:{device}", ", ".join(cls.accepts), "yes" if reason is None else f"no: {reason}")
+            table.add_row(f"{runtime}:{device}", ", ".join(formats.loaded_by(runtime)), "yes" if reason is None else f"no: {reason}")
     Console(width=200).print(table)
     return 0
 
@@ -185,9 +186,9 @@ def _targets(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace, baseline_dir: Path, candidate_dir: Path) -> int:
     """Exit 0 when every row passes; 1 when a row regresses, is inconclusive or is missing (one line each, with
     why); bad input, including runs that are not comparable, is exit 2 upstream."""
-    from reports.compare import compare_runs
-    from reports.html import write_comparison
-    from reports.schema import load_results
+    from edgecraft.reports.compare import compare_runs
+    from edgecraft.reports.html import write_comparison
+    from edgecraft.reports.results_file import load_results
 
     baseline, candidate = load_results(baseline_dir), load_results(candidate_dir)
     command_line = {name: getattr(args, name) for name in GateThresholds.model_fields}

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.base import Dataset
-from edgecraft.errors import EdgecraftError
+from edgecraft.compress.base import Dataset
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.imports import call_object
-from reports.schema import Signature
-from targets import feeds as feed_tools
+from edgecraft.core.signature import Signature
+from edgecraft.targets import feeds as feed_tools
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,13 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bench.harness import MeasureJob, MeasurementFailed
-from bench.settings import BenchSettings
-from edgecraft.errors import EdgecraftError
-from targets import feeds
+from edgecraft.bench.harness import MeasureJob, MeasurementFailed
+from edgecraft.bench.settings import BenchSettings
+from edgecraft.core import formats
+from edgecraft.core.errors import EdgecraftError
+from edgecraft.targets import feeds
 
-# The format the agent is told a runnable file is in, by its suffix.
 log = logging.getLogger(__name__)
-
-_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 
 
 class RemoteDevice(BaseModel):
@@ -117,7 +115,7 @@ class DeviceLink:
         if self._connected:
             return self
         self._connected = True
-        from bench.agent.client import AgentClient, AgentError
+        from edgecraft.bench.agent.client import AgentClient, AgentError
 
         try:
             self._client = AgentClient(self.config.url, self.config.token(self.name))
@@ -143,18 +141,18 @@ class DeviceLink:
     def measure(self, job: MeasureJob, settings: BenchSettings, files: list[Path]) -> list[dict]:
         """Every repetition of ``job`` on the device: the worker's raw numbers; the outputs go where the harness
         reads a local worker's (``job.work_dir/outputs.npz``)."""
-        from bench.agent.client import AgentError
+        from edgecraft.bench.agent.client import AgentError
 
         if self.problem:
             raise MeasurementFailed(self.problem)
-        fmt = _FORMATS.get(job.model.suffix)
+        fmt = formats.for_path(job.model)  # the format the agent is told the runnable file is in
         if fmt is None:
             raise MeasurementFailed(f"device {self.name}: cannot send a {job.model.suffix} file")
         # The device's own CPU numbering is unknown here: pinning is the agent's business.
         remote_settings = settings.model_dump(mode="json") | {"pin_cpus": None}
         try:
             result = self._client.measure(
-                runtime=job.runtime, device=job.device, options=job.options, model_format=fmt, model_files=files,
+                runtime=job.runtime, device=job.device, options=job.options, model_format=fmt.name, model_files=files,
                 inputs={name: np.asarray(array) for name, array in feeds.load(job.inputs).items()},
                 settings=remote_settings, deadline_s=self.config.job_timeout_s, on_status=self._log_queue,
             )

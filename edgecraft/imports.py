@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 
 
 def load_object(reference: str, field: str) -> Any:

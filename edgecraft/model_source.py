@@ -13,14 +13,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.base import Artifact, Dataset
-from compress.zoo import REFERENCE_MODELS
-from edgecraft.errors import EdgecraftError
+from edgecraft.compress.base import Artifact, Dataset
+from edgecraft.compress.zoo import REFERENCE_MODELS
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.imports import call_object
 from edgecraft import data as datasets
 from edgecraft.recipe import DataSpec, ModelSpec
-from reports.schema import Signature, TensorSpec
-from targets.base import image_like
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.targets.base import image_like
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def declared_signature(spec: ModelSpec) -> Signature | None:
                                             layout="NCHW" if image_like(shape, channels_axis=1) else None)],
                          outputs=outputs)
     if spec.onnx:
-        from targets import registry
+        from edgecraft.targets import registry
 
         return registry.get("onnxruntime").signature(Path(spec.onnx))
     return None
@@ -123,7 +123,7 @@ def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, 
 
 def with_outputs(model: Any, signature: Signature) -> Signature:
     """A PyTorch model's signature with its outputs found by running it once on example inputs."""
-    from compress.torch_io import output_specs
+    from edgecraft.compress.torch_io import output_specs
 
     names = signature.output_names or None
     try:
@@ -144,7 +144,7 @@ def _builtin_key(name: str, train: Dataset) -> str:
 
     reference = REFERENCE_MODELS[name]
     arrays = [np.ascontiguousarray(array).tobytes() for array in (*train.inputs.values(), train.targets)]
-    return digest(code_key("compress.models", "compress.training", "compress.zoo"), name,
+    return digest(code_key("edgecraft.compress.models", "edgecraft.compress.training", "edgecraft.compress.zoo"), name,
                   reference.signature.model_dump(mode="json"), asdict(reference.training), library_versions(()),
                   torch.get_num_threads(), *arrays)[:16]
 
@@ -157,7 +157,7 @@ def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float
     import torch
     from filelock import FileLock
 
-    from compress.training import train as train_model
+    from edgecraft.compress.training import train as train_model
 
     reference = REFERENCE_MODELS[name]
     if reference.training is None:
@@ -227,11 +227,11 @@ def check_accepts(artifact: Artifact, sample: Dataset, origin: str) -> None:
     """Run one real sample through the model so that a mismatch is reported before any long work."""
     try:
         if artifact.format == "torch":
-            from compress.torch_io import predict
+            from edgecraft.compress.torch_io import predict
 
             predict(artifact.model, sample.inputs, artifact.signature)
         else:
-            from targets import registry
+            from edgecraft.targets import registry
 
             target = registry.get("onnxruntime")
             target.run(target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs)

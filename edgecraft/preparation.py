@@ -18,23 +18,23 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from bench import evaluators
-from bench.evaluators import EvaluatorSpec
-from compress.base import Artifact, Dataset, PassContext, Validation
-from compress.onnx_export import export_torch
-from compress.zoo import REFERENCE_MODELS
+from edgecraft.bench import evaluators
+from edgecraft.bench.evaluators import EvaluatorSpec
+from edgecraft.compress.base import Artifact, Dataset, PassContext, Validation
+from edgecraft.compress.onnx_export import export_torch
+from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft import data as datasets
 from edgecraft import model_source
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.recipe import DataSpec, ModelSpec
 from edgecraft.rows import Evaluation, reference_outputs
 from edgecraft.step_cache import (
     OUR_PACKAGES, architecture_key, code_key, digest, file_digest, library_versions, weights_digest,
 )
 from edgecraft.steps import Keyed, StepRunner
-from reports.schema import ModelRecord
-from targets import feeds
-from targets import registry as target_registry
+from edgecraft.core.results import ModelRecord
+from edgecraft.targets import feeds
+from edgecraft.targets import registry as target_registry
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,12 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
     context.validation = validation_for(evaluator, artifact, splits.calibration)
     evaluation = splits.evaluation
     if artifact.format == "torch":
-        from compress.torch_io import predict
+        from edgecraft.compress.torch_io import predict
 
         reference = predict(artifact.model, evaluation.inputs, signature)
         onnx_path = export_torch(artifact.model, signature, model_dir / "fp32.onnx")
         parameters = sum(p.numel() for p in artifact.model.parameters())
-        onnx_key = digest(shared.key, "export_torch", library_versions(()), code_key("compress.onnx_export"))
+        onnx_key = digest(shared.key, "export_torch", library_versions(()), code_key("edgecraft.compress.onnx_export"))
     else:
         # A user's ONNX model: there is no PyTorch model to compare with, the file is its own reference.
         reference = reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {},
@@ -141,7 +141,7 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
 
     def reference() -> dict[str, np.ndarray]:
         if artifact.format == "torch":
-            from compress.torch_io import predict
+            from edgecraft.compress.torch_io import predict
 
             return predict(artifact.model, calibration.inputs, artifact.signature)
         return reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs,
@@ -150,8 +150,8 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
     def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
         return evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
 
-    metric = evaluators.EVALUATORS[evaluator.type].metric if evaluator.type in evaluators.EVALUATORS else evaluator.type
-    return Validation(data=calibration, metric=metric, reference_fn=reference, score_fn=score)
+    return Validation(data=calibration, metric=evaluators.metric_name(evaluator.type), reference_fn=reference,
+                      score_fn=score)
 
 
 def _builtin(name: str, train: Dataset, progress: Progress) -> Any:

@@ -22,18 +22,19 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
-from bench.settings import BenchmarkSpec, resolve as resolve_benchmark
-from compress import registry as pass_registry
-from compress.zoo import REFERENCE_MODELS
+from edgecraft.bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
+from edgecraft.bench.settings import BenchmarkSpec, resolve as resolve_benchmark
+from edgecraft.compress import registry as pass_registry
+from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.data import TARGET_KEYS
 from edgecraft.devices import RemoteDevice
-from edgecraft.errors import EdgecraftError
+from edgecraft.core import formats
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.tune.space import SearchSpec
-from reports.schema import TensorSpec
-from reports.settings import ReportSettings
-from targets import registry as target_registry
-from targets.base import TargetSpec
+from edgecraft.core.signature import TensorSpec
+from edgecraft.reports.settings import ReportSettings
+from edgecraft.targets import registry as target_registry
+from edgecraft.targets.base import TargetSpec
 
 # Names become folder names in the run folder: no separators, no leading '.', short enough for any file system.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -670,7 +671,7 @@ class Recipe(_PythonObjects):
         fmt = pass_registry.passes()[variant.passes[-1].type].output_format if variant.passes else "onnx"
         return [entry for entry in self.targets
                 if (variant.targets is None or entry.label in variant.targets)
-                and fmt in target_registry.runtimes()[entry.spec.runtime].accepts]
+                and fmt in formats.loaded_by(entry.spec.runtime)]
 
 
 def starts_from_torch(entries: list[Any]) -> bool:

@@ -17,13 +17,13 @@ from typing import Any, Callable
 import numpy as np
 from rich.progress import Progress
 
-from bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
-from bench.settings import BenchSettings
+from edgecraft.bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
+from edgecraft.bench.settings import BenchSettings
 from edgecraft.devices import DeviceLink
 from edgecraft.recipe import TargetEntry
-from reports.schema import CONVERSION_WARNING, Quality, ResultRow
-from targets import feeds
-from targets import registry as target_registry
+from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow
+from edgecraft.targets import feeds
+from edgecraft.targets import registry as target_registry
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from reports.files import write_atomic
-from reports.html import write_report
-from reports.schema import RunResults
+from edgecraft.core.files import write_atomic
+from edgecraft.reports.html import write_report
+from edgecraft.core.results import RunResults
 
 
 def folder_name(label: str) -> str:

@@ -16,20 +16,20 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.environment import environment
-from bench.settings import BenchSettings, ProfileName, check_pinnable, resolve as resolve_benchmark
-from compress import registry as pass_registry
-from compress.base import Artifact
+from edgecraft.bench.environment import environment
+from edgecraft.bench.settings import BenchSettings, ProfileName, check_pinnable, resolve as resolve_benchmark
+from edgecraft.compress import registry as pass_registry
+from edgecraft.compress.base import Artifact
 from edgecraft import devices, model_source
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.preparation import PreparedModel, prepare_model
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
 from edgecraft.rows import Pending, brief, export_row, measure_rows
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.step_cache import StepCache
 from edgecraft.steps import StepRunner
-from reports.schema import ModelRecord, ResultRow, RunResults
-from reports.settings import with_overrides
+from edgecraft.core.results import ModelRecord, ResultRow, RunResults
+from edgecraft.reports.settings import with_overrides
 
 log = logging.getLogger(__name__)
 

@@ -36,15 +36,15 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from compress.base import Artifact, Pass, PassConfig, PassOutcome
-from reports.schema import Signature
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassOutcome
+from edgecraft.core.signature import Signature
 
 log = logging.getLogger(__name__)
 
 # Every step depends on these; a pass adds the libraries it calls through ``Pass.libraries``.
 _CORE_LIBRARIES = ("numpy", "torch", "onnx")
 # The packages whose source a step's key covers (the user's own modules are keyed by the model's key).
-OUR_PACKAGES = ("compress", "targets", "bench", "reports", "edgecraft")
+OUR_PACKAGES = ("edgecraft",)
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _REFERENCE = re.compile(r"[A-Za-z_]\w*(\.\w+)+(:\w+)?")
 # Temporary folders of a killed run are removed once their process is gone (same host) or after this long.
@@ -261,7 +261,7 @@ class StepCache:
         model = None
         path = work_dir / record["path"] if record["path"] else None
         if record["format"] == "torch":
-            from compress.module_state import load_module
+            from edgecraft.compress.module_state import load_module
 
             model = load_module(skeletons(record["architecture"]), work_dir / "model.state").eval()
         artifact = Artifact(record["format"], Signature.model_validate(record["signature"]), path=path,
@@ -285,7 +285,7 @@ class StepCache:
     def _store(self, key: str, outcome: PassOutcome, work_dir: Path, seconds: float) -> None:
         artifact = outcome.artifact
         if artifact.format == "torch":
-            from compress.module_state import save_module
+            from edgecraft.compress.module_state import save_module
 
             save_module(artifact.model, work_dir / "model.state")
         self.root.mkdir(parents=True, exist_ok=True)

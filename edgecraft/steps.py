@@ -12,11 +12,11 @@ from typing import Any
 
 from rich.progress import Progress
 
-from compress import registry as pass_registry
-from compress.base import Artifact, PassContext, PassOutcome
-from compress.zoo import REFERENCE_MODELS
+from edgecraft.compress import registry as pass_registry
+from edgecraft.compress.base import Artifact, PassContext, PassOutcome
+from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.step_cache import StepCache, step_key
-from reports.schema import PassRecord
+from edgecraft.core.results import PassRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reports.schema import LatencyStats, OperatorProfile, PassRecord, ResultRow, RunResults, Throughput
-from reports.settings import ReportSettings
+from edgecraft.core.results import LatencyStats, OperatorProfile, PassRecord, ResultRow, RunResults, Throughput
+from edgecraft.reports.settings import ReportSettings
 
 FLOAT_SLACK = 1e-9  # 0.98 - 0.97 is 0.010000000000000009 in floats: that drop is still within a 0.01 budget
 # A quantized row below this speed-up over its fp32 row gets an operator panel: int8 that is slower, or barely

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from reports.analysis import Analysis, RowFacts
-from reports.compare import Comparison
-from reports.schema import ResultRow
+from edgecraft.reports.analysis import Analysis, RowFacts
+from edgecraft.reports.compare import Comparison
+from edgecraft.core.results import ResultRow
 
 MARKERS = "osD^vP*X"
 STATUS_COLORS = {"ok": "#1a7f37", "skipped": "#9a6700", "failed": "#cf222e"}

@@ -27,12 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from reports.analysis import FLOAT_SLACK, cis_overlap
-from reports.schema import (
-    CONVERSION_WARNING, NOISE_WARNING, LatencyStats, ModelRecord, ResultRow, ResultsError, RunResults, Signature,
-    check_results,
-)
-from reports.settings import GateThresholds, report_settings, with_overrides
+from edgecraft.reports.analysis import FLOAT_SLACK, cis_overlap
+from edgecraft.core.results import CONVERSION_WARNING, NOISE_WARNING, LatencyStats, ModelRecord, ResultRow, RunResults
+from edgecraft.core.signature import Signature
+from edgecraft.reports.results_file import ResultsError, check_results
+from edgecraft.reports.settings import GateThresholds, report_settings, with_overrides
 
 Key = tuple[str, str, str]
 Kind = Literal["regression", "inconclusive", "missing"]

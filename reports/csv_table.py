@@ -9,7 +9,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from reports.analysis import Analysis, RowFacts
+from edgecraft.reports.analysis import Analysis, RowFacts
 
 
 def _measured(read: Callable[[Any], Any]) -> Callable[[RowFacts], Any]:

@@ -13,13 +13,13 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports import charts
-from reports.analysis import Analysis, analyse, timing_not_measured
-from reports.compare import Comparison
-from reports.csv_table import results_csv
-from reports.files import write_atomic
-from reports.schema import RunResults
-from reports.settings import ReportSettings, report_settings
+from edgecraft.reports import charts
+from edgecraft.reports.analysis import Analysis, analyse, timing_not_measured
+from edgecraft.reports.compare import Comparison
+from edgecraft.reports.csv_table import results_csv
+from edgecraft.core.files import write_atomic
+from edgecraft.core.results import RunResults
+from edgecraft.reports.settings import ReportSettings, report_settings
 
 DASH = "–"
 

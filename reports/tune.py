@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 from pydantic import BaseModel
 
-from reports.files import write_atomic
+from edgecraft.core.files import write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from reports.schema import Signature
-from targets.feeds import Feeds
+from edgecraft.core import formats
+from edgecraft.core.signature import Signature
+from edgecraft.targets.feeds import Feeds
 
 ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
@@ -48,11 +49,11 @@ class NoOptions(BaseModel):
 
 
 class Target(ABC):
-    """One runtime; ``devices`` lists the device classes it can run on, ``accepts`` the artifact formats."""
+    """One runtime; ``devices`` lists the device classes it can run on. The formats it loads are the formats'
+    own fact (``edgecraft.core.formats.loaded_by``)."""
 
     runtime: ClassVar[str]
     devices: ClassVar[tuple[str, ...]]
-    accepts: ClassVar[tuple[str, ...]]
     python_modules: ClassVar[tuple[str, ...]]
     options_model: ClassVar[type[BaseModel]] = NoOptions
 
@@ -85,8 +86,11 @@ class Target(ABC):
         return Path(copies[0])
 
     def files(self, runnable: Path) -> list[Path]:
-        """Every file the runnable model consists of (its size on disk is their sum)."""
-        return [runnable]
+        """Every file the runnable model consists of (its size on disk is their sum), as its format says."""
+        fmt = formats.for_path(runnable)
+        if fmt is None:
+            raise ValueError(f"{runnable.name}: not a model file edgecraft knows ({', '.join(formats.suffixes())})")
+        return fmt.files(runnable)
 
     @abstractmethod
     def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
@@ -108,14 +112,14 @@ class Target(ABC):
 
     def run_batches(self, session: Any, inputs: Feeds, batch_size: int) -> list[Feeds]:
         """Every output for every sample of ``inputs``, ``batch_size`` samples per ``run`` call."""
-        from targets import feeds
+        from edgecraft.targets import feeds
 
         return [self.run(session, feeds.take(inputs, start, start + batch_size))
                 for start in range(0, feeds.count(inputs), batch_size)]
 
     def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
                 runs: int) -> dict[str, Any]:
-        """Where the time of one inference goes, per op type, as a ``reports.schema.OperatorProfile`` dict.
+        """Where the time of one inference goes, per op type, as a ``edgecraft.core.results.OperatorProfile`` dict.
 
         Called once, after every timed phase, in the benchmark process: it loads its own session with the
         runtime's profiler on (profiling changes how a session runs, so the measured session is never reused),

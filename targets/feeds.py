@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.schema import Signature, TensorSpec
+from edgecraft.core.signature import Signature, TensorSpec
 
 Feeds = dict[str, np.ndarray]
 

@@ -128,9 +128,14 @@ def source_files(repo: Path = REPO) -> list[str]:
         skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", "build", "dist"}
         names = {str(path.relative_to(repo)) for path in repo.rglob("*")
                  if path.is_file() and not skip.intersection(path.relative_to(repo).parts)}
+    # edgecraft/compress is a link to ../compress (one namespace over the top-level folders): its files are
+    # packaged under the link's path, as setuptools packages them.
+    for link in [name for name in names if (repo / name).is_symlink() and (repo / name).is_dir()]:
+        folder = str((repo / link).resolve().relative_to(repo.resolve()))
+        names |= {link + name[len(folder):] for name in names if name.startswith(folder + "/")}
     with open(repo / "pyproject.toml", "rb") as handle:
         include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.split(".")[0] for pattern in include}  # "edgecraft*" -> top-level folders edgecraft*
+    packages = {pattern.split(".")[0] for pattern in include}  # "edgecraft.*" -> the top-level folder edgecraft
 
     def packaged(name: str) -> bool:
         top, _, rest = name.partition("/")

@@ -40,10 +40,10 @@ def quickstart_run(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """The trained built-in digits-cnn, its fp32 ONNX export and the data splits it was trained on."""
-    from compress.base import Artifact, PassContext
-    from compress.onnx_export import export_torch
-    from compress.zoo import REFERENCE_MODELS
-    from bench.evaluators import EvaluatorSpec
+    from edgecraft.compress.base import Artifact, PassContext
+    from edgecraft.compress.onnx_export import export_torch
+    from edgecraft.compress.zoo import REFERENCE_MODELS
+    from edgecraft.bench.evaluators import EvaluatorSpec
     from edgecraft import data, model_source
     from edgecraft.preparation import validation_for
 
@@ -79,8 +79,8 @@ def labels(splits, count: int | None = None, split: str = "evaluation") -> np.nd
 
 def torch_logits(model, x: np.ndarray) -> np.ndarray:
     """A single-input classifier's logits through the same code path as every pass."""
-    from compress.torch_io import predict
-    from compress.zoo import image_classifier
+    from edgecraft.compress.torch_io import predict
+    from edgecraft.compress.zoo import image_classifier
 
     return predict(model, {"input": x}, image_classifier(tuple(x.shape[1:])))["logits"]
 

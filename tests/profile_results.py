@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from reports.schema import (
-    AccuracyControl, AccuracyTrial, LayerSensitivity, OperatorProfile, OperatorTime, PassRecord, ResultRow,
-)
+from edgecraft.core.results import AccuracyControl, AccuracyTrial, LayerSensitivity, OperatorProfile, OperatorTime, PassRecord, ResultRow
 
 
 def profile(times: dict[str, tuple[int, float]], qdq: dict[str, int] | None = None,

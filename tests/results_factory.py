@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reports.schema import (
-    Fidelity, LatencyStats, Measurement, ModelRecord, Quality, ResultRow, RunResults, Signature, TensorSpec,
-)
+from edgecraft.core.results import Fidelity, LatencyStats, Measurement, ModelRecord, Quality, ResultRow, RunResults
+from edgecraft.core.signature import Signature, TensorSpec
 
 SIGNATURE = Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", 1, 8, 8], layout="NCHW")],
                       outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 10])])

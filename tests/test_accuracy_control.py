@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress import registry
-from compress.accuracy_control import AccuracyAwareOptions, AccuracyBudgetMissed, Int8Format, Layer, search
-from compress.base import Artifact, Dataset, PassContext, Validation
-from reports.schema import AccuracyControl
+from edgecraft.compress import registry
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, AccuracyBudgetMissed, Int8Format, Layer, search
+from edgecraft.compress.base import Artifact, Dataset, PassContext, Validation
+from edgecraft.core.results import AccuracyControl
 
 LAYERS = [Layer(f"layer{i}", "Conv") for i in range(8)]
 # What quantizing each layer costs the metric: two layers matter, the rest barely.
@@ -123,7 +123,7 @@ def relative_error_validation(digits_cnn) -> Validation:
     """1 − relative L2 error against fp32 on the calibration split: any quantized layer costs something, every
     float layer gives some back, so a budget between all-int8 and fp32 needs some (not all) layers in float."""
     from edgecraft.preparation import validation_for
-    from bench.evaluators import EvaluatorSpec
+    from edgecraft.bench.evaluators import EvaluatorSpec
 
     return validation_for(EvaluatorSpec(type="regression"), digits_cnn["torch"], digits_cnn["splits"].calibration)
 
@@ -159,7 +159,7 @@ def test_each_format_meets_a_budget_with_its_own_quantizer_without_the_evaluatio
     assert 0 < len(control.float_layers) < control.layers
     assert control.latency_ratio is not None and control.latency_ratio > 0
     # The file shipped is the one judged: run it again and score it.
-    from targets import registry as targets
+    from edgecraft.targets import registry as targets
 
     target = targets.get(runtime)
     session = target.load(outcome.artifact.path, "cpu", 1, target.options_model())

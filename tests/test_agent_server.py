@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from bench.agent.client import AgentClient, AgentError
-from bench.agent.server import detect_emulation
+from edgecraft.bench.agent.client import AgentClient, AgentError
+from edgecraft.bench.agent.server import detect_emulation
 from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, start_agent
 
 TOKEN = "test-token-0123456789"
@@ -310,7 +310,7 @@ def _workers_of(folder: Path) -> list[str]:
             command = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "bench.worker" in command and str(folder.resolve()) in command:
+        if "edgecraft.bench.worker" in command and str(folder.resolve()) in command:
             found.append(entry.name)
     return found
 
@@ -338,7 +338,7 @@ def test_the_command_line_module_imports_only_the_standard_library():
     import subprocess
     import sys
 
-    script = "import sys, bench.agent.commands; print(sorted({'numpy', 'pydantic', 'bench.agent.server'} & set(sys.modules)))"
+    script = "import sys, edgecraft.bench.agent.commands; print(sorted({'numpy', 'pydantic', 'edgecraft.bench.agent.server'} & set(sys.modules)))"
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     assert completed.stdout.strip() == "[]"
 
@@ -351,7 +351,7 @@ def test_the_agent_refuses_to_start_without_a_token(tmp_path):
 def test_a_tflite_model_may_bring_its_input_output_note(tmp_path):
     """The LiteRT target keeps a converted model's input names and layouts in model.io.json beside the .tflite:
     the agent takes it as an optional second file, and refuses one that is not a JSON object."""
-    from bench.agent.protocol import ModelFiles, check_format
+    from edgecraft.bench.agent.protocol import ModelFiles, check_format
 
     blob = "0" * 64
     assert ModelFiles(format="tflite", files=[blob]).files == [blob]

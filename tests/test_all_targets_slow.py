@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.schema import RunResults
+from edgecraft.core.results import RunResults
 from tests.conftest import edgecraft
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import yaml
 
 import edgecraft
 from edgecraft.recipe import DataSpec, ModelSpec
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 from tests.conftest import REPO
 
 

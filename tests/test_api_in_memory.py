@@ -15,8 +15,8 @@ from torch import nn
 
 import edgecraft
 from edgecraft.recipe import load_recipe, recipe_json_schema
-from reports.schema import load_results
-from targets import registry as target_registry
+from edgecraft.reports.results_file import load_results
+from edgecraft.targets import registry as target_registry
 
 QUICK = {"profile": "quick", "batch_sizes": [1], "operator_profile": False}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft, images, labels, onnx_logits
 
 

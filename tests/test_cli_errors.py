@@ -89,7 +89,7 @@ def test_user_model_and_data_function_run(tmp_path: Path) -> None:
     )
     completed = edgecraft("run", str(recipe), "--quick", "--output-dir", str(tmp_path / "runs"))
     assert completed.returncode == 0, completed.stderr
-    from reports.schema import load_results
+    from edgecraft.reports.results_file import load_results
 
     results = load_results(Path(completed.stdout.strip()).parent)
     assert [(row.model, row.status) for row in results.rows] == [("mine", "ok")], [r.reason for r in results.rows]

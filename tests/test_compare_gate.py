@@ -11,8 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from edgecraft.cli import main
-from reports.compare import compare_runs
-from reports.schema import CONVERSION_WARNING, ModelRecord, ResultRow, ResultsError, RunResults, Signature, TensorSpec
+from edgecraft.reports.compare import compare_runs
+from edgecraft.core.results import CONVERSION_WARNING, ModelRecord, ResultRow, RunResults
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.reports.results_file import ResultsError
 from tests.results_factory import SIGNATURE, measurement, not_measured, ok, run, save, tamper
 
 CPU = "onnxruntime:cpu"

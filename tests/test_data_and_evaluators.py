@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import evaluators
-from bench.evaluators import EvaluatorMismatch, EvaluatorSpec
-from compress.base import Dataset
+from edgecraft.bench import evaluators
+from edgecraft.bench.evaluators import EvaluatorMismatch, EvaluatorSpec
+from edgecraft.compress.base import Dataset
 from edgecraft import data
-from edgecraft.errors import EdgecraftError
-from reports.schema import Signature, TensorSpec
-from targets import feeds
+from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.targets import feeds
 
 TOKENS = Signature(
     inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"]),

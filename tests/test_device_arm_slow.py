@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from reports.analysis import analyse
-from reports.schema import load_results
-from reports.settings import report_settings
+from edgecraft.reports.analysis import analyse
+from edgecraft.reports.results_file import load_results
+from edgecraft.reports.settings import report_settings
 from tests import aarch64_box
 from tests.conftest import edgecraft
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 from tests.agent_helpers import RunningAgent, start_agent
 from tests.conftest import edgecraft
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft
 
 
@@ -92,7 +92,7 @@ def test_report_re_renders_from_results_alone(quickstart_run: Path, tmp_path: Pa
 def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, monkeypatch) -> None:
     import onnxruntime
 
-    from compress.passes.onnx_quantization import DynamicQuantization
+    from edgecraft.compress.passes.onnx_quantization import DynamicQuantization
     from edgecraft.runner import run_recipe
 
     def broken(*_args, **_kwargs):
@@ -123,9 +123,9 @@ def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, 
 def test_an_export_failure_and_a_drifting_reference_mark_their_own_rows(tmp_path: Path, monkeypatch) -> None:
     """A converter that crashes fails its row with the reason; a lossless row whose outputs drift from the
     reference carries the conversion-bug warning, measured, not asserted by the code about itself."""
-    from compress import torch_io
+    from edgecraft.compress import torch_io
     from edgecraft.runner import run_recipe
-    from targets.runtimes.openvino import OpenVino
+    from edgecraft.targets.runtimes.openvino import OpenVino
 
     def crashing_export(*_args, **_kwargs):
         raise RuntimeError("simulated converter crash")

@@ -16,7 +16,8 @@ import onnx
 import pytest
 import yaml
 
-from reports.schema import RunResults, load_results
+from edgecraft.core.results import RunResults
+from edgecraft.reports.results_file import load_results
 from tests.conftest import REPO, edgecraft
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress import registry as passes
-from compress.base import PassContext
-from targets import registry
+from edgecraft.compress import registry as passes
+from edgecraft.compress.base import PassContext
+from edgecraft.targets import registry
 from tests.conftest import images, labels
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.onnx_export import export_torch
-from compress.zoo import image_classifier
-from targets import registry
-from targets.base import TargetSpec
+from edgecraft.compress.onnx_export import export_torch
+from edgecraft.compress.zoo import image_classifier
+from edgecraft.targets import registry
+from edgecraft.targets.base import TargetSpec
 from tests.conftest import images, torch_logits
 from tests.helpers import tiny_net
 

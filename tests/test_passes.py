@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compress import registry
-from compress.base import PassContext
-from compress.cpu import int8_saturates
+from edgecraft.compress import registry
+from edgecraft.compress.base import PassContext
+from edgecraft.compress.cpu import int8_saturates
 from tests.conftest import images, labels, onnx_logits
 
 
@@ -79,8 +79,8 @@ def test_importing_one_pass_module_first_still_registers_every_pass() -> None:
     import sys
 
     code = (
-        "import compress.passes.export, targets.runtimes.litert\n"
-        "from compress import registry\nfrom targets import registry as targets\n"
+        "import edgecraft.compress.passes.export, edgecraft.targets.runtimes.litert\n"
+        "from edgecraft.compress import registry\nfrom edgecraft.targets import registry as targets\n"
         "print(len(registry.passes()), len(targets.runtimes()))"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.schema import RunResults, load_results
+from edgecraft.core.results import RunResults
+from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft
 
 pytestmark = pytest.mark.slow

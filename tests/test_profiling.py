@@ -11,19 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import evaluators
-from bench.harness import MeasureJob, _operator_profile, measure
-from bench.settings import profile_settings
-from compress import registry as passes
-from compress.base import Dataset, PassContext
-from reports.analysis import BARELY_FASTER, analyse
-from reports.html import render_html, render_summary
-from reports.csv_table import results_csv
-from reports.schema import OperatorProfile, check_results, load_results
-from reports.settings import report_settings
-from targets import feeds, registry
-from targets.runtimes.onnxruntime import parse_profile
-from targets.runtimes.openvino import exec_precision
+from edgecraft.bench import evaluators
+from edgecraft.bench.harness import MeasureJob, _operator_profile, measure
+from edgecraft.bench.settings import profile_settings
+from edgecraft.compress import registry as passes
+from edgecraft.compress.base import Dataset, PassContext
+from edgecraft.reports.analysis import BARELY_FASTER, analyse
+from edgecraft.reports.html import render_html, render_summary
+from edgecraft.reports.csv_table import results_csv
+from edgecraft.core.results import OperatorProfile
+from edgecraft.reports.results_file import check_results, load_results
+from edgecraft.reports.settings import report_settings
+from edgecraft.targets import feeds, registry
+from edgecraft.targets.runtimes.onnxruntime import parse_profile
+from edgecraft.targets.runtimes.openvino import exec_precision
 from tests import profile_results as pr
 from tests import results_factory as factory
 from tests.conftest import images, onnx_logits
@@ -33,8 +34,8 @@ QUICK = profile_settings("quick", batch_sizes=[1], throughput_s=0.05, operator_p
 
 def quantize_static(onnx_path: Path, inputs: dict[str, np.ndarray], work: Path, samples: int) -> Path:
     """``quantize.static`` (the recipe pass, its defaults) on an fp32 ONNX file, calibrated on ``inputs``."""
-    from compress.base import Artifact
-    from targets.registry import get
+    from edgecraft.compress.base import Artifact
+    from edgecraft.targets.registry import get
 
     work.mkdir(parents=True, exist_ok=True)
     signature = get("onnxruntime").signature(onnx_path)
@@ -245,7 +246,7 @@ def test_mobilenet_v3_int8_panel_names_the_op_types_that_grew_with_their_share(m
 @pytest.fixture(autouse=True)
 def no_charts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The panels are tables: skip drawing the charts (seconds each on a loaded two-core box)."""
-    from reports import charts
+    from edgecraft.reports import charts
 
     monkeypatch.setattr(charts, "draw", lambda chart, subject: charts.Chart(svg="<svg></svg>"))
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reports.analysis import BARELY_FASTER, analyse
-from reports.settings import report_settings
+from edgecraft.reports.analysis import BARELY_FASTER, analyse
+from edgecraft.reports.settings import report_settings
 from tests.conftest import edgecraft
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_mobilenet_v3_int8_on_every_runtime(tmp_path: Path) -> None:
 
 def _int8_dot_product() -> bool:
     """Whether this CPU has an 8-bit dot-product instruction (x86 VNNI or AMX-INT8, Arm dot-product)."""
-    from bench.environment import cpu_info
+    from edgecraft.core.cpu import cpu_info
 
     flags = set(cpu_info().get("flags") or [])
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "dotprod"})

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compress import registry
-from compress.base import Artifact, PassContext
-from compress.cpu import int8_saturates
+from edgecraft.compress import registry
+from edgecraft.compress.base import Artifact, PassContext
+from edgecraft.compress.cpu import int8_saturates
 from tests.conftest import accuracy, images, labels, onnx_logits
 
 
@@ -70,7 +70,7 @@ def test_qat_recovers_what_static_ptq_loses_on_an_outlier_channel(digits_cnn: di
 
     import torch
 
-    from compress.onnx_export import export_torch
+    from edgecraft.compress.onnx_export import export_torch
     from tests.conftest import torch_logits
 
     model = copy.deepcopy(digits_cnn["model"])
@@ -99,7 +99,7 @@ def test_onnxruntime_quantizer_relays_a_qat_model_keeping_its_accuracy(qat, digi
 
 
 def test_qat_model_runs_in_int8_on_openvino_and_litert(qat, digits_cnn: dict, tmp_path) -> None:
-    from targets import registry as targets
+    from edgecraft.targets import registry as targets
 
     x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     tflite = apply("convert.tflite", qat.artifact, digits_cnn, tmp_path, quantization="int8")
@@ -127,7 +127,7 @@ def test_autotune_finds_an_int8_scheme_within_the_tolerated_loss(digits_cnn: dic
     # Neural Compressor has no 7-bit option: where 8-bit ranges saturate the CPU's int8 kernels (x86 without
     # VNNI), ONNX Runtime runs its QDQ model below the accuracy it was tuned for (78.6 % on an AVX2 host), while
     # OpenVINO runs it faithfully everywhere.
-    from targets import registry as targets
+    from edgecraft.targets import registry as targets
 
     target = targets.get("openvino" if int8_saturates() else "onnxruntime")
     logits = target.run(target.load(outcome.artifact.path, "cpu", 1, target.options_model()), {"input": x})["logits"]
@@ -137,8 +137,8 @@ def test_autotune_finds_an_int8_scheme_within_the_tolerated_loss(digits_cnn: dic
 def test_autotune_that_misses_its_tolerance_fails_naming_the_trials(digits_cnn: dict, tmp_path) -> None:
     """A metric no int8 model can meet (outputs within 1e-5 of fp32's): Neural Compressor still returns its best
     trial's model when max_trials run out; the pass must fail with the scores and the budget instead."""
-    from compress.base import Validation
-    from compress.passes.autotune import NoSchemeFound
+    from edgecraft.compress.base import Validation
+    from edgecraft.compress.passes.autotune import NoSchemeFound
 
     calibration = digits_cnn["context"].calibration.head(64)
     strict = Validation(
@@ -153,8 +153,8 @@ def test_autotune_that_misses_its_tolerance_fails_naming_the_trials(digits_cnn: 
 
 
 def test_autotune_without_an_evaluator_or_labels_says_so(digits_cnn: dict, tmp_path) -> None:
-    from compress.base import Dataset
-    from compress.training import NotTrainable
+    from edgecraft.compress.base import Dataset
+    from edgecraft.compress.training import NotTrainable
 
     context = digits_cnn["context"]
     unlabelled = Dataset(context.calibration.inputs)
@@ -171,7 +171,7 @@ def test_folding_weight_quantize_keeps_outputs_and_stores_int8(digits_cnn: dict,
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from compress import pt2e
+    from edgecraft.compress import pt2e
     from tests.conftest import torch_logits
 
     signature = digits_cnn["signature"]

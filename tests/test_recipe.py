@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgecraft.cli import main
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.recipe import load_recipe, recipe_json_schema
 
 REPO = Path(__file__).resolve().parent.parent

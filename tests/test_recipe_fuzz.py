@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from bench.settings import BenchmarkSpec
-from compress import registry as pass_registry
-from compress.zoo import REFERENCE_MODELS
+from edgecraft.bench.settings import BenchmarkSpec
+from edgecraft.compress import registry as pass_registry
+from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.cli import main
 from edgecraft.recipe import load_recipe
 from edgecraft.runner import bench_settings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.schema import load_results
+from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from reports import charts
-from reports.compare import compare_runs
-from reports.files import write_atomic
-from reports.html import write_comparison, write_report
-from reports.schema import ModelRecord, load_results
+from edgecraft.reports import charts
+from edgecraft.reports.compare import compare_runs
+from edgecraft.core.files import write_atomic
+from edgecraft.reports.html import write_comparison, write_report
+from edgecraft.core.results import ModelRecord
+from edgecraft.reports.results_file import load_results
 from tests.results_factory import not_measured, ok, run, save
 
 DOLLARS = "$a$ b $c$"
@@ -43,7 +44,7 @@ def test_a_chart_that_fails_leaves_the_report_with_a_note(tmp_path: Path, monkey
         raise RuntimeError("no usable font")
 
     monkeypatch.setattr(charts, "size_per_variant", broken)
-    with caplog.at_level(logging.WARNING, logger="reports.charts"):
+    with caplog.at_level(logging.WARNING, logger="edgecraft.reports.charts"):
         html = write_report(dollar_run(), tmp_path).read_text()
     assert html.count("<svg") == 3
     figure = html[html.index('id="chart-size"') : html.index("</figure>", html.index('id="chart-size"'))]
@@ -102,7 +103,7 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path: Path, monkeypa
     def killed(_: int) -> None:  # the new text is in the temporary file, not yet in place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("reports.files.os.fsync", killed)
+    monkeypatch.setattr("edgecraft.core.files.os.fsync", killed)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, "new " * 10_000)
     assert path.read_text() == "old and complete"
@@ -118,7 +119,7 @@ def test_a_report_that_fails_to_write_keeps_the_previous_report(tmp_path: Path,
     def disk_full(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("reports.files.os.replace", disk_full)
+    monkeypatch.setattr("edgecraft.core.files.os.replace", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_report(run([ok("fp32", 2.0, 0.9, 1)]), tmp_path)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from reports.analysis import analyse, pareto_front
-from reports.compare import compare_runs
-from reports.html import write_report
-from reports.schema import ResultsError
-from reports.settings import ReportSettings
+from edgecraft.reports.analysis import analyse, pareto_front
+from edgecraft.reports.compare import compare_runs
+from edgecraft.reports.html import write_report
+from edgecraft.reports.results_file import ResultsError
+from edgecraft.reports.settings import ReportSettings
 from tests.conftest import REPO, edgecraft
 from tests.results_factory import mixed_run, ok, run, save
 
@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make, args: list[str],
 
 
 def test_report_section_in_a_recipe_is_checked_with_its_line(tmp_path: Path) -> None:
-    from edgecraft.errors import EdgecraftError
+    from edgecraft.core.errors import EdgecraftError
     from edgecraft.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
@@ -215,7 +215,7 @@ def test_report_commands_import_no_ml_framework(tmp_path: Path) -> None:
 
 def test_each_target_is_compared_with_its_own_lossless_baseline() -> None:
     """A TFLite int8 row is compared with the TFLite fp32 conversion, not with an ONNX row it never ran beside."""
-    from reports.settings import ReportSettings
+    from edgecraft.reports.settings import ReportSettings
     from tests.results_factory import ok, run
 
     tflite_fp32 = ok("tflite-fp32", 2.0, 0.98, 400_000, target="litert:cpu").model_copy(update={"lossless": True})

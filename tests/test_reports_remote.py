@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from reports.analysis import analyse
-from reports.compare import compare_runs
-from reports.csv_table import results_csv
-from reports.html import render_html, render_summary, write_comparison, write_report
-from reports.schema import OperatorProfile, OperatorTime, ResultRow, RunResults, Throughput
-from reports.settings import ReportSettings
+from edgecraft.reports.analysis import analyse
+from edgecraft.reports.compare import compare_runs
+from edgecraft.reports.csv_table import results_csv
+from edgecraft.reports.html import render_html, render_summary, write_comparison, write_report
+from edgecraft.core.results import OperatorProfile, OperatorTime, ResultRow, RunResults, Throughput
+from edgecraft.reports.settings import ReportSettings
 from tests.results_factory import ok, run
 
 NATIVE = "onnxruntime:cpu"

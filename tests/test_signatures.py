@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.schema import RunResults, load_results
+from edgecraft.core.results import RunResults
+from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft
 from tests.fixtures_models import NATIVE_TFLITE_OUTPUTS, THREE_HEAD_OUTPUTS, write_native_tflite
 
@@ -127,8 +128,8 @@ def test_token_ids_and_a_mask_with_a_dynamic_sequence_axis(tmp_path: Path) -> No
 def test_a_token_model_exports_with_a_dynamic_sequence(tmp_path: Path) -> None:
     import onnxruntime
 
-    from compress.onnx_export import export_torch
-    from reports.schema import Signature, TensorSpec
+    from edgecraft.compress.onnx_export import export_torch
+    from edgecraft.core.signature import Signature, TensorSpec
     from tests.helpers import token_pooler
 
     signature = Signature(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])
@@ -260,8 +261,8 @@ def test_a_training_pass_on_a_three_head_model_fails_its_rows_with_the_reason(tm
 
 
 def test_bench_a_two_input_onnx_file_with_named_data_and_an_evaluator(tmp_path: Path) -> None:
-    from compress.onnx_export import export_torch
-    from reports.schema import Signature, TensorSpec
+    from edgecraft.compress.onnx_export import export_torch
+    from edgecraft.core.signature import Signature, TensorSpec
     from tests.helpers import token_data, token_pooler
 
     signature = Signature(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])

@@ -36,7 +36,7 @@ targets: [onnxruntime:cpu]
 
 # Loaded by the interpreter of a run through PYTHONPATH: every pass raises if it is applied at all.
 PASSES_THAT_MUST_NOT_RUN = """\
-from compress import registry
+from edgecraft.compress import registry
 
 def _refuse(self, *args, **kwargs):
     raise RuntimeError(f"{self.name} ran although the step cache holds it")
@@ -148,7 +148,7 @@ def test_two_runs_sharing_a_cache_both_finish_with_the_same_results(tmp_path: Pa
 # Loaded by a run's interpreter through PYTHONPATH: every pass appends its name to APPLIED_LOG when applied.
 PASSES_THAT_LOG = """\
 import os
-from compress import registry
+from edgecraft.compress import registry
 
 def _logging(apply):
     def logged(self, *args, **kwargs):

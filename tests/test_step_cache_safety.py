@@ -16,14 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from compress import registry
-from compress.base import Artifact, PassOutcome
-from compress.module_state import ArchitectureMismatch, load_module, save_module
-from compress.passes.pruning import prune_channels
-from compress.zoo import image_classifier
+from edgecraft.compress import registry
+from edgecraft.compress.base import Artifact, PassOutcome
+from edgecraft.compress.module_state import ArchitectureMismatch, load_module, save_module
+from edgecraft.compress.passes.pruning import prune_channels
+from edgecraft.compress.zoo import image_classifier
 from edgecraft import step_cache
 from edgecraft.step_cache import StepCache, code_closure, file_digest, step_key
-from reports.schema import Signature
+from edgecraft.core.signature import Signature
 from tests.conftest import REPO
 
 SIGNATURE = image_classifier((1, 16, 16))
@@ -44,11 +44,11 @@ def no_skeleton(architecture: str):
 def test_the_key_follows_every_module_a_pass_imports_even_inside_functions() -> None:
     closures = {name: code_closure(registry.passes()[name].__module__) for name in
                 ("distill", "quantize.static", "export.onnx", "quantize.qat", "prune.structured")}
-    assert {"compress.training", "compress.facts", "compress.models"} <= set(closures["distill"])
-    assert "compress.qdq" in closures["quantize.static"] and "compress.cpu" in closures["quantize.static"]
-    assert "compress.onnx_export" in closures["export.onnx"]
-    assert {"compress.pt2e", "compress.onnx_export", "compress.training"} <= set(closures["quantize.qat"])
-    assert "compress.training" in closures["prune.structured"]
+    assert {"edgecraft.compress.training", "edgecraft.compress.facts", "edgecraft.compress.models"} <= set(closures["distill"])
+    assert "edgecraft.compress.qdq" in closures["quantize.static"] and "edgecraft.compress.cpu" in closures["quantize.static"]
+    assert "edgecraft.compress.onnx_export" in closures["export.onnx"]
+    assert {"edgecraft.compress.pt2e", "edgecraft.compress.onnx_export", "edgecraft.compress.training"} <= set(closures["quantize.qat"])
+    assert "edgecraft.compress.training" in closures["prune.structured"]
 
 
 def test_editing_a_helper_module_changes_the_step_key(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_a_pass_key_changes_with_its_helpers_code_and_its_libraries(monkeypatch)
 
     def edited(module: str, *args, **kwargs) -> dict[str, str]:
         closure = real_closure(module, *args, **kwargs)
-        return {**closure, "compress.qdq": "edited"}
+        return {**closure, "edgecraft.compress.qdq": "edited"}
 
     monkeypatch.setattr(step_cache, "code_closure", edited)
     assert step_key("input", step, config) != key

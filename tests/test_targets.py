@@ -8,10 +8,10 @@ import platform
 import numpy as np
 import pytest
 
-from bench.environment import cpu_info
-from compress import registry as passes
-from compress.base import PassContext
-from targets import registry
+from edgecraft.core.cpu import cpu_info
+from edgecraft.compress import registry as passes
+from edgecraft.compress.base import PassContext
+from edgecraft.targets import registry
 from tests.conftest import accuracy, images, labels, torch_logits
 
 
@@ -150,7 +150,7 @@ def test_litert_gpu_and_arm_are_skipped_here_with_reasons() -> None:
 def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> None:
     """A real converter failure (TFLite cannot express ONNX Runtime's dynamic int8 ops) fails only its rows."""
     from edgecraft.runner import run_recipe
-    from reports.schema import RunResults
+    from edgecraft.core.results import RunResults
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from compress import registry
-from compress.base import Artifact, PassContext
+from edgecraft.compress import registry
+from edgecraft.compress.base import Artifact, PassContext
 from tests.conftest import accuracy, images, labels, torch_logits
 
 
@@ -160,7 +160,7 @@ def test_bad_student_specs_are_rejected(student: str) -> None:
 
 def test_a_recipe_prunes_before_export(tmp_path) -> None:
     from edgecraft.runner import run_recipe
-    from reports.schema import RunResults
+    from edgecraft.core.results import RunResults
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -184,7 +184,7 @@ def test_a_built_in_model_trains_to_the_same_weights_in_any_process(tmp_path) ->
 
     code = (
         "import os, sys; os.environ['EDGECRAFT_CACHE_DIR'] = sys.argv[1]\n"
-        "from compress.zoo import REFERENCE_MODELS\nfrom edgecraft import data, model_source\n"
+        "from edgecraft.compress.zoo import REFERENCE_MODELS\nfrom edgecraft import data, model_source\n"
         "digits = data.digits(REFERENCE_MODELS['digits-cnn'].input_shape).head(256)\n"
         "model = model_source.builtin_model('digits-cnn', digits, lambda *_: None)\n"
         "print(repr(float(sum(p.double().abs().sum() for p in model.parameters()))))"

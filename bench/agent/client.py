@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from bench.agent.protocol import PREFIX
+from edgecraft.bench.agent.protocol import PREFIX
 
 _FIRST_POLL_S = 0.2
 _LONGEST_POLL_S = 1.0

@@ -44,7 +44,7 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _token(token_file: Path | None) -> str:
-    from edgecraft.errors import EdgecraftError
+    from edgecraft.core.errors import EdgecraftError
 
     if token_file is not None:
         try:
@@ -68,12 +68,12 @@ def _folder(folder: Path | None) -> Path:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from edgecraft.errors import EdgecraftError
+    from edgecraft.core.errors import EdgecraftError
 
     token = _token(args.token_file)
     if not args.max_upload_mb > 0 or not args.job_timeout > 0:
         raise EdgecraftError("--max-upload-mb and --job-timeout must be positive")
-    from bench.agent.server import serve
+    from edgecraft.bench.agent.server import serve
 
     try:
         return serve(host=args.host, port=args.port, folder=_folder(args.folder), token=token,

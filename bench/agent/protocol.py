@@ -18,7 +18,6 @@ Every request carries ``Authorization: Bearer TOKEN``; answers are JSON (errors 
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from pathlib import Path
@@ -30,10 +29,12 @@ from pydantic import (
     ConfigDict,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-from bench.settings import BenchSettings
+from edgecraft.bench.settings import BenchSettings
+from edgecraft.core import formats
 
 PREFIX = "/v1"
 BLOB_NAME = re.compile(r"[0-9a-f]{64}")  # a sha256; also what keeps a client's name from walking out of the folder
@@ -51,32 +52,30 @@ OUTPUTS_FILE = "outputs.npz"  # where bench.harness.run_process has the worker w
 MAX_MANIFEST_BYTES = 1 << 20
 
 JobState = Literal["queued", "running", "done", "failed"]
-ModelFormat = Literal["onnx", "tflite", "openvino"]
-
-# The names a job's model files get in its folder, in the order the manifest lists their blobs.
-MODEL_FILE_NAMES: dict[str, tuple[str, ...]] = {
-    "onnx": ("model.onnx",),
-    # The LiteRT target's note of the converted model's input/output names and layouts (JSON, optional).
-    "tflite": ("model.tflite", "model.io.json"),
-    "openvino": ("model.xml", "model.bin"),
-}
-
-# How many of a format's last files may be left out.
-OPTIONAL_FILES = {"tflite": 1}
 
 Sha256 = Annotated[str, StringConstraints(pattern=BLOB_NAME.pattern + "$")]
 
 
 class ModelFiles(BaseModel):
+    """A job's model: its format and one blob per file, in the order of the format's files (its optional
+    companions last); in the job's folder they get the format's generated names (``ModelFormat.file_names``)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    format: ModelFormat
+    format: str
     files: list[Sha256]
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in formats.FORMATS:
+            raise ValueError(f"unknown model format {value!r}; known: {', '.join(formats.FORMATS.names())}")
+        return value
 
     @model_validator(mode="after")
     def _one_blob_per_file(self) -> ModelFiles:
-        names = MODEL_FILE_NAMES[self.format]
-        least = len(names) - OPTIONAL_FILES.get(self.format, 0)
+        fmt = formats.get(self.format)
+        names, least = fmt.file_names(), fmt.least_files()
         if not least <= len(self.files) <= len(names):
             count = f"{least} or {len(names)}" if least != len(names) else str(len(names))
             raise ValueError(f"a {self.format} model is {count} file(s) ({', '.join(names)}), got {len(self.files)}")
@@ -103,15 +102,12 @@ def validation_problem(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-# What a file's first bytes say it is, checked in this order (a TFLite root offset may begin with any byte).
-_DESCRIPTIONS = {"onnx": "an ONNX model", "tflite": "a TFLite model", "openvino": "an OpenVINO IR"}
-HEAD_BYTES = 4096
-
-
 def looks_like(head: bytes) -> str:
-    """What a file is, from its first ``HEAD_BYTES`` bytes, as the end of 'it looks like …'."""
-    if head[4:8] == b"TFL3":
-        return _DESCRIPTIONS["tflite"]
+    """What a file is, from its first ``formats.HEAD_BYTES`` bytes, as the end of 'it looks like …': a model
+    format's own description, else what else it is (never unpickled, only named)."""
+    fmt = formats.identify(head)
+    if fmt is not None:
+        return fmt.description
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive (what torch.save and TorchScript write: a pickle inside)"
     if head[:1] == b"\x80":
@@ -119,27 +115,18 @@ def looks_like(head: bytes) -> str:
     if head.startswith(b"\x93NUMPY"):
         return "a numpy array (.npy)"
     if head.lstrip()[:1] == b"<":
-        return _DESCRIPTIONS["openvino"] if b"<net" in head else "an XML or HTML file that is not an OpenVINO IR"
-    # A serialised ModelProto starts with field 1 (ir_version) as a one-byte varint: tag 0x08, then the version.
-    if len(head) > 1 and head[0] == 0x08 and 0 < head[1] < 0x80:
-        return _DESCRIPTIONS["onnx"]
+        return "an XML or HTML file that is not an OpenVINO IR"
     return f"no model format edgecraft runs (its first bytes are {head[:8].hex(' ') or 'empty'})"
 
 
 def check_format(declared: str, files: list[Path]) -> None:
     """Raise ``ValueError`` unless the model's first file (the .xml of an OpenVINO IR) is of the declared format
-    and a TFLite model's optional note is a JSON object."""
-    with files[0].open("rb") as handle:
-        found = looks_like(handle.read(HEAD_BYTES))
-    if found != _DESCRIPTIONS[declared]:
-        raise ValueError(f"not {_DESCRIPTIONS[declared]}: it looks like {found}")
-    if declared == "tflite" and len(files) > 1:
-        try:
-            note = json.loads(files[1].read_bytes())
-        except ValueError:
-            note = None
-        if not isinstance(note, dict):
-            raise ValueError("the second file (model.io.json, the input/output note) is not a JSON object")
+    and its companions hold what they should (a TFLite model's optional note is a JSON object)."""
+    fmt = formats.get(declared)
+    head = formats.read_head(files[0])
+    if formats.identify(head) is not fmt:
+        raise ValueError(f"not {fmt.description}: it looks like {looks_like(head)}")
+    fmt.check_companions(files)
 
 
 def read_inputs(path: Path) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from bench.agent.protocol import (
+from edgecraft.bench.agent.protocol import (
     BLOB_NAME,
     BLOBS,
     INPUTS_FOLDER,
@@ -43,7 +43,6 @@ from bench.agent.protocol import (
     JOBS,
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
-    MODEL_FILE_NAMES,
     OUTPUTS_FILE,
     PREFIX,
     RESULT_FILE,
@@ -53,12 +52,13 @@ from bench.agent.protocol import (
     read_inputs,
     validation_problem,
 )
-from bench.environment import environment
-from bench.harness import MeasureJob, MeasurementFailed, run_process
-from bench.settings import check_pinnable
-from reports.files import write_atomic
-from targets import feeds, registry
-from targets.base import ARM_MACHINES
+from edgecraft.bench.environment import environment
+from edgecraft.bench.harness import MeasureJob, MeasurementFailed, run_process
+from edgecraft.bench.settings import check_pinnable
+from edgecraft.core import formats
+from edgecraft.core.files import write_atomic
+from edgecraft.targets import feeds, registry
+from edgecraft.targets.base import ARM_MACHINES
 
 _CHUNK = 1 << 20
 _X86_VENDORS = ("GenuineIntel", "AuthenticAMD")
@@ -121,7 +121,7 @@ def _stop_leftover_workers(job_folder: Path) -> None:
             arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "bench.worker" in arguments and any(argument.startswith(prefix) for argument in arguments):
+        if "edgecraft.bench.worker" in arguments and any(argument.startswith(prefix) for argument in arguments):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
             except OSError:
@@ -254,7 +254,7 @@ class Agent:
         staging = self.jobs / f".new-{job_id}"
         staging.mkdir()
         try:
-            for blob, file_name in zip(manifest.model.files, MODEL_FILE_NAMES[manifest.model.format]):
+            for blob, file_name in zip(manifest.model.files, formats.get(manifest.model.format).file_names()):
                 shutil.copyfile(self.blobs / blob, staging / file_name)
             feeds.save(inputs, staging / INPUTS_FOLDER)
             if len(list((staging / INPUTS_FOLDER).glob("*.npy"))) != len(inputs):
@@ -281,8 +281,9 @@ class Agent:
         if manifest.device not in cls.devices:
             raise Refused(HTTPStatus.BAD_REQUEST, f"device: {manifest.runtime} has no device {manifest.device!r} "
                           f"(known: {', '.join(cls.devices)})")
-        if manifest.model.format not in cls.accepts:
-            raise Refused(HTTPStatus.BAD_REQUEST, f"model.format: {manifest.runtime} runs {', '.join(cls.accepts)}, "
+        accepts = formats.loaded_by(manifest.runtime)
+        if manifest.model.format not in accepts:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"model.format: {manifest.runtime} runs {', '.join(accepts)}, "
                           f"not {manifest.model.format}")
         reason = self._target_reasons[f"{manifest.runtime}:{manifest.device}"]
         if reason:
@@ -365,7 +366,7 @@ class Agent:
         settings = manifest.settings
         job = MeasureJob(
             runtime=manifest.runtime, device=manifest.device, options=manifest.options,
-            model=folder / MODEL_FILE_NAMES[manifest.model.format][0], inputs=folder / INPUTS_FOLDER,
+            model=folder / formats.get(manifest.model.format).file_names()[0], inputs=folder / INPUTS_FOLDER,
             reference_outputs={}, evaluate=_never_evaluated, work_dir=folder,
         )
         device = self.describe()

@@ -23,10 +23,10 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.facts import model_facts, top1
-from compress.registry import register
-from reports.schema import Signature
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.facts import model_facts, top1
+from edgecraft.compress.registry import register
+from edgecraft.core.signature import Signature
 
 # The schemes tried, in order: the fastest first (per-channel weights, asymmetric uint8 activations).
 _SEARCH_SPACE = {"w_granularity": ["per_channel", "per_tensor"], "act_sym": [False, True]}
@@ -54,7 +54,6 @@ def meets(score: float, baseline: float, tolerable_loss: float) -> bool:
 
 @register
 class Autotune(Pass):
-    name = "quantize.autotune"
     config_model = AutotuneConfig
     input_formats = ("torch",)
     output_format = "onnx"
@@ -62,11 +61,11 @@ class Autotune(Pass):
 
     def apply(self, artifact: Artifact, config: AutotuneConfig, context: PassContext) -> PassOutcome:
 
-        from compress import pt2e
+        from edgecraft.compress import pt2e
         from neural_compressor.torch.export import export
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
 
-        from compress.torch_io import dynamic_shapes, example_inputs, predict
+        from edgecraft.compress.torch_io import dynamic_shapes, example_inputs, predict
 
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO
         signature = artifact.signature
@@ -125,8 +124,8 @@ class Autotune(Pass):
 def _scorer(context: PassContext, signature: Signature) -> tuple[Callable[[Any], float], str]:
     """How a candidate model is judged: the recipe's evaluator on the calibration split where the run has one,
     else top-1 accuracy against the calibration split's class labels."""
-    from compress.torch_io import predict
-    from compress.training import require_class_labels
+    from edgecraft.compress.torch_io import predict
+    from edgecraft.compress.training import require_class_labels
 
     validation = context.validation
     if validation is not None:

@@ -11,12 +11,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
-from compress.facts import model_facts, top1
-from compress.passes.pruning import prune_channels
-from compress.registry import register
-from reports.schema import Signature
-from compress.zoo import REFERENCE_MODELS
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
+from edgecraft.compress.facts import model_facts, top1
+from edgecraft.compress.passes.pruning import prune_channels
+from edgecraft.compress.registry import register
+from edgecraft.core.signature import Signature
+from edgecraft.compress.zoo import REFERENCE_MODELS
 
 
 class DistillationConfig(PassConfig):
@@ -81,7 +81,6 @@ def build_student(entering: Any, spec: str, signature: Signature) -> Any:
 
 @register
 class Distillation(Pass):
-    name = "distill"
     config_model = DistillationConfig
     input_formats = ("torch",)
     output_format = "torch"
@@ -91,7 +90,7 @@ class Distillation(Pass):
         import torch
         from torch.nn import functional
 
-        from compress.training import first_output, fit, require_class_labels
+        from edgecraft.compress.training import first_output, fit, require_class_labels
 
         if config.teacher == "original" and context.original is None:
             raise ValueError("teacher: original needs a PyTorch model in the recipe (not an onnx file)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.registry import register
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.registry import register
 
 
 class OnnxExportConfig(PassConfig):
@@ -17,7 +17,6 @@ class OnnxExportConfig(PassConfig):
 
 @register
 class OnnxExport(Pass):
-    name = "export.onnx"
     config_model = OnnxExportConfig
     input_formats = ("torch",)
     output_format = "onnx"
@@ -26,7 +25,7 @@ class OnnxExport(Pass):
         return True
 
     def apply(self, artifact: Artifact, config: OnnxExportConfig, context: PassContext) -> PassOutcome:
-        from compress.onnx_export import export_torch
+        from edgecraft.compress.onnx_export import export_torch
 
         path = export_torch(artifact.model, artifact.signature, context.work_dir / "model.onnx")
         return PassOutcome(Artifact("onnx", artifact.signature, path=path), {})

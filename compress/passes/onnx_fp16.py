@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.registry import register
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.registry import register
 
 
 class Fp16Config(PassConfig):
@@ -19,7 +19,6 @@ class Fp16Config(PassConfig):
 
 @register
 class Fp16Conversion(Pass):
-    name = "convert.fp16"
     config_model = Fp16Config
     input_formats = ("onnx",)
     output_format = "onnx"

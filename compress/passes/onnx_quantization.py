@@ -13,11 +13,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.cpu import int8_saturates
-from compress.qdq import without_qdq
-from compress.registry import register
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.cpu import int8_saturates
+from edgecraft.compress.qdq import without_qdq
+from edgecraft.compress.registry import register
 
 
 def _preprocessed(source: Path, work_dir: Path) -> Path:
@@ -56,7 +56,6 @@ class StaticQuantizationConfig(AccuracyAwareOptions):
 
 @register
 class StaticQuantization(Pass):
-    name = "quantize.static"
     config_model = StaticQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"
@@ -208,7 +207,6 @@ class DynamicQuantizationConfig(PassConfig):
 
 @register
 class DynamicQuantization(Pass):
-    name = "quantize.dynamic"
     config_model = DynamicQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
-from compress.cpu import int8_saturates
-from compress.registry import register
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.cpu import int8_saturates
+from edgecraft.compress.registry import register
 
 
 def _read(artifact: Artifact) -> Any:
@@ -56,7 +56,6 @@ class OpenVinoConversionConfig(PassConfig):
 
 @register
 class OpenVinoConversion(Pass):
-    name = "convert.openvino"
     config_model = OpenVinoConversionConfig
     input_formats = ("onnx",)
     output_format = "openvino"
@@ -106,7 +105,6 @@ class NncfQuantizationConfig(AccuracyAwareOptions):
 
 @register
 class NncfQuantization(Pass):
-    name = "quantize.nncf"
     config_model = NncfQuantizationConfig
     input_formats = ("onnx", "openvino")
     output_format = "openvino"

@@ -14,10 +14,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
-from compress.facts import before_after, model_facts
-from compress.registry import register
-from reports.schema import Signature
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, TrainingConfig
+from edgecraft.compress.facts import before_after, model_facts
+from edgecraft.compress.registry import register
+from edgecraft.core.signature import Signature
 
 
 class FineTuning(PassConfig):
@@ -32,7 +32,7 @@ class FineTuning(PassConfig):
 
 
 def finetune(model: Any, signature: Signature, config: FineTuning, context: PassContext, label: str) -> None:
-    from compress.training import require_class_labels, train
+    from edgecraft.compress.training import require_class_labels, train
 
     if config.finetune_epochs:
         require_class_labels(context.train, signature, f"{label} (finetune_epochs)")
@@ -46,7 +46,7 @@ def prune_channels(model: Any, signature: Signature, ratio: float, importance: s
     import torch
     import torch_pruning
 
-    from compress.torch_io import example_inputs
+    from edgecraft.compress.torch_io import example_inputs
 
     criterion = (
         torch_pruning.importance.RandomImportance()
@@ -104,7 +104,6 @@ class StructuredPruningConfig(FineTuning):
 
 @register
 class StructuredPruning(PruningPass):
-    name = "prune.structured"
     config_model = StructuredPruningConfig
 
     def prune(self, model: Any, config: StructuredPruningConfig, signature: Signature) -> None:
@@ -121,7 +120,6 @@ class UnstructuredPruningConfig(FineTuning):
 
 @register
 class UnstructuredPruning(PruningPass):
-    name = "prune.unstructured"
     config_model = UnstructuredPruningConfig
     note = "zeros shrink the compressed file; dense runtimes do not run faster"
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.base import (
+from edgecraft.compress.base import (
     Artifact,
     Pass,
     PassConfig,
@@ -28,9 +28,9 @@ from compress.base import (
     PassOutcome,
     TrainingConfig,
 )
-from compress.cpu import int8_saturates
-from compress.facts import model_facts, top1
-from compress.registry import register
+from edgecraft.compress.cpu import int8_saturates
+from edgecraft.compress.facts import model_facts, top1
+from edgecraft.compress.registry import register
 
 
 class QatConfig(PassConfig):
@@ -52,7 +52,6 @@ class QatConfig(PassConfig):
 
 @register
 class QuantizationAwareTraining(Pass):
-    name = "quantize.qat"
     config_model = QatConfig
     input_formats = ("torch",)
     output_format = "onnx"
@@ -70,8 +69,8 @@ class QuantizationAwareTraining(Pass):
             prepare_qat_pt2e,
         )
 
-        from compress import pt2e
-        from compress.training import require_class_labels, train
+        from edgecraft.compress import pt2e
+        from edgecraft.compress.training import require_class_labels, train
 
         signature = artifact.signature
         require_class_labels(context.train, signature, "quantize.qat")

@@ -20,12 +20,12 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from compress.accuracy_control import AccuracyAwareOptions, Int8Format, Judgement, Layer, LayerScore, search
-from compress.base import Artifact, Dataset, Pass, PassContext, PassOutcome
-from compress.qdq import without_qdq
-from compress.registry import register
-from reports.schema import Signature
-from targets.runtimes.litert import write_io_note
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Judgement, Layer, LayerScore, search
+from edgecraft.compress.base import Artifact, Dataset, Pass, PassContext, PassOutcome
+from edgecraft.compress.qdq import without_qdq
+from edgecraft.compress.registry import register
+from edgecraft.core.signature import Signature
+from edgecraft.core.formats.tflite import write_io_note
 
 
 def _nhwc(array: np.ndarray) -> np.ndarray:
@@ -52,7 +52,7 @@ def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
     maps them back to the model's own names through the note written beside the .tflite."""
     import onnx
 
-    from compress.onnx_export import rename_io
+    from edgecraft.compress.onnx_export import rename_io
 
     model = onnx.load(str(onnx_path))
     graph = model.graph
@@ -157,7 +157,6 @@ class TfliteConversionConfig(AccuracyAwareOptions):
 
 @register
 class TfliteConversion(Pass):
-    name = "convert.tflite"
     config_model = TfliteConversionConfig
     input_formats = ("onnx",)
     output_format = "tflite"
@@ -311,7 +310,7 @@ class TfliteInt8(Int8Format):
 
 def check_outputs(path: Path, signature: Signature) -> None:
     """The converted file must return every output of the model, by name, with its per-sample shape."""
-    from targets import registry
+    from edgecraft.targets import registry
 
     converted = {spec.name: spec for spec in registry.get("litert").signature(path).outputs}
     missing = [name for name in signature.output_names if name not in converted]

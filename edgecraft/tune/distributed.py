@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable, Iterator
 
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 
 SLOT = "benchmark_slot"
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import yaml
 
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.recipe import Recipe, _locate, _parse, load_recipe, rebase_files
 from edgecraft.tune.space import ParameterSpec, SearchSpec, concrete, parse_place, pass_entry
 
@@ -89,7 +89,7 @@ def _check_values(path: Path, recipe: Recipe, data: dict, place: str, entry: dic
                   parameter: ParameterSpec, fail: Callable[[str], EdgecraftError]) -> None:
     from pydantic import ValidationError
 
-    from compress import registry as pass_registry
+    from edgecraft.compress import registry as pass_registry
 
     kind = entry.get("type") if isinstance(entry, dict) else None
     cls = pass_registry.passes().get(kind)
@@ -278,7 +278,7 @@ def pareto(table: list[dict[str, Any]]) -> set[int]:
 
 
 def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracker: Any = None) -> TuneResult:
-    from reports.tune import TuneReport, write_tune_report
+    from edgecraft.reports.tune import TuneReport, write_tune_report
 
     search = plan_.search
     table = trial_table(study, search)

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 

@@ -22,16 +22,16 @@ from typing import Any
 import yaml
 from filelock import ReadWriteLock
 
-from compress import registry as pass_registry
+from edgecraft.compress import registry as pass_registry
 from edgecraft import model_source
-from edgecraft.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.recipe import Recipe, validation_message
 from edgecraft.rows import Pending, brief
 from edgecraft.run_folder import new_run_dir, write_run
 from edgecraft.runner import RecipeRun, bench_settings, progress_bar
 from edgecraft.step_cache import StepCache
 from edgecraft.tune.space import SearchSpec, concrete
-from reports.schema import RunResults
+from edgecraft.core.results import RunResults
 
 
 class Pruned(Exception):
@@ -87,7 +87,7 @@ class TrialRun(RecipeRun):
         validation = prepared.context.validation
         if not training or prepared.torch is None or validation is None:
             return
-        from compress.torch_io import predict
+        from edgecraft.compress.torch_io import predict
 
         kept = len(self.steps.records)
         folder = self.run_dir / "models" / prepared.name / variant.name

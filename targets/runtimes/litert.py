@@ -9,7 +9,6 @@ Quantized inputs and outputs are (de)quantized with their tensor's scale.
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,33 +17,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from reports.schema import Signature, TensorSpec
-from targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
-from targets.feeds import Feeds
-from targets.registry import register
-
-
-# Beside a .tflite converted from ONNX: the model's own input/output names and which inputs the data gives as
-# NCHW images (the file takes NHWC).
-IO_NOTE_SUFFIX = ".io.json"
-
-
-def io_note(path: Path) -> Path:
-    return path.with_name(path.stem + IO_NOTE_SUFFIX)
-
-
-def write_io_note(path: Path, names: dict[str, str], nchw_inputs: list[str]) -> None:
-    """Record, beside the .tflite at ``path``, the model's names for the file's signature names and the inputs
-    (by the model's names) that are NCHW images in the data and NHWC in the file."""
-    io_note(path).write_text(json.dumps({"names": names, "nchw_inputs": nchw_inputs}, indent=1))
-
-
-def _read_note(path: Path) -> tuple[dict[str, str], set[str]]:
-    note = io_note(path)
-    if not note.is_file():
-        return {}, set()
-    record = json.loads(note.read_text())
-    return record.get("names", {}), set(record.get("nchw_inputs", []))
+from edgecraft.core.formats.tflite import read_io_note
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
+from edgecraft.targets.feeds import Feeds
+from edgecraft.targets.registry import register
 
 
 @dataclass
@@ -63,17 +40,12 @@ class LiteRtSession:
 class LiteRt(Target):
     runtime = "litert"
     devices = ("cpu", "arm", "gpu")
-    accepts = ("tflite",)
     python_modules = ("ai_edge_litert", "tflite_runtime")
 
     def device_reason(self, device: str) -> str | None:
         if device == "gpu":
             return "the LiteRT GPU delegate is not part of the Python wheels; run GPU rows with a device build"
         return None
-
-    def files(self, runnable: Path) -> list[Path]:
-        note = io_note(runnable)
-        return [runnable, note] if note.is_file() else [runnable]
 
     def _interpreter(self, path: Path, threads: int | None = None) -> Any:
         module = importlib.import_module(f"{self.python_module}.interpreter")
@@ -83,7 +55,7 @@ class LiteRt(Target):
     def load(self, path: Path, device: str, threads: int, options: BaseModel) -> LiteRtSession:
         interpreter = self._interpreter(path, threads)
         interpreter.allocate_tensors()
-        names, nchw = _read_note(path)
+        names, nchw = read_io_note(path)
         inputs, outputs = _named_details(interpreter, names)
         return LiteRtSession(interpreter, threads, inputs, outputs, frozenset(nchw), names)
 
@@ -115,7 +87,7 @@ class LiteRt(Target):
     def signature(self, path: Path) -> Signature:
         """The file's inputs and outputs by signature name; an input noted as converted from NCHW is given NCHW,
         the way the data feeds it, and a native NHWC input stays NHWC."""
-        names, nchw = _read_note(path)
+        names, nchw = read_io_note(path)
         inputs, outputs = _named_details(self._interpreter(path), names)
         return Signature(
             inputs=[_spec(name, detail, name in nchw) for name, detail in inputs.items()],

@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from reports.schema import Signature, TensorSpec
-from targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
-from targets.feeds import Feeds
-from targets.registry import register
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
+from edgecraft.targets.feeds import Feeds
+from edgecraft.targets.registry import register
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "arm": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -21,7 +21,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "arm": "CPUExecutionProvider", "cuda
 class OnnxRuntime(Target):
     runtime = "onnxruntime"
     devices = tuple(PROVIDERS)
-    accepts = ("onnx",)
     python_modules = ("onnxruntime",)
 
     def device_reason(self, device: str) -> str | None:

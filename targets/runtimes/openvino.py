@@ -9,10 +9,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from reports.schema import Signature, TensorSpec
-from targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
-from targets.feeds import Feeds
-from targets.registry import register
+from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
+from edgecraft.targets.feeds import Feeds
+from edgecraft.targets.registry import register
 
 PLUGINS = {"cpu": "CPU", "arm": "CPU", "gpu": "GPU", "npu": "NPU"}
 
@@ -44,7 +44,6 @@ class OpenVinoSession:
 class OpenVino(Target):
     runtime = "openvino"
     devices = tuple(PLUGINS)
-    accepts = ("openvino", "onnx")
     python_modules = ("openvino",)
     options_model = OpenVinoOptions
 
@@ -64,9 +63,6 @@ class OpenVino(Target):
         target = out_dir / "model.xml"
         openvino.save_model(openvino.Core().read_model(str(source)), str(target), compress_to_fp16=False)
         return target
-
-    def files(self, runnable: Path) -> list[Path]:
-        return [runnable, runnable.with_suffix(".bin")]
 
     def load(self, path: Path, device: str, threads: int, options: OpenVinoOptions) -> OpenVinoSession:
         return self._compile(path, device, threads, options)

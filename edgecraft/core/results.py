@@ -1,26 +1,20 @@
 """The results.json schema: the contract between the runner that measures and the reports that read.
 
-It lives at the bottom of the import graph (pydantic only) so that ``reports`` can re-render any stored run
-without an ML framework installed.
+It lives in the core (pydantic only), below the measuring layers that write it and the reports that read it, so
+that ``reports`` can re-render any stored run without an ML framework installed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from reports.settings import ReportSettings, report_settings
+from edgecraft.core.signature import Signature, StrictModel
 
 SCHEMA_VERSION = 5  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
 # 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows;
 # 5: rows measured on remote devices (device, emulated) and the devices' descriptions
-
-
-class ResultsError(Exception):
-    """A run folder or results file that cannot be reported on; the message names the file and the field."""
 
 
 # Prefixes of ResultRow.warnings that the compare gate acts on; whoever writes such a warning starts it with these.
@@ -28,13 +22,7 @@ CONVERSION_WARNING = "conversion bug?"
 NOISE_WARNING = "noisy"
 
 
-class _Model(BaseModel):
-    # JSON has no NaN or infinity: one would be written as null and the file would no longer load. Refuse it here,
-    # where the field is named, rather than in the next command that reads the file.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class LatencyStats(_Model):
+class LatencyStats(StrictModel):
     """Latency of single-input synchronous inference, in milliseconds, over the warm timed runs.
 
     min, max, mean, std, IQR and p90/p95/p99 pool every timed sample of every process repetition; percentiles
@@ -62,44 +50,7 @@ class LatencyStats(_Model):
     )
 
 
-class TensorSpec(_Model):
-    """One named input or output of a model: the model's signature is a list of these.
-
-    ``shape`` keeps symbolic dimensions as names (``batch``, ``sequence``); ``layout`` says whether a 4-D input is
-    an image in NCHW or NHWC (only image inputs are ever transposed between runtimes); ``range`` bounds the
-    synthetic values drawn for it when there is no data (token ids within the vocabulary, images in [0, 1])."""
-
-    name: str
-    dtype: str | None = Field(None, description="numpy dtype name, e.g. float32, int64; None where unknown.")
-    shape: list[int | str | None] | None = Field(None, description="Dimensions; a name for a symbolic one.")
-    layout: Literal["NCHW", "NHWC"] | None = None
-    range: tuple[float, float] | None = None
-    kind: Literal["scores", "embedding", "values"] | None = Field(
-        None, description="What an output holds, where declared: evaluators refuse one that does not fit."
-    )
-
-    def describe(self) -> str:
-        dims = "×".join("?" if d is None else str(d) for d in self.shape) if self.shape is not None else "?"
-        layout = f" {self.layout}" if self.layout else ""
-        return f"{self.name}: {self.dtype or '?'} [{dims}]{layout}"
-
-
-class Signature(_Model):
-    """A model's named inputs and outputs, in the model's own order."""
-
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [spec.name for spec in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [spec.name for spec in self.outputs]
-
-
-class OutputFidelity(_Model):
+class OutputFidelity(StrictModel):
     """How far one output is from the same output of the fp32 reference."""
 
     max_abs_diff: float
@@ -107,7 +58,7 @@ class OutputFidelity(_Model):
     snr_db: float | None = Field(None, description="10·log10(Σref² / Σ(out − ref)²); None when the output is exact.")
 
 
-class Fidelity(_Model):
+class Fidelity(StrictModel):
     """Agreement of a variant's outputs with the fp32 reference on the evaluation split, over every output."""
 
     top1_agreement: float | None = Field(
@@ -118,7 +69,7 @@ class Fidelity(_Model):
     outputs: dict[str, OutputFidelity] = Field({}, description="Per output, by name; empty in older results.")
 
 
-class Quality(_Model):
+class Quality(StrictModel):
     """What an evaluator measured on a set of outputs: its headline metric (None, with the reason, where it
     cannot be measured) and every figure it computed."""
 
@@ -129,7 +80,7 @@ class Quality(_Model):
     not_measured: str | None = Field(None, description="Why there is no headline value.")
 
 
-class MemorySnapshot(_Model):
+class MemorySnapshot(StrictModel):
     """Resident memory of the benchmark process at the end of one phase, read between phases (never inside a
     timed loop). ``peak_mb`` is the high-water mark (VmHWM, else ru_maxrss); anonymous (heap) and file-backed
     (mapped libraries and model files) resident memory come from /proc/self/status where it exists."""
@@ -146,7 +97,7 @@ class MemorySnapshot(_Model):
     peak_over_import_mb: float = Field(description="peak_mb minus the peak after the runtime's bare import.")
 
 
-class Repetition(_Model):
+class Repetition(StrictModel):
     """One fresh benchmark process of a row: what it timed and how the phases ended."""
 
     index: int = Field(description="Round number (0-based); each round measures every row once, shuffled.")
@@ -168,7 +119,7 @@ class Repetition(_Model):
     )
 
 
-class Throughput(_Model):
+class Throughput(StrictModel):
     """A throughput measurement, separate from the single-stream latency: ``parallel`` requests, each with its
     own session and thread, run batches of ``batch_size`` for a fixed time."""
 
@@ -180,7 +131,7 @@ class Throughput(_Model):
     error: str | None = Field(None, description="Why this configuration could not run (e.g. a fixed batch size).")
 
 
-class OperatorTime(_Model):
+class OperatorTime(StrictModel):
     """One op type of an operator profile: how many nodes of it ran per inference and the time they took."""
 
     op_type: str = Field(description="The runtime's own name: ONNX Runtime op (after its fusions, e.g. QLinearConv), "
@@ -191,7 +142,7 @@ class OperatorTime(_Model):
     share: float | None = Field(None, ge=0, le=1, description="Their share of the summed op time.")
 
 
-class OperatorProfile(_Model):
+class OperatorProfile(StrictModel):
     """Where a row's inference time goes, op type by op type: measured once per row in a separate phase of the
     benchmark process, after the timed, throughput and accuracy passes, on a session of its own (never inside the
     timed runs, whose numbers it cannot change)."""
@@ -219,7 +170,7 @@ class OperatorProfile(_Model):
         return self.ops[:count]
 
 
-class Measurement(_Model):
+class Measurement(StrictModel):
     import_s: float = Field(description="Runtime import time (s): median over repetitions.")
     load_s: float = Field(description="Load and compile (cold start) time (s): median over repetitions.")
     first_inference_ms: float = Field(description="First inference after load (ms): median over repetitions.")
@@ -262,7 +213,7 @@ class Measurement(_Model):
         return self.quality.value
 
 
-class ResultRow(_Model):
+class ResultRow(StrictModel):
     """One (model, variant, target) combination."""
 
     model: str
@@ -290,7 +241,7 @@ class ResultRow(_Model):
     )
 
 
-class LayerSensitivity(_Model):
+class LayerSensitivity(StrictModel):
     """How much one quantizable layer matters to int8 accuracy, on the validation (calibration) split."""
 
     layer: str = Field(description="The layer's node name in the format quantized (ONNX node, OpenVINO op, TFLite tensor).")
@@ -302,7 +253,7 @@ class LayerSensitivity(_Model):
                                "(metric − all-int8 metric).")
 
 
-class AccuracyTrial(_Model):
+class AccuracyTrial(StrictModel):
     """One model the accuracy-aware search quantized and validated."""
 
     float_layers: int = Field(description="How many of the most sensitive layers it kept in float.")
@@ -310,7 +261,7 @@ class AccuracyTrial(_Model):
     error: float | None = Field(None, description="Output error against fp32: Σ(out − ref)² / Σref².")
 
 
-class AccuracyControl(_Model):
+class AccuracyControl(StrictModel):
     """An accuracy-aware int8 search: the sensitivity of each layer and which layers stayed float to keep the
     metric within ``max_drop`` of fp32. Judged on the calibration split, never on the evaluation split."""
 
@@ -331,7 +282,7 @@ class AccuracyControl(_Model):
     trials: list[AccuracyTrial] = []
 
 
-class PassRecord(_Model):
+class PassRecord(StrictModel):
     """What one pass did to one model."""
 
     model: str
@@ -349,7 +300,7 @@ def _not_prepared() -> Quality:
     return Quality(evaluator="none", metric="none", not_measured="the model was not prepared")
 
 
-class ModelRecord(_Model):
+class ModelRecord(StrictModel):
     """A model as it enters the variants (after the shared PyTorch passes): the fp32 reference every variant
     of it is compared with. A model that could not be prepared keeps only its name, source and ``failure``, so
     that the report can say why its rows are missing."""
@@ -378,7 +329,7 @@ class ModelRecord(_Model):
         return self.reference.value
 
 
-class RunResults(_Model):
+class RunResults(StrictModel):
     schema_version: int = SCHEMA_VERSION
     name: str
     created_at: str
@@ -400,36 +351,3 @@ class RunResults(_Model):
             if row.model not in known:
                 raise ValueError(f"rows[{index}].model {row.model!r} is not in models ({', '.join(sorted(known))})")
         return self
-
-
-def _problem(exc: ValidationError) -> str:
-    """The first error of a validation as ``field: message``, the field a dotted path from the top of the file."""
-    error = exc.errors(include_url=False)[0]
-    prefix = ("recipe", "report") if exc.title == ReportSettings.__name__ else ()
-    field = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
-    # A NaN or infinity written by a JSON library that allows them comes back as null.
-    hint = " (null: a NaN or an infinity?)" if error["type"] == "float_type" and error["input"] is None else ""
-    return f"{field}: {error['msg']}{hint}"
-
-
-def _validated(label: str, validate: Callable[[], RunResults]) -> RunResults:
-    try:
-        results = validate()
-        report_settings(results.recipe)  # fail now, naming the field, rather than halfway through rendering
-    except ValidationError as exc:
-        raise ResultsError(f"{label}: not a valid results file: {_problem(exc)}") from None
-    return results
-
-
-def load_results(run_dir: Path) -> RunResults:
-    """Read ``run_dir/results.json``; a missing or malformed file raises ``ResultsError`` naming the field."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ResultsError(f"{path}: not found (is {run_dir} a run folder?)")
-    return _validated(str(path), lambda: RunResults.model_validate_json(path.read_text(encoding="utf-8")))
-
-
-def check_results(results: RunResults, label: str) -> None:
-    """Check a run built or changed in memory as strictly as a loaded file (pydantic does not validate assignments,
-    so a NaN or a zero p50 set afterwards would slip through); ``ResultsError`` names ``label`` and the field."""
-    _validated(label, lambda: RunResults.model_validate(results.model_dump()))
