@@ -6,7 +6,6 @@ records them.
 
 from __future__ import annotations
 
-import os
 import platform
 from importlib import metadata
 from typing import Any
@@ -14,8 +13,20 @@ from typing import Any
 from edgecraft.core.cpu import cpu_info
 
 PACKAGES = (
-    "edgecraft", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
-    "tensorflow", "tensorflow-cpu", "ai-edge-litert", "tflite-runtime", "neural-compressor", "numpy",
+    "edgecraft",
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "nncf",
+    "tensorflow",
+    "tensorflow-cpu",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "neural-compressor",
+    "numpy",
 )
 
 

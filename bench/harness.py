@@ -20,10 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecraft.bench.evaluators import snr_db
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.bench.stats import latency_stats
-from edgecraft.bench.evaluators import snr_db
-from edgecraft.core.results import NOISE_WARNING, Fidelity, Measurement, MemorySnapshot, OperatorProfile, OutputFidelity, Quality, Repetition, Throughput
+from edgecraft.core.results import (
+    NOISE_WARNING,
+    Fidelity,
+    Measurement,
+    MemorySnapshot,
+    OperatorProfile,
+    OutputFidelity,
+    Quality,
+    Repetition,
+    Throughput,
+)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +64,7 @@ class MeasureJob:
     work_dir: Path
     # Measures every repetition somewhere else (a remote device's agent) and returns the workers' raw numbers,
     # its outputs written to ``work_dir/outputs.npz`` as a local worker writes them; None: a local process.
-    remote: Callable[["MeasureJob", BenchSettings], list[dict]] | None = None
+    remote: Callable[[MeasureJob, BenchSettings], list[dict]] | None = None
 
 
 def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Fidelity:
@@ -66,15 +76,21 @@ def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -
     for name, expected in reference.items():
         values = outputs[name]
         if values.shape != expected.shape:
-            raise MeasurementFailed(f"output {name!r} has shape {list(values.shape)}, the fp32 reference "
-                                    f"{list(expected.shape)}")
+            raise MeasurementFailed(
+                f"output {name!r} has shape {list(values.shape)}, the fp32 reference {list(expected.shape)}"
+            )
         broken = int(np.size(values) - np.isfinite(values).sum()) if values.dtype.kind == "f" else 0
         if broken:
             raise MeasurementFailed(f"output {name!r} holds {broken} NaN or infinite value(s) of {values.size}")
         diff = np.abs(values.astype(np.float64) - expected.astype(np.float64))
-        per_output[name] = OutputFidelity(max_abs_diff=float(diff.max(initial=0.0)), mean_abs_diff=float(diff.mean()),
-                                          snr_db=snr_db(expected, values))
-        total, elements, largest = total + float(diff.sum()), elements + diff.size, max(largest, float(diff.max(initial=0.0)))
+        per_output[name] = OutputFidelity(
+            max_abs_diff=float(diff.max(initial=0.0)), mean_abs_diff=float(diff.mean()), snr_db=snr_db(expected, values)
+        )
+        total, elements, largest = (
+            total + float(diff.sum()),
+            elements + diff.size,
+            max(largest, float(diff.max(initial=0.0))),
+        )
     first = next(iter(reference))
     scores = reference[first].ndim == 2 and reference[first].shape[1] > 1
     return Fidelity(
@@ -107,10 +123,22 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
         "accuracy": repetition == 0,
         "operator_profile": repetition == 0 and settings.operator_profile,
         "operator_profile_runs": settings.operator_profile_runs,
-        **settings.model_dump(include={
-            "threads", "warmup_runs", "warmup_s", "runs", "measure_s", "max_runs", "max_s", "pin_cpus",
-            "batch_sizes", "parallel_requests", "throughput_s", "eval_batch",
-        }),
+        **settings.model_dump(
+            include={
+                "threads",
+                "warmup_runs",
+                "warmup_s",
+                "runs",
+                "measure_s",
+                "max_runs",
+                "max_s",
+                "pin_cpus",
+                "batch_sizes",
+                "parallel_requests",
+                "throughput_s",
+                "eval_batch",
+            }
+        ),
     }
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(spec, indent=2))
@@ -235,8 +263,12 @@ def _throughput(raws: list[dict]) -> list[Throughput]:
         if not ran:
             merged.append(Throughput(**config, error=first["error"]))
             continue
-        merged.append(Throughput(**config, **{key: _median([r[key] for r in ran])
-                                               for key in ("items_per_s", "batch_latency_ms", "seconds")}))
+        merged.append(
+            Throughput(
+                **config,
+                **{key: _median([r[key] for r in ran]) for key in ("items_per_s", "batch_latency_ms", "seconds")},
+            )
+        )
     return merged
 
 
@@ -249,8 +281,10 @@ def _operator_profile(raws: list[dict]) -> OperatorProfile | None:
     try:
         return OperatorProfile.model_validate(raw)
     except ValueError as exc:
-        return OperatorProfile(source=str(raw.get("source", "?")) if isinstance(raw, dict) else "?",
-                               not_measured=f"the profile could not be read: {str(exc).splitlines()[0]}")
+        return OperatorProfile(
+            source=str(raw.get("source", "?")) if isinstance(raw, dict) else "?",
+            not_measured=f"the profile could not be read: {str(exc).splitlines()[0]}",
+        )
 
 
 def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
@@ -265,10 +299,22 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         Repetition(
             p50_ms=float(np.median(raw["samples_ms"])),
             runs=len(raw["samples_ms"]),
-            **{key: raw[key] for key in (
-                "index", "order", "warmup_runs", "warmup_s", "measure_s", "stopped_by", "import_s", "load_s",
-                "first_inference_ms", "cpus", "steal_fraction",
-            )},
+            **{
+                key: raw[key]
+                for key in (
+                    "index",
+                    "order",
+                    "warmup_runs",
+                    "warmup_s",
+                    "measure_s",
+                    "stopped_by",
+                    "import_s",
+                    "load_s",
+                    "first_inference_ms",
+                    "cpus",
+                    "steal_fraction",
+                )
+            },
         )
         for raw in raws
     ]
@@ -299,17 +345,25 @@ def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[st
     warnings = []
     half_width = (stats.p50_ci95[1] - stats.p50_ci95[0]) / 2 / stats.p50
     if half_width > MAX_CI_HALF_WIDTH:
-        warnings.append(f"{NOISE_WARNING}: the 95 % CI of the median is ±{100 * half_width:.1f} % "
-                        f"(over {100 * MAX_CI_HALF_WIDTH:g} %)")
+        warnings.append(
+            f"{NOISE_WARNING}: the 95 % CI of the median is ±{100 * half_width:.1f} % "
+            f"(over {100 * MAX_CI_HALF_WIDTH:g} %)"
+        )
     if stats.cv_across_repetitions is not None and stats.cv_across_repetitions > MAX_REPETITION_CV:
-        warnings.append(f"{NOISE_WARNING}: the {len(stats.repetition_p50)} process repetitions' medians vary by "
-                        f"{100 * stats.cv_across_repetitions:.1f} % (CV over {100 * MAX_REPETITION_CV:g} %)")
+        warnings.append(
+            f"{NOISE_WARNING}: the {len(stats.repetition_p50)} process repetitions' medians vary by "
+            f"{100 * stats.cv_across_repetitions:.1f} % (CV over {100 * MAX_REPETITION_CV:g} %)"
+        )
     capped = [r for r in measurement.repetitions if r.stopped_by != "minimums"]
     if capped:
         worst = min(capped, key=lambda r: r.runs)
-        warnings.append(f"capped: the timed phase hit its {worst.stopped_by} cap with {worst.runs} runs in "
-                        f"{worst.measure_s:.1f} s (minimums: {settings.runs} runs, {settings.measure_s:g} s)")
+        warnings.append(
+            f"capped: the timed phase hit its {worst.stopped_by} cap with {worst.runs} runs in "
+            f"{worst.measure_s:.1f} s (minimums: {settings.runs} runs, {settings.measure_s:g} s)"
+        )
     steals = [r.steal_fraction for r in measurement.repetitions if r.steal_fraction is not None]
     if steals and max(steals) > MAX_STEAL:
-        warnings.append(f"{NOISE_WARNING}: the hypervisor stole up to {100 * max(steals):.1f} % of CPU time while timing")
+        warnings.append(
+            f"{NOISE_WARNING}: the hypervisor stole up to {100 * max(steals):.1f} % of CPU time while timing"
+        )
     return warnings

@@ -19,13 +19,37 @@ ProfileName = Literal["quick", "default", "rigorous"]
 # What a profile decides; the other settings (threads, pinning, batch sizes, timeout) are the user's.
 PROFILES: dict[str, dict[str, Any]] = {
     # For tests and smoke runs: one process per row, a fraction of a second each. Not for decisions.
-    "quick": {"warmup_runs": 3, "warmup_s": 0.05, "runs": 20, "measure_s": 0.1, "max_runs": 20_000, "max_s": 5.0,
-              "repetitions": 1, "throughput_s": 0.1},
-    "default": {"warmup_runs": 20, "warmup_s": 0.5, "runs": 200, "measure_s": 1.0, "max_runs": 100_000,
-                "max_s": 30.0, "repetitions": 3, "throughput_s": 0.5},
+    "quick": {
+        "warmup_runs": 3,
+        "warmup_s": 0.05,
+        "runs": 20,
+        "measure_s": 0.1,
+        "max_runs": 20_000,
+        "max_s": 5.0,
+        "repetitions": 1,
+        "throughput_s": 0.1,
+    },
+    "default": {
+        "warmup_runs": 20,
+        "warmup_s": 0.5,
+        "runs": 200,
+        "measure_s": 1.0,
+        "max_runs": 100_000,
+        "max_s": 30.0,
+        "repetitions": 3,
+        "throughput_s": 0.5,
+    },
     # For numbers that get published: longer phases and five interleaved process repetitions.
-    "rigorous": {"warmup_runs": 50, "warmup_s": 2.0, "runs": 1000, "measure_s": 5.0, "max_runs": 1_000_000,
-                 "max_s": 60.0, "repetitions": 5, "throughput_s": 2.0},
+    "rigorous": {
+        "warmup_runs": 50,
+        "warmup_s": 2.0,
+        "runs": 1000,
+        "measure_s": 5.0,
+        "max_runs": 1_000_000,
+        "max_s": 60.0,
+        "repetitions": 5,
+        "throughput_s": 2.0,
+    },
 }
 
 
@@ -43,16 +67,22 @@ class BenchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     profile: ProfileName = Field("default", description="The profile the phase lengths and repetitions came from.")
-    threads: int = Field(1, gt=0, le=_MAX_THREADS, description="Intra-op threads of every runtime (ONNX Runtime "
-                         "intra-op, OpenVINO INFERENCE_NUM_THREADS with the latency hint and one stream, LiteRT "
-                         "num_threads).")
+    threads: int = Field(
+        1,
+        gt=0,
+        le=_MAX_THREADS,
+        description="Intra-op threads of every runtime (ONNX Runtime "
+        "intra-op, OpenVINO INFERENCE_NUM_THREADS with the latency hint and one stream, LiteRT "
+        "num_threads).",
+    )
     warmup_runs: int = Field(ge=0, le=_MAX_COUNT, description="Minimum warm-up inferences.")
     warmup_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Minimum warm-up duration (s).")
     runs: int = Field(gt=1, le=_MAX_COUNT, description="Minimum timed single-input inferences per process.")
     measure_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Minimum duration of the timed phase (s).")
     max_runs: int = Field(gt=1, le=_MAX_COUNT, description="Cap on the inferences of one phase (warm-up or timed).")
-    max_s: float = Field(gt=0, le=_MAX_PHASE_S,
-                         description="Cap on the duration of one phase (s), even below the minimum count.")
+    max_s: float = Field(
+        gt=0, le=_MAX_PHASE_S, description="Cap on the duration of one phase (s), even below the minimum count."
+    )
     repetitions: int = Field(ge=1, le=100, description="Fresh processes per row, in a shuffled order each round.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the shuffled order of each round (numpy's range).")
     pin_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -66,15 +96,19 @@ class BenchSettings(BaseModel):
     )
     throughput_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Duration of each throughput configuration (s).")
     eval_batch: int = Field(64, gt=0, le=_MAX_BATCH, description="Batch size of the accuracy pass (not timed).")
-    operator_profile: bool = Field(True, description="Profile each row per operator (ONNX Runtime's profiler, "
-                                   "OpenVINO's performance counters, LiteRT's op list) once, in the first repetition's "
-                                   "process after every timed pass, on a session of its own.")
-    operator_profile_runs: int = Field(10, gt=0, le=10_000, description="Profiled inferences per row (after 3 "
-                                       "untimed ones).")
+    operator_profile: bool = Field(
+        True,
+        description="Profile each row per operator (ONNX Runtime's profiler, "
+        "OpenVINO's performance counters, LiteRT's op list) once, in the first repetition's "
+        "process after every timed pass, on a session of its own.",
+    )
+    operator_profile_runs: int = Field(
+        10, gt=0, le=10_000, description="Profiled inferences per row (after 3 untimed ones)."
+    )
     timeout_s: float = Field(300, gt=0, le=86_400, description="A benchmark process running longer fails its row.")
 
     @model_validator(mode="after")
-    def _caps_above_minimums(self) -> "BenchSettings":
+    def _caps_above_minimums(self) -> BenchSettings:
         if self.max_runs < max(self.runs, self.warmup_runs):
             raise ValueError(f"max_runs ({self.max_runs}) is below runs or warmup_runs")
         return self

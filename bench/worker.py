@@ -108,11 +108,18 @@ def run_phase(
     return samples, elapsed, "minimums"
 
 
-def throughput(target: Any, sessions: list[Any], inputs: dict[str, np.ndarray], batch_size: int, seconds: float) -> dict:
+def throughput(
+    target: Any, sessions: list[Any], inputs: dict[str, np.ndarray], batch_size: int, seconds: float
+) -> dict:
     """Items per second with one thread per session, each running batches of ``batch_size`` for ``seconds``."""
     count = max(1, min(RING, feeds.count(inputs)) // batch_size)
-    batches = [{name: np.take(array, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")
-                for name, array in inputs.items()} for i in range(count)]
+    batches = [
+        {
+            name: np.take(array, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")
+            for name, array in inputs.items()
+        }
+        for i in range(count)
+    ]
     for session in sessions:  # warms each session at this batch size, and fails here if the model cannot take it
         target.run(session, batches[0])
     done = [0] * len(sessions)
@@ -217,8 +224,9 @@ def run_job(job: dict) -> dict:
     if job.get("operator_profile"):
         # Last of all, never inside a timed phase: profilers change how a session runs, so it gets its own.
         try:
-            operator_profile = target.profile(Path(job["model"]), job["device"], job["threads"], options, single,
-                                              job["operator_profile_runs"])
+            operator_profile = target.profile(
+                Path(job["model"]), job["device"], job["threads"], options, single, job["operator_profile_runs"]
+            )
         except Exception as exc:  # noqa: BLE001 - a profile that fails leaves the row's measurements standing
             operator_profile = {"source": target.runtime, "not_measured": f"profiling failed: {_brief(exc)}"}
     return {

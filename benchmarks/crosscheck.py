@@ -24,30 +24,61 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.reference import DEFAULT_FOLDER, Reference, build
 from edgecraft.bench.evaluators import EvaluatorSpec, evaluate
 from edgecraft.bench.harness import MeasureJob, measure
 from edgecraft.bench.settings import profile_settings
 from edgecraft.bench.stats import coefficient_of_variation
 from edgecraft.bench.worker import run_phase
-from benchmarks.reference import DEFAULT_FOLDER, Reference, build
 from edgecraft.targets import registry
 
 
 def _job(reference: Reference, work_dir: Path) -> MeasureJob:
     outputs = reference.reference_outputs()
     spec = EvaluatorSpec(type="agreement" if reference.labels is None else "classification")
-    return MeasureJob(reference.runtime, "cpu", {}, reference.path, reference.inputs, outputs,
-                      lambda out: evaluate(spec, out, outputs, reference.labels), work_dir)
+    return MeasureJob(
+        reference.runtime,
+        "cpu",
+        {},
+        reference.path,
+        reference.inputs,
+        outputs,
+        lambda out: evaluate(spec, out, outputs, reference.labels),
+        work_dir,
+    )
 
 
 def _benchmark_app_median_ms(xml: Path, shape: tuple[int, ...], threads: int, seconds: float, folder: Path) -> float:
     """benchmark_app's median latency with the settings the OpenVINO target compiles with: latency hint, one
     stream, ``threads`` inference threads, f32 precision, one synchronous request."""
     config = folder / "benchmark_app.json"
-    config.write_text(json.dumps({"CPU": {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                                          "INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": "f32"}}))
-    command = [str(Path(sys.executable).with_name("benchmark_app")), "-m", str(xml), "-d", "CPU", "-api", "sync",
-               "-load_config", str(config), "-data_shape", str(list(shape)).replace(" ", ""), "-t", f"{seconds:g}"]
+    config.write_text(
+        json.dumps(
+            {
+                "CPU": {
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "NUM_STREAMS": "1",
+                    "INFERENCE_NUM_THREADS": str(threads),
+                    "INFERENCE_PRECISION_HINT": "f32",
+                }
+            }
+        )
+    )
+    command = [
+        str(Path(sys.executable).with_name("benchmark_app")),
+        "-m",
+        str(xml),
+        "-d",
+        "CPU",
+        "-api",
+        "sync",
+        "-load_config",
+        str(config),
+        "-data_shape",
+        str(list(shape)).replace(" ", ""),
+        "-t",
+        f"{seconds:g}",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     match = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", completed.stdout)
     if completed.returncode != 0 or not match:
@@ -60,8 +91,15 @@ def benchmark_app(args: argparse.Namespace) -> int:
     """Our median vs benchmark_app's on the same IR with the same threads and hints, in many short alternating
     rounds so that drift of the machine hits both alike; the median of the per-round ratios must be within ±10 %."""
     references = build(args.model, args.folder, ["ov-fp32", "ov-int8"])
-    settings = profile_settings("default", repetitions=1, threads=args.threads, measure_s=args.seconds,
-                                max_s=args.seconds * 2, throughput_s=0, batch_sizes=[1])
+    settings = profile_settings(
+        "default",
+        repetitions=1,
+        threads=args.threads,
+        measure_s=args.seconds,
+        max_s=args.seconds * 2,
+        throughput_s=0,
+        batch_sizes=[1],
+    )
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for name, reference in references.items():
@@ -70,15 +108,19 @@ def benchmark_app(args: argparse.Namespace) -> int:
             for round_ in range(args.rounds):
                 ours.append(measure(_job(reference, Path(tmp) / f"{name}-{round_}"), settings).latency_ms.p50)
                 theirs.append(_benchmark_app_median_ms(reference.path, shape, args.threads, args.seconds, Path(tmp)))
-                print(f"  {name} round {round_ + 1}: ours {ours[-1]:.4f} ms, benchmark_app {theirs[-1]:.4f} ms, "
-                      f"ratio {ours[-1] / theirs[-1]:.3f}")
+                print(
+                    f"  {name} round {round_ + 1}: ours {ours[-1]:.4f} ms, benchmark_app {theirs[-1]:.4f} ms, "
+                    f"ratio {ours[-1] / theirs[-1]:.3f}"
+                )
             ratio = float(np.median(np.array(ours) / np.array(theirs)))
             ok = 0.9 <= ratio <= 1.1
             failed |= not ok
-            print(f"{args.model} {name}: ours {np.median(ours):.4f} ms, benchmark_app {np.median(theirs):.4f} ms "
-                  f"(medians over {args.rounds} rounds); median ratio ours / benchmark_app = {ratio:.3f} "
-                  f"({'ok' if ok else 'OUTSIDE'} 0.9–1.1); quietest rounds: {min(ours):.4f} / {min(theirs):.4f} ms "
-                  f"= {min(ours) / min(theirs):.3f}, ours − theirs = {1000 * (min(ours) - min(theirs)):+.1f} µs")
+            print(
+                f"{args.model} {name}: ours {np.median(ours):.4f} ms, benchmark_app {np.median(theirs):.4f} ms "
+                f"(medians over {args.rounds} rounds); median ratio ours / benchmark_app = {ratio:.3f} "
+                f"({'ok' if ok else 'OUTSIDE'} 0.9–1.1); quietest rounds: {min(ours):.4f} / {min(theirs):.4f} ms "
+                f"= {min(ours) / min(theirs):.3f}, ours − theirs = {1000 * (min(ours) - min(theirs)):+.1f} µs"
+            )
     return 1 if failed else 0
 
 
@@ -93,9 +135,11 @@ def cv(args: argparse.Namespace) -> int:
             medians.append(measure(_job(reference, Path(tmp) / str(repeat)), settings).latency_ms.p50)
             print(f"  bench {repeat + 1}: median {medians[-1]:.4f} ms")
     variation = coefficient_of_variation(medians)
-    print(f"{args.variant} on {reference.runtime}, {args.profile} profile: {args.repeats} benches, medians "
-          f"{min(medians):.4f}–{max(medians):.4f} ms, CV {100 * variation:.2f} % "
-          f"({'ok' if variation <= 0.05 else 'OVER'} 5 %)")
+    print(
+        f"{args.variant} on {reference.runtime}, {args.profile} profile: {args.repeats} benches, medians "
+        f"{min(medians):.4f}–{max(medians):.4f} ms, CV {100 * variation:.2f} % "
+        f"({'ok' if variation <= 0.05 else 'OVER'} 5 %)"
+    )
     return 0 if variation <= 0.05 else 1
 
 
@@ -121,8 +165,9 @@ def overhead(args: argparse.Namespace) -> int:
             runtime_latency.append(session.request.latency)
 
     def harness_block() -> list[int]:
-        samples, _, _ = run_phase(lambda i: target.run(session, singles[i % len(singles)]), args.runs, 0,
-                                  args.runs, 1e9)
+        samples, _, _ = run_phase(
+            lambda i: target.run(session, singles[i % len(singles)]), args.runs, 0, args.runs, 1e9
+        )
         return samples
 
     def bare_block() -> list[int]:
@@ -144,12 +189,16 @@ def overhead(args: argparse.Namespace) -> int:
     ratio = float(np.median(ours) / np.median(bare))
     ok = abs(ratio - 1) <= 0.05
     what = "session.run" if reference.runtime == "onnxruntime" else "request.infer()"
-    print(f"{args.model} {args.variant}: harness median {np.median(ours) / 1e3:.2f} µs, bare {what} median "
-          f"{np.median(bare) / 1e3:.2f} µs over {args.rounds} × {args.runs} alternating runs each: overhead "
-          f"{100 * (ratio - 1):+.2f} % ({'ok' if ok else 'OVER'} ±5 %)")
+    print(
+        f"{args.model} {args.variant}: harness median {np.median(ours) / 1e3:.2f} µs, bare {what} median "
+        f"{np.median(bare) / 1e3:.2f} µs over {args.rounds} × {args.runs} alternating runs each: overhead "
+        f"{100 * (ratio - 1):+.2f} % ({'ok' if ok else 'OVER'} ±5 %)"
+    )
     if runtime_latency:
-        print(f"  OpenVINO's own request.latency median {1e3 * np.median(runtime_latency):.2f} µs: a bare infer() "
-              f"call takes {np.median(bare) / 1e3 - 1e3 * np.median(runtime_latency):.1f} µs more than it reports")
+        print(
+            f"  OpenVINO's own request.latency median {1e3 * np.median(runtime_latency):.2f} µs: a bare infer() "
+            f"call takes {np.median(bare) / 1e3 - 1e3 * np.median(runtime_latency):.1f} µs more than it reports"
+        )
     return 0 if ok else 1
 
 
@@ -157,8 +206,15 @@ def profiling(args: argparse.Namespace) -> int:
     """The operator profile runs after the timed phases, on a session of its own: the harness's median with it on
     and off, in alternating benches of each variant, must agree within 5 % (median of the per-round ratios)."""
     references = build(args.model, args.folder, args.variants)
-    base = profile_settings("default", repetitions=1, threads=args.threads, measure_s=args.seconds,
-                            max_s=args.seconds * 2, throughput_s=0.1, batch_sizes=[1])
+    base = profile_settings(
+        "default",
+        repetitions=1,
+        threads=args.threads,
+        measure_s=args.seconds,
+        max_s=args.seconds * 2,
+        throughput_s=0.1,
+        batch_sizes=[1],
+    )
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for name, reference in references.items():
@@ -170,14 +226,18 @@ def profiling(args: argparse.Namespace) -> int:
                     assert (measured.operator_profile is not None) == enabled
                     into.append(measured.latency_ms.p50)
                 ratios.append(on[-1] / off[-1])
-                print(f"  {name} round {round_ + 1}: profile on {on[-1]:.4f} ms, off {off[-1]:.4f} ms, "
-                      f"ratio {ratios[-1]:.3f}")
+                print(
+                    f"  {name} round {round_ + 1}: profile on {on[-1]:.4f} ms, off {off[-1]:.4f} ms, "
+                    f"ratio {ratios[-1]:.3f}"
+                )
             ratio = float(np.median(ratios))
             ok = abs(ratio - 1) <= 0.05
             failed |= not ok
-            print(f"{args.model} {name}: median p50 with the operator profile {np.median(on):.4f} ms, without "
-                  f"{np.median(off):.4f} ms over {args.rounds} alternating rounds; median ratio on / off = {ratio:.3f} "
-                  f"({'ok' if ok else 'OUTSIDE'} ±5 %)")
+            print(
+                f"{args.model} {name}: median p50 with the operator profile {np.median(on):.4f} ms, without "
+                f"{np.median(off):.4f} ms over {args.rounds} alternating rounds; median ratio on / off = {ratio:.3f} "
+                f"({'ok' if ok else 'OUTSIDE'} ±5 %)"
+            )
     return 1 if failed else 0
 
 
@@ -221,8 +281,12 @@ _VMHWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')
 
 def _bare_peak(runtime: str, path: Path, threads: int, runs: int) -> tuple[float, float]:
     """(VmHWM after importing numpy, VmHWM at the end) of a bare process, in MiB."""
-    body = (_BARE[runtime].replace("__PATH__", repr(str(path))).replace("__THREADS__", str(threads))
-            .replace("__RUNS__", str(runs)))
+    body = (
+        _BARE[runtime]
+        .replace("__PATH__", repr(str(path)))
+        .replace("__THREADS__", str(threads))
+        .replace("__RUNS__", str(runs))
+    )
     code = f"import numpy as np\nbefore = {_VMHWM}\n{body}\nprint(before, {_VMHWM})"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -239,8 +303,10 @@ def memory(args: argparse.Namespace) -> int:
     references = build(args.model, args.folder, list(variants.values()))
     settings = profile_settings("quick", threads=args.threads, throughput_s=0, batch_sizes=[1], parallel_requests=[1])
     failed = False
-    print(f"{'model':<20}{'runtime':<13}{'model MiB':>10}{'import MiB':>11}{'sum':>8}{'bare peak':>10}"
-          f"{'bare base':>10}{'bare over':>10}{'ratio':>7}")
+    print(
+        f"{'model':<20}{'runtime':<13}{'model MiB':>10}{'import MiB':>11}{'sum':>8}{'bare peak':>10}"
+        f"{'bare base':>10}{'bare over':>10}{'ratio':>7}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for runtime, name in variants.items():
             reference = references[name]
@@ -250,9 +316,11 @@ def memory(args: argparse.Namespace) -> int:
             bare = peak - before
             ok = abs(ours - bare) <= max(0.10 * bare, 8.0)
             failed |= not ok
-            print(f"{args.model:<20}{runtime:<13}{measured.model_memory_mb:>10.1f}{measured.runtime_import_mb:>11.1f}"
-                  f"{ours:>8.1f}{peak:>10.1f}{before:>10.1f}{bare:>10.1f}{ours / bare:>7.2f}"
-                  f"  {'ok' if ok else 'OUTSIDE'} (10 % or 8 MiB)")
+            print(
+                f"{args.model:<20}{runtime:<13}{measured.model_memory_mb:>10.1f}{measured.runtime_import_mb:>11.1f}"
+                f"{ours:>8.1f}{peak:>10.1f}{before:>10.1f}{bare:>10.1f}{ours / bare:>7.2f}"
+                f"  {'ok' if ok else 'OUTSIDE'} (10 % or 8 MiB)"
+            )
     return 1 if failed else 0
 
 
@@ -280,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     resident.add_argument("--runs", type=int, default=200, help="inferences in the bare process")
     resident.set_defaults(handler=memory)
     profiled = checks.add_parser("profiling", help="harness median with the operator profile on vs off")
-    profiled.add_argument("--variants", nargs="+", default=["onnx-int8", "ov-int8"],
-                          choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"))
+    profiled.add_argument(
+        "--variants",
+        nargs="+",
+        default=["onnx-int8", "ov-int8"],
+        choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"),
+    )
     profiled.add_argument("--seconds", type=float, default=1.0, help="timed seconds per bench")
     profiled.add_argument("--rounds", type=int, default=6, help="alternating rounds (on, off / off, on)")
     profiled.set_defaults(handler=profiling)

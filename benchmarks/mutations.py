@@ -33,26 +33,49 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("no-channels-removed", "structured pruning that removes no channels", "compress/passes/pruning.py",
-             "        pruning_ratio=ratio,\n", "        pruning_ratio=0.0,\n",
-             ("tests/test_torch_passes.py::test_structured_pruning_removes_channels_and_leaves_the_input_model_alone",)),
-    Mutation("alpha-zero", "distillation with alpha = 0 (the teacher term dropped)", "compress/passes/distillation.py",
-             "temperature, alpha = config.temperature, config.alpha",
-             "temperature, alpha = config.temperature, 0.0",
-             ("tests/test_torch_passes.py::test_distillation_transfers_what_the_teacher_knows",)),
-    Mutation("calibration-skipped", "static quantization calibrated on one blank sample instead of the data",
-             "compress/passes/onnx_quantization.py", "                self._feeds = iter(samples)\n",
-             "                self._feeds = iter([{k: 0 * v for k, v in samples[0].items()}])\n",
-             ("tests/test_passes.py::test_static_int8_is_qdq_smaller_and_as_accurate",
-              "tests/test_passes.py::test_quantized_outputs_stay_close_to_fp32")),
-    Mutation("gate-ignores-accuracy", "a compare gate that ignores accuracy", "reports/compare.py",
-             "            if -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:",
-             "            if False and -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:",
-             ("tests/test_compare_gate.py",)),
-    Mutation("key-without-config", "a step-cache key without the pass config", "edgecraft/step_cache.py",
-             'return digest(input_key, step.name, config.model_dump(mode="json"),',
-             "return digest(input_key, step.name,",
-             ("tests/test_step_cache_safety.py",)),
+    Mutation(
+        "no-channels-removed",
+        "structured pruning that removes no channels",
+        "compress/passes/pruning.py",
+        "        pruning_ratio=ratio,\n",
+        "        pruning_ratio=0.0,\n",
+        ("tests/test_torch_passes.py::test_structured_pruning_removes_channels_and_leaves_the_input_model_alone",),
+    ),
+    Mutation(
+        "alpha-zero",
+        "distillation with alpha = 0 (the teacher term dropped)",
+        "compress/passes/distillation.py",
+        "temperature, alpha = config.temperature, config.alpha",
+        "temperature, alpha = config.temperature, 0.0",
+        ("tests/test_torch_passes.py::test_distillation_transfers_what_the_teacher_knows",),
+    ),
+    Mutation(
+        "calibration-skipped",
+        "static quantization calibrated on one blank sample instead of the data",
+        "compress/passes/onnx_quantization.py",
+        "                self._feeds = iter(samples)\n",
+        "                self._feeds = iter([{k: 0 * v for k, v in samples[0].items()}])\n",
+        (
+            "tests/test_passes.py::test_static_int8_is_qdq_smaller_and_as_accurate",
+            "tests/test_passes.py::test_quantized_outputs_stay_close_to_fp32",
+        ),
+    ),
+    Mutation(
+        "gate-ignores-accuracy",
+        "a compare gate that ignores accuracy",
+        "reports/compare.py",
+        "            if -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:",
+        "            if False and -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:",
+        ("tests/test_compare_gate.py",),
+    ),
+    Mutation(
+        "key-without-config",
+        "a step-cache key without the pass config",
+        "edgecraft/step_cache.py",
+        'return digest(input_key, step.name, config.model_dump(mode="json"),',
+        "return digest(input_key, step.name,",
+        ("tests/test_step_cache_safety.py",),
+    ),
 )
 
 
@@ -74,21 +97,25 @@ def check(mutation: Mutation) -> bool:
         env = {**os.environ, "PYTHONPATH": str(tree)}  # the mutated packages shadow the installed ones
         completed = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *mutation.tests],
-            cwd=tree, env=env, capture_output=True, text=True,
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
         )
     failed = sorted(set(re.findall(r"^FAILED (\S+)", completed.stdout, re.MULTILINE)))
     if failed:
         print(f"caught    {mutation.name}: {mutation.what}\n          by {', '.join(failed)}")
     else:
-        print(f"SURVIVED  {mutation.name}: {mutation.what} (exit {completed.returncode})\n"
-              f"{completed.stdout[-1500:]}")
+        print(f"SURVIVED  {mutation.name}: {mutation.what} (exit {completed.returncode})\n{completed.stdout[-1500:]}")
     return bool(failed)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mutations", description=__doc__.split("\n\n")[0])
     known = [m.name for m in MUTATIONS]
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"mutations to check (default: all): {', '.join(known)}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"mutations to check (default: all): {', '.join(known)}"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(known))
     if unknown:

@@ -55,16 +55,18 @@ class Reference:
         return [feeds.take(inputs, i, i + 1) for i in range(feeds.count(inputs))]
 
 
-def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[str] | None = None) -> dict[str, Reference]:
+def build(
+    model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[str] | None = None
+) -> dict[str, Reference]:
     """The variants ``names`` (default: all) of the built-in ``model``, built once per trained model into
     ``folder/model`` and reused while the trained weights are the same."""
     import torch
 
+    from edgecraft import data, model_source
     from edgecraft.compress import registry as passes
     from edgecraft.compress.base import Artifact, PassContext
-    from edgecraft.compress.zoo import REFERENCE_MODELS
-    from edgecraft import data, model_source
     from edgecraft.compress.onnx_export import export_torch
+    from edgecraft.compress.zoo import REFERENCE_MODELS
 
     names = names or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
@@ -72,8 +74,9 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
         raise ValueError(f"unknown reference variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     reference = REFERENCE_MODELS[model]
     # The built-in's own data (digits, or a pretrained model's bundled samples), split as a recipe splits it.
-    dataset = data.conform(data.load_source(reference.data, Path("."), reference.signature), reference.signature,
-                           f"model {model!r}")
+    dataset = data.conform(
+        data.load_source(reference.data, Path("."), reference.signature), reference.signature, f"model {model!r}"
+    )
     splits = data.split(dataset, (0.6, 0.2, 0.2), seed=0)
     network = model_source.builtin_model(model, splits.train, lambda *_: None)
     signature = model_source.with_outputs(network, reference.signature)
@@ -91,13 +94,19 @@ def build(model: str = "digits-cnn", folder: Path = DEFAULT_FOLDER, names: list[
     for name in names:
         if name in manifest and (root / manifest[name]).is_file():
             continue
-        runtime, entries = VARIANTS[name]
+        _, entries = VARIANTS[name]
         artifact = Artifact("onnx", signature, path=fp32)
         for index, entry in enumerate(entries):
             work_dir = root / name / f"{index}-{entry['type']}"
             work_dir.mkdir(parents=True, exist_ok=True)
-            context = PassContext(train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation,
-                                  work_dir=work_dir, cache_dir=root / "cache", seed=0)
+            context = PassContext(
+                train=splits.train,
+                calibration=splits.calibration,
+                evaluation=splits.evaluation,
+                work_dir=work_dir,
+                cache_dir=root / "cache",
+                seed=0,
+            )
             config = passes.passes()[entry["type"]].config_model(**entry)
             artifact = passes.get(entry["type"]).apply(artifact, config, context).artifact
         manifest[name] = str(artifact.path.relative_to(root))

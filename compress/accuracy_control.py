@@ -20,9 +20,10 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -45,21 +46,26 @@ class AccuracyAwareOptions(PassConfig):
     """The options every int8 pass shares for accuracy-aware quantization (its config subclasses this)."""
 
     max_drop: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Accuracy budget: keep the most sensitive layers in float until the evaluator's metric on the "
         "calibration split is at most this far below fp32 (0.01: one point of top-1). None: quantize every layer.",
     )
     sensitivity: bool = Field(
-        False, description="Rank every layer's sensitivity even when the budget is met (or no budget is set), for "
+        False,
+        description="Rank every layer's sensitivity even when the budget is met (or no budget is set), for "
         "the report's sensitivity panel.",
     )
     max_trials: int = Field(12, gt=0, description="Quantized models the accuracy-aware search tries at most.")
+
     def accuracy_aware(self) -> bool:
         """Whether any of these options asks for more than plain int8."""
         return self.max_drop is not None or self.sensitivity or self.first_last_float
 
     first_last_float: bool = Field(
-        False, description="Keep the first and the last quantized layer in float (the input stem and the "
+        False,
+        description="Keep the first and the last quantized layer in float (the input stem and the "
         "classifier, often the most sensitive), whatever the budget.",
     )
 
@@ -104,8 +110,10 @@ class Int8Format(ABC):
 
     target: str
     # How ``rank`` scores a layer, in words, for the report (a higher score: a more sensitive layer).
-    measure: str = ("share of the int8 model's output error (relative L2², against fp32) removed by keeping only "
-                    "this layer in float")
+    measure: str = (
+        "share of the int8 model's output error (relative L2², against fp32) removed by keeping only "
+        "this layer in float"
+    )
 
     @abstractmethod
     def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
@@ -119,8 +127,14 @@ class Int8Format(ABC):
         """``quantized`` with only ``layer`` computed in float (same calibration), for ranking."""
         raise NotImplementedError
 
-    def rank(self, quantized: Path, layers: list[Layer], judge: Callable[[Path], "Judgement"], work_dir: Path,
-             progress: Callable[[int], None]) -> dict[str, "Judgement"]:
+    def rank(
+        self,
+        quantized: Path,
+        layers: list[Layer],
+        judge: Callable[[Path], Judgement],
+        work_dir: Path,
+        progress: Callable[[int], None],
+    ) -> dict[str, Judgement]:
         """Each layer judged with only that layer in float in ``quantized``."""
         judged = {}
         for index, layer in enumerate(layers):
@@ -152,16 +166,22 @@ class Int8Format(ABC):
         return statistics.median(samples)
 
 
-def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwareOptions, work_dir: Path,
-           progress: Callable[[str, int, int], None]) -> tuple[Path, dict[str, Any] | None]:
+def search(
+    fmt: Int8Format,
+    validation: Validation | None,
+    options: AccuracyAwareOptions,
+    work_dir: Path,
+    progress: Callable[[str, int, int], None],
+) -> tuple[Path, dict[str, Any] | None]:
     """The quantized model to ship and the ``AccuracyControl`` record (None when the options ask for no budget,
     ranking or float layers). Raises ``AccuracyBudgetMissed`` when no model within ``max_trials`` meets the budget."""
     all_int8 = fmt.quantize([], work_dir / "all-int8")
     if not options.accuracy_aware():
         return all_int8, None
     if validation is None:
-        raise ValueError("accuracy-aware quantization needs the recipe's evaluator and calibration split "
-                         "(run it from a recipe)")
+        raise ValueError(
+            "accuracy-aware quantization needs the recipe's evaluator and calibration split (run it from a recipe)"
+        )
     data = validation.data.inputs
 
     def judge(path: Path) -> Judgement:
@@ -180,10 +200,17 @@ def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwar
     candidates = [layer for layer in layers if layer.name not in forced]
     ranked: list[tuple[Layer, float, float | None]] = []
     if needs_search or options.sensitivity:
-        judged = fmt.rank(start, candidates, judge, work_dir,
-                          lambda done: progress(f"sensitivity: layer {done}/{len(candidates)}", done, len(candidates)))
-        ranked = sorted(((layer, _score(judged[layer.name], baseline), judged[layer.name].metric)
-                         for layer in candidates), key=lambda item: (-item[1], -(item[2] or 0), item[0].name))
+        judged = fmt.rank(
+            start,
+            candidates,
+            judge,
+            work_dir,
+            lambda done: progress(f"sensitivity: layer {done}/{len(candidates)}", done, len(candidates)),
+        )
+        ranked = sorted(
+            ((layer, _score(judged[layer.name], baseline), judged[layer.name].metric) for layer in candidates),
+            key=lambda item: (-item[1], -(item[2] or 0), item[0].name),
+        )
     chosen, final, float_layers = start, baseline.metric, list(forced)
     if needs_search:
         order = [layer.name for layer, _, _ in ranked]
@@ -192,8 +219,12 @@ def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwar
             path = fmt.quantize(forced + order[:count], work_dir / f"float-{len(forced) + count}")
             judgement = judge(path)
             trials.append({"float_layers": len(forced) + count, "metric": judgement.metric, "error": judgement.error})
-            progress(f"accuracy-aware int8: {len(forced) + count} layer(s) in float, metric {judgement.metric:.4f} "
-                     f"(budget {budget:.4f})", len(trials), options.max_trials)
+            progress(
+                f"accuracy-aware int8: {len(forced) + count} layer(s) in float, metric {judgement.metric:.4f} "
+                f"(budget {budget:.4f})",
+                len(trials),
+                options.max_trials,
+            )
             return path, judgement.metric
 
         # At least one layer stays quantized: a model with every layer in float is fp32, not an int8 answer.
@@ -220,9 +251,16 @@ def search(fmt: Int8Format, validation: Validation | None, options: AccuracyAwar
         "layers": len(layers),
         "float_layers": float_layers,
         "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
-        "sensitivity": [{"layer": layer.name, "op_type": layer.op_type, "score": score, "metric": metric,
-                         "gain": None if metric is None else metric - baseline.metric}
-                        for layer, score, metric in ranked],
+        "sensitivity": [
+            {
+                "layer": layer.name,
+                "op_type": layer.op_type,
+                "score": score,
+                "metric": metric,
+                "gain": None if metric is None else metric - baseline.metric,
+            }
+            for layer, score, metric in ranked
+        ],
         "trials": trials,
     }
     if float_layers:
@@ -238,8 +276,9 @@ def _score(judgement: Judgement | LayerScore, baseline: Judgement) -> float:
     return (baseline.error - judgement.error) / baseline.error if baseline.error else 0.0
 
 
-def _fewest(attempt: Callable[[int], tuple[Path, float]], candidates: int, budget: float,
-            max_attempts: int) -> tuple[int, Path, float] | None:
+def _fewest(
+    attempt: Callable[[int], tuple[Path, float]], candidates: int, budget: float, max_attempts: int
+) -> tuple[int, Path, float] | None:
     """The fewest of the ranked layers in float that meet ``budget``: double the count until a model meets it,
     then bisect between the last miss and the first hit (each ``attempt`` quantizes and validates one model)."""
     met: dict[int, tuple[Path, float]] = {}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -45,11 +46,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
 
-    def subset(self, indices: np.ndarray) -> "Dataset":
-        return Dataset({name: array[indices] for name, array in self.inputs.items()},
-                       None if self.targets is None else self.targets[indices])
+    def subset(self, indices: np.ndarray) -> Dataset:
+        return Dataset(
+            {name: array[indices] for name, array in self.inputs.items()},
+            None if self.targets is None else self.targets[indices],
+        )
 
-    def head(self, count: int) -> "Dataset":
+    def head(self, count: int) -> Dataset:
         return self.subset(np.arange(min(count, len(self))))
 
     def samples(self) -> list[dict[str, np.ndarray]]:

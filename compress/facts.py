@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from edgecraft.compress.base import Dataset
 from edgecraft.core.signature import Signature
 

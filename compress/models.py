@@ -23,9 +23,7 @@ class DigitsCNN(nn.Module):
                 nn.ReLU(inplace=True),
             )
 
-        self.features = nn.Sequential(
-            block(1, width, 1), block(width, 2 * width, 2), block(2 * width, 4 * width, 2)
-        )
+        self.features = nn.Sequential(block(1, width, 1), block(width, 2 * width, 2), block(2 * width, 4 * width, 2))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(4 * width, num_classes)
 

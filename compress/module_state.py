@@ -37,15 +37,15 @@ def save_module(model: Any, path: Path) -> None:
 
     state = {}
     for name, module in model.named_modules():
-        attributes = {
-            key: value for key, value in vars(module).items() if not key.startswith("_") and _plain(value)
-        }
+        attributes = {key: value for key, value in vars(module).items() if not key.startswith("_") and _plain(value)}
         state[name] = {
             "class": _class_name(module),
-            "parameters": {key: None if value is None else value.detach().clone()
-                           for key, value in module._parameters.items()},
-            "buffers": {key: None if value is None else value.detach().clone()
-                        for key, value in module._buffers.items()},
+            "parameters": {
+                key: None if value is None else value.detach().clone() for key, value in module._parameters.items()
+            },
+            "buffers": {
+                key: None if value is None else value.detach().clone() for key, value in module._buffers.items()
+            },
             "attributes": attributes,
         }
     torch.save(state, path)

@@ -42,8 +42,13 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
     graph = exported.graph
     initializers = {init.name for init in graph.initializer}
     inputs = [value.name for value in graph.input if value.name not in initializers]
-    rename_io(exported, {**dict(zip(inputs, signature.input_names)),
-                         **dict(zip([value.name for value in graph.output], signature.output_names))})
+    rename_io(
+        exported,
+        {
+            **dict(zip(inputs, signature.input_names)),
+            **dict(zip([value.name for value in graph.output], signature.output_names)),
+        },
+    )
     import onnx
 
     onnx.save(exported, str(path))

@@ -45,7 +45,9 @@ def without_qdq(onnx_path: Path, out_path: Path) -> int:
             shape = [1] * values.ndim
             if np.ndim(scale) == 1 and values.ndim:
                 shape[axis] = -1
-            folded.append(numpy_helper.from_array((values - np.reshape(zero, shape)) * np.reshape(scale, shape), node.output[0]))
+            folded.append(
+                numpy_helper.from_array((values - np.reshape(zero, shape)) * np.reshape(scale, shape), node.output[0])
+            )
             dropped.append(node)
         elif source in producers and producers[source].op_type == "QuantizeLinear":  # fake-quant pair: bypass
             rename[node.output[0]] = producers[source].input[0]

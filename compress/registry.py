@@ -5,8 +5,7 @@ from __future__ import annotations
 from edgecraft.compress.base import Pass, PassConfig
 from edgecraft.core.registry import Registry
 
-PASSES: Registry[type[Pass]] = Registry("pass", "passes", key=lambda cls: cls.name,
-                                        package="edgecraft.compress.passes")
+PASSES: Registry[type[Pass]] = Registry("pass", "passes", key=lambda cls: cls.name, package="edgecraft.compress.passes")
 register = PASSES.register
 
 

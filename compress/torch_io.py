@@ -37,7 +37,9 @@ def default_output_names(count: int) -> list[str]:
     return ["logits"] if count == 1 else [f"output_{index}" for index in range(count)]
 
 
-def predict(model: Any, feeds: dict[str, np.ndarray], signature: Signature, batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict(
+    model: Any, feeds: dict[str, np.ndarray], signature: Signature, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """Every output of ``model`` in eval mode on ``feeds``, as numpy, by name (float outputs as float32)."""
     import torch
 
@@ -84,8 +86,11 @@ def _size(dim: Any, axis: int, batch: int | None) -> int:
 
 def symbolic_axes(spec: TensorSpec) -> dict[int, str]:
     """The axes of an input that stay dynamic in exports, with their names (``batch``, ``sequence``, ...)."""
-    return {axis: str(dim) if dim else f"{spec.name}_{axis}" for axis, dim in enumerate(spec.shape or [])
-            if not isinstance(dim, int)}
+    return {
+        axis: str(dim) if dim else f"{spec.name}_{axis}"
+        for axis, dim in enumerate(spec.shape or [])
+        if not isinstance(dim, int)
+    }
 
 
 def output_specs(model: Any, signature: Signature, names: list[str] | None = None) -> list[TensorSpec]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,12 +27,16 @@ def require_class_labels(data: Dataset, signature: Signature, what: str) -> None
     if not len(data):
         raise NotTrainable(f"{what} trains on the train split, which is empty (data.splits.train is 0)")
     if len(signature.outputs) > 1:
-        raise NotTrainable(f"{what} fits one [batch, classes] output to class labels; the model has "
-                           f"{len(signature.outputs)} outputs {signature.output_names}, whose losses it cannot know")
+        raise NotTrainable(
+            f"{what} fits one [batch, classes] output to class labels; the model has "
+            f"{len(signature.outputs)} outputs {signature.output_names}, whose losses it cannot know"
+        )
     first = signature.outputs[0] if signature.outputs else None
     if first is not None and first.shape is not None and len(first.shape) != 2:
-        raise NotTrainable(f"{what} fits the first output to class labels, but {first.name!r} has shape "
-                           f"{first.shape} (outputs: {signature.output_names})")
+        raise NotTrainable(
+            f"{what} fits the first output to class labels, but {first.name!r} has shape "
+            f"{first.shape} (outputs: {signature.output_names})"
+        )
 
 
 def first_output(model: nn.Module, inputs: list[torch.Tensor], signature: Signature) -> torch.Tensor:
@@ -52,8 +56,14 @@ def train(
     Written here rather than taken from a trainer library because it is ten lines and every training-based
     pass (fine-tuning, distillation, QAT) needs the same loop with a different loss.
     """
-    return fit(model, data, signature, config,
-               loss_fn=lambda logits, _inputs, labels: nn.functional.cross_entropy(logits, labels), on_epoch=on_epoch)
+    return fit(
+        model,
+        data,
+        signature,
+        config,
+        loss_fn=lambda logits, _inputs, labels: nn.functional.cross_entropy(logits, labels),
+        on_epoch=on_epoch,
+    )
 
 
 def fit(

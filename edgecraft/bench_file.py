@@ -9,30 +9,32 @@ target (there is no PyTorch model to compare with).
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 
-from edgecraft.bench.environment import environment
+from edgecraft import data as datasets
+from edgecraft import devices
 from edgecraft.bench import evaluators
+from edgecraft.bench.environment import environment
 from edgecraft.bench.settings import BenchSettings
-from edgecraft import data as datasets, devices
-from edgecraft.devices import RemoteDevice
+from edgecraft.compress.base import Dataset
+from edgecraft.core import formats
 from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.results import ModelRecord, Quality, ResultRow, RunResults
+from edgecraft.core.signature import Signature
+from edgecraft.devices import RemoteDevice
 from edgecraft.recipe import TargetEntry
 from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.runner import progress_bar
-from edgecraft.compress.base import Dataset
-from edgecraft.core import formats
-from edgecraft.core.results import ModelRecord, Quality, ResultRow, RunResults
-from edgecraft.core.signature import Signature
 from edgecraft.targets import feeds
 from edgecraft.targets import registry as target_registry
+
 
 def _format(path: Path) -> str:
     if not path.is_file():
@@ -51,8 +53,9 @@ def _default_target(fmt: str) -> str:
     return f"{formats.get(fmt).runtimes[0]}:cpu"
 
 
-def _targets(texts: list[str], fmt: str, path: Path, device: str | None,
-             known: dict[str, RemoteDevice]) -> list[TargetEntry]:
+def _targets(
+    texts: list[str], fmt: str, path: Path, device: str | None, known: dict[str, RemoteDevice]
+) -> list[TargetEntry]:
     """The ``--target`` entries, each sent to ``--device`` when one is given (``runtime:device@name``)."""
     entries = []
     for text in texts or [_default_target(fmt)]:
@@ -69,7 +72,8 @@ def _targets(texts: list[str], fmt: str, path: Path, device: str | None,
         accepts = formats.loaded_by(entry.spec.runtime)
         if fmt not in accepts:
             raise EdgecraftError(
-                f"--target {entry.label}: {entry.spec.runtime} runs {' or '.join(accepts)} models, not {path.name} ({fmt})"
+                f"--target {entry.label}: {entry.spec.runtime} runs {' or '.join(accepts)} models, "
+                f"not {path.name} ({fmt})"
             )
         if entry.label in [e.label for e in entries]:
             raise EdgecraftError(f"--target {entry.label} is given twice")
@@ -86,8 +90,9 @@ def _data(path: Path, inputs: Path | None, signature: Signature) -> tuple[Datase
     ``targets``), else synthetic inputs drawn from the model's signature (no targets: nothing to score)."""
     if inputs is not None:
         if inputs.suffix != ".npz":
-            raise EdgecraftError(f"--inputs {inputs}: expected an .npz file with one array per model input "
-                                 "(and optionally 'targets')")
+            raise EdgecraftError(
+                f"--inputs {inputs}: expected an .npz file with one array per model input (and optionally 'targets')"
+            )
         dataset = datasets.load_source(str(inputs), Path("."), signature)
         return datasets.conform(dataset, signature, f"--inputs {inputs}"), str(inputs)
     vocabulary = _vocabularies(path) if path.suffix.lower() == ".onnx" else {}
@@ -106,8 +111,11 @@ def _vocabularies(path: Path) -> dict[str, int]:
     graph = onnx.load(str(path), load_external_data=False).graph
     tables = {init.name: init.dims[0] for init in graph.initializer if init.dims}
     inputs = {i.name for i in graph.input}
-    return {node.input[1]: int(tables[node.input[0]]) for node in graph.node
-            if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in inputs}
+    return {
+        node.input[1]: int(tables[node.input[0]])
+        for node in graph.node
+        if node.op_type == "Gather" and node.input[0] in tables and node.input[1] in inputs
+    }
 
 
 def _reference_target(entries: list[TargetEntry], fmt: str) -> TargetEntry:
@@ -117,18 +125,23 @@ def _reference_target(entries: list[TargetEntry], fmt: str) -> TargetEntry:
     for entry in local:
         if not target_registry.get(entry.spec.runtime).unavailable_reason(entry.spec.device):
             return entry
-    raise EdgecraftError(f"none of {', '.join(e.label for e in local)} can run on this machine to compute the "
-                         "reference outputs (see `edgecraft targets`)")
+    raise EdgecraftError(
+        f"none of {', '.join(e.label for e in local)} can run on this machine to compute the "
+        "reference outputs (see `edgecraft targets`)"
+    )
 
 
 def _reference(path: Path, entry: TargetEntry, inputs: dict[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
     """The file's own outputs on the first target, in this process; a model that rejects the inputs stops here."""
     try:
-        return reference_outputs(target_registry.get(entry.spec.runtime), path, entry.spec.device, entry.options,
-                                 inputs, threads)
+        return reference_outputs(
+            target_registry.get(entry.spec.runtime), path, entry.spec.device, entry.options, inputs, threads
+        )
     except Exception as exc:  # noqa: BLE001 - the runtime's message is what the user needs
         shapes = ", ".join(f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in inputs.items())
-        raise EdgecraftError(f"{path}: {entry.label} cannot run it on inputs {shapes} (plus batch): {brief(exc)}") from None
+        raise EdgecraftError(
+            f"{path}: {entry.label} cannot run it on inputs {shapes} (plus batch): {brief(exc)}"
+        ) from None
 
 
 def _scoring(
@@ -186,8 +199,17 @@ def bench_file(
     device_links = devices.links(remote_devices)
     for entry in entries:
         row = ResultRow(model=name, variant=model.name, target=entry.label, status="failed", lossless=True)
-        row, job = export_row(row, entry, model, fmt, run_dir / "models" / folder_name(entry.label), run_dir,
-                              settings, evaluation, device_links)
+        row, job = export_row(
+            row,
+            entry,
+            model,
+            fmt,
+            run_dir / "models" / folder_name(entry.label),
+            run_dir,
+            settings,
+            evaluation,
+            device_links,
+        )
         if job:
             pending.append(Pending(len(rows), job, lossless=False))  # no independent reference to check drift against
         rows.append(row)
@@ -198,7 +220,7 @@ def bench_file(
     command_line = shlex.join(["edgecraft", "bench", *(command or [str(model)])])
     results = RunResults(
         name=f"bench-{name}",
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         recipe={
             "name": f"bench-{name}",
             "models": [{"file": str(model.resolve())}],
@@ -210,11 +232,17 @@ def bench_file(
         recipe_text=command_line + "\n",
         environment=machine,
         benchmark=settings.model_dump(mode="json"),
-        models=[ModelRecord(name=name, source=str(model.resolve()), signature=signature,
-                            data_shapes=feeds.measured_shapes(dataset.inputs),
-                            data_notes=[f"{len(dataset)} samples, {data_origin}"],
-                            evaluation_data=datasets.fingerprint(dataset),
-                            reference=score(reference))],
+        models=[
+            ModelRecord(
+                name=name,
+                source=str(model.resolve()),
+                signature=signature,
+                data_shapes=feeds.measured_shapes(dataset.inputs),
+                data_notes=[f"{len(dataset)} samples, {data_origin}"],
+                evaluation_data=datasets.fingerprint(dataset),
+                reference=score(reference),
+            )
+        ],
         passes=[],
         rows=rows,
         devices={name: link.description for name, link in device_links.items() if link.description},

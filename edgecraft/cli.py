@@ -1,4 +1,7 @@
-"""The ``edgecraft`` command line. Heavy libraries (torch, runtimes) are imported only by the commands that need them."""
+"""The ``edgecraft`` command line.
+
+Heavy libraries (torch, runtimes) are imported only by the commands that need them.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from pathlib import Path
 
 from edgecraft.bench.agent.commands import add_agent_commands
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.tune.commands import add_tune_commands
 from edgecraft.reports.settings import GateThresholds
+from edgecraft.tune.commands import add_tune_commands
 
 OUR_PACKAGES = ("edgecraft",)
 
@@ -20,8 +23,14 @@ OUR_PACKAGES = ("edgecraft",)
 def _run(args: argparse.Namespace) -> int:
     from edgecraft.api import run
 
-    result = run(args.recipe, output_dir=args.output_dir, profile=args.profile, pin_cpus=args.pin,
-                 price_per_hour=args.price_per_hour, use_cache=not args.no_cache)
+    result = run(
+        args.recipe,
+        output_dir=args.output_dir,
+        profile=args.profile,
+        pin_cpus=args.pin,
+        price_per_hour=args.price_per_hour,
+        use_cache=not args.no_cache,
+    )
     if args.track or args.mlflow_uri:
         from edgecraft.tune.tracking import track_run
 
@@ -37,10 +46,18 @@ def _bench(args: argparse.Namespace) -> int:
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
     remote_devices = _devices_file(args.devices, needed=args.device is not None or any("@" in t for t in args.target))
-    run_dir = bench_file(args.model, args.target, settings, inputs=args.inputs, evaluator=args.evaluator,
-                         output_dir=args.output_dir, price_per_hour=args.price_per_hour,
-                         command=args.argv[args.argv.index("bench") + 1 :], device=args.device,
-                         remote_devices=remote_devices)
+    run_dir = bench_file(
+        args.model,
+        args.target,
+        settings,
+        inputs=args.inputs,
+        evaluator=args.evaluator,
+        output_dir=args.output_dir,
+        price_per_hour=args.price_per_hour,
+        command=args.argv[args.argv.index("bench") + 1 :],
+        device=args.device,
+        remote_devices=remote_devices,
+    )
     print(run_dir / "report.html")
     return 0
 
@@ -52,8 +69,10 @@ def _devices_file(path: Path | None, needed: bool) -> dict:
     path = path or (Path(os.environ["EDGECRAFT_DEVICES"]) if os.environ.get("EDGECRAFT_DEVICES") else None)
     if path is None:
         if needed:
-            raise EdgecraftError("a remote device needs its definition: --devices FILE (a recipe with 'devices:', "
-                                 "or a file of them), or EDGECRAFT_DEVICES=FILE")
+            raise EdgecraftError(
+                "a remote device needs its definition: --devices FILE (a recipe with 'devices:', "
+                "or a file of them), or EDGECRAFT_DEVICES=FILE"
+            )
         return {}
     return load_devices(path)
 
@@ -72,9 +91,16 @@ def _devices(args: argparse.Namespace) -> int:
             continue
         description = link.description
         cpu = description.get("cpu", {})
-        machine = " · ".join(str(part) for part in (
-            cpu.get("machine"), cpu.get("model"), f"{cpu.get('logical_cores')} cores",
-            f"{cpu.get('memory_mb')} MB" if cpu.get("memory_mb") else None) if part)
+        machine = " · ".join(
+            str(part)
+            for part in (
+                cpu.get("machine"),
+                cpu.get("model"),
+                f"{cpu.get('logical_cores')} cores",
+                f"{cpu.get('memory_mb')} MB" if cpu.get("memory_mb") else None,
+            )
+            if part
+        )
         runs = ", ".join(target for target, reason in description.get("targets", {}).items() if reason is None)
         print(f"{name}: reachable at {link.config.url}")
         print(f"    machine: {machine}")
@@ -106,16 +132,32 @@ def _positive(text: str) -> float:
 def _protocol_options(parser: argparse.ArgumentParser) -> None:
     """The benchmark options shared by ``run`` and ``bench``."""
     profiles = parser.add_mutually_exclusive_group()
-    profiles.add_argument("--quick", dest="profile", action="store_const", const="quick",
-                          help="quick profile: a fraction of a second per row, one process; for smoke tests, not "
-                          "for decisions")
-    profiles.add_argument("--rigorous", dest="profile", action="store_const", const="rigorous",
-                          help="rigorous profile: longer phases, five interleaved process repetitions; for "
-                          "publication")
-    parser.add_argument("--pin", type=_cpus, metavar="CPUS",
-                        help="pin every benchmark process to these CPUs, e.g. 1 or 2-3 (recorded with the results)")
-    parser.add_argument("--price-per-hour", type=_positive, metavar="P",
-                        help="machine price per hour: adds cost per 1M predictions next to throughput")
+    profiles.add_argument(
+        "--quick",
+        dest="profile",
+        action="store_const",
+        const="quick",
+        help="quick profile: a fraction of a second per row, one process; for smoke tests, not for decisions",
+    )
+    profiles.add_argument(
+        "--rigorous",
+        dest="profile",
+        action="store_const",
+        const="rigorous",
+        help="rigorous profile: longer phases, five interleaved process repetitions; for publication",
+    )
+    parser.add_argument(
+        "--pin",
+        type=_cpus,
+        metavar="CPUS",
+        help="pin every benchmark process to these CPUs, e.g. 1 or 2-3 (recorded with the results)",
+    )
+    parser.add_argument(
+        "--price-per-hour",
+        type=_positive,
+        metavar="P",
+        help="machine price per hour: adds cost per 1M predictions next to throughput",
+    )
 
 
 def _recipe_schema(args: argparse.Namespace) -> int:
@@ -129,8 +171,10 @@ def _recipe_validate(args: argparse.Namespace) -> int:
     from edgecraft.recipe import load_recipe
 
     recipe, _ = load_recipe(args.recipe)
-    print(f"{args.recipe}: ok ({len(recipe.models)} model(s), {len(recipe.variants)} variant(s), "
-          f"{len(recipe.targets)} target(s))")
+    print(
+        f"{args.recipe}: ok ({len(recipe.models)} model(s), {len(recipe.variants)} variant(s), "
+        f"{len(recipe.targets)} target(s))"
+    )
     return 0
 
 
@@ -178,7 +222,11 @@ def _targets(args: argparse.Namespace) -> int:
         target = cls()
         for device in cls.devices:
             reason = target.unavailable_reason(device)
-            table.add_row(f"{runtime}:{device}", ", ".join(formats.loaded_by(runtime)), "yes" if reason is None else f"no: {reason}")
+            table.add_row(
+                f"{runtime}:{device}",
+                ", ".join(formats.loaded_by(runtime)),
+                "yes" if reason is None else f"no: {reason}",
+            )
     Console(width=200).print(table)
     return 0
 
@@ -211,40 +259,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does and skips")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a recipe and write results.json and report.html",
-                              description="Run a recipe: build or load the models, apply the passes, export every "
-                                          "variant to every target, measure them and write a run folder.")
+    run = commands.add_parser(
+        "run",
+        help="run a recipe and write results.json and report.html",
+        description="Run a recipe: build or load the models, apply the passes, export every "
+        "variant to every target, measure them and write a run folder.",
+    )
     run.add_argument("recipe", type=Path, help="recipe YAML file")
-    run.add_argument("--output-dir", type=Path, help="where to create the run folder (default: the recipe's output_dir)")
+    run.add_argument(
+        "--output-dir", type=Path, help="where to create the run folder (default: the recipe's output_dir)"
+    )
     _protocol_options(run)
-    run.add_argument("--no-cache", action="store_true",
-                     help="recompute every pass step instead of reusing finished ones from the step cache")
-    run.add_argument("--track", action="store_true",
-                     help="log the run to MLflow: parameters, every row's figures, report and model files")
-    run.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI for --track (default: "
-                     "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here); implies --track")
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every pass step instead of reusing finished ones from the step cache",
+    )
+    run.add_argument(
+        "--track",
+        action="store_true",
+        help="log the run to MLflow: parameters, every row's figures, report and model files",
+    )
+    run.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="MLflow tracking URI for --track (default: "
+        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here); implies --track",
+    )
     run.set_defaults(handler=_run)
 
     bench = commands.add_parser(
-        "bench", help="benchmark an ONNX, OpenVINO IR or TFLite file without a recipe",
+        "bench",
+        help="benchmark an ONNX, OpenVINO IR or TFLite file without a recipe",
         description="Measure a ready model file on one or more targets with the benchmark protocol, on real "
         "inputs (--inputs) or synthetic ones drawn from its signature, and write a run folder with "
-        "results.json and report.html.")
+        "results.json and report.html.",
+    )
     bench.add_argument("model", type=Path, help="model file: .onnx, .xml (OpenVINO IR, .bin beside it) or .tflite")
-    bench.add_argument("--target", action="append", default=[], metavar="RUNTIME:DEVICE",
-                       help="target to measure on; repeat for several (default: the format's CPU runtime)")
-    bench.add_argument("--inputs", type=Path, metavar="NPZ",
-                       help=".npz file with one array per model input, by name, and optional 'targets' (default: "
-                       "synthetic inputs drawn from the model's signature; accuracy is then not measured)")
-    bench.add_argument("--evaluator", metavar="NAME",
-                       help="classification, agreement, embedding, regression or module:function (default: "
-                       "classification when --inputs has class targets)")
+    bench.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="RUNTIME:DEVICE",
+        help="target to measure on; repeat for several (default: the format's CPU runtime)",
+    )
+    bench.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="NPZ",
+        help=".npz file with one array per model input, by name, and optional 'targets' (default: "
+        "synthetic inputs drawn from the model's signature; accuracy is then not measured)",
+    )
+    bench.add_argument(
+        "--evaluator",
+        metavar="NAME",
+        help="classification, agreement, embedding, regression or module:function (default: "
+        "classification when --inputs has class targets)",
+    )
     bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
-    bench.add_argument("--device", metavar="NAME",
-                       help="measure every target on this remote device's agent (defined in --devices FILE)")
-    bench.add_argument("--devices", type=Path, metavar="FILE",
-                       help="remote device definitions: a recipe with a 'devices:' section or a file of them "
-                       "(default: $EDGECRAFT_DEVICES)")
+    bench.add_argument(
+        "--device",
+        metavar="NAME",
+        help="measure every target on this remote device's agent (defined in --devices FILE)",
+    )
+    bench.add_argument(
+        "--devices",
+        type=Path,
+        metavar="FILE",
+        help="remote device definitions: a recipe with a 'devices:' section or a file of them "
+        "(default: $EDGECRAFT_DEVICES)",
+    )
     bench.add_argument("--output-dir", type=Path, default=Path("runs"), help="where to create the run folder")
     _protocol_options(bench)
     bench.set_defaults(handler=_bench)
@@ -253,11 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(handler=_targets)
 
     devices = commands.add_parser(
-        "devices", help="list the remote devices a recipe or devices file names: reachable or not, what they run",
+        "devices",
+        help="list the remote devices a recipe or devices file names: reachable or not, what they run",
         description="Ask each configured device's agent what it is and what it can run. Exit 1 when a device is "
-        "not reachable.")
-    devices.add_argument("file", type=Path, nargs="?", metavar="FILE",
-                         help="a recipe with a 'devices:' section, or a file of them (default: $EDGECRAFT_DEVICES)")
+        "not reachable.",
+    )
+    devices.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        metavar="FILE",
+        help="a recipe with a 'devices:' section, or a file of them (default: $EDGECRAFT_DEVICES)",
+    )
     devices.set_defaults(handler=_devices)
 
     add_agent_commands(commands)
@@ -283,17 +374,28 @@ def build_parser() -> argparse.ArgumentParser:
         "to judge (inconclusive) or is missing from the candidate, 2 on bad input or runs that are not comparable.",
     )
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder, or: compare BASELINE CANDIDATE")
-    report.add_argument("--price-per-hour", type=float, metavar="P",
-                        help="machine price per hour: adds cost per 1M predictions (default: the recipe's)")
+    report.add_argument(
+        "--price-per-hour",
+        type=float,
+        metavar="P",
+        help="machine price per hour: adds cost per 1M predictions (default: the recipe's)",
+    )
     gate = report.add_argument_group("compare thresholds (fractions; default: the baseline recipe's report.gate)")
     for name, field in GateThresholds.model_fields.items():
-        gate.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="F",
-                          help=f"{field.description.rstrip('.')}; default {field.default:g}".replace("%", "%%"))
-    gate.add_argument("--allow-missing", action="store_true",
-                      help="let rows that the candidate lacks or skipped pass (they are still listed); a row that "
-                      "failed still fails")
-    gate.add_argument("--output-dir", type=Path, metavar="DIR",
-                      help="where compare.html and compare.md go (default: CANDIDATE_RUN)")
+        gate.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            metavar="F",
+            help=f"{field.description.rstrip('.')}; default {field.default:g}".replace("%", "%%"),
+        )
+    gate.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="let rows that the candidate lacks or skipped pass (they are still listed); a row that failed still fails",
+    )
+    gate.add_argument(
+        "--output-dir", type=Path, metavar="DIR", help="where compare.html and compare.md go (default: CANDIDATE_RUN)"
+    )
     report.set_defaults(handler=_report)
     return parser
 

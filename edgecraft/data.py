@@ -17,8 +17,8 @@ import numpy as np
 
 from edgecraft.compress.base import Dataset
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.imports import call_object
 from edgecraft.core.signature import Signature
+from edgecraft.imports import call_object
 from edgecraft.targets import feeds as feed_tools
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,10 @@ def load_source(source: str, base_dir: Path, signature: Signature | None) -> Dat
         elif isinstance(result, dict):
             arrays = dict(result)
         else:
-            raise EdgecraftError(f"data.source {source!r} must return a dict of named arrays or (inputs, targets), "
-                                 f"got {type(result).__name__}")
+            raise EdgecraftError(
+                f"data.source {source!r} must return a dict of named arrays or (inputs, targets), "
+                f"got {type(result).__name__}"
+            )
         return _named(arrays, f"data.source {source!r}", signature)
     raise EdgecraftError(f"data.source {source!r}: expected 'digits', a .npz file or 'module:function'")
 
@@ -116,9 +118,11 @@ def from_torch_dataset(dataset: Any, input_names: list[str]) -> Dataset:
         if layout is None:
             layout = shape
         elif shape != layout:
-            raise EdgecraftError(f"{origin}: item {index} holds inputs {list(shape[0])}"
-                                 f"{' and a target' if shape[1] else ''}, item 0 {list(layout[0])}"
-                                 f"{' and a target' if layout[1] else ''}: every item needs the same form")
+            raise EdgecraftError(
+                f"{origin}: item {index} holds inputs {list(shape[0])}"
+                f"{' and a target' if shape[1] else ''}, item 0 {list(layout[0])}"
+                f"{' and a target' if layout[1] else ''}: every item needs the same form"
+            )
         for name, value in named.items():
             columns.setdefault(name, []).append(_sample(value, f"{origin}: item {index}: input {name!r}"))
         if target is not None:
@@ -137,9 +141,11 @@ def _item_parts(item: Any, origin: str, index: int) -> tuple[Any, Any]:
         return inputs, inputs.pop(key) if key else None
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
-            raise EdgecraftError(f"{origin}: item {index} is a {type(item).__name__} of {len(item)}; an item is a "
-                                 "tensor, a pair (inputs, target) or a dict of named tensors (several inputs: "
-                                 "((x1, x2), target))")
+            raise EdgecraftError(
+                f"{origin}: item {index} is a {type(item).__name__} of {len(item)}; an item is a "
+                "tensor, a pair (inputs, target) or a dict of named tensors (several inputs: "
+                "((x1, x2), target))"
+            )
         return item[0], item[1]
     return item, None
 
@@ -169,8 +175,10 @@ def _stack(values: list[np.ndarray], what: str) -> np.ndarray:
     if len(shapes) > 1:
         first = values[0].shape
         index = next(i for i, value in enumerate(values) if value.shape != first)
-        raise EdgecraftError(f"{what}: item {index} has shape {list(values[index].shape)}, item 0 {list(first)}: "
-                             "items must have one shape (pad sequences to one length)")
+        raise EdgecraftError(
+            f"{what}: item {index} has shape {list(values[index].shape)}, item 0 {list(first)}: "
+            "items must have one shape (pad sequences to one length)"
+        )
     return np.ascontiguousarray(np.stack(values))
 
 
@@ -181,7 +189,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _single_image_input(signature: Signature | None) -> Any:
     if signature is None:
-        raise EdgecraftError("data.source 'digits' needs the model's input shape: set the model's input_shape or inputs")
+        raise EdgecraftError(
+            "data.source 'digits' needs the model's input shape: set the model's input_shape or inputs"
+        )
     images = [spec for spec in signature.inputs if spec.shape and len(spec.shape) == 4]
     if len(signature.inputs) != 1 or not images:
         raise EdgecraftError(
@@ -196,8 +206,12 @@ def _named(arrays: dict[str, Any], origin: str, signature: Signature | None) -> 
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
     target_key = next((key for key in TARGET_KEYS if key in arrays), None)
     targets = arrays.pop(target_key) if target_key else None
-    if "inputs" in arrays and signature is not None and len(signature.inputs) == 1 \
-            and signature.inputs[0].name not in arrays:
+    if (
+        "inputs" in arrays
+        and signature is not None
+        and len(signature.inputs) == 1
+        and signature.inputs[0].name not in arrays
+    ):
         arrays[signature.inputs[0].name] = arrays.pop("inputs")
     if not arrays:
         raise EdgecraftError(f"{origin}: no input arrays (it holds only {target_key})")
@@ -223,7 +237,7 @@ def conform(dataset: Dataset, signature: Signature, origin: str) -> Dataset:
 
 def _sizes(total: int, fractions: tuple[float, float, float]) -> list[int]:
     """Sample counts per split: rounded, never more than ``total`` together (the largest split gives way)."""
-    sizes = [int(round(total * fraction)) for fraction in fractions]
+    sizes = [round(total * fraction) for fraction in fractions]
     while sum(sizes) > total:
         sizes[sizes.index(max(sizes))] -= 1
     return sizes

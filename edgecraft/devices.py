@@ -32,11 +32,13 @@ class RemoteDevice(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     url: str = Field(description="The agent's address, e.g. 'http://192.168.1.20:8765'.")
-    token_file: str | None = Field(None, description="A file holding the agent's bearer token (e.g. "
-                                   "~/.config/edgecraft/pi5.token).")
+    token_file: str | None = Field(
+        None, description="A file holding the agent's bearer token (e.g. ~/.config/edgecraft/pi5.token)."
+    )
     token_env: str | None = Field(None, description="An environment variable holding the agent's bearer token.")
-    job_timeout_s: float = Field(3600.0, gt=0, description="How long one row may take on the device, queue "
-                                 "included, before it fails.")
+    job_timeout_s: float = Field(
+        3600.0, gt=0, description="How long one row may take on the device, queue included, before it fails."
+    )
 
     @field_validator("url")
     @classmethod
@@ -47,7 +49,7 @@ class RemoteDevice(BaseModel):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _one_token_source(self) -> "RemoteDevice":
+    def _one_token_source(self) -> RemoteDevice:
         if (self.token_file is None) == (self.token_env is None):
             raise ValueError("give exactly one of token_file and token_env (where the agent's token is read)")
         return self
@@ -110,7 +112,7 @@ class DeviceLink:
         self._client: Any = None
         self._connected = False
 
-    def connect(self) -> "DeviceLink":
+    def connect(self) -> DeviceLink:
         """Ask the agent what it is and can run; an unreachable agent or a bad token is kept as ``problem``."""
         if self._connected:
             return self
@@ -152,9 +154,15 @@ class DeviceLink:
         remote_settings = settings.model_dump(mode="json") | {"pin_cpus": None}
         try:
             result = self._client.measure(
-                runtime=job.runtime, device=job.device, options=job.options, model_format=fmt.name, model_files=files,
+                runtime=job.runtime,
+                device=job.device,
+                options=job.options,
+                model_format=fmt.name,
+                model_files=files,
                 inputs={name: np.asarray(array) for name, array in feeds.load(job.inputs).items()},
-                settings=remote_settings, deadline_s=self.config.job_timeout_s, on_status=self._log_queue,
+                settings=remote_settings,
+                deadline_s=self.config.job_timeout_s,
+                on_status=self._log_queue,
             )
         except AgentError as exc:
             raise MeasurementFailed(f"device {self.name}: {exc}") from None
@@ -163,12 +171,12 @@ class DeviceLink:
         self.description = result.device
         return result.raws
 
-
     def _log_queue(self, status: dict) -> None:
         """Say (with -v) when a row waits behind other jobs on the device, and where it stands."""
         if status.get("state") == "queued" and status.get("position", 1) > 1:
-            log.info("device %s: job %s waits in the queue at position %s", self.name, status.get("job"),
-                     status["position"])
+            log.info(
+                "device %s: job %s waits in the queue at position %s", self.name, status.get("job"), status["position"]
+            )
 
 
 def links(devices: dict[str, RemoteDevice]) -> dict[str, DeviceLink]:

@@ -29,6 +29,6 @@ def call_object(reference: str, field: str) -> Any:
         raise EdgecraftError(f"{field} {reference!r} is a {type(function).__name__}, not a function")
     try:
         return function()
-    except Exception as exc:  # noqa: BLE001 - the user's code: its own message is what they need
+    except Exception as exc:
         message = " ".join(str(exc).split())[:300]
         raise EdgecraftError(f"{field} {reference!r} raised {type(exc).__name__}: {message}") from exc

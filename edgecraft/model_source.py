@@ -7,19 +7,20 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from edgecraft import data as datasets
 from edgecraft.compress.base import Artifact, Dataset
 from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.imports import call_object
-from edgecraft import data as datasets
-from edgecraft.recipe import DataSpec, ModelSpec
 from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.imports import call_object
+from edgecraft.recipe import DataSpec, ModelSpec
 from edgecraft.targets.base import image_like
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,17 @@ def declared_signature(spec: ModelSpec) -> Signature | None:
         return Signature(inputs=[TensorSpec(**i.model_dump()) for i in spec.inputs], outputs=outputs)
     if spec.input_shape:
         shape = ["batch", *spec.input_shape]
-        return Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=shape,
-                                            layout="NCHW" if image_like(shape, channels_axis=1) else None)],
-                         outputs=outputs)
+        return Signature(
+            inputs=[
+                TensorSpec(
+                    name="input",
+                    dtype="float32",
+                    shape=shape,
+                    layout="NCHW" if image_like(shape, channels_axis=1) else None,
+                )
+            ],
+            outputs=outputs,
+        )
     if spec.onnx:
         from edgecraft.targets import registry
 
@@ -86,8 +95,11 @@ def forward_parameters(model: Any) -> list[str]:
         return []
     import inspect
 
-    return [p.name for p in inspect.signature(model.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [
+        p.name
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, model: Any = None) -> Signature:
@@ -101,8 +113,11 @@ def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, 
     if model is not None:
         import inspect
 
-        parameters = [p for p in inspect.signature(model.forward).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        parameters = [
+            p
+            for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         known = [p.name for p in parameters if p.name in data.inputs]
         if known:
             missing = [p.name for p in parameters if p.default is p.empty and p.name not in data.inputs]
@@ -116,8 +131,14 @@ def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, 
     for name in names:
         array = data.inputs[name]
         shape = ["batch", *array.shape[1:]]
-        inputs.append(TensorSpec(name=name, dtype=array.dtype.name, shape=shape,
-                                 layout="NCHW" if image_like(array.shape, channels_axis=1) else None))
+        inputs.append(
+            TensorSpec(
+                name=name,
+                dtype=array.dtype.name,
+                shape=shape,
+                layout="NCHW" if image_like(array.shape, channels_axis=1) else None,
+            )
+        )
     return Signature(inputs=inputs, outputs=list(outputs or []))
 
 
@@ -144,9 +165,15 @@ def _builtin_key(name: str, train: Dataset) -> str:
 
     reference = REFERENCE_MODELS[name]
     arrays = [np.ascontiguousarray(array).tobytes() for array in (*train.inputs.values(), train.targets)]
-    return digest(code_key("edgecraft.compress.models", "edgecraft.compress.training", "edgecraft.compress.zoo"), name,
-                  reference.signature.model_dump(mode="json"), asdict(reference.training), library_versions(()),
-                  torch.get_num_threads(), *arrays)[:16]
+    return digest(
+        code_key("edgecraft.compress.models", "edgecraft.compress.training", "edgecraft.compress.zoo"),
+        name,
+        reference.signature.model_dump(mode="json"),
+        asdict(reference.training),
+        library_versions(()),
+        torch.get_num_threads(),
+        *arrays,
+    )[:16]
 
 
 def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float], None]) -> Any:
@@ -180,8 +207,13 @@ def builtin_model(name: str, train: Dataset, on_epoch: Callable[[int, int, float
                 model = reference.build()
         log.info("training %s (%d epochs); it will be cached at %s", name, reference.training.epochs, path)
         epochs = reference.training.epochs
-        train_model(model, train, reference.signature, reference.training,
-                    on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss))
+        train_model(
+            model,
+            train,
+            reference.signature,
+            reference.training,
+            on_epoch=lambda epoch, loss: on_epoch(epoch, epochs, loss),
+        )
         temporary = path.with_name(f".{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         torch.save(model.state_dict(), temporary)
         temporary.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
@@ -199,7 +231,7 @@ def factory_model(spec: ModelSpec) -> Any:
         try:
             state = torch.load(spec.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - any load failure is the user's file's problem
+        except Exception as exc:
             raise EdgecraftError(f"model.weights {spec.weights}: cannot load into {spec.factory}: {exc}") from exc
     return model.eval()
 
@@ -212,8 +244,10 @@ def in_memory_model(spec: ModelSpec) -> Any:
     try:
         model = copy.deepcopy(spec.module)
     except Exception as exc:  # noqa: BLE001 - a module holding something that cannot be copied
-        raise EdgecraftError(f"model.module {type(spec.module).__qualname__}: cannot copy it "
-                             f"({type(exc).__name__}: {_first_line(exc)}); edgecraft works on a copy") from None
+        raise EdgecraftError(
+            f"model.module {type(spec.module).__qualname__}: cannot copy it "
+            f"({type(exc).__name__}: {_first_line(exc)}); edgecraft works on a copy"
+        ) from None
     return model.cpu().eval()
 
 
@@ -236,10 +270,11 @@ def check_accepts(artifact: Artifact, sample: Dataset, origin: str) -> None:
             target = registry.get("onnxruntime")
             target.run(target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs)
     except Exception as exc:  # noqa: BLE001 - the framework's message is the useful part
-        shapes = ", ".join(f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in sample.inputs.items())
+        shapes = ", ".join(
+            f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in sample.inputs.items()
+        )
         raise EdgecraftError(
-            f"the model rejects the data: {origin} gives {shapes} (plus batch): "
-            f"{_first_line(exc)[:300]}"
+            f"the model rejects the data: {origin} gives {shapes} (plus batch): {_first_line(exc)[:300]}"
         ) from None
 
 

@@ -18,21 +18,27 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
+from edgecraft import data as datasets
+from edgecraft import model_source
 from edgecraft.bench import evaluators
 from edgecraft.bench.evaluators import EvaluatorSpec
 from edgecraft.compress.base import Artifact, Dataset, PassContext, Validation
 from edgecraft.compress.onnx_export import export_torch
 from edgecraft.compress.zoo import REFERENCE_MODELS
-from edgecraft import data as datasets
-from edgecraft import model_source
 from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.results import ModelRecord
 from edgecraft.recipe import DataSpec, ModelSpec
 from edgecraft.rows import Evaluation, reference_outputs
 from edgecraft.step_cache import (
-    OUR_PACKAGES, architecture_key, code_key, digest, file_digest, library_versions, weights_digest,
+    OUR_PACKAGES,
+    architecture_key,
+    code_key,
+    digest,
+    file_digest,
+    library_versions,
+    weights_digest,
 )
 from edgecraft.steps import Keyed, StepRunner
-from edgecraft.core.results import ModelRecord
 from edgecraft.targets import feeds
 from edgecraft.targets import registry as target_registry
 
@@ -52,8 +58,9 @@ class PreparedModel:
     record: ModelRecord
 
 
-def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_dir: Path, steps: StepRunner,
-                  progress: Progress) -> PreparedModel:
+def prepare_model(
+    spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_dir: Path, steps: StepRunner, progress: Progress
+) -> PreparedModel:
     """Load the model and its data, run the shared passes (from the step cache where they finished before),
     export fp32 ONNX and compute the reference outputs, under ``run_dir/models/NAME``."""
     name = spec.display_name
@@ -68,11 +75,20 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
     signature = declared or model_source.signature_from_data(dataset, spec.outputs, model)
     dataset = datasets.conform(dataset, signature, f"model {name!r}: {origin}")
     chosen = spec.evaluator or _builtin_evaluator(spec)
-    splits = datasets.split(dataset, (data_spec.splits.train, data_spec.splits.calibration,
-                                      data_spec.splits.evaluation), data_spec.seed,
-                            grouped=evaluators.groups_targets(chosen))
-    log.info("%s: %d train, %d calibration, %d evaluation samples (%s)", name, len(splits.train),
-             len(splits.calibration), len(splits.evaluation), splits.how)
+    splits = datasets.split(
+        dataset,
+        (data_spec.splits.train, data_spec.splits.calibration, data_spec.splits.evaluation),
+        data_spec.seed,
+        grouped=evaluators.groups_targets(chosen),
+    )
+    log.info(
+        "%s: %d train, %d calibration, %d evaluation samples (%s)",
+        name,
+        len(splits.train),
+        len(splits.calibration),
+        len(splits.evaluation),
+        splits.how,
+    )
     if spec.builtin:
         model = _builtin(spec.builtin, splits.train, progress)
     if model is not None:
@@ -95,8 +111,10 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
         original=model,
     )
     # The evaluator is part of the key: accuracy-aware passes search against it.
-    start = Keyed(artifact, digest(content_key(spec, artifact), data_key(splits), data_spec.seed,
-                                   evaluator.model_dump(mode="json")))
+    start = Keyed(
+        artifact,
+        digest(content_key(spec, artifact), data_key(splits), data_spec.seed, evaluator.model_dump(mode="json")),
+    )
     shared = steps.apply(name, None, start, passes, context, model_dir / "shared")
     artifact = shared.artifact
     context.validation = validation_for(evaluator, artifact, splits.calibration)
@@ -110,8 +128,9 @@ def prepare_model(spec: ModelSpec, data_spec: DataSpec, passes: list[Any], run_d
         onnx_key = digest(shared.key, "export_torch", library_versions(()), code_key("edgecraft.compress.onnx_export"))
     else:
         # A user's ONNX model: there is no PyTorch model to compare with, the file is its own reference.
-        reference = reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {},
-                                      evaluation.inputs, threads=1)
+        reference = reference_outputs(
+            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, evaluation.inputs, threads=1
+        )
         onnx_path = artifact.path
         parameters = None
         onnx_key = shared.key
@@ -144,14 +163,16 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
             from edgecraft.compress.torch_io import predict
 
             return predict(artifact.model, calibration.inputs, artifact.signature)
-        return reference_outputs(target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs,
-                                 threads=1)
+        return reference_outputs(
+            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs, threads=1
+        )
 
     def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
         return evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
 
-    return Validation(data=calibration, metric=evaluators.metric_name(evaluator.type), reference_fn=reference,
-                      score_fn=score)
+    return Validation(
+        data=calibration, metric=evaluators.metric_name(evaluator.type), reference_fn=reference, score_fn=score
+    )
 
 
 def _builtin(name: str, train: Dataset, progress: Progress) -> Any:
@@ -177,8 +198,10 @@ def data_notes(evaluation: Dataset, how: str) -> list[str]:
     for name, array in evaluation.inputs.items():
         if "mask" in name.lower() and array.ndim == 2 and array.dtype.kind in "iub":
             lengths = array.sum(axis=1)
-            notes.append(f"sequence length {array.shape[1]} (padded); real tokens per sample (from {name}): "
-                         f"min {int(lengths.min())}, median {int(np.median(lengths))}, max {int(lengths.max())}")
+            notes.append(
+                f"sequence length {array.shape[1]} (padded); real tokens per sample (from {name}): "
+                f"min {int(lengths.min())}, median {int(np.median(lengths))}, max {int(lengths.max())}"
+            )
     return notes
 
 
@@ -190,8 +213,7 @@ def content_key(spec: ModelSpec, artifact: Artifact) -> str:
     if artifact.format == "torch" and spec.module is not None:
         # An in-memory module has no factory file: its weights, its structure and its classes' source.
         model = artifact.model
-        return digest("in-memory", type(model).__qualname__, weights_digest(model), architecture_key(model),
-                      signature)
+        return digest("in-memory", type(model).__qualname__, weights_digest(model), architecture_key(model), signature)
     if artifact.format == "torch":
         model = artifact.model
         state = model.state_dict()
@@ -221,10 +243,15 @@ def onnx_files(path: Path) -> list[Path]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    locations = sorted({
-        entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data if entry.key == "location"
-    })
+    locations = sorted(
+        {
+            entry.value
+            for tensor in graph.initializer
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
     return [path, *(path.parent / location for location in locations)]
 
 

@@ -17,24 +17,35 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SerializerFunctionWrapHandler, ValidationError,
-    ValidationInfo, field_serializer, field_validator, model_serializer, model_validator,
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
 from edgecraft.bench.evaluators import FUNCTION_REFERENCE, EvaluatorSpec
-from edgecraft.bench.settings import BenchmarkSpec, resolve as resolve_benchmark
+from edgecraft.bench.settings import BenchmarkSpec
+from edgecraft.bench.settings import resolve as resolve_benchmark
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.zoo import REFERENCE_MODELS
-from edgecraft.data import TARGET_KEYS
-from edgecraft.devices import RemoteDevice
 from edgecraft.core import formats
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.tune.space import SearchSpec
 from edgecraft.core.signature import TensorSpec
+from edgecraft.data import TARGET_KEYS
+from edgecraft.devices import RemoteDevice
 from edgecraft.reports.settings import ReportSettings
 from edgecraft.targets import registry as target_registry
 from edgecraft.targets.base import TargetSpec
+from edgecraft.tune.space import SearchSpec
 
 # Names become folder names in the run folder: no separators, no leading '.', short enough for any file system.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -43,8 +54,10 @@ _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 def _check_name(value: str) -> str:
     if not _NAME.fullmatch(value):
-        raise ValueError(f"use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 "
-                         f"characters, got {value!r}")
+        raise ValueError(
+            f"use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 "
+            f"characters, got {value!r}"
+        )
     return value
 
 
@@ -221,10 +234,15 @@ class ModelSpec(_PythonObjects):
 
     _objects = ("module",)
 
-    name: Name | None = Field(None, description="Name in results (and of its folder in the run folder); defaults to "
-                              "the builtin name, the factory function's name or the file stem.")
+    name: Name | None = Field(
+        None,
+        description="Name in results (and of its folder in the run folder); defaults to "
+        "the builtin name, the factory function's name or the file stem.",
+    )
     builtin: Literal[tuple(REFERENCE_MODELS)] | None = Field(  # type: ignore[valid-type]
-        None, description="A built-in model: " + "; ".join(f"{name}: {m.description}" for name, m in REFERENCE_MODELS.items()),
+        None,
+        description="A built-in model: "
+        + "; ".join(f"{name}: {m.description}" for name, m in REFERENCE_MODELS.items()),
     )
     factory: FunctionReference | None = Field(
         None, description="'package.module:function' returning an nn.Module (imported and called: it runs your code)."
@@ -232,24 +250,28 @@ class ModelSpec(_PythonObjects):
     weights: str | None = Field(None, description="State-dict file loaded into the factory's model.")
     onnx: str | None = Field(None, description="A ready ONNX model file.")
     module: SkipJsonSchema[Any] = Field(
-        None, description="Python API only: an in-memory torch.nn.Module (copied; the object you pass is never "
-        "changed). Stored in results as a description with the digest of its weights."
+        None,
+        description="Python API only: an in-memory torch.nn.Module (copied; the object you pass is never "
+        "changed). Stored in results as a description with the digest of its weights.",
     )
     input_shape: list[Annotated[int, Field(gt=0)]] | None = Field(
-        None, description="Shorthand for one float32 input named 'input': its shape without the batch, e.g. [3, 64, 64]."
+        None,
+        description="Shorthand for one float32 input named 'input': its shape without the batch, e.g. [3, 64, 64].",
     )
     inputs: list[InputSpec] | None = Field(
         None, description="The PyTorch model's inputs, in forward()'s order (default: read from the data)."
     )
     outputs: list[str | OutputSpec] | None = Field(
-        None, description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
+        None,
+        description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
         "for one, output_0, output_1, ... for several); an entry may be {name, kind} with kind scores, "
-        "embedding or values."
+        "embedding or values.",
     )
     evaluator: EvaluatorSpec | None = Field(
-        None, description="How quality is measured: classification, agreement, embedding, regression or "
+        None,
+        description="How quality is measured: classification, agreement, embedding, regression or "
         "'module:function', with the outputs it reads (default: the built-in's own; else classification "
-        "when the data has class labels, agreement with fp32 when it has none)."
+        "when the data has class labels, agreement with fp32 when it has none).",
     )
 
     @field_validator("evaluator", mode="before")
@@ -275,8 +297,11 @@ class ModelSpec(_PythonObjects):
     @classmethod
     def _a_module(cls, value: Any) -> Any:
         if value is not None and not _torch_module(value):
-            hint = " (in a YAML recipe, name a function that builds it: factory: 'package.module:function')" \
-                if isinstance(value, str) else ""
+            hint = (
+                " (in a YAML recipe, name a function that builds it: factory: 'package.module:function')"
+                if isinstance(value, str)
+                else ""
+            )
             raise ValueError(f"expected a torch.nn.Module object, got {type(value).__name__}{hint}")
         return value
 
@@ -287,7 +312,7 @@ class ModelSpec(_PythonObjects):
         return None if value is None else describe_module(value)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
+    def _one_source(self) -> ModelSpec:
         sources = [key for key in ("builtin", "factory", "onnx", "module") if getattr(self, key) is not None]
         if len(sources) != 1:
             raise ValueError(f"give exactly one of builtin, factory, onnx or module (got {sources or 'none'})")
@@ -296,8 +321,10 @@ class ModelSpec(_PythonObjects):
         if self.inputs and self.input_shape:
             raise ValueError("give inputs or input_shape, not both")
         if (self.inputs or self.outputs) and not (self.factory or self.module is not None):
-            raise ValueError("inputs and outputs declare a factory model's signature (or an in-memory module's); "
-                             "built-in and onnx models carry their own")
+            raise ValueError(
+                "inputs and outputs declare a factory model's signature (or an in-memory module's); "
+                "built-in and onnx models carry their own"
+            )
         if self.inputs:
             names = [spec.name for spec in self.inputs]
             if len(set(names)) != len(names):
@@ -331,7 +358,7 @@ class SplitSpec(_Strict):
     evaluation: float = Field(0.2, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _at_most_one(self) -> "SplitSpec":
+    def _at_most_one(self) -> SplitSpec:
         total = self.train + self.calibration + self.evaluation
         if total > 1 + 1e-6:
             raise ValueError(f"train + calibration + evaluation must be at most 1, got {total:g}")
@@ -354,15 +381,19 @@ class DataSpec(_PythonObjects):
     splits: SplitSpec = SplitSpec()
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the splits and of training (numpy's range).")
     arrays: SkipJsonSchema[dict[str, Any] | None] = Field(
-        None, description="Python API only: named arrays (numpy, or anything np.asarray reads), one per model "
-        "input, [samples, ...] each; a 'targets' (or 'labels') entry holds the targets."
+        None,
+        description="Python API only: named arrays (numpy, or anything np.asarray reads), one per model "
+        "input, [samples, ...] each; a 'targets' (or 'labels') entry holds the targets.",
     )
-    targets: SkipJsonSchema[Any] = Field(None, description="Python API only: the targets of ``arrays``, "
-                                         "[samples, ...] (class labels, values, group ids).")
+    targets: SkipJsonSchema[Any] = Field(
+        None,
+        description="Python API only: the targets of ``arrays``, [samples, ...] (class labels, values, group ids).",
+    )
     dataset: SkipJsonSchema[Any] = Field(
-        None, description="Python API only: a map-style torch.utils.data.Dataset whose items are a tensor (one "
+        None,
+        description="Python API only: a map-style torch.utils.data.Dataset whose items are a tensor (one "
         "input), a pair (inputs, target) with inputs a tensor, a tuple of tensors or a dict of them, or a dict of "
-        "named tensors (a 'targets' or 'labels' entry holds the target)."
+        "named tensors (a 'targets' or 'labels' entry holds the target).",
     )
 
     @field_validator("arrays")
@@ -390,13 +421,17 @@ class DataSpec(_PythonObjects):
         if value is None:
             return None
         if not _torch_dataset(value):
-            raise ValueError(f"expected a torch.utils.data.Dataset, got {type(value).__name__} (numpy arrays go in "
-                             "'arrays', by input name)")
+            raise ValueError(
+                f"expected a torch.utils.data.Dataset, got {type(value).__name__} (numpy arrays go in "
+                "'arrays', by input name)"
+            )
         try:
             size = len(value)
         except TypeError:
-            raise ValueError(f"{type(value).__name__} has no len(): give a map-style Dataset (an "
-                             "IterableDataset cannot be split reproducibly)") from None
+            raise ValueError(
+                f"{type(value).__name__} has no len(): give a map-style Dataset (an "
+                "IterableDataset cannot be split reproducibly)"
+            ) from None
         if size == 0:
             raise ValueError(f"{type(value).__name__} is empty")
         return value
@@ -419,7 +454,7 @@ class DataSpec(_PythonObjects):
         return None if value is None else f"<in-memory torch Dataset {type(value).__qualname__}, {len(value)} items>"
 
     @model_validator(mode="after")
-    def _one_origin(self) -> "DataSpec":
+    def _one_origin(self) -> DataSpec:
         given = [name for name in ("arrays", "dataset") if getattr(self, name) is not None]
         if "source" in self.model_fields_set and self.source != "auto":
             given.insert(0, "source")
@@ -436,8 +471,10 @@ class DataSpec(_PythonObjects):
             if self.targets is not None:
                 counts["targets"] = len(self.targets)
             if len(set(counts.values())) != 1:
-                raise ValueError(f"arrays of different lengths: every array needs the same number of samples "
-                                 f"(first dimension), got {counts}")
+                raise ValueError(
+                    f"arrays of different lengths: every array needs the same number of samples "
+                    f"(first dimension), got {counts}"
+                )
         return self
 
     @property
@@ -470,8 +507,10 @@ def _as_array(value: Any, what: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - whatever np.asarray refuses
         raise ValueError(f"{what}: not an array ({_first_line(exc)})") from None
     if array.dtype == object or array.ndim == 0:
-        raise ValueError(f"{what}: expected an array of samples [samples, ...] of numbers, got "
-                         f"{type(value).__name__}" + (" of dtype object" if array.dtype == object else " (a scalar)"))
+        raise ValueError(
+            f"{what}: expected an array of samples [samples, ...] of numbers, got "
+            f"{type(value).__name__}" + (" of dtype object" if array.dtype == object else " (a scalar)")
+        )
     return array
 
 
@@ -503,23 +542,28 @@ class VariantSpec(_Strict):
     name: Name
     passes: list[PassEntry] = []  # type: ignore[valid-type]
     targets: list[str] | None = Field(
-        None, description="Only these of the recipe's targets (by label); default: every target that accepts the format."
+        None,
+        description="Only these of the recipe's targets (by label); default: every target that accepts the format.",
     )
 
     @field_validator("targets")
     @classmethod
     def _some_targets(cls, values: list[str] | None) -> list[str] | None:
         if values == []:
-            raise ValueError("an empty list would give the variant no rows; name at least one target, or leave "
-                             "'targets' out for every target")
+            raise ValueError(
+                "an empty list would give the variant no rows; name at least one target, or leave "
+                "'targets' out for every target"
+            )
         return values
 
 
 class TargetEntry(_Strict):
     """A ``runtime:device`` to measure on, with the runtime's own options (e.g. OpenVINO's inference precision)."""
 
-    target: str = Field(description="'runtime:device', e.g. 'onnxruntime:cpu', 'openvino:gpu', 'litert:arm'; "
-                        "'runtime:device@name' measures on the remote device 'name' of the recipe's 'devices'.")
+    target: str = Field(
+        description="'runtime:device', e.g. 'onnxruntime:cpu', 'openvino:gpu', 'litert:arm'; "
+        "'runtime:device@name' measures on the remote device 'name' of the recipe's 'devices'."
+    )
     options: dict[str, Any] = Field({}, description="Runtime options; see each runtime's options in the README.")
 
     @field_validator("target")
@@ -537,7 +581,7 @@ class TargetEntry(_Strict):
         return str(spec)
 
     @model_validator(mode="after")
-    def _valid_options(self) -> "TargetEntry":
+    def _valid_options(self) -> TargetEntry:
         options_model = target_registry.runtimes()[self.spec.runtime].options_model
         try:
             self.options = options_model(**self.options).model_dump(exclude_defaults=True)
@@ -580,17 +624,21 @@ class Recipe(_PythonObjects):
         BenchmarkSpec(), description="The benchmark protocol: a profile and any of its settings overridden."
     )
     devices: dict[Name, RemoteDevice] = Field(
-        {}, description="Remote devices by name, each running 'edgecraft agent serve'; a target 'runtime:device@name' "
-        "is measured there.")
+        {},
+        description="Remote devices by name, each running 'edgecraft agent serve'; a target 'runtime:device@name' "
+        "is measured there.",
+    )
     output_dir: str = Field("runs", description="Run folders are created here (relative to the working directory).")
     report: ReportSettings = Field(ReportSettings(), description="Verdict constraints, price, compare-gate thresholds.")
     search: SearchSpec | None = Field(
-        None, description="What 'edgecraft tune' searches (pass parameters, objectives, accuracy budget); "
-        "'edgecraft run' ignores it.")
+        None,
+        description="What 'edgecraft tune' searches (pass parameters, objectives, accuracy budget); "
+        "'edgecraft run' ignores it.",
+    )
     _text: str | None = PrivateAttr(None)  # the YAML it was read from, stored verbatim with the results
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Recipe":
+    def from_yaml(cls, path: str | Path) -> Recipe:
         """Read and validate a recipe file (see ``load_recipe``); its text is kept for the run's results."""
         recipe, text = load_recipe(Path(path))
         recipe._text = text
@@ -622,13 +670,15 @@ class Recipe(_PythonObjects):
         return values
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Recipe":
+    def _consistent(self) -> Recipe:
         labels = [entry.label for entry in self.targets]
         for entry in self.targets:
             remote = entry.spec.remote
             if remote is not None and remote not in self.devices:
                 known = f"; devices: {', '.join(self.devices)}" if self.devices else "; the recipe has no 'devices:'"
-                raise ValueError(f"target {entry.target!r} names the device {remote!r}, which is not in 'devices'{known}")
+                raise ValueError(
+                    f"target {entry.target!r} names the device {remote!r}, which is not in 'devices'{known}"
+                )
         if len(set(labels)) != len(labels):
             raise ValueError(f"targets must differ in device or options, got {labels}")
         for variant in self.variants:
@@ -655,23 +705,31 @@ class Recipe(_PythonObjects):
         for index, variant in enumerate(self.variants):
             where = f"variants[{index}].passes"
             if starts_from_torch(variant.passes) and any(model.onnx for model in self.models):
-                raise ValueError(f"{where}[0] ({variant.passes[0].type}) changes a PyTorch model; "
-                                 "it cannot apply to an onnx model")
+                raise ValueError(
+                    f"{where}[0] ({variant.passes[0].type}) changes a PyTorch model; it cannot apply to an onnx model"
+                )
             final = _check_formats(variant.passes, "torch" if starts_from_torch(variant.passes) else "onnx", where)
             if final == "torch":
-                raise ValueError(f"{where} end with a PyTorch model; put PyTorch-only passes in the recipe's "
-                                 "shared 'passes', or end the variant with a pass that writes a model file")
+                raise ValueError(
+                    f"{where} end with a PyTorch model; put PyTorch-only passes in the recipe's "
+                    "shared 'passes', or end the variant with a pass that writes a model file"
+                )
             if not self.targets_for(variant):
-                raise ValueError(f"variant {variant.name!r} ends in a {final} model that none of its targets runs "
-                                 f"({', '.join(variant.targets or labels)}); it would give no rows")
+                raise ValueError(
+                    f"variant {variant.name!r} ends in a {final} model that none of its targets runs "
+                    f"({', '.join(variant.targets or labels)}); it would give no rows"
+                )
         return self
 
     def targets_for(self, variant: VariantSpec) -> list[TargetEntry]:
         """The targets a variant runs on: those it names (or all) that accept the format its passes end in."""
         fmt = pass_registry.passes()[variant.passes[-1].type].output_format if variant.passes else "onnx"
-        return [entry for entry in self.targets
-                if (variant.targets is None or entry.label in variant.targets)
-                and fmt in formats.loaded_by(entry.spec.runtime)]
+        return [
+            entry
+            for entry in self.targets
+            if (variant.targets is None or entry.label in variant.targets)
+            and fmt in formats.loaded_by(entry.spec.runtime)
+        ]
 
 
 def starts_from_torch(entries: list[Any]) -> bool:
@@ -755,9 +813,12 @@ class _RecipeLoader(yaml.SafeLoader):
             if isinstance(key, yaml.ScalarNode):
                 earlier = first.setdefault((key.tag, key.value), key)
                 if earlier is not key:
-                    raise _Refused(key.start_mark, self._fields[-1] + (key.value,),
-                                   f"given twice, on lines {earlier.start_mark.line + 1} and {key.start_mark.line + 1} "
-                                   "(YAML would silently keep only the last)")
+                    raise _Refused(
+                        key.start_mark,
+                        self._fields[-1] + (key.value,),
+                        f"given twice, on lines {earlier.start_mark.line + 1} and {key.start_mark.line + 1} "
+                        "(YAML would silently keep only the last)",
+                    )
         return node
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -766,8 +827,11 @@ class _RecipeLoader(yaml.SafeLoader):
         except yaml.YAMLError:
             raise
         except Exception as exc:  # noqa: BLE001 - PyYAML raises ValueError, KeyError... for a bad tagged scalar
-            raise _Refused(node.start_mark, self._field_of.get(id(node), ()),
-                           f"cannot read {node.value!r} as {node.tag.rpartition(':')[2]}: {_first_line(exc)}") from None
+            raise _Refused(
+                node.start_mark,
+                self._field_of.get(id(node), ()),
+                f"cannot read {node.value!r} as {node.tag.rpartition(':')[2]}: {_first_line(exc)}",
+            ) from None
 
 
 def _path_part(index: Any) -> tuple:
@@ -795,7 +859,7 @@ def _locate(loc: tuple, lines: dict[tuple, int], missing: bool) -> tuple[str, in
     path: tuple = ()
     shown: tuple = ()
     for position, part in enumerate(loc):
-        present = path + (part,) in lines
+        present = (*path, part) in lines
         if present:
             path += (part,)
         # Parts absent from the file are pydantic's union tags (skipped) or the missing field (the last part).
@@ -823,8 +887,11 @@ def _refuse_expansion(root: yaml.Node) -> None:
 
     def size(node: yaml.Node) -> int:
         if id(node) not in sizes:
-            children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else (
-                node.value if isinstance(node, yaml.SequenceNode) else [])
+            children = (
+                [part for pair in node.value for part in pair]
+                if isinstance(node, yaml.MappingNode)
+                else (node.value if isinstance(node, yaml.SequenceNode) else [])
+            )
             sizes[id(node)] = 1 + sum(size(child) for child in children)
         return sizes[id(node)]
 
@@ -832,8 +899,11 @@ def _refuse_expansion(root: yaml.Node) -> None:
         entries = root.value if isinstance(root, yaml.MappingNode) else [(None, root)]
         key, _ = max(entries, key=lambda pair: size(pair[1]))
         field = (key.value,) if isinstance(key, yaml.ScalarNode) else ()
-        raise _Refused(key.start_mark if key else root.start_mark, field,
-                       f"its aliases expand to more than {_MAX_VALUES} values; write it out without nested aliases")
+        raise _Refused(
+            key.start_mark if key else root.start_mark,
+            field,
+            f"its aliases expand to more than {_MAX_VALUES} values; write it out without nested aliases",
+        )
 
 
 def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
@@ -865,8 +935,10 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
     except yaml.YAMLError as exc:
         raise EdgecraftError(_one_line(_yaml_error(path, text, exc))) from None
     if not isinstance(data, dict):
-        raise EdgecraftError(f"{path}:{lines.get((), 1)}: recipe: must be a YAML mapping (name, models, variants, "
-                             f"...), got {type(data).__name__}")
+        raise EdgecraftError(
+            f"{path}:{lines.get((), 1)}: recipe: must be a YAML mapping (name, models, variants, "
+            f"...), got {type(data).__name__}"
+        )
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
@@ -881,8 +953,11 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
             messages.setdefault((line or 0, field), _one_line(f"{where}: {field}: {problem}{got}"))
         # A branch that rejects a value whole ("not a string") beside one that finds a problem inside it: the inner.
         inner = {field for _, field in messages}
-        shown = [message for (_, field), message in sorted(messages.items())
-                 if not any(other.startswith((f"{field}.", f"{field}[")) for other in inner)]
+        shown = [
+            message
+            for (_, field), message in sorted(messages.items())
+            if not any(other.startswith((f"{field}.", f"{field}[")) for other in inner)
+        ]
         raise EdgecraftError("\n".join(shown)) from None
     return recipe, text
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.progress import Progress
 
 from edgecraft.bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
 from edgecraft.bench.settings import BenchSettings
+from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow
 from edgecraft.devices import DeviceLink
 from edgecraft.recipe import TargetEntry
-from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow
 from edgecraft.targets import feeds
 from edgecraft.targets import registry as target_registry
 
@@ -67,7 +68,9 @@ def sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def runnable_row(row: ResultRow, runnable: Path, files: list[Path], run_dir: Path, settings: BenchSettings) -> ResultRow:
+def runnable_row(
+    row: ResultRow, runnable: Path, files: list[Path], run_dir: Path, settings: BenchSettings
+) -> ResultRow:
     """``row`` with the facts of its runnable file: where it is, its size and digest, the threads it runs with."""
     return row.model_copy(
         update={
@@ -79,9 +82,17 @@ def runnable_row(row: ResultRow, runnable: Path, files: list[Path], run_dir: Pat
     )
 
 
-def export_row(row: ResultRow, entry: TargetEntry, source: Path, fmt: str, out_dir: Path, run_dir: Path,
-               settings: BenchSettings, evaluation: Evaluation,
-               devices: dict[str, DeviceLink] | None = None) -> tuple[ResultRow, MeasureJob | None]:
+def export_row(
+    row: ResultRow,
+    entry: TargetEntry,
+    source: Path,
+    fmt: str,
+    out_dir: Path,
+    run_dir: Path,
+    settings: BenchSettings,
+    evaluation: Evaluation,
+    devices: dict[str, DeviceLink] | None = None,
+) -> tuple[ResultRow, MeasureJob | None]:
     """Export ``source`` (a ``fmt`` file) for the row's target: the row with its runnable file and the job that
     will measure it, or the row skipped (the target cannot run there) or failed (the export crashed, the remote
     device is unreachable). A remote target (``runtime:device@name``) is exported here and measured by the agent
@@ -122,7 +133,9 @@ def drift_warning(drift: float) -> list[str]:
     """A lossless variant (fp32 export or conversion) that drifts from the reference points at a conversion bug.
     NaN counts as drift: ``nan > tolerance`` is false, so the test is written the other way round."""
     if not drift <= FP32_TOLERANCE:
-        return [f"{CONVERSION_WARNING} fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"]
+        return [
+            f"{CONVERSION_WARNING} fp32 outputs differ from the reference by {drift:.2e} (tolerance {FP32_TOLERANCE:g})"
+        ]
     return []
 
 
@@ -135,8 +148,11 @@ def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchS
     def on_process(index: int, repetition: int) -> None:
         nonlocal started
         row = rows[pending[index].row]
-        progress.update(task, completed=started, description=f"round {repetition + 1}/{settings.repetitions} · "
-                        f"{row.model} · {row.variant} · {row.target}")
+        progress.update(
+            task,
+            completed=started,
+            description=f"round {repetition + 1}/{settings.repetitions} · {row.model} · {row.variant} · {row.target}",
+        )
         started += 1
 
     outcomes = measure_all([p.job for p in pending], settings, on_process)
@@ -153,8 +169,15 @@ def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchS
         )
 
 
-def reference_outputs(target: Any, path: Path, device: str, options: dict, inputs: dict[str, np.ndarray],
-                      threads: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+def reference_outputs(
+    target: Any,
+    path: Path,
+    device: str,
+    options: dict,
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
     """Every output of a model file on ``target``, in this process, over all the inputs."""
     session = target.load(path, device, threads, target.options_model(**options))
     return feeds.concatenate(target.run_batches(session, inputs, batch_size))

@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 from edgecraft.core.files import write_atomic
-from edgecraft.reports.html import write_report
 from edgecraft.core.results import RunResults
+from edgecraft.reports.html import write_report
 
 
 def folder_name(label: str) -> str:

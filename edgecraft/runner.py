@@ -9,27 +9,28 @@ measurement jobs, shared with ``edgecraft bench``) and ``run_folder``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgecraft import devices, model_source
 from edgecraft.bench.environment import environment
-from edgecraft.bench.settings import BenchSettings, ProfileName, check_pinnable, resolve as resolve_benchmark
+from edgecraft.bench.settings import BenchSettings, ProfileName, check_pinnable
+from edgecraft.bench.settings import resolve as resolve_benchmark
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.base import Artifact
-from edgecraft import devices, model_source
 from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.results import ModelRecord, ResultRow, RunResults
 from edgecraft.preparation import PreparedModel, prepare_model
 from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
+from edgecraft.reports.settings import with_overrides
 from edgecraft.rows import Pending, brief, export_row, measure_rows
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.step_cache import StepCache
 from edgecraft.steps import StepRunner
-from edgecraft.core.results import ModelRecord, ResultRow, RunResults
-from edgecraft.reports.settings import with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,15 @@ def lossless(variant: VariantSpec, entry: TargetEntry) -> bool:
 class RecipeRun:
     """One execution of a recipe into one run folder."""
 
-    def __init__(self, recipe: Recipe, recipe_text: str, run_dir: Path, settings: BenchSettings,
-                 progress: Progress, cache: StepCache):
+    def __init__(
+        self,
+        recipe: Recipe,
+        recipe_text: str,
+        run_dir: Path,
+        settings: BenchSettings,
+        progress: Progress,
+        cache: StepCache,
+    ):
         self.recipe = recipe
         self.recipe_text = recipe_text
         self.run_dir = run_dir
@@ -73,7 +81,7 @@ class RecipeRun:
         self._measure(pending)
         return RunResults(
             name=self.recipe.name,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             recipe=self.recipe.model_dump(mode="json"),
             recipe_text=self.recipe_text,
             environment=machine,
@@ -92,15 +100,23 @@ class RecipeRun:
         """The model ready for its variants, or None after recording why it is not: every row it would have
         had is failed with the reason, and the other models go on."""
         try:
-            prepared = prepare_model(spec, self.recipe.data, self.recipe.passes, self.run_dir, self.steps,
-                                     self.progress)
+            prepared = prepare_model(
+                spec, self.recipe.data, self.recipe.passes, self.run_dir, self.steps, self.progress
+            )
         except Exception as exc:  # noqa: BLE001 - one model's factory, data, shared pass or export
             reason = str(exc) if isinstance(exc, EdgecraftError) else brief(exc)
             self.models.append(ModelRecord(name=spec.display_name, source=spec.source, failure=reason))
             self.rows += [
-                ResultRow(model=spec.display_name, variant=variant.name, target=entry.label, status="failed",
-                          reason=f"model not prepared: {reason}", lossless=lossless(variant, entry))
-                for variant in self.recipe.variants for entry in self.recipe.targets_for(variant)
+                ResultRow(
+                    model=spec.display_name,
+                    variant=variant.name,
+                    target=entry.label,
+                    status="failed",
+                    reason=f"model not prepared: {reason}",
+                    lossless=lossless(variant, entry),
+                )
+                for variant in self.recipe.variants
+                for entry in self.recipe.targets_for(variant)
             ]
             return None
         self.models.append(prepared.record)
@@ -120,16 +136,37 @@ class RecipeRun:
             log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, brief(exc))
             return None, f"pass failed: {brief(exc)}"
 
-    def _export(self, prepared: PreparedModel, variant: VariantSpec, artifact: Artifact | None,
-                failure: str | None, entry: TargetEntry) -> tuple[ResultRow, Any]:
+    def _export(
+        self,
+        prepared: PreparedModel,
+        variant: VariantSpec,
+        artifact: Artifact | None,
+        failure: str | None,
+        entry: TargetEntry,
+    ) -> tuple[ResultRow, Any]:
         """The row of one (variant, target) and the job that will measure it; a failed row has no job."""
-        row = ResultRow(model=prepared.name, variant=variant.name, target=entry.label, status="failed",
-                        reason=failure, lossless=lossless(variant, entry))
+        row = ResultRow(
+            model=prepared.name,
+            variant=variant.name,
+            target=entry.label,
+            status="failed",
+            reason=failure,
+            lossless=lossless(variant, entry),
+        )
         if artifact is None:
             return row, None
         out_dir = self.run_dir / "models" / prepared.name / variant.name / folder_name(entry.label)
-        return export_row(row, entry, artifact.path, artifact.format, out_dir, self.run_dir, self.settings,
-                          prepared.evaluation, self.devices)
+        return export_row(
+            row,
+            entry,
+            artifact.path,
+            artifact.format,
+            out_dir,
+            self.run_dir,
+            self.settings,
+            prepared.evaluation,
+            self.devices,
+        )
 
 
 def bench_settings(
@@ -151,8 +188,7 @@ def progress_bar(console: Console | None) -> Progress:
     return Progress(*columns, console=console, disable=not console.is_terminal)
 
 
-def run_recipe(recipe_path: Path, *, quick: bool = False, profile: ProfileName | None = None,
-               **options: Any) -> Path:
+def run_recipe(recipe_path: Path, *, quick: bool = False, profile: ProfileName | None = None, **options: Any) -> Path:
     """Execute the recipe file at ``recipe_path``; return the run folder holding results.json and report.html.
 
     ``quick`` is the ``quick`` profile; the other options are ``execute_recipe``'s."""
@@ -187,8 +223,9 @@ def execute_recipe(
     with progress_bar(console) as progress:
         results = RecipeRun(recipe, text, run_dir, settings, progress, cache).execute()
     if cache.hits:
-        console.print(f"reused {cache.hits} finished step(s) from the step cache {cache.root} "
-                      "(--no-cache recomputes them)")
+        console.print(
+            f"reused {cache.hits} finished step(s) from the step cache {cache.root} (--no-cache recomputes them)"
+        )
     report = write_run(results, run_dir)
     failed = [model for model in results.models if model.failure]
     if failed and len(failed) == len(results.models):  # nothing was measured: the reasons are the answer

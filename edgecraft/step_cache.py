@@ -29,10 +29,11 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock
 
@@ -185,13 +186,21 @@ def architecture_key(model: Any) -> str:
 def describe_module(model: Any) -> str:
     """How an in-memory module is written where a recipe is stored (results.json, the run's recipe.yaml)."""
     parameters = sum(p.numel() for p in model.parameters())
-    return (f"<in-memory torch.nn.Module {type(model).__qualname__}, {parameters} parameters, "
-            f"sha256 of weights {weights_digest(model)[:16]}>")
+    return (
+        f"<in-memory torch.nn.Module {type(model).__qualname__}, {parameters} parameters, "
+        f"sha256 of weights {weights_digest(model)[:16]}>"
+    )
 
 
 def step_key(input_key: str, step: Pass, config: PassConfig) -> str:
-    return digest(input_key, step.name, config.model_dump(mode="json"), library_versions(step.libraries),
-                  code_key(type(step).__module__), step.environment_facts(config))
+    return digest(
+        input_key,
+        step.name,
+        config.model_dump(mode="json"),
+        library_versions(step.libraries),
+        code_key(type(step).__module__),
+        step.environment_facts(config),
+    )
 
 
 def file_digest(path: Path) -> str:
@@ -264,8 +273,13 @@ class StepCache:
             from edgecraft.compress.module_state import load_module
 
             model = load_module(skeletons(record["architecture"]), work_dir / "model.state").eval()
-        artifact = Artifact(record["format"], Signature.model_validate(record["signature"]), path=path,
-                            model=model, architecture=record["architecture"])
+        artifact = Artifact(
+            record["format"],
+            Signature.model_validate(record["signature"]),
+            path=path,
+            model=model,
+            architecture=record["architecture"],
+        )
         self.hits += 1
         return CachedStep(PassOutcome(artifact, record["details"]), record["seconds"])
 

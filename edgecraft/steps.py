@@ -15,8 +15,8 @@ from rich.progress import Progress
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.base import Artifact, PassContext, PassOutcome
 from edgecraft.compress.zoo import REFERENCE_MODELS
-from edgecraft.step_cache import StepCache, step_key
 from edgecraft.core.results import PassRecord
+from edgecraft.step_cache import StepCache, step_key
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ class StepRunner:
         self.progress = progress
         self.records: list[PassRecord] = []
 
-    def apply(self, model: str, variant: str | None, current: Keyed, entries: list[Any], context: PassContext,
-              folder: Path) -> Keyed:
+    def apply(
+        self, model: str, variant: str | None, current: Keyed, entries: list[Any], context: PassContext, folder: Path
+    ) -> Keyed:
         """Run ``entries`` in order from ``current``; the first failing pass raises."""
         for index, entry in enumerate(entries):
             step = pass_registry.get(entry.type)
@@ -62,22 +63,37 @@ class StepRunner:
             step_dir.mkdir(parents=True, exist_ok=True)
             cached = self.cache.load(key, step_dir, skeletons(context.original))
             if cached:
-                log.info("%s · %s · %s: finished before, reused from the step cache (%s)", model,
-                         variant or "shared", entry.type, key)
+                log.info(
+                    "%s · %s · %s: finished before, reused from the step cache (%s)",
+                    model,
+                    variant or "shared",
+                    entry.type,
+                    key,
+                )
                 outcome, seconds = cached.outcome, cached.seconds
             else:
                 outcome, seconds = self._run(model, step, entry, current.artifact, context, step_dir)
                 self.cache.store(key, outcome, step_dir, seconds)
             details = dict(outcome.details)
             control = details.pop("accuracy_control", None)  # typed in the record, not a flat fact
-            self.records.append(PassRecord(model=model, variant=variant, name=entry.type,
-                                           config=entry.model_dump(mode="json"), seconds=seconds,
-                                           details=details, accuracy_control=control, cached=cached is not None))
+            self.records.append(
+                PassRecord(
+                    model=model,
+                    variant=variant,
+                    name=entry.type,
+                    config=entry.model_dump(mode="json"),
+                    seconds=seconds,
+                    details=details,
+                    accuracy_control=control,
+                    cached=cached is not None,
+                )
+            )
             current = Keyed(outcome.artifact, key)
         return current
 
-    def _run(self, model: str, step: Any, entry: Any, artifact: Artifact, context: PassContext,
-             step_dir: Path) -> tuple[PassOutcome, float]:
+    def _run(
+        self, model: str, step: Any, entry: Any, artifact: Artifact, context: PassContext, step_dir: Path
+    ) -> tuple[PassOutcome, float]:
         task = self.progress.add_task(f"{model}: {entry.type}", total=None)
 
         def report(description: str, done: int, total: int) -> None:

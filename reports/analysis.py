@@ -82,7 +82,7 @@ class OperatorGap:
     time grew, or they only exist in the quantized graph), the most first; ``shrunk`` those that got faster.
     ``not_measured`` says why there is no per-op comparison (a runtime without per-op time, no fp32 profile)."""
 
-    fact: "RowFacts"
+    fact: RowFacts
     profile: OperatorProfile
     fp32_profile: OperatorProfile | None
     grown: list[OpChange]
@@ -146,10 +146,7 @@ def cis_overlap(a: LatencyStats, b: LatencyStats) -> bool:
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     """For (latency, accuracy) points, whether each is on the front: no other point is as fast and as accurate
     and strictly better in one of the two. Written out because it is four lines for a handful of variants."""
-    return [
-        not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points)
-        for x, y in points
-    ]
+    return [not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points) for x, y in points]
 
 
 def baseline_variants(results: RunResults) -> list[str]:
@@ -195,8 +192,7 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     for key in {(r.model, r.target) for r in ok}:
         # Rows whose quality could not be measured, or whose timings are an emulator's, have no place on an
         # accuracy/latency front.
-        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None
-                 and not r.emulated]
+        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None and not r.emulated]
         marks = pareto_front([(r.measurement.latency_ms.p50, r.measurement.accuracy) for r in group])
         front.update(id(r) for r, mark in zip(group, marks) if mark)
     facts = []
@@ -209,8 +205,12 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
         drop = model.reference_accuracy - m.accuracy if measured else None
         untimed = timing_not_measured(row) or (timing_not_measured(compared) if compared else None)
         timed, base_timed = (None, None) if untimed else (m, base)  # what speed figures may be derived from
-        slower = bool(timed and base_timed and timed.latency_ms.p50 > base_timed.latency_ms.p50
-                      and not cis_overlap(timed.latency_ms, base_timed.latency_ms))
+        slower = bool(
+            timed
+            and base_timed
+            and timed.latency_ms.p50 > base_timed.latency_ms.p50
+            and not cis_overlap(timed.latency_ms, base_timed.latency_ms)
+        )
         facts.append(
             RowFacts(
                 row=row,
@@ -226,8 +226,10 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 slower_than_fp32=slower,
                 cost_per_million=cost_per_million(settings.price_per_hour, timed.throughput_per_s) if timed else None,
                 on_front=id(row) in front,
-                throughput=[ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))
-                            for t in (m.throughput if m and not timing_not_measured(row) else [])],
+                throughput=[
+                    ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))
+                    for t in (m.throughput if m and not timing_not_measured(row) else [])
+                ],
                 timing_not_measured=timing_not_measured(row),
                 device_label=device_label(row, results.devices),
             )
@@ -294,8 +296,9 @@ def _pass_facts(results: RunResults) -> list[PassFacts]:
             after, target = (measured.measurement.accuracy, measured.target) if measured else (None, None)
         for index, record in enumerate(records):
             last = index == len(records) - 1
-            facts.append(PassFacts(record, before if index == 0 else None, after if last else None,
-                                   target if last else None))
+            facts.append(
+                PassFacts(record, before if index == 0 else None, after if last else None, target if last else None)
+            )
     return facts
 
 
@@ -304,12 +307,14 @@ def op_changes(profile: OperatorProfile, fp32: OperatorProfile) -> list[OpChange
     mine = {op.op_type: op for op in profile.ops}
     theirs = {op.op_type: op for op in fp32.ops}
     changes = [
-        OpChange(op_type=name,
-                 ms=mine[name].ms or 0.0 if name in mine else 0.0,
-                 fp32_ms=theirs[name].ms or 0.0 if name in theirs else 0.0,
-                 share=mine[name].share or 0.0 if name in mine else 0.0,
-                 nodes=mine[name].nodes if name in mine else 0,
-                 fp32_nodes=theirs[name].nodes if name in theirs else 0)
+        OpChange(
+            op_type=name,
+            ms=mine[name].ms or 0.0 if name in mine else 0.0,
+            fp32_ms=theirs[name].ms or 0.0 if name in theirs else 0.0,
+            share=mine[name].share or 0.0 if name in mine else 0.0,
+            nodes=mine[name].nodes if name in mine else 0,
+            fp32_nodes=theirs[name].nodes if name in theirs else 0,
+        )
         for name in dict.fromkeys([*mine, *theirs])
     ]
     return sorted(changes, key=lambda change: (-change.delta_ms, change.op_type))
@@ -320,8 +325,13 @@ def operator_gap(fact: RowFacts) -> OperatorGap | None:
     ``BARELY_FASTER``; None for any other row."""
     m = fact.row.measurement
     profile = m.operator_profile if m else None
-    if (profile is None or not profile.quantized or fact.timing_not_measured or fact.speedup is None
-            or fact.speedup >= BARELY_FASTER):
+    if (
+        profile is None
+        or not profile.quantized
+        or fact.timing_not_measured
+        or fact.speedup is None
+        or fact.speedup >= BARELY_FASTER
+    ):
         return None
     fp32 = fact.baseline.measurement.operator_profile if fact.baseline and fact.baseline.measurement else None
     if fp32 is None:
@@ -330,8 +340,14 @@ def operator_gap(fact: RowFacts) -> OperatorGap | None:
         reason = (profile.not_measured if not profile.timed else fp32.not_measured) or "per-op time not measured"
     else:
         changes = op_changes(profile, fp32)
-        return OperatorGap(fact, profile, fp32, [c for c in changes if c.delta_ms > 0],
-                           sorted((c for c in changes if c.delta_ms < 0), key=lambda c: c.delta_ms), None)
+        return OperatorGap(
+            fact,
+            profile,
+            fp32,
+            [c for c in changes if c.delta_ms > 0],
+            sorted((c for c in changes if c.delta_ms < 0), key=lambda c: c.delta_ms),
+            None,
+        )
     return OperatorGap(fact, profile, fp32, [], [], reason)
 
 

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from edgecraft.core.results import ResultRow
 from edgecraft.reports.analysis import Analysis, RowFacts
 from edgecraft.reports.compare import Comparison
-from edgecraft.core.results import ResultRow
 
 MARKERS = "osD^vP*X"
 STATUS_COLORS = {"ok": "#1a7f37", "skipped": "#9a6700", "failed": "#cf222e"}
@@ -72,14 +72,14 @@ def _style(name: str) -> Iterator[None]:
         yield
 
 
-def _svg(figure) -> str:  # noqa: ANN001 - matplotlib Figure, imported lazily
+def _svg(figure) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # drop the XML prologue and DOCTYPE so the SVG can sit inside HTML
 
 
-def _figure(width: float, height: float, panels: int):  # noqa: ANN202 - matplotlib types
+def _figure(width: float, height: float, panels: int):
     """A figure without pyplot: no global state to close, safe to call from any thread."""
     from matplotlib.figure import Figure
 
@@ -116,8 +116,15 @@ def _nothing_timed(name: str) -> str:
     with _style(name):
         figure, (axis,) = _figure(6.5, 0.9, 1)
         axis.set_axis_off()
-        axis.text(0, 0.5, "no row with device timings: every measured row ran on an emulated device",
-                  transform=axis.transAxes, va="center", fontsize=8, color=STATUS_COLORS["skipped"])
+        axis.text(
+            0,
+            0.5,
+            "no row with device timings: every measured row ran on an emulated device",
+            transform=axis.transAxes,
+            va="center",
+            fontsize=8,
+            color=STATUS_COLORS["skipped"],
+        )
         return _svg(figure)
 
 
@@ -133,25 +140,48 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
             if facts[0].reference_accuracy is not None:
                 budget = facts[0].reference_accuracy - analysis.settings.max_accuracy_drop
                 axis.axhline(100 * budget, color="#8c959f", linestyle="--", linewidth=1)
-                axis.annotate("accuracy budget", (0, 100 * budget), xycoords=("axes fraction", "data"),
-                              xytext=(2, 3), textcoords="offset points", color="#57606a", fontsize=7)
+                axis.annotate(
+                    "accuracy budget",
+                    (0, 100 * budget),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(2, 3),
+                    textcoords="offset points",
+                    color="#57606a",
+                    fontsize=7,
+                )
             for index, target in enumerate(targets):
-                measured = [f for f in _timed(facts) if f.row.target == target and f.row.measurement
-                            and f.row.measurement.accuracy is not None]
+                measured = [
+                    f
+                    for f in _timed(facts)
+                    if f.row.target == target and f.row.measurement and f.row.measurement.accuracy is not None
+                ]
                 if not measured:
                     continue
                 points = [(f.row.measurement.latency_ms.p50, 100 * f.row.measurement.accuracy) for f in measured]
                 colour = f"C{index}"
                 front = sorted(p for p, f in zip(points, measured) if f.on_front)
                 axis.step(*zip(*front), where="post", color=colour, alpha=0.5, linewidth=1.2)
-                axis.scatter(*zip(*points), marker=MARKERS[index % len(MARKERS)], s=44, zorder=3, label=_plain(target),
-                             facecolors=[colour if f.on_front else "white" for f in measured], edgecolors=colour)
+                axis.scatter(
+                    *zip(*points),
+                    marker=MARKERS[index % len(MARKERS)],
+                    s=44,
+                    zorder=3,
+                    label=_plain(target),
+                    facecolors=[colour if f.on_front else "white" for f in measured],
+                    edgecolors=colour,
+                )
                 # Labels alternate above and below in latency order: variants often share an accuracy.
                 for rank, (fact, (x, y)) in enumerate(sorted(zip(measured, points), key=lambda item: item[1])):
                     slow = " (slower than fp32)" if fact.slower_than_fp32 else ""
-                    axis.annotate(_plain(fact.row.variant) + slow, (x, y), textcoords="offset points", ha="center",
-                                  xytext=(0, 7 if rank % 2 == 0 else -13), fontsize=7,
-                                  color=STATUS_COLORS["failed"] if slow else "#1d232b")
+                    axis.annotate(
+                        _plain(fact.row.variant) + slow,
+                        (x, y),
+                        textcoords="offset points",
+                        ha="center",
+                        xytext=(0, 7 if rank % 2 == 0 else -13),
+                        fontsize=7,
+                        color=STATUS_COLORS["failed"] if slow else "#1d232b",
+                    )
             axis.set_title(_plain(model))
             axis.margins(x=0.15, y=0.15)
             axis.set_xscale("log")
@@ -160,18 +190,31 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
             axis.grid(True, which="both", alpha=0.25)
             if any(f.row.measurement and f.row.measurement.accuracy is not None for f in _timed(facts)):
                 axis.legend(fontsize=7, loc="lower right", title="filled: Pareto front", title_fontsize=7)
-            missing = [f"{_plain(f.row.variant)} · {_plain(f.row.target)} — {_not_measured(f.row, 45)}"
-                       for f in facts if not f.row.measurement or f.row.measurement.accuracy is None]
-            missing += [f"{_plain(f.row.variant)} · {_plain(f.row.target)} — left out: emulated device, timings "
-                        "are not device timings" for f in facts
-                        if f.timing_not_measured and f.row.measurement and f.row.measurement.accuracy is not None]
+            missing = [
+                f"{_plain(f.row.variant)} · {_plain(f.row.target)} — {_not_measured(f.row, 45)}"
+                for f in facts
+                if not f.row.measurement or f.row.measurement.accuracy is None
+            ]
+            missing += [
+                f"{_plain(f.row.variant)} · {_plain(f.row.target)} — left out: emulated device, timings "
+                "are not device timings"
+                for f in facts
+                if f.timing_not_measured and f.row.measurement and f.row.measurement.accuracy is not None
+            ]
             if missing:
-                axis.text(0, -0.28, "not measured:\n" + "\n".join(missing), transform=axis.transAxes, va="top",
-                          fontsize=7, color=STATUS_COLORS["failed"])
+                axis.text(
+                    0,
+                    -0.28,
+                    "not measured:\n" + "\n".join(missing),
+                    transform=axis.transAxes,
+                    va="top",
+                    fontsize=7,
+                    color=STATUS_COLORS["failed"],
+                )
         return _svg(figure)
 
 
-def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:  # noqa: ANN001
+def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:
     """Rows top to bottom in results order; where a row has nothing ``drawn``, its status and reason instead."""
     axis.set_yticks(range(len(facts)), [_row_label(f.row, with_target) for f in facts])
     axis.set_ylim(len(facts) - 0.5, -0.5)
@@ -181,8 +224,15 @@ def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list
         axis.set_xticks([], minor=True)
     for position, (fact, shown) in enumerate(zip(facts, drawn)):
         if not shown:
-            axis.text(0.01, position, _not_measured(fact.row), transform=axis.get_yaxis_transform(), va="center",
-                      fontsize=7, color=STATUS_COLORS[fact.row.status])
+            axis.text(
+                0.01,
+                position,
+                _not_measured(fact.row),
+                transform=axis.get_yaxis_transform(),
+                va="center",
+                fontsize=7,
+                color=STATUS_COLORS[fact.row.status],
+            )
 
 
 def size_per_variant(analysis: Analysis) -> str:
@@ -193,14 +243,19 @@ def size_per_variant(analysis: Analysis) -> str:
         figure, (axis,) = _figure(7.5, 0.8 + ROW_HEIGHT_IN * len(facts), 1)
         sizes = [(f.row.size_bytes or 0) / 1024 for f in facts]
         variants = list(dict.fromkeys(f.row.variant for f in facts))
-        axis.barh(range(len(facts)), sizes, height=0.6,
-                  color=[f"C{variants.index(f.row.variant) % 10}" for f in facts])
+        axis.barh(range(len(facts)), sizes, height=0.6, color=[f"C{variants.index(f.row.variant) % 10}" for f in facts])
         for position, (fact, size) in enumerate(zip(facts, sizes)):
             if fact.row.size_bytes:
                 smaller = f"  {fact.size_reduction:.1f}× smaller" if fact.size_reduction else ""
                 status = "" if fact.row.status == "ok" else f"  ({fact.row.status})"
-                axis.text(size, position, f" {size:,.0f} KB{smaller}{status}", va="center", fontsize=7,
-                          color=STATUS_COLORS[fact.row.status] if status else "#1d232b")
+                axis.text(
+                    size,
+                    position,
+                    f" {size:,.0f} KB{smaller}{status}",
+                    va="center",
+                    fontsize=7,
+                    color=STATUS_COLORS[fact.row.status] if status else "#1d232b",
+                )
         _horizontal_rows(axis, facts, with_target, [bool(f.row.size_bytes) for f in facts])
         axis.set_xlabel("size on disk (KB)")
         axis.set_xlim(0, max(sizes, default=1) * 1.5 or 1)  # room for the labels
@@ -218,10 +273,17 @@ def latency_distributions(analysis: Analysis) -> str:
         for axis, (target, facts) in zip(axes, by_target.items()):
             positions = [i for i, f in enumerate(facts) if f.row.measurement and f.row.measurement.samples_ms]
             if positions:
-                axis.boxplot([facts[i].row.measurement.samples_ms for i in positions], positions=positions,
-                             orientation="horizontal", whis=(1, 99), showfliers=False, widths=0.55,
-                             patch_artist=True, boxprops={"facecolor": "#ddf4ff", "edgecolor": "#0969da"},
-                             medianprops={"color": "#0969da"})
+                axis.boxplot(
+                    [facts[i].row.measurement.samples_ms for i in positions],
+                    positions=positions,
+                    orientation="horizontal",
+                    whis=(1, 99),
+                    showfliers=False,
+                    widths=0.55,
+                    patch_artist=True,
+                    boxprops={"facecolor": "#ddf4ff", "edgecolor": "#0969da"},
+                    medianprops={"color": "#0969da"},
+                )
             axis.set_xscale("log")
             _horizontal_rows(axis, facts, False, [i in positions for i in range(len(facts))])
             axis.set_title(_plain(target))
@@ -246,8 +308,13 @@ def memory_per_target(analysis: Analysis) -> str:
             axis.barh(range(len(facts)), model, left=runtime, color="#0969da", height=0.6, label="model memory")
             for position, m in enumerate(measured):
                 if m:
-                    axis.text(m.runtime_import_mb + m.model_memory_mb, position, f" {m.model_memory_mb:.1f} MB",
-                              va="center", fontsize=7)
+                    axis.text(
+                        m.runtime_import_mb + m.model_memory_mb,
+                        position,
+                        f" {m.model_memory_mb:.1f} MB",
+                        va="center",
+                        fontsize=7,
+                    )
             _horizontal_rows(axis, facts, False, [m is not None for m in measured])
             axis.set_title(_plain(target))
             axis.set_xlabel("resident memory added to the benchmark process (MB)")
@@ -263,26 +330,51 @@ def latency_change(comparison: Comparison) -> str:
     with _style("latency-change"):
         figure, (axis,) = _figure(7.5, 1.1 + 1.4 * ROW_HEIGHT_IN * len(rows), 1)
         for offset, side, colour in ((-0.17, "baseline", "#8c959f"), (0.17, "candidate", "#0969da")):
-            points = [(i + offset, getattr(row, side).measurement.latency_ms) for i, row in enumerate(rows)
-                      if getattr(row, side) and getattr(row, side).measurement and not row.latency_not_compared]
+            points = [
+                (i + offset, getattr(row, side).measurement.latency_ms)
+                for i, row in enumerate(rows)
+                if getattr(row, side) and getattr(row, side).measurement and not row.latency_not_compared
+            ]
             if points:
                 ys, stats = zip(*points)
                 p50 = [s.p50 for s in stats]
                 errors = [[s.p50 - s.p50_ci95[0] for s in stats], [s.p50_ci95[1] - s.p50 for s in stats]]
-                axis.errorbar(p50, ys, xerr=errors, fmt="o", color=colour, capsize=3, markersize=4,
-                              label=_plain(f"{side}: {getattr(comparison, side).name}"))
+                axis.errorbar(
+                    p50,
+                    ys,
+                    xerr=errors,
+                    fmt="o",
+                    color=colour,
+                    capsize=3,
+                    markersize=4,
+                    label=_plain(f"{side}: {getattr(comparison, side).name}"),
+                )
         labels = [f"{r.model} · {r.variant}" + (f" · {r.target}" if with_target else "") for r in rows]
         axis.set_yticks(range(len(rows)), [_plain(label) for label in labels])
         axis.set_ylim(len(rows) - 0.5, -0.5)
         for position, row in enumerate(rows):
             side = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
             if row.latency_not_compared:
-                axis.text(0.01, position, _plain(row.latency_not_compared), transform=axis.get_yaxis_transform(),
-                          va="center", fontsize=7, color=STATUS_COLORS["skipped"])
+                axis.text(
+                    0.01,
+                    position,
+                    _plain(row.latency_not_compared),
+                    transform=axis.get_yaxis_transform(),
+                    va="center",
+                    fontsize=7,
+                    color=STATUS_COLORS["skipped"],
+                )
             elif side or not (row.baseline and row.candidate):
                 note = _not_measured(side) if side else "only in " + ("baseline" if row.baseline else "candidate")
-                axis.text(0.01, position, note, transform=axis.get_yaxis_transform(), va="center", fontsize=7,
-                          color=STATUS_COLORS["failed"])
+                axis.text(
+                    0.01,
+                    position,
+                    note,
+                    transform=axis.get_yaxis_transform(),
+                    va="center",
+                    fontsize=7,
+                    color=STATUS_COLORS["failed"],
+                )
             if row.failures:
                 axis.get_yticklabels()[position].set_color(STATUS_COLORS["failed"])
         axis.set_xscale("log")

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from edgecraft.reports.analysis import FLOAT_SLACK, cis_overlap
 from edgecraft.core.results import CONVERSION_WARNING, NOISE_WARNING, LatencyStats, ModelRecord, ResultRow, RunResults
 from edgecraft.core.signature import Signature
+from edgecraft.reports.analysis import FLOAT_SLACK, cis_overlap
 from edgecraft.reports.results_file import ResultsError, check_results
 from edgecraft.reports.settings import GateThresholds, report_settings, with_overrides
 
@@ -49,9 +49,11 @@ class Gate:
 
     def describe(self) -> str:
         t, source = self.thresholds, self.sources
-        return (f"p50 latency +{100 * t.max_latency_increase:g} % ({source['max_latency_increase']}), "
-                f"size +{100 * t.max_size_increase:g} % ({source['max_size_increase']}), "
-                f"accuracy −{100 * t.max_accuracy_drop:g} pt ({source['max_accuracy_drop']})")
+        return (
+            f"p50 latency +{100 * t.max_latency_increase:g} % ({source['max_latency_increase']}), "
+            f"size +{100 * t.max_size_increase:g} % ({source['max_size_increase']}), "
+            f"accuracy −{100 * t.max_accuracy_drop:g} pt ({source['max_accuracy_drop']})"
+        )
 
 
 def resolve_gate(baseline: RunResults, command_line: Mapping[str, float | None]) -> Gate:
@@ -61,8 +63,10 @@ def resolve_gate(baseline: RunResults, command_line: Mapping[str, float | None])
     thresholds = with_overrides(recipe, **command_line)
     defaults = GateThresholds()
     sources: dict[str, ThresholdSource] = {
-        name: "command line" if command_line.get(name) is not None
-        else "baseline recipe" if getattr(recipe, name) != getattr(defaults, name)
+        name: "command line"
+        if command_line.get(name) is not None
+        else "baseline recipe"
+        if getattr(recipe, name) != getattr(defaults, name)
         else "default"
         for name in GateThresholds.model_fields
     }
@@ -158,24 +162,43 @@ def _latency(base: ResultRow, cand: ResultRow, change: float, overlap: bool, lim
     if change > limit + FLOAT_SLACK:
         if not overlap:
             return Finding("regression", f"{shift}, 95 % CIs do not overlap, exceeds +{100 * limit:g} %")
-        return Finding("inconclusive", f"{shift} exceeds +{100 * limit:g} % but the 95 % CIs overlap "
-                                       f"(±{100 * _half_width(b):.1f} % and ±{100 * _half_width(c):.1f} %): "
-                                       "it cannot be told from noise; measure again")
+        return Finding(
+            "inconclusive",
+            f"{shift} exceeds +{100 * limit:g} % but the 95 % CIs overlap "
+            f"(±{100 * _half_width(b):.1f} % and ±{100 * _half_width(c):.1f} %): "
+            "it cannot be told from noise; measure again",
+        )
     if c.p50_ci95[1] / b.p50_ci95[0] - 1 <= limit + FLOAT_SLACK:
         return None
-    noisy = next((f"{side}: {warning}" for side, row in (("baseline", base), ("candidate", cand))
-                  for warning in row.warnings if warning.startswith(NOISE_WARNING)), None)
+    noisy = next(
+        (
+            f"{side}: {warning}"
+            for side, row in (("baseline", base), ("candidate", cand))
+            for warning in row.warnings
+            if warning.startswith(NOISE_WARNING)
+        ),
+        None,
+    )
     if noisy:
         return Finding("inconclusive", f"{shift} cannot be judged, the row is noisy ({noisy}); measure again")
     side, width = max((("baseline", _half_width(b)), ("candidate", _half_width(c))), key=lambda item: item[1])
     if width > limit + FLOAT_SLACK:
-        return Finding("inconclusive", f"{shift} cannot be judged: the {side}'s 95 % CI is ±{100 * width:.1f} %, "
-                                       f"wider than the +{100 * limit:g} % threshold; measure again")
+        return Finding(
+            "inconclusive",
+            f"{shift} cannot be judged: the {side}'s 95 % CI is ±{100 * width:.1f} %, "
+            f"wider than the +{100 * limit:g} % threshold; measure again",
+        )
     return None
 
 
-def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, gate: GateThresholds, allow_missing: bool,
-          model_failure: str | None) -> RowDiff:
+def _diff(
+    key: Key,
+    base: ResultRow | None,
+    cand: ResultRow | None,
+    gate: GateThresholds,
+    allow_missing: bool,
+    model_failure: str | None,
+) -> RowDiff:
     """Compare one row; ``model_failure``: why the candidate could not prepare this row's model where the baseline
     could."""
     findings = []
@@ -186,14 +209,18 @@ def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, gate: GateTh
     elif base and not cand:
         findings.append(Finding("missing", "absent from the candidate run", allow_missing))
     elif bm and cand.status == "skipped":
-        findings.append(Finding("missing", f"measured in the baseline but skipped in the candidate: {cand.reason}",
-                                allow_missing))
+        findings.append(
+            Finding("missing", f"measured in the baseline but skipped in the candidate: {cand.reason}", allow_missing)
+        )
     elif bm and not cm:
-        findings.append(Finding("regression", f"measured in the baseline but {cand.status} in the candidate: "
-                                              f"{cand.reason}"))
+        findings.append(
+            Finding("regression", f"measured in the baseline but {cand.status} in the candidate: {cand.reason}")
+        )
     latency = overlap = accuracy = untimed = None
-    emulated = next((f"{side}: {row.emulated}" for side, row in (("baseline", base), ("candidate", cand))
-                     if row and row.emulated), None)
+    emulated = next(
+        (f"{side}: {row.emulated}" for side, row in (("baseline", base), ("candidate", cand)) if row and row.emulated),
+        None,
+    )
     if bm and cm and emulated:
         untimed = f"latency not compared: emulated device ({emulated}); its timings are not device timings"
     elif bm and cm:
@@ -204,21 +231,38 @@ def _diff(key: Key, base: ResultRow | None, cand: ResultRow | None, gate: GateTh
     if bm and cm:
         metric = bm.quality.metric
         if bm.accuracy is not None and cm.accuracy is None:
-            findings.append(Finding("regression", f"{metric} measured in the baseline but not in the candidate: "
-                                                  f"{cm.quality.not_measured or 'no value'}"))
+            findings.append(
+                Finding(
+                    "regression",
+                    f"{metric} measured in the baseline but not in the candidate: "
+                    f"{cm.quality.not_measured or 'no value'}",
+                )
+            )
         elif bm.accuracy is not None:
             accuracy = cm.accuracy - bm.accuracy
             if -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:
-                findings.append(Finding(
-                    "regression", f"{metric} {100 * accuracy:+.2f} pt ({100 * bm.accuracy:.2f} → "
-                                  f"{100 * cm.accuracy:.2f} %) exceeds −{100 * gate.max_accuracy_drop:g} pt"))
+                findings.append(
+                    Finding(
+                        "regression",
+                        f"{metric} {100 * accuracy:+.2f} pt ({100 * bm.accuracy:.2f} → "
+                        f"{100 * cm.accuracy:.2f} %) exceeds −{100 * gate.max_accuracy_drop:g} pt",
+                    )
+                )
     size = _relative(cand.size_bytes if cand else None, base.size_bytes if base else None)
     if size is not None and size > gate.max_size_increase + FLOAT_SLACK:
-        findings.append(Finding("regression", f"size +{100 * size:.1f} % ({base.size_bytes:,} → {cand.size_bytes:,} "
-                                              f"bytes) exceeds +{100 * gate.max_size_increase:g} %"))
+        findings.append(
+            Finding(
+                "regression",
+                f"size +{100 * size:.1f} % ({base.size_bytes:,} → {cand.size_bytes:,} "
+                f"bytes) exceeds +{100 * gate.max_size_increase:g} %",
+            )
+        )
     if base and cand and not any(w.startswith(CONVERSION_WARNING) for w in base.warnings):
-        findings.extend(Finding("regression", f"new in the candidate: {warning}")
-                        for warning in cand.warnings if warning.startswith(CONVERSION_WARNING))
+        findings.extend(
+            Finding("regression", f"new in the candidate: {warning}")
+            for warning in cand.warnings
+            if warning.startswith(CONVERSION_WARNING)
+        )
     return RowDiff(*key, base, cand, latency, overlap, size, accuracy, findings, untimed)
 
 
@@ -236,13 +280,15 @@ def _model_differences(base: ModelRecord, cand: ModelRecord) -> list[str]:
     if base.source != cand.source:
         differences.append(f"model {name}'s source differs: {base.source} vs {cand.source}")
     if base.signature != cand.signature:
-        differences.append(f"model {name}'s signature differs: {_describe(base.signature)} vs "
-                           f"{_describe(cand.signature)}")
+        differences.append(
+            f"model {name}'s signature differs: {_describe(base.signature)} vs {_describe(cand.signature)}"
+        )
     if base.data_shapes and cand.data_shapes and base.data_shapes != cand.data_shapes:
         differences.append(f"model {name}'s evaluation input shapes differ: {base.data_shapes} vs {cand.data_shapes}")
     if base.evaluation_data and cand.evaluation_data and base.evaluation_data != cand.evaluation_data:
-        differences.append(f"model {name}'s evaluation data differs: digest {base.evaluation_data[:12]} vs "
-                           f"{cand.evaluation_data[:12]}")
+        differences.append(
+            f"model {name}'s evaluation data differs: digest {base.evaluation_data[:12]} vs {cand.evaluation_data[:12]}"
+        )
     evaluators = [f"{model.reference.evaluator} ({model.reference.metric})" for model in (base, cand)]
     if evaluators[0] != evaluators[1]:
         differences.append(f"model {name}'s evaluator differs: {evaluators[0]} vs {evaluators[1]}")
@@ -252,8 +298,11 @@ def _model_differences(base: ModelRecord, cand: ModelRecord) -> list[str]:
 def _prepared_pairs(baseline: RunResults, candidate: RunResults) -> list[tuple[ModelRecord, ModelRecord]]:
     """The models both runs prepared, as (baseline, candidate) records."""
     candidates = {model.name: model for model in candidate.models if model.failure is None}
-    return [(model, candidates[model.name]) for model in baseline.models
-            if model.failure is None and model.name in candidates]
+    return [
+        (model, candidates[model.name])
+        for model in baseline.models
+        if model.failure is None and model.name in candidates
+    ]
 
 
 def _caveats(baseline: RunResults, candidate: RunResults) -> list[str]:
@@ -276,16 +325,25 @@ def _caveats(baseline: RunResults, candidate: RunResults) -> list[str]:
     for name in sorted(set(packages[0]) | set(packages[1])):
         if packages[0].get(name) != packages[1].get(name):
             caveats.append(f"{name} {packages[0].get(name, 'absent')} vs {packages[1].get(name, 'absent')}")
-    unchecked = [base.name for base, cand in _prepared_pairs(baseline, candidate)
-                 if not (base.evaluation_data and cand.evaluation_data)]
+    unchecked = [
+        base.name
+        for base, cand in _prepared_pairs(baseline, candidate)
+        if not (base.evaluation_data and cand.evaluation_data)
+    ]
     if unchecked:
-        caveats.append(f"no evaluation data digest in both runs for {', '.join(unchecked)} (older results?): "
-                       "not checked that both evaluated the same data")
+        caveats.append(
+            f"no evaluation data digest in both runs for {', '.join(unchecked)} (older results?): "
+            "not checked that both evaluated the same data"
+        )
     return caveats
 
 
-def compare_runs(baseline: RunResults, candidate: RunResults, command_line: Mapping[str, float | None] | None = None,
-                 allow_missing: bool = False) -> Comparison:
+def compare_runs(
+    baseline: RunResults,
+    candidate: RunResults,
+    command_line: Mapping[str, float | None] | None = None,
+    allow_missing: bool = False,
+) -> Comparison:
     """Match rows by (model, variant, target) and judge each (see the module docstring). ``command_line``: threshold
     overrides by field name; the rest come from the baseline's recipe. ``ResultsError`` when the runs are not
     comparable or hold an impossible number."""
@@ -303,6 +361,8 @@ def compare_runs(baseline: RunResults, candidate: RunResults, command_line: Mapp
             f"mismatched runs: {baseline.name} and {candidate.name} have no (model, variant, target) row in common"
         )
     gate = resolve_gate(baseline, command_line or {})
-    rows = [_diff(key, base.get(key), cand.get(key), gate.thresholds, allow_missing, failures.get(key[0]))
-            for key in dict.fromkeys([*base, *cand])]
+    rows = [
+        _diff(key, base.get(key), cand.get(key), gate.thresholds, allow_missing, failures.get(key[0]))
+        for key in dict.fromkeys([*base, *cand])
+    ]
     return Comparison(baseline, candidate, gate, rows, _caveats(baseline, candidate))

@@ -30,8 +30,10 @@ def _op_types(profile: Any, timed: bool) -> str:
     """The top op types with their share of op time, or their node counts (most first) where time is not measured
     or means nothing."""
     if timed:
-        return ";".join(f"{op.op_type}:{op.share:.4f}" if op.share is not None else f"{op.op_type}:x{op.nodes}"
-                        for op in profile.top(5))
+        return ";".join(
+            f"{op.op_type}:{op.share:.4f}" if op.share is not None else f"{op.op_type}:x{op.nodes}"
+            for op in profile.top(5)
+        )
     by_nodes = sorted(profile.ops, key=lambda op: (-op.nodes, op.op_type))
     return ";".join(f"{op.op_type}:x{op.nodes}" for op in by_nodes[:5])
 
@@ -40,6 +42,7 @@ def _profiled(read: Callable[[Any], Any]) -> Callable[[RowFacts], Any]:
     def cell(fact: RowFacts) -> Any:
         m = fact.row.measurement
         return read(m.operator_profile) if m and m.operator_profile else None
+
     return cell
 
 

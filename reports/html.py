@@ -13,12 +13,12 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from edgecraft.core.files import write_atomic
+from edgecraft.core.results import RunResults
 from edgecraft.reports import charts
 from edgecraft.reports.analysis import Analysis, analyse, timing_not_measured
 from edgecraft.reports.compare import Comparison
 from edgecraft.reports.csv_table import results_csv
-from edgecraft.core.files import write_atomic
-from edgecraft.core.results import RunResults
 from edgecraft.reports.settings import ReportSettings, report_settings
 
 DASH = "–"
@@ -42,8 +42,10 @@ def _top_ops(profile: Any, count: int = 3, nodes_only: bool = False) -> str:
     if nodes_only:
         ops = sorted(profile.ops, key=lambda op: (-op.nodes, op.op_type))[:count]
         return " · ".join(f"{op.op_type} ×{op.nodes}" for op in ops) or DASH
-    parts = [f"{op.op_type} {100 * op.share:.0f} %" if op.share is not None else f"{op.op_type} ×{op.nodes}"
-             for op in profile.top(count)]
+    parts = [
+        f"{op.op_type} {100 * op.share:.0f} %" if op.share is not None else f"{op.op_type} ×{op.nodes}"
+        for op in profile.top(count)
+    ]
     return " · ".join(parts) or (profile.not_measured or DASH)
 
 

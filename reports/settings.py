@@ -25,7 +25,9 @@ class GateThresholds(_Strict):
     resolve; below it every row would be inconclusive."""
 
     max_latency_increase: float = Field(
-        0.10, ge=0.01, le=1.0,
+        0.10,
+        ge=0.01,
+        le=1.0,
         description="Relative p50 increase (0.10 = +10 %) from 0.01 to 1; an increase beyond it is a regression when "
         "the two p50 CIs do not overlap, inconclusive when they do.",
     )
@@ -33,7 +35,9 @@ class GateThresholds(_Strict):
         0.05, ge=0, le=1.0, description="Relative artifact size increase (0.05 = +5 %) from 0 to 1."
     )
     max_accuracy_drop: float = Field(
-        0.01, ge=0, le=0.2,
+        0.01,
+        ge=0,
+        le=0.2,
         description="Accuracy the candidate may lose against the baseline, as a fraction (0.01 = 1 point) from 0 "
         "to 0.2.",
     )

@@ -35,7 +35,7 @@ class TargetSpec:
     remote: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "TargetSpec":
+    def parse(cls, text: str) -> TargetSpec:
         text, at, remote = text.partition("@")
         runtime, _, device = text.partition(":")
         return cls(runtime.strip().lower(), (device or "cpu").strip().lower(), remote.strip() if at else None)
@@ -114,11 +114,14 @@ class Target(ABC):
         """Every output for every sample of ``inputs``, ``batch_size`` samples per ``run`` call."""
         from edgecraft.targets import feeds
 
-        return [self.run(session, feeds.take(inputs, start, start + batch_size))
-                for start in range(0, feeds.count(inputs), batch_size)]
+        return [
+            self.run(session, feeds.take(inputs, start, start + batch_size))
+            for start in range(0, feeds.count(inputs), batch_size)
+        ]
 
-    def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
-                runs: int) -> dict[str, Any]:
+    def profile(
+        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+    ) -> dict[str, Any]:
         """Where the time of one inference goes, per op type, as a ``edgecraft.core.results.OperatorProfile`` dict.
 
         Called once, after every timed phase, in the benchmark process: it loads its own session with the
@@ -154,9 +157,18 @@ class NodeTime:
     floating: bool
 
 
-def summarize(source: str, nodes: Iterable[NodeTime], runs: int, *, quantized: bool, qdq_nodes: dict[str, int],
-              qdq_types: Iterable[str] = (), not_measured: str | None = None, notes: Iterable[str] = (),
-              total_ms: float | None = None) -> dict[str, Any]:
+def summarize(
+    source: str,
+    nodes: Iterable[NodeTime],
+    runs: int,
+    *,
+    quantized: bool,
+    qdq_nodes: dict[str, int],
+    qdq_types: Iterable[str] = (),
+    not_measured: str | None = None,
+    notes: Iterable[str] = (),
+    total_ms: float | None = None,
+) -> dict[str, Any]:
     """An ``OperatorProfile`` dict from per-node records: per op type its node count (distinct node names), its
     time per inference and share; the float op types of a quantized model (quantize / dequantize ops excluded)."""
     per_type: dict[str, dict[str, Any]] = {}
@@ -172,9 +184,12 @@ def summarize(source: str, nodes: Iterable[NodeTime], runs: int, *, quantized: b
     timed = runs > 0 and any(entry["ms"] is not None for entry in per_type.values())
     summed = sum(entry["ms"] or 0.0 for entry in per_type.values()) / runs if timed else None
     ops = [
-        {"op_type": op_type, "nodes": len(entry["names"]),
-         "ms": entry["ms"] / runs if timed and entry["ms"] is not None else None,
-         "share": (entry["ms"] or 0.0) / runs / summed if timed and summed else None}
+        {
+            "op_type": op_type,
+            "nodes": len(entry["names"]),
+            "ms": entry["ms"] / runs if timed and entry["ms"] is not None else None,
+            "share": (entry["ms"] or 0.0) / runs / summed if timed and summed else None,
+        }
         for op_type, entry in per_type.items()
     ]
     ops.sort(key=lambda op: (-(op["ms"] or 0.0), -op["nodes"], op["op_type"]))

@@ -51,8 +51,9 @@ def save(feeds: Feeds, folder: Path) -> Path:
 def load(folder: Path, mmap: bool = True) -> Feeds:
     """The feeds saved by ``save``; memory-mapped by default (pages are read only when a sample is used)."""
     names = (folder / "names.txt").read_text().split("\n")
-    return {name: np.load(folder / f"{_file_name(name)}.npy", mmap_mode="r" if mmap else None)
-            for name in names if name}
+    return {
+        name: np.load(folder / f"{_file_name(name)}.npy", mmap_mode="r" if mmap else None) for name in names if name
+    }
 
 
 def read(folder: Path, start: int, stop: int) -> Feeds:
@@ -147,8 +148,9 @@ def synthetic(signature: Signature, samples: int, seed: int = 0, vocabulary: dic
     for spec in signature.inputs:
         if spec.shape is None or spec.dtype is None:
             raise DataMismatch(f"input {spec.name!r}: the model file does not say its shape and dtype; pass data")
-        shape = [samples] + [d if isinstance(d, int) else SYNTHETIC_SIZES.get(str(d), DEFAULT_SYMBOLIC_SIZE)
-                             for d in spec.shape[1:]]
+        shape = [samples] + [
+            d if isinstance(d, int) else SYNTHETIC_SIZES.get(str(d), DEFAULT_SYMBOLIC_SIZE) for d in spec.shape[1:]
+        ]
         dtype = np.dtype(spec.dtype)
         lowered = spec.name.lower()
         if dtype.kind in "iub":

@@ -5,8 +5,9 @@ from __future__ import annotations
 from edgecraft.core.registry import Registry
 from edgecraft.targets.base import Target
 
-RUNTIMES: Registry[type[Target]] = Registry("runtime", "runtimes", key=lambda cls: cls.runtime,
-                                            package="edgecraft.targets.runtimes")
+RUNTIMES: Registry[type[Target]] = Registry(
+    "runtime", "runtimes", key=lambda cls: cls.runtime, package="edgecraft.targets.runtimes"
+)
 register = RUNTIMES.register
 
 

@@ -55,8 +55,19 @@ LISTENING = re.compile(r"edgecraft agent listening on (http://\S+)")
 START_TIMEOUT_S = 300.0
 # The host's pip settings that also hold inside the root. Its find-links and file:// indexes are host folders
 # (x86 wheels only) and are not carried.
-_CARRIED_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PIP_INDEX_URL",
-                "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES")
+_CARRIED_ENV = (
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_RETRIES",
+)
 
 Log = Callable[[str], None]
 
@@ -116,23 +127,30 @@ def why_unavailable(root: Path | None = None) -> str | None:
 
 # --- the source tree ------------------------------------------------------------------------------------------------
 
+
 def source_files(repo: Path = REPO) -> list[str]:
     """The files of the working tree that go into edgecraft's package, sorted: pyproject.toml, the README and the
     top-level packages its setuptools ``include`` patterns name. Git's view (tracked, plus untracked files not
     ignored), so caches and build output never count; tests and recipes do not either."""
     try:
-        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                check=True, capture_output=True).stdout.decode()
+        listed = subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
         names = {name for name in listed.split("\0") if name}
     except (OSError, subprocess.CalledProcessError):  # not a checkout: everything but the usual clutter
         skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", "build", "dist"}
-        names = {str(path.relative_to(repo)) for path in repo.rglob("*")
-                 if path.is_file() and not skip.intersection(path.relative_to(repo).parts)}
+        names = {
+            str(path.relative_to(repo))
+            for path in repo.rglob("*")
+            if path.is_file() and not skip.intersection(path.relative_to(repo).parts)
+        }
     # edgecraft/compress is a link to ../compress (one namespace over the top-level folders): its files are
     # packaged under the link's path, as setuptools packages them.
     for link in [name for name in names if (repo / name).is_symlink() and (repo / name).is_dir()]:
         folder = str((repo / link).resolve().relative_to(repo.resolve()))
-        names |= {link + name[len(folder):] for name in names if name.startswith(folder + "/")}
+        names |= {link + name[len(folder) :] for name in names if name.startswith(folder + "/")}
     with open(repo / "pyproject.toml", "rb") as handle:
         include = tomllib.load(handle)["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {pattern.split(".")[0] for pattern in include}  # "edgecraft.*" -> the top-level folder edgecraft
@@ -140,7 +158,8 @@ def source_files(repo: Path = REPO) -> list[str]:
     def packaged(name: str) -> bool:
         top, _, rest = name.partition("/")
         return (not rest and top in ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in")) or (
-            bool(rest) and any(fnmatch.fnmatch(top, pattern) for pattern in packages))
+            bool(rest) and any(fnmatch.fnmatch(top, pattern) for pattern in packages)
+        )
 
     return sorted(name for name in names if packaged(name) and (repo / name).is_file())
 
@@ -163,12 +182,23 @@ def _installed_hash(root: Path) -> str | None:
 
 # --- running inside -------------------------------------------------------------------------------------------------
 
+
 def _env() -> dict[str, str]:
     """A clean environment for the root: the host's PIP_FIND_LINKS and the like name host folders."""
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-           "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    env.update({name: os.environ[name] for name in _CARRIED_ENV
-                if name in os.environ and not os.environ[name].startswith("file:")})
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    env.update(
+        {
+            name: os.environ[name]
+            for name in _CARRIED_ENV
+            if name in os.environ and not os.environ[name].startswith("file:")
+        }
+    )
     return env
 
 
@@ -176,8 +206,7 @@ def inside(root: Path, *command: str, log: Log | None = _stderr, check: bool = T
     """Run ``command`` in the root (chroot), its output captured; raise with the output's tail on failure."""
     mount_proc(root)
     started = time.monotonic()
-    done = subprocess.run(["chroot", str(root), *command], env=_env(), capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(["chroot", str(root), *command], env=_env(), capture_output=True, text=True, check=False)
     if log:
         log(f"{' '.join(command)[:120]}: {time.monotonic() - started:.1f} s")
     if check and done.returncode:
@@ -225,6 +254,7 @@ def _locked(root: Path) -> Iterator[None]:
 
 # --- building -------------------------------------------------------------------------------------------------------
 
+
 def _enable_binfmt(log: Log) -> None:
     if _native() or _binfmt_enabled():
         return
@@ -240,8 +270,12 @@ def _enable_binfmt(log: Log) -> None:
 def _pip_conf() -> str:
     """pip's settings inside the root: the host's CA bundle and timeout. PyPI itself (its aarch64 wheels); the
     host's own wheel folders and file:// indexes are x86-only and not reachable from the root."""
-    lines = ["[global]", f"cert = {CA_BUNDLE}", f"timeout = {os.environ.get('PIP_DEFAULT_TIMEOUT', '180')}",
-             "disable-pip-version-check = true"]
+    lines = [
+        "[global]",
+        f"cert = {CA_BUNDLE}",
+        f"timeout = {os.environ.get('PIP_DEFAULT_TIMEOUT', '180')}",
+        "disable-pip-version-check = true",
+    ]
     index = os.environ.get("PIP_INDEX_URL")
     if index and not index.startswith("file:"):
         lines.append(f"index-url = {index}")
@@ -268,8 +302,19 @@ def _bootstrap(root: Path, log: Log) -> None:
         shutil.rmtree(root)
     started = time.monotonic()
     log(f"debootstrap arm64 {SUITE} into {root} (several minutes)")
-    subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-                    str(root), MIRROR], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "debootstrap",
+            "--arch=arm64",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(root),
+            MIRROR,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     log(f"debootstrap: {time.monotonic() - started:.0f} s")
     _configure(root)
     inside(root, "python3", "-m", "venv", VENV, log=log)
@@ -325,6 +370,7 @@ def versions(root: Path) -> dict[str, str]:
 
 # --- the agent ------------------------------------------------------------------------------------------------------
 
+
 def _inside_path(root: Path, path: Path | str) -> str:
     """``path`` on the host, which must lie in the root, as the root sees it."""
     resolved = Path(path).resolve()
@@ -334,8 +380,16 @@ def _inside_path(root: Path, path: Path | str) -> str:
         raise ValueError(f"{path} is not inside the box's root {root}: the agent cannot see it") from None
 
 
-def start_agent(root: Path, token_file: Path, port: int, folder: Path, *, emulated: str | None = None,
-                timeout_s: float = START_TIMEOUT_S, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_agent(
+    root: Path,
+    token_file: Path,
+    port: int,
+    folder: Path,
+    *,
+    emulated: str | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+    extra: list[str] | None = None,
+) -> tuple[subprocess.Popen, str]:
     """Start ``edgecraft agent serve`` in the root; return the process and the URL it printed.
 
     ``token_file`` and ``folder`` are host paths inside the root (the folder is created). ``emulated`` passes
@@ -345,14 +399,33 @@ def start_agent(root: Path, token_file: Path, port: int, folder: Path, *, emulat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     mount_proc(root)
-    command = ["chroot", str(root), f"{VENV}/bin/edgecraft", "agent", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--token-file", _inside_path(root, token_file),
-               "--folder", _inside_path(root, folder)]
+    command = [
+        "chroot",
+        str(root),
+        f"{VENV}/bin/edgecraft",
+        "agent",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--token-file",
+        _inside_path(root, token_file),
+        "--folder",
+        _inside_path(root, folder),
+    ]
     if emulated:
         command += ["--emulated", emulated]
     command += extra or []
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     tail: deque[str] = deque(maxlen=200)
     proc.output_tail = tail  # type: ignore[attr-defined]  # for a failing test's message

@@ -71,20 +71,38 @@ class RunningAgent:
         return _read(self._stderr)
 
 
-def start_agent(folder: Path, token_file: Path | None, *options: str, blocked: tuple[str, ...] = BLOCKED_MODULES,
-                timeout_s: float = 60.0) -> RunningAgent:
+def start_agent(
+    folder: Path,
+    token_file: Path | None,
+    *options: str,
+    blocked: tuple[str, ...] = BLOCKED_MODULES,
+    timeout_s: float = 60.0,
+) -> RunningAgent:
     """``edgecraft agent serve --host 127.0.0.1 --port 0 --folder FOLDER --token-file TOKEN_FILE OPTIONS...``,
     once it listens; ``RuntimeError`` with its stderr when it exits or stays silent for ``timeout_s`` instead.
     Without a token file (and with $EDGECRAFT_AGENT_TOKEN removed) the agent must refuse to start."""
-    command = [sys.executable, "-c", BLOCKED_CLI.format(blocked=blocked), "agent", "serve", "--host", "127.0.0.1",
-               "--port", "0", "--folder", str(folder), *options]
+    command = [
+        sys.executable,
+        "-c",
+        BLOCKED_CLI.format(blocked=blocked),
+        "agent",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--folder",
+        str(folder),
+        *options,
+    ]
     if token_file is not None:
         command += ["--token-file", str(token_file)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("EDGECRAFT_AGENT_TOKEN", None)
     stderr = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
     try:
@@ -94,9 +112,10 @@ def start_agent(folder: Path, token_file: Path | None, *options: str, blocked: t
     prefix = "edgecraft agent listening on "
     if not line.startswith(prefix):
         RunningAgent(process, "", "", folder, stderr).stop()
-        raise RuntimeError(f"the agent did not start (exit code {process.returncode}; stdout {line!r}): "
-                           f"{_read(stderr)}")
-    url = line[len(prefix):].split(" ", 1)[0]
+        raise RuntimeError(
+            f"the agent did not start (exit code {process.returncode}; stdout {line!r}): {_read(stderr)}"
+        )
+    url = line[len(prefix) :].split(" ", 1)[0]
     return RunningAgent(process, url, token_file.read_text().strip() if token_file else "", folder, stderr)
 
 

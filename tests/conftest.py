@@ -40,11 +40,11 @@ def quickstart_run(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """The trained built-in digits-cnn, its fp32 ONNX export and the data splits it was trained on."""
+    from edgecraft import data, model_source
+    from edgecraft.bench.evaluators import EvaluatorSpec
     from edgecraft.compress.base import Artifact, PassContext
     from edgecraft.compress.onnx_export import export_torch
     from edgecraft.compress.zoo import REFERENCE_MODELS
-    from edgecraft.bench.evaluators import EvaluatorSpec
-    from edgecraft import data, model_source
     from edgecraft.preparation import validation_for
 
     reference = REFERENCE_MODELS["digits-cnn"]
@@ -55,7 +55,10 @@ def digits_cnn(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     onnx_path = export_torch(model, signature, folder / "fp32.onnx")
     torch_artifact = Artifact("torch", signature, model=model)
     context = PassContext(
-        train=splits.train, calibration=splits.calibration, evaluation=splits.evaluation, work_dir=folder,
+        train=splits.train,
+        calibration=splits.calibration,
+        evaluation=splits.evaluation,
+        work_dir=folder,
         validation=validation_for(EvaluatorSpec(type="classification"), torch_artifact, splits.calibration),
     )
     return {

@@ -174,8 +174,11 @@ class _InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != cin:
             layers += [nn.Conv2d(cin, expand, 1, bias=False), nn.BatchNorm2d(expand), act()]
-        layers += [nn.Conv2d(expand, expand, kernel, stride, kernel // 2, groups=expand, bias=False),
-                   nn.BatchNorm2d(expand), act()]
+        layers += [
+            nn.Conv2d(expand, expand, kernel, stride, kernel // 2, groups=expand, bias=False),
+            nn.BatchNorm2d(expand),
+            act(),
+        ]
         if se:
             layers.append(_SqueezeExcite(expand, max(8, expand // 4)))
         layers += [nn.Conv2d(expand, cout, 1, bias=False), nn.BatchNorm2d(cout)]
@@ -193,8 +196,14 @@ class MobileNetV3SmallLike(nn.Module):
     average → 128 hard-swish → ``classes`` logits. Random (He) weights and batch-norm statistics, seeded."""
 
     # (expand, out, kernel, stride, squeeze-excite, hard-swish), as in the paper's table 2
-    BLOCKS = [(16, 16, 3, 2, True, False), (72, 24, 3, 2, False, False), (88, 24, 3, 1, False, False),
-              (96, 40, 5, 2, True, True), (240, 40, 5, 1, True, True), (120, 48, 5, 1, True, True)]
+    BLOCKS = (
+        (16, 16, 3, 2, True, False),
+        (72, 24, 3, 2, False, False),
+        (88, 24, 3, 1, False, False),
+        (96, 40, 5, 2, True, True),
+        (240, 40, 5, 1, True, True),
+        (120, 48, 5, 1, True, True),
+    )
 
     def __init__(self, classes: int = 2, seed: int = 0) -> None:
         super().__init__()

@@ -10,13 +10,21 @@ import pytest
 
 from edgecraft.compress import registry
 from edgecraft.compress.accuracy_control import AccuracyAwareOptions, AccuracyBudgetMissed, Int8Format, Layer, search
-from edgecraft.compress.base import Artifact, Dataset, PassContext, Validation
+from edgecraft.compress.base import Dataset, PassContext, Validation
 from edgecraft.core.results import AccuracyControl
 
 LAYERS = [Layer(f"layer{i}", "Conv") for i in range(8)]
 # What quantizing each layer costs the metric: two layers matter, the rest barely.
-COST = {"layer0": 0.001, "layer1": 0.002, "layer2": 0.05, "layer3": 0.001, "layer4": 0.001, "layer5": 0.08,
-        "layer6": 0.001, "layer7": 0.001}
+COST = {
+    "layer0": 0.001,
+    "layer1": 0.002,
+    "layer2": 0.05,
+    "layer3": 0.001,
+    "layer4": 0.001,
+    "layer5": 0.08,
+    "layer6": 0.001,
+    "layer7": 0.001,
+}
 
 
 class SyntheticFormat(Int8Format):
@@ -39,7 +47,7 @@ class SyntheticFormat(Int8Format):
         return [layer for layer in LAYERS if layer.name not in quantized.read_text().split("\n")]
 
     def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
-        return self.quantize(quantized.read_text().split("\n") + [layer.name], out_dir)
+        return self.quantize([*quantized.read_text().split("\n"), layer.name], out_dir)
 
     def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         floats = set(path.read_text().split("\n"))
@@ -52,8 +60,12 @@ class SyntheticFormat(Int8Format):
 
 def synthetic_validation() -> Validation:
     data = Dataset({"x": np.zeros((4, 1), dtype=np.float32)})
-    return Validation(data=data, metric="synthetic", reference_fn=lambda: {"score": np.ones((4, 1), np.float32)},
-                      score_fn=lambda outputs, reference: float(outputs["score"].mean()))
+    return Validation(
+        data=data,
+        metric="synthetic",
+        reference_fn=lambda: {"score": np.ones((4, 1), np.float32)},
+        score_fn=lambda outputs, reference: float(outputs["score"].mean()),
+    )
 
 
 def options(**values) -> AccuracyAwareOptions:
@@ -122,8 +134,8 @@ class EvaluationSplit:
 def relative_error_validation(digits_cnn) -> Validation:
     """1 − relative L2 error against fp32 on the calibration split: any quantized layer costs something, every
     float layer gives some back, so a budget between all-int8 and fp32 needs some (not all) layers in float."""
-    from edgecraft.preparation import validation_for
     from edgecraft.bench.evaluators import EvaluatorSpec
+    from edgecraft.preparation import validation_for
 
     return validation_for(EvaluatorSpec(type="regression"), digits_cnn["torch"], digits_cnn["splits"].calibration)
 
@@ -137,12 +149,18 @@ INT8_PASSES = {
 
 @pytest.mark.parametrize("runtime", list(INT8_PASSES))
 def test_each_format_meets_a_budget_with_its_own_quantizer_without_the_evaluation_split(
-        runtime: str, digits_cnn, tmp_path: Path) -> None:
+    runtime: str, digits_cnn, tmp_path: Path
+) -> None:
     step = registry.get(INT8_PASSES[runtime]["type"])
     validation = relative_error_validation(digits_cnn)
-    context = PassContext(train=digits_cnn["splits"].train, calibration=digits_cnn["splits"].calibration,
-                          evaluation=EvaluationSplit(), work_dir=tmp_path / "ranked", cache_dir=tmp_path / "cache",
-                          validation=validation)
+    context = PassContext(
+        train=digits_cnn["splits"].train,
+        calibration=digits_cnn["splits"].calibration,
+        evaluation=EvaluationSplit(),
+        work_dir=tmp_path / "ranked",
+        cache_dir=tmp_path / "cache",
+        validation=validation,
+    )
     context.work_dir.mkdir()
     ranked = step.apply(digits_cnn["onnx"], step.config_model(**INT8_PASSES[runtime], sensitivity=True), context)
     control = AccuracyControl.model_validate(ranked.details["accuracy_control"])

@@ -27,9 +27,20 @@ from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, start_agent
 TOKEN = "test-token-0123456789"
 SAMPLES = 8
 # Tiny phases: a job is one worker process of a second or two.
-SETTINGS = {"profile": "quick", "warmup_runs": 1, "warmup_s": 0.0, "runs": 5, "measure_s": 0.05, "max_runs": 1000,
-            "max_s": 5.0, "repetitions": 1, "batch_sizes": [1], "throughput_s": 0.0, "operator_profile": False,
-            "timeout_s": 60}
+SETTINGS = {
+    "profile": "quick",
+    "warmup_runs": 1,
+    "warmup_s": 0.0,
+    "runs": 5,
+    "measure_s": 0.05,
+    "max_runs": 1000,
+    "max_s": 5.0,
+    "repetitions": 1,
+    "batch_sizes": [1],
+    "throughput_s": 0.0,
+    "operator_profile": False,
+    "timeout_s": 60,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +55,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "classifier",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w"),
-         numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")],
+        [
+            numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+        ],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(proto)
@@ -74,8 +87,14 @@ def agent(tmp_path_factory: pytest.TempPathFactory, token_file: Path):
     running.stop()
 
 
-def request(agent: RunningAgent, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN,
-            headers: dict[str, str] | None = None) -> tuple[int, dict]:
+def request(
+    agent: RunningAgent,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict]:
     """One raw request (http.client sends the path exactly as given); the status and the JSON answer."""
     address = urlsplit(agent.url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
@@ -84,7 +103,9 @@ def request(agent: RunningAgent, method: str, path: str, body: bytes | None = No
     response = connection.getresponse()
     data = response.read()
     connection.close()
-    return response.status, json.loads(data) if data and response.getheader("Content-Type") == "application/json" else {}
+    return response.status, json.loads(data) if data and response.getheader(
+        "Content-Type"
+    ) == "application/json" else {}
 
 
 def upload(agent: RunningAgent, data: bytes) -> str:
@@ -101,8 +122,13 @@ def npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def submit(agent: RunningAgent, model: Path, inputs: dict[str, np.ndarray], **settings) -> str:
-    manifest = {"runtime": "onnxruntime", "device": "cpu", "model": {"format": "onnx", "files": [
-        upload(agent, model.read_bytes())]}, "inputs": upload(agent, npz(inputs)), "settings": SETTINGS | settings}
+    manifest = {
+        "runtime": "onnxruntime",
+        "device": "cpu",
+        "model": {"format": "onnx", "files": [upload(agent, model.read_bytes())]},
+        "inputs": upload(agent, npz(inputs)),
+        "settings": SETTINGS | settings,
+    }
     status, answer = request(agent, "POST", "/v1/jobs", json.dumps(manifest).encode())
     assert status == 202, answer
     return answer["job"]
@@ -119,11 +145,18 @@ def wait_for(agent: RunningAgent, job: str, states: tuple[str, ...], timeout_s: 
     raise AssertionError(f"job {job} never reached {states}; agent log:\n{agent.log()}")
 
 
-def measure(agent: RunningAgent, model: Path, inputs: dict[str, np.ndarray], on_status=lambda status: None,
-            **settings):
+def measure(agent: RunningAgent, model: Path, inputs: dict[str, np.ndarray], on_status=lambda status: None, **settings):
     return AgentClient(agent.url, TOKEN).measure(
-        runtime="onnxruntime", device="cpu", options={}, model_format="onnx", model_files=[model], inputs=inputs,
-        settings=SETTINGS | settings, deadline_s=120, on_status=on_status)
+        runtime="onnxruntime",
+        device="cpu",
+        options={},
+        model_format="onnx",
+        model_files=[model],
+        inputs=inputs,
+        settings=SETTINGS | settings,
+        deadline_s=120,
+        on_status=on_status,
+    )
 
 
 def test_the_import_blocker_blocks(tmp_path: Path):
@@ -132,8 +165,9 @@ def test_the_import_blocker_blocks(tmp_path: Path):
     import subprocess
     import sys
 
-    script = BLOCKED_CLI.format(blocked=("torch", "tensorflow", "onnx")).replace("from edgecraft.cli import main",
-                                                                                "import onnxruntime\nimport onnx")
+    script = BLOCKED_CLI.format(blocked=("torch", "tensorflow", "onnx")).replace(
+        "from edgecraft.cli import main", "import onnxruntime\nimport onnx"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert completed.returncode == 1 and "onnx is blocked" in completed.stderr
 
@@ -184,16 +218,26 @@ def test_the_agent_refuses_what_it_must(agent, model, inputs):
     # Path traversal: names are sha256s and job ids are 32 hex digits, never paths.
     for path in ("/v1/blobs/..%2F..%2Fetc%2Fpasswd", "/v1/blobs/../../escaped", "/v1/blobs/%2E%2E"):
         assert request(agent, "PUT", path, b"x")[0] in (400, 404)
-    for path in ("/v1/jobs/../x", "/v1/jobs/..%2Fx", "/v1/jobs/%2E%2E", f"/v1/jobs/{'0' * 32}",
-                 f"/v1/jobs/{'0' * 32}/result"):
+    for path in (
+        "/v1/jobs/../x",
+        "/v1/jobs/..%2Fx",
+        "/v1/jobs/%2E%2E",
+        f"/v1/jobs/{'0' * 32}",
+        f"/v1/jobs/{'0' * 32}/result",
+    ):
         assert request(agent, "GET", path)[0] == 404
         assert request(agent, "DELETE", path)[0] in (404, 405)
 
     good_model, good_inputs = upload(agent, model.read_bytes()), upload(agent, npz(inputs))
 
     def refusal(**changes) -> str:
-        manifest = {"runtime": "onnxruntime", "device": "cpu", "model": {"format": "onnx", "files": [good_model]},
-                    "inputs": good_inputs, "settings": SETTINGS} | changes
+        manifest = {
+            "runtime": "onnxruntime",
+            "device": "cpu",
+            "model": {"format": "onnx", "files": [good_model]},
+            "inputs": good_inputs,
+            "settings": SETTINGS,
+        } | changes
         status, answer = request(agent, "POST", "/v1/jobs", json.dumps(manifest).encode())
         assert status == 400, answer
         return answer["error"]
@@ -208,7 +252,8 @@ def test_the_agent_refuses_what_it_must(agent, model, inputs):
     assert "torch.save" in model_refusal(archive.getvalue())
     assert "not an ONNX model" in model_refusal(b"just some text, not a model")
     assert "not a TFLite model: it looks like an ONNX model" in refusal(
-        runtime="litert", model={"format": "tflite", "files": [good_model]})
+        runtime="litert", model={"format": "tflite", "files": [good_model]}
+    )
     assert "2 file(s)" in refusal(runtime="openvino", model={"format": "openvino", "files": [good_model]})
     assert "runtime" in refusal(runtime="tensorrt")
     assert "device" in refusal(device="tpu")
@@ -260,8 +305,16 @@ def test_a_killed_agent_loses_nothing_already_measured(tmp_path, token_file, mod
 
         def long_job() -> None:
             try:
-                measure(first, model, inputs, started.append, measure_s=60.0, max_s=120.0, max_runs=10_000_000,
-                        runs=10_000_000)
+                measure(
+                    first,
+                    model,
+                    inputs,
+                    started.append,
+                    measure_s=60.0,
+                    max_s=120.0,
+                    max_runs=10_000_000,
+                    runs=10_000_000,
+                )
             except AgentError as exc:
                 errors.append(exc)
 
@@ -338,7 +391,10 @@ def test_the_command_line_module_imports_only_the_standard_library():
     import subprocess
     import sys
 
-    script = "import sys, edgecraft.bench.agent.commands; print(sorted({'numpy', 'pydantic', 'edgecraft.bench.agent.server'} & set(sys.modules)))"
+    script = (
+        "import sys, edgecraft.bench.agent.commands; "
+        "print(sorted({'numpy', 'pydantic', 'edgecraft.bench.agent.server'} & set(sys.modules)))"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     assert completed.stdout.strip() == "[]"
 

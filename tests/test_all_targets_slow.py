@@ -17,7 +17,9 @@ def all_targets(tmp_path_factory: pytest.TempPathFactory) -> RunResults:
     out = tmp_path_factory.mktemp("runs")
     completed = edgecraft("run", "recipes/all-targets.yaml", "--quick", "--output-dir", str(out))
     assert completed.returncode == 0, completed.stderr
-    return RunResults.model_validate_json((Path(completed.stdout.strip().splitlines()[-1]).parent / "results.json").read_text())
+    return RunResults.model_validate_json(
+        (Path(completed.stdout.strip().splitlines()[-1]).parent / "results.json").read_text()
+    )
 
 
 @pytest.mark.parametrize("model", ["digits-cnn", "digits-mobilenet"])

@@ -33,7 +33,7 @@ def api_run(quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory) -> e
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        exec(compile(readme_python_lines(), "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(readme_python_lines(), "README.md", "exec"), namespace)
     finally:
         os.chdir(previous)
     run = namespace["run"]
@@ -44,10 +44,24 @@ def api_run(quickstart_run: Path, tmp_path_factory: pytest.TempPathFactory) -> e
 def _identity(rows) -> list[tuple]:
     """A row apart from its measured figures (timings, memory): what it is, its file, where it ran and its quality
     (the evaluator and the fidelity to fp32 on the same evaluation data are computed, not timed)."""
-    return [(r.model, r.variant, r.target, r.status, r.reason, r.lossless, r.sha256, r.size_bytes, r.artifact,
-             r.device, r.emulated,
-             r.measurement and r.measurement.quality, r.measurement and r.measurement.fidelity)
-            for r in rows]
+    return [
+        (
+            r.model,
+            r.variant,
+            r.target,
+            r.status,
+            r.reason,
+            r.lossless,
+            r.sha256,
+            r.size_bytes,
+            r.artifact,
+            r.device,
+            r.emulated,
+            r.measurement and r.measurement.quality,
+            r.measurement and r.measurement.fidelity,
+        )
+        for r in rows
+    ]
 
 
 def test_cli_and_api_give_the_same_rows(quickstart_run: Path, api_run: edgecraft.Run) -> None:
@@ -71,8 +85,10 @@ def test_run_tables_and_verdict(api_run: edgecraft.Run) -> None:
     assert list(frame.columns) == csv_header
 
     verdict = api_run.verdict()
-    assert [(r.model, r.target) for r in verdict] == [("digits-cnn", "onnxruntime:cpu"),
-                                                      ("digits-mobilenet", "onnxruntime:cpu")]
+    assert [(r.model, r.target) for r in verdict] == [
+        ("digits-cnn", "onnxruntime:cpu"),
+        ("digits-mobilenet", "onnxruntime:cpu"),
+    ]
     assert all(r.choice is not None and r.choice.row.status == "ok" for r in verdict)
     assert all(r.choice is None for r in api_run.verdict(max_accuracy_drop=0) if r.reason.startswith("no variant"))
 
@@ -109,10 +125,14 @@ def test_recipe_from_python_objects_equals_the_yaml() -> None:
         name="quickstart",
         models=[{"builtin": "digits-cnn"}, {"builtin": "digits-mobilenet"}],
         data={"source": "digits", "splits": {"train": 0.6, "calibration": 0.2, "evaluation": 0.2}, "seed": 0},
-        variants=[{"name": "fp32"},
-                  {"name": "int8-static",
-                   "passes": [{"type": "quantize.static", "calibration_method": "minmax", "per_channel": True}]},
-                  {"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}]}],
+        variants=[
+            {"name": "fp32"},
+            {
+                "name": "int8-static",
+                "passes": [{"type": "quantize.static", "calibration_method": "minmax", "per_channel": True}],
+            },
+            {"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}]},
+        ],
         targets=["onnxruntime:cpu"],
         benchmark={"profile": "default", "threads": 1},
     )
@@ -133,8 +153,10 @@ def test_public_names_and_a_cheap_import() -> None:
     assert all(getattr(edgecraft, name) for name in edgecraft.__all__)
     with pytest.raises(AttributeError):
         edgecraft.run_recipe  # noqa: B018 - private names are not re-exported
-    code = ("import sys, edgecraft; heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'pandas') "
-            "if m in sys.modules]; assert not heavy, heavy; edgecraft.Recipe; edgecraft.run; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, edgecraft; heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'pandas') "
+        "if m in sys.modules]; assert not heavy, heavy; edgecraft.Recipe; edgecraft.run; "
+        "assert 'torch' not in sys.modules"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert completed.returncode == 0, completed.stderr

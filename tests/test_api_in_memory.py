@@ -26,8 +26,9 @@ class TwoInTwoOut(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.tabular = nn.Linear(4, 8)
         self.classes = nn.Linear(16, 3)
         self.value = nn.Linear(16, 1)
@@ -44,8 +45,10 @@ def make_net(seed: int = 0) -> TwoInTwoOut:
 
 def make_arrays(count: int = 90, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
-    arrays = {"image": rng.normal(size=(count, 3, 16, 16)).astype(np.float32),
-              "features": rng.normal(size=(count, 4)).astype(np.float32)}
+    arrays = {
+        "image": rng.normal(size=(count, 3, 16, 16)).astype(np.float32),
+        "features": rng.normal(size=(count, 4)).astype(np.float32),
+    }
     return arrays, np.arange(count) % 3
 
 
@@ -59,30 +62,42 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return ((torch.from_numpy(self.arrays["image"][index]), torch.from_numpy(self.arrays["features"][index])),
-                int(self.labels[index]))
+        return (
+            (torch.from_numpy(self.arrays["image"][index]), torch.from_numpy(self.arrays["features"][index])),
+            int(self.labels[index]),
+        )
 
 
 class DictDataset(PairDataset):
     """Items {'image': ..., 'features': ..., 'labels': ...}."""
 
     def __getitem__(self, index: int):
-        return {"image": torch.from_numpy(self.arrays["image"][index]),
-                "features": torch.from_numpy(self.arrays["features"][index]),
-                "labels": torch.tensor(self.labels[index])}
+        return {
+            "image": torch.from_numpy(self.arrays["image"][index]),
+            "features": torch.from_numpy(self.arrays["features"][index]),
+            "labels": torch.tensor(self.labels[index]),
+        }
 
 
-def recipe_for(net: nn.Module, data: edgecraft.Data, variants: list, targets: list[str], name: str = "mine",
-               **model: object) -> edgecraft.Recipe:
+def recipe_for(
+    net: nn.Module, data: edgecraft.Data, variants: list, targets: list[str], name: str = "mine", **model: object
+) -> edgecraft.Recipe:
     return edgecraft.Recipe(
-        name=name, models=[edgecraft.Model(module=net, **model)], data=data, variants=variants,
-        targets=targets, benchmark=QUICK,
+        name=name,
+        models=[edgecraft.Model(module=net, **model)],
+        data=data,
+        variants=variants,
+        targets=targets,
+        benchmark=QUICK,
     )
 
 
 def available(*labels: str) -> list[str]:
-    return [label for label in labels
-            if target_registry.get(label.split(":")[0]).unavailable_reason(label.split(":")[1]) is None]
+    return [
+        label
+        for label in labels
+        if target_registry.get(label.split(":")[0]).unavailable_reason(label.split(":")[1]) is None
+    ]
 
 
 def test_module_and_arrays_on_every_target(tmp_path: Path) -> None:
@@ -91,14 +106,21 @@ def test_module_and_arrays_on_every_target(tmp_path: Path) -> None:
     before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
     arrays, labels = make_arrays()
     targets = available("onnxruntime:cpu", "openvino:cpu", "litert:cpu")
-    variants = [{"name": "fp32"},
-                {"name": "int8-static", "passes": [{"type": "quantize.static"}]},
-                {"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}], "targets": ["onnxruntime:cpu"]}]
+    variants = [
+        {"name": "fp32"},
+        {"name": "int8-static", "passes": [{"type": "quantize.static"}]},
+        {"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}], "targets": ["onnxruntime:cpu"]},
+    ]
     if "litert:cpu" in targets:
         variants.append({"name": "tflite-int8", "passes": [{"type": "convert.tflite", "quantization": "int8"}]})
-    recipe = recipe_for(net, edgecraft.Data(arrays=arrays, targets=labels), variants, targets,
-                        outputs=["logits", {"name": "value", "kind": "values"}],
-                        evaluator={"type": "classification", "outputs": ["logits"]})
+    recipe = recipe_for(
+        net,
+        edgecraft.Data(arrays=arrays, targets=labels),
+        variants,
+        targets,
+        outputs=["logits", {"name": "value", "kind": "values"}],
+        evaluator={"type": "classification", "outputs": ["logits"]},
+    )
     run = edgecraft.run(recipe, output_dir=tmp_path)
 
     assert {row.target for row in run.rows} == set(targets) and len(run.rows) >= 4
@@ -128,9 +150,13 @@ def test_module_and_arrays_on_every_target(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset_type", [PairDataset, DictDataset])
 def test_a_torch_dataset(tmp_path: Path, dataset_type: type) -> None:
     arrays, labels = make_arrays(60)
-    recipe = recipe_for(make_net(), edgecraft.Data(dataset=dataset_type(arrays, labels)),
-                        [{"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}]}], ["onnxruntime:cpu"],
-                        outputs=["logits", "value"])
+    recipe = recipe_for(
+        make_net(),
+        edgecraft.Data(dataset=dataset_type(arrays, labels)),
+        [{"name": "int8-dynamic", "passes": [{"type": "quantize.dynamic"}]}],
+        ["onnxruntime:cpu"],
+        outputs=["logits", "value"],
+    )
     run = edgecraft.run(recipe, output_dir=tmp_path)
     assert [row.status for row in run.rows] == ["ok"], run.rows[0].reason
     model = run.results.models[0]
@@ -138,9 +164,16 @@ def test_a_torch_dataset(tmp_path: Path, dataset_type: type) -> None:
     assert run.rows[0].measurement.accuracy is not None  # the labels came through: classification
     assert run.results.recipe["data"]["dataset"] == f"<in-memory torch Dataset {dataset_type.__qualname__}, 60 items>"
     # The same samples as the arrays they were read from: the same evaluation data.
-    from_arrays = edgecraft.run(recipe_for(make_net(), edgecraft.Data(arrays=arrays, targets=labels),
-                                           [{"name": "fp32"}], ["onnxruntime:cpu"], outputs=["logits", "value"]),
-                                output_dir=tmp_path)
+    from_arrays = edgecraft.run(
+        recipe_for(
+            make_net(),
+            edgecraft.Data(arrays=arrays, targets=labels),
+            [{"name": "fp32"}],
+            ["onnxruntime:cpu"],
+            outputs=["logits", "value"],
+        ),
+        output_dir=tmp_path,
+    )
     assert from_arrays.results.models[0].evaluation_data == model.evaluation_data
 
 
@@ -150,9 +183,15 @@ def test_changed_weights_recompute_the_steps(tmp_path: Path) -> None:
     shared = [{"type": "prune.unstructured", "sparsity": 0.3}]
 
     def run_with(net: nn.Module) -> edgecraft.Run:
-        recipe = edgecraft.Recipe(name="cache", models=[edgecraft.Model(module=net, outputs=["logits", "value"])],
-                                  data=edgecraft.Data(arrays=arrays, targets=labels), passes=shared,
-                                  variants=variants, targets=["onnxruntime:cpu"], benchmark=QUICK)
+        recipe = edgecraft.Recipe(
+            name="cache",
+            models=[edgecraft.Model(module=net, outputs=["logits", "value"])],
+            data=edgecraft.Data(arrays=arrays, targets=labels),
+            passes=shared,
+            variants=variants,
+            targets=["onnxruntime:cpu"],
+            benchmark=QUICK,
+        )
         return edgecraft.run(recipe, output_dir=tmp_path)
 
     def cached(run: edgecraft.Run) -> list[bool]:
@@ -195,9 +234,11 @@ def test_yaml_cannot_give_an_in_memory_field(tmp_path: Path) -> None:
     path.write_text("name: x\nmodels:\n  - module: mypkg.models:build\nvariants: [{name: fp32}]\n")
     with pytest.raises(edgecraft.EdgecraftError) as error:
         load_recipe(path)
-    assert str(error.value) == (f"{path}:3: models[0].module: expected a torch.nn.Module object, got str (in a YAML "
-                                "recipe, name a function that builds it: factory: 'package.module:function') "
-                                "(got 'mypkg.models:build')")
+    assert str(error.value) == (
+        f"{path}:3: models[0].module: expected a torch.nn.Module object, got str (in a YAML "
+        "recipe, name a function that builds it: factory: 'package.module:function') "
+        "(got 'mypkg.models:build')"
+    )
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -216,8 +257,10 @@ def test_bad_python_objects_are_one_line_errors(tmp_path: Path) -> None:
     assert one_line(error) == "models[0].module: expected a torch.nn.Module object, got OrderedDict"
     with pytest.raises(edgecraft.EdgecraftError) as error:
         edgecraft.Data(arrays={"image": arrays["image"], "features": arrays["features"][:29]})
-    assert one_line(error) == ("data: arrays of different lengths: every array needs the same number of samples "
-                               "(first dimension), got {'image': 30, 'features': 29}")
+    assert one_line(error) == (
+        "data: arrays of different lengths: every array needs the same number of samples "
+        "(first dimension), got {'image': 30, 'features': 29}"
+    )
     with pytest.raises(edgecraft.EdgecraftError) as error:
         edgecraft.Data(arrays=arrays, targets=labels[:10])
     assert "got {'image': 30, 'features': 30, 'targets': 10}" in one_line(error)
@@ -232,16 +275,26 @@ def test_bad_python_objects_are_one_line_errors(tmp_path: Path) -> None:
     assert one_line(error) == "model: give exactly one of builtin, factory, onnx or module (got ['factory', 'module'])"
 
     # A missing input: the model's forward() takes (image, features).
-    recipe = recipe_for(make_net(), edgecraft.Data(arrays={"image": arrays["image"]}, targets=labels),
-                        [{"name": "fp32"}], ["onnxruntime:cpu"])
+    recipe = recipe_for(
+        make_net(),
+        edgecraft.Data(arrays={"image": arrays["image"]}, targets=labels),
+        [{"name": "fp32"}],
+        ["onnxruntime:cpu"],
+    )
     with pytest.raises(edgecraft.EdgecraftError) as error:
         edgecraft.run(recipe, output_dir=tmp_path)
-    assert one_line(error) == ("the model's forward() takes (image, features); the data has ['image'], with no "
-                               "features")
+    assert one_line(error) == (
+        "the model's forward() takes (image, features); the data has ['image'], with no features"
+    )
     # Declared inputs: the data must hold each by name.
     declared = [{"name": "image", "shape": ["batch", 3, 16, 16]}, {"name": "features", "shape": ["batch", 4]}]
-    recipe = recipe_for(make_net(), edgecraft.Data(arrays={"image": arrays["image"], "extra": arrays["features"]}),
-                        [{"name": "fp32"}], ["onnxruntime:cpu"], inputs=declared)
+    recipe = recipe_for(
+        make_net(),
+        edgecraft.Data(arrays={"image": arrays["image"], "extra": arrays["features"]}),
+        [{"name": "fp32"}],
+        ["onnxruntime:cpu"],
+        inputs=declared,
+    )
     with pytest.raises(edgecraft.EdgecraftError) as error:
         edgecraft.run(recipe, output_dir=tmp_path)
     assert "features" in one_line(error) and "data.arrays" in one_line(error)
@@ -258,6 +311,8 @@ def test_dataset_items_of_different_forms_are_named(tmp_path: Path) -> None:
     recipe = recipe_for(make_net(), edgecraft.Data(dataset=Ragged()), [{"name": "fp32"}], ["onnxruntime:cpu"])
     with pytest.raises(edgecraft.EdgecraftError) as error:
         edgecraft.run(recipe, output_dir=tmp_path)
-    assert one_line(error) == ("data.dataset (test_dataset_items_of_different_forms_are_named.<locals>.Ragged): input "
-                               "'image': item 1 has shape [3, 17, 16], item 0 [3, 16, 16]: items must have one shape "
-                               "(pad sequences to one length)")
+    assert one_line(error) == (
+        "data.dataset (test_dataset_items_of_different_forms_are_named.<locals>.Ragged): input "
+        "'image': item 1 has shape [3, 17, 16], item 0 [3, 16, 16]: items must have one shape "
+        "(pad sequences to one length)"
+    )

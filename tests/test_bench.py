@@ -14,14 +14,22 @@ import pytest
 
 import edgecraft.bench.harness as harness
 from edgecraft.bench import evaluators
-from edgecraft.bench.evaluators import EvaluatorSpec, evaluate
 from edgecraft.bench.environment import machine_warnings
-from edgecraft.bench.harness import MeasureJob, MeasurementFailed, fidelity, measure, measure_all, noise_warnings, round_orders
+from edgecraft.bench.evaluators import EvaluatorSpec, evaluate
+from edgecraft.bench.harness import (
+    MeasureJob,
+    MeasurementFailed,
+    fidelity,
+    measure,
+    measure_all,
+    noise_warnings,
+    round_orders,
+)
 from edgecraft.bench.settings import BenchmarkSpec, parse_cpus, profile_settings, resolve
 from edgecraft.bench.stats import coefficient_of_variation, latency_stats, median_ci
 from edgecraft.bench.worker import run_phase
-from edgecraft.reports.analysis import analyse
 from edgecraft.core.results import Throughput
+from edgecraft.reports.analysis import analyse
 from edgecraft.reports.settings import ReportSettings
 from edgecraft.targets import feeds
 from tests.conftest import REPO, images, labels, onnx_logits
@@ -32,6 +40,7 @@ QUICK = profile_settings("quick", batch_sizes=[1, 4], timeout_s=120)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
+
 
 def test_percentiles_of_known_samples() -> None:
     stats = latency_stats(np.arange(1, 101, dtype=float))  # 1..100 ms
@@ -126,6 +135,7 @@ def test_fidelity_covers_every_output_by_name() -> None:
 
 # --- settings -------------------------------------------------------------------------------------------------------
 
+
 def test_profiles_recipe_overrides_and_command_line_profile() -> None:
     spec = BenchmarkSpec(profile="rigorous", runs=5000, threads=2, pin_cpus=[0])
     settings = resolve(spec)
@@ -152,6 +162,7 @@ def test_cpu_lists() -> None:
 
 
 # --- phases and rounds, without a clock or a runtime ------------------------------------------------------------------
+
 
 class FakeClock:
     """Each call of the measured function takes ``step_ns`` of fake time; reading the clock takes none."""
@@ -194,14 +205,25 @@ def test_rounds_are_seeded_shuffles() -> None:
 def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 70.5, 71, 72)) -> dict:
     phases = ("start", "import", "load", "first_inference", "warmup", "end")
     return {
-        "import_s": 0.1, "load_s": 0.2, "first_inference_ms": 3.0, "warmup_runs": 5, "warmup_s": 0.1,
-        "samples_ms": list(p50 * np.linspace(0.99, 1.01, 21)), "measure_s": 0.2, "stopped_by": "minimums",
-        "memory": [{"phase": phase, "peak_mb": mb, "rss_mb": mb, "anon_mb": mb / 2, "file_mb": mb / 2}
-                   for phase, mb in zip(phases, memory)],
-        "cpus": [0], "steal_fraction": 0.0, "runtime_info": {"fake": True},
-        "throughput": [{"batch_size": 1, "parallel": 1, "items_per_s": 1000 / p50, "batch_latency_ms": p50,
-                        "seconds": 0.1},
-                       {"batch_size": 8, "parallel": 1, "error": "RuntimeError: fixed batch"}],
+        "import_s": 0.1,
+        "load_s": 0.2,
+        "first_inference_ms": 3.0,
+        "warmup_runs": 5,
+        "warmup_s": 0.1,
+        "samples_ms": list(p50 * np.linspace(0.99, 1.01, 21)),
+        "measure_s": 0.2,
+        "stopped_by": "minimums",
+        "memory": [
+            {"phase": phase, "peak_mb": mb, "rss_mb": mb, "anon_mb": mb / 2, "file_mb": mb / 2}
+            for phase, mb in zip(phases, memory)
+        ],
+        "cpus": [0],
+        "steal_fraction": 0.0,
+        "runtime_info": {"fake": True},
+        "throughput": [
+            {"batch_size": 1, "parallel": 1, "items_per_s": 1000 / p50, "batch_latency_ms": p50, "seconds": 0.1},
+            {"batch_size": 8, "parallel": 1, "error": "RuntimeError: fixed batch"},
+        ],
     }
 
 
@@ -211,8 +233,16 @@ def fake_job(tmp_path: Path, name: str) -> MeasureJob:
     np.savez(work_dir / "outputs.npz", logits=np.eye(4, dtype=np.float32))
     spec = EvaluatorSpec(type="classification")
     reference = {"logits": np.eye(4, dtype=np.float32)}
-    return MeasureJob("fake", "cpu", {}, Path(name), Path("inputs"), reference,
-                      lambda outputs: evaluate(spec, outputs, reference, np.arange(4)), work_dir)
+    return MeasureJob(
+        "fake",
+        "cpu",
+        {},
+        Path(name),
+        Path("inputs"),
+        reference,
+        lambda outputs: evaluate(spec, outputs, reference, np.arange(4)),
+        work_dir,
+    )
 
 
 def test_rounds_interleave_jobs_and_a_failed_job_is_not_retried(tmp_path: Path, monkeypatch) -> None:
@@ -275,8 +305,10 @@ def test_noise_warnings(tmp_path: Path, monkeypatch) -> None:
 
 def test_cost_per_million_for_every_throughput_configuration() -> None:
     row = ok("fp32", 1.0, 0.98, 1000)
-    row.measurement.throughput = [Throughput(batch_size=8, parallel=2, items_per_s=4000.0, batch_latency_ms=4.0),
-                                  Throughput(batch_size=32, parallel=1, error="fixed batch")]
+    row.measurement.throughput = [
+        Throughput(batch_size=8, parallel=2, items_per_s=4000.0, batch_latency_ms=4.0),
+        Throughput(batch_size=32, parallel=1, error="fixed batch"),
+    ]
     facts = analyse(run([row]), ReportSettings(price_per_hour=3.6)).facts[0]
     assert facts.throughput[0].cost_per_million == pytest.approx(3.6 / 3600 / 4000 * 1e6)  # 0.25 per 1M
     assert facts.throughput[1].cost_per_million is None
@@ -284,6 +316,7 @@ def test_cost_per_million_for_every_throughput_configuration() -> None:
 
 
 # --- real processes ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def digits_job(digits_cnn: dict, tmp_path: Path):
@@ -293,8 +326,16 @@ def digits_job(digits_cnn: dict, tmp_path: Path):
     spec = EvaluatorSpec(type="classification")
 
     def job(model: Path = digits_cnn["onnx"].path, name: str = "bench") -> MeasureJob:
-        return MeasureJob("onnxruntime", "cpu", {}, model, inputs, reference,
-                          lambda outputs: evaluate(spec, outputs, reference, y), tmp_path / name)
+        return MeasureJob(
+            "onnxruntime",
+            "cpu",
+            {},
+            model,
+            inputs,
+            reference,
+            lambda outputs: evaluate(spec, outputs, reference, y),
+            tmp_path / name,
+        )
 
     job.labels = y
     return job
@@ -312,7 +353,9 @@ def test_measure_in_fresh_processes(digits_job) -> None:
     assert m.latency_ms.runs == len(m.samples_ms) == sum(r.runs for r in m.repetitions)
     assert 0 < m.latency_ms.min <= m.latency_ms.p50 <= m.latency_ms.p99 <= m.latency_ms.max
     assert m.load_s > 0 and m.first_inference_ms > 0 and m.import_s > 0
-    assert m.accuracy == pytest.approx(float((digits_job().reference_outputs["logits"].argmax(1) == digits_job.labels).mean()))
+    assert m.accuracy == pytest.approx(
+        float((digits_job().reference_outputs["logits"].argmax(1) == digits_job.labels).mean())
+    )
     assert m.quality.evaluator == "classification" and m.quality.metric == "top-1 accuracy"
     assert m.fidelity.top1_agreement == 1 and m.fidelity.max_abs_diff < 1e-4
     assert m.runtime_info["providers"] == ["CPUExecutionProvider"] and m.runtime_info["intra_op_threads"] == 1
@@ -354,8 +397,16 @@ def test_model_memory_does_not_grow_with_the_evaluation_set(digits_cnn: dict, tm
         chosen = np.resize(x, (count, *x.shape[1:]))
         reference = {"logits": onnx_logits(digits_cnn["onnx"].path, chosen)}
         inputs = feeds.save({"input": chosen}, tmp_path / f"inputs-{count}")
-        job = MeasureJob("onnxruntime", "cpu", {}, digits_cnn["onnx"].path, inputs, reference,
-                         lambda outputs: evaluators.not_measured(None, "not scored"), tmp_path / f"bench-{count}")
+        job = MeasureJob(
+            "onnxruntime",
+            "cpu",
+            {},
+            digits_cnn["onnx"].path,
+            inputs,
+            reference,
+            lambda outputs: evaluators.not_measured(None, "not scored"),
+            tmp_path / f"bench-{count}",
+        )
         figures[count] = measure(job, QUICK).model_memory_mb
     assert abs(figures[500] - figures[50]) <= 2.0, figures
 
@@ -363,10 +414,12 @@ def test_model_memory_does_not_grow_with_the_evaluation_set(digits_cnn: dict, tm
 def test_the_worker_imports_neither_torch_nor_tensorflow() -> None:
     """What ``bench.worker`` imports before and while it runs ONNX Runtime, in a fresh interpreter: of edgecraft
     only the core, the targets and the harness (the package's own ``__init__`` is import-free)."""
-    code = ("import sys, importlib, edgecraft.bench.worker; from edgecraft.targets import registry; "
-            "importlib.import_module(registry.get('onnxruntime').python_module); registry.runtimes(); "
-            "print(sorted(m for m in sys.modules if m in ('torch', 'tensorflow') or m.startswith('edgecraft.') "
-            "and m.split('.')[1] not in ('core', 'targets', 'bench')))")
+    code = (
+        "import sys, importlib, edgecraft.bench.worker; from edgecraft.targets import registry; "
+        "importlib.import_module(registry.get('onnxruntime').python_module); registry.runtimes(); "
+        "print(sorted(m for m in sys.modules if m in ('torch', 'tensorflow') or m.startswith('edgecraft.') "
+        "and m.split('.')[1] not in ('core', 'targets', 'bench')))"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
@@ -375,7 +428,7 @@ def test_the_worker_imports_neither_torch_nor_tensorflow() -> None:
 def test_a_crashing_runtime_becomes_a_reason(digits_job, tmp_path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not a model")
-    with pytest.raises(MeasurementFailed, match="exited with code 1: .*(INVALID_PROTOBUF|Protobuf|protobuf)"):
+    with pytest.raises(MeasurementFailed, match=r"exited with code 1: .*(INVALID_PROTOBUF|Protobuf|protobuf)"):
         measure(digits_job(broken), QUICK)
 
 
@@ -417,13 +470,15 @@ def test_a_garbage_result_file_fails_only_its_own_job(digits_job, monkeypatch) -
         if name == "garbage":
             Path(job["result"]).write_text('{"samples_ms": [1.0, ')
         elif name == "nonsense":
-            Path(job["result"]).write_text(json.dumps({**json.loads(Path(job["result"]).read_text()),
-                                                       "samples_ms": [0.0, float("nan")]}))
+            Path(job["result"]).write_text(
+                json.dumps({**json.loads(Path(job["result"]).read_text()), "samples_ms": [0.0, float("nan")]})
+            )
         return completed
 
     monkeypatch.setattr(harness.subprocess, "run", garbage_for_one_job)
-    garbage, good, nonsense = measure_all([digits_job(name="garbage"), digits_job(name="good"),
-                                           digits_job(name="nonsense")], QUICK)
+    garbage, good, nonsense = measure_all(
+        [digits_job(name="garbage"), digits_job(name="good"), digits_job(name="nonsense")], QUICK
+    )
     assert isinstance(garbage, MeasurementFailed) and "unreadable result file result.json" in str(garbage)
     assert isinstance(nonsense, MeasurementFailed) and "no valid latency samples" in str(nonsense)
     assert good.latency_ms.runs >= QUICK.runs

@@ -13,13 +13,26 @@ from tests.conftest import edgecraft, images, labels, onnx_logits
 
 def test_bench_an_onnx_file_on_two_targets(digits_cnn: dict, tmp_path: Path) -> None:
     model = digits_cnn["onnx"].path
-    completed = edgecraft("bench", model, "--target", "onnxruntime:cpu", "--target", "openvino:cpu", "--quick",
-                          "--price-per-hour", "0.36", "--output-dir", tmp_path)
+    completed = edgecraft(
+        "bench",
+        model,
+        "--target",
+        "onnxruntime:cpu",
+        "--target",
+        "openvino:cpu",
+        "--quick",
+        "--price-per-hour",
+        "0.36",
+        "--output-dir",
+        tmp_path,
+    )
     assert completed.returncode == 0, completed.stderr
     run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
     results = load_results(run_dir)
     assert [(r.variant, r.target, r.status) for r in results.rows] == [
-        ("fp32.onnx", "onnxruntime:cpu", "ok"), ("fp32.onnx", "openvino:cpu", "ok")]
+        ("fp32.onnx", "onnxruntime:cpu", "ok"),
+        ("fp32.onnx", "openvino:cpu", "ok"),
+    ]
     ort, ov = (row.measurement for row in results.rows)
     # No data given: synthetic inputs drawn from the file's signature, so latency and memory only.
     model_record = results.models[0]
@@ -29,7 +42,11 @@ def test_bench_an_onnx_file_on_two_targets(digits_cnn: dict, tmp_path: Path) -> 
         assert measured.accuracy is None and measured.quality.not_measured == "not measured (no labelled data)"
         assert measured.quality.metrics == {}
     assert model_record.reference_accuracy is None
-    assert ort.fidelity.max_abs_diff == 0 and ov.fidelity.max_abs_diff < 1e-4 and ov.runtime_info["inference_precision"] == "f32"
+    assert (
+        ort.fidelity.max_abs_diff == 0
+        and ov.fidelity.max_abs_diff < 1e-4
+        and ov.runtime_info["inference_precision"] == "f32"
+    )
     assert ov.runtime_info["performance_hint"] == "LATENCY" and ov.runtime_info["streams"] == 1
     assert results.rows[1].artifact.endswith("model.xml")  # converted to IR for OpenVINO, like a recipe row
     assert results.benchmark["profile"] == "quick" and "edgecraft bench" in results.recipe_text

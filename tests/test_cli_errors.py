@@ -31,7 +31,9 @@ def test_missing_model_file(tmp_path: Path) -> None:
 
 def test_missing_weights_file(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(BASE + "models:\n  - {factory: 'tests.helpers:tiny_net', weights: w.pt, input_shape: [1, 16, 16]}\n")
+    recipe.write_text(
+        BASE + "models:\n  - {factory: 'tests.helpers:tiny_net', weights: w.pt, input_shape: [1, 16, 16]}\n"
+    )
     fails_cleanly(recipe, "models[0].weights", "file not found")
 
 
@@ -47,7 +49,9 @@ def test_malformed_yaml(tmp_path: Path) -> None:
 
 def test_unknown_pass_name(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: bad\nmodels: [{builtin: digits-cnn}]\nvariants:\n  - name: x\n    passes: [{type: prune.magic}]\n")
+    recipe.write_text(
+        "name: bad\nmodels: [{builtin: digits-cnn}]\nvariants:\n  - name: x\n    passes: [{type: prune.magic}]\n"
+    )
     fails_cleanly(recipe, f"{recipe}:5", "prune.magic", "quantize.static")
 
 
@@ -69,8 +73,9 @@ def test_data_shape_disagrees_with_declared_input_shape(tmp_path: Path) -> None:
 def test_classification_without_labels(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", inputs=np.zeros((50, 1, 16, 16), np.float32))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(BASE + "data: {source: d.npz}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', "
-                      "evaluator: classification}\n")
+    recipe.write_text(
+        BASE + "data: {source: d.npz}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', evaluator: classification}\n"
+    )
     fails_cleanly(recipe, "model 'tiny_net'", "evaluator 'classification' needs targets (labels)")
 
 
@@ -85,7 +90,8 @@ def test_user_model_and_data_function_run(tmp_path: Path) -> None:
     """The happy path for a user's own factory model and data function (no built-in anywhere)."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        BASE + "data: {source: 'tests.helpers:random_data'}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', name: mine}\n"
+        BASE
+        + "data: {source: 'tests.helpers:random_data'}\nmodels:\n  - {factory: 'tests.helpers:tiny_net', name: mine}\n"
     )
     completed = edgecraft("run", str(recipe), "--quick", "--output-dir", str(tmp_path / "runs"))
     assert completed.returncode == 0, completed.stderr

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from edgecraft.cli import main
-from edgecraft.reports.compare import compare_runs
 from edgecraft.core.results import CONVERSION_WARNING, ModelRecord, ResultRow, RunResults
 from edgecraft.core.signature import Signature, TensorSpec
+from edgecraft.reports.compare import compare_runs
 from edgecraft.reports.results_file import ResultsError
 from tests.results_factory import SIGNATURE, measurement, not_measured, ok, run, save, tamper
 
@@ -61,14 +61,18 @@ def with_model(results: RunResults, **changes: object) -> RunResults:
 
 # --- pass, and the summary line --------------------------------------------------------------------------------------
 
+
 def test_identical_runs_pass_and_say_where_the_thresholds_came_from(gate, tmp_path: Path) -> None:
     result = gate(run(BASE), run(BASE, name="cand"))
     assert result.code == 0, result.out + result.err
-    assert result.lines[-1].startswith("PASS: nothing fails of 2 row(s); thresholds: p50 latency +10 % (default), "
-                                       "size +5 % (default), accuracy −1 pt (default); report: ")
+    assert result.lines[-1].startswith(
+        "PASS: nothing fails of 2 row(s); thresholds: p50 latency +10 % (default), "
+        "size +5 % (default), accuracy −1 pt (default); report: "
+    )
 
 
 # --- missing rows ----------------------------------------------------------------------------------------------------
+
 
 def test_a_row_absent_from_the_candidate_fails_unless_allowed(gate, tmp_path: Path) -> None:
     result = gate(run(BASE), run([BASE[0]]))
@@ -78,7 +82,9 @@ def test_a_row_absent_from_the_candidate_fails_unless_allowed(gate, tmp_path: Pa
 
     allowed = gate(tmp_path / "base", tmp_path / "cand", "--allow-missing")
     assert allowed.code == 0 and allowed.why("missing") == [] and allowed.lines[-1].startswith("PASS")
-    assert "missing (allowed): **net · int8 · onnxruntime:cpu**: absent" in (tmp_path / "cand" / "compare.md").read_text()
+    assert (
+        "missing (allowed): **net · int8 · onnxruntime:cpu**: absent" in (tmp_path / "cand" / "compare.md").read_text()
+    )
 
 
 def test_a_row_skipped_where_the_baseline_measured_it_is_missing(gate, tmp_path: Path) -> None:
@@ -112,7 +118,8 @@ def test_a_model_the_candidate_could_not_prepare_fails_every_row(gate) -> None:
     assert result.code == 1
     assert result.why("regression") == [
         f"regression: net · {variant} · {CPU}: the candidate could not prepare model net: factory raised "
-        "ValueError: boom" for variant in ("fp32", "int8")
+        "ValueError: boom"
+        for variant in ("fp32", "int8")
     ]
 
 
@@ -135,25 +142,33 @@ def test_the_candidates_own_thresholds_are_ignored(gate, tmp_path: Path) -> None
     assert result.why("regression")[0].startswith(f"regression: net · fp32 · {CPU}: p50 latency +30.0 %")
     assert "thresholds: p50 latency +10 % (default)" in result.lines[-1]
     for report in ("compare.md", "compare.html"):
-        assert "p50 latency +10 % (default), size +5 % (default), accuracy −1 pt (default)" in (
-            tmp_path / "cand" / report).read_text()
+        assert (
+            "p50 latency +10 % (default), size +5 % (default), accuracy −1 pt (default)"
+            in (tmp_path / "cand" / report).read_text()
+        )
 
 
 def test_the_candidate_cannot_switch_its_gate_off(gate, tmp_path: Path) -> None:
     """The issue's candidate recipe: an unbounded gate is refused as bad input, not obeyed."""
-    off = tamper(save(run(SLOWER), tmp_path / "off"), "recipe.report", {"gate": {
-        "max_latency_increase": 1.0e9, "max_size_increase": math.inf, "max_accuracy_drop": 1.0}})
+    off = tamper(
+        save(run(SLOWER), tmp_path / "off"),
+        "recipe.report",
+        {"gate": {"max_latency_increase": 1.0e9, "max_size_increase": math.inf, "max_accuracy_drop": 1.0}},
+    )
     bad_input(gate(run(BASE), off), "recipe.report.gate.max_latency_increase: Input should be less than or equal to 1")
 
 
 def test_thresholds_from_the_baseline_recipe(gate, tmp_path: Path) -> None:
-    baseline = run(BASE, report={"gate": {"max_latency_increase": 0.5, "max_size_increase": 0.2,
-                                          "max_accuracy_drop": 0.03}})
+    baseline = run(
+        BASE, report={"gate": {"max_latency_increase": 0.5, "max_size_increase": 0.2, "max_accuracy_drop": 0.03}}
+    )
     worse = run([ok("fp32", 1.3, 0.98, 400_000), ok("int8", 0.5, 0.95, 130_000)])  # +30 %, −2.5 pt, +18 % size
     result = gate(baseline, worse)
     assert result.code == 0, result.out
-    assert ("thresholds: p50 latency +50 % (baseline recipe), size +20 % (baseline recipe), accuracy −3 pt "
-            "(baseline recipe)") in result.lines[-1]
+    assert (
+        "thresholds: p50 latency +50 % (baseline recipe), size +20 % (baseline recipe), accuracy −3 pt "
+        "(baseline recipe)"
+    ) in result.lines[-1]
 
     tighter = gate(tmp_path / "base", tmp_path / "cand", "--max-size-increase", "0.1")
     assert tighter.code == 1
@@ -195,14 +210,15 @@ def test_a_baseline_recipe_with_thresholds_out_of_bounds_is_bad_input(gate, tmp_
 
 # --- boundaries: exactly at a threshold passes, just past it fails ---------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("candidate", "code"),
     [
-        ([ok("fp32", 1.1, 0.98, 400_000, ci=0.001), BASE[1]], 0),       # +10 % exactly
-        ([ok("fp32", 1.1011, 0.98, 400_000, ci=0.001), BASE[1]], 1),    # +10.11 %
-        ([BASE[0], ok("int8", 0.5, 0.975, 115_500)], 0),                # +5 % size exactly
+        ([ok("fp32", 1.1, 0.98, 400_000, ci=0.001), BASE[1]], 0),  # +10 % exactly
+        ([ok("fp32", 1.1011, 0.98, 400_000, ci=0.001), BASE[1]], 1),  # +10.11 %
+        ([BASE[0], ok("int8", 0.5, 0.975, 115_500)], 0),  # +5 % size exactly
         ([BASE[0], ok("int8", 0.5, 0.975, 115_501)], 1),
-        ([BASE[0], ok("int8", 0.5, 0.965, 110_000)], 0),                # −1 pt exactly
+        ([BASE[0], ok("int8", 0.5, 0.965, 110_000)], 0),  # −1 pt exactly
         ([BASE[0], ok("int8", 0.5, 0.9649, 110_000)], 1),
     ],
     ids=["latency-at", "latency-past", "size-at", "size-past", "accuracy-at", "accuracy-past"],
@@ -216,12 +232,15 @@ def test_threshold_boundaries(gate, candidate: list[ResultRow], code: int) -> No
 
 # --- corrupt numbers: zero p50, NaN ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("p50", [0, -1.0])
 def test_a_non_positive_baseline_p50_is_bad_input(gate, tmp_path: Path, p50: float) -> None:
     baseline = tamper(save(run(BASE), tmp_path / "b"), "rows.0.measurement.latency_ms.p50", p50)
-    bad_input(gate(baseline, run(BASE)),
-              f"{baseline / 'results.json'}: not a valid results file: rows.0.measurement.latency_ms.p50: "
-              "Input should be greater than 0")
+    bad_input(
+        gate(baseline, run(BASE)),
+        f"{baseline / 'results.json'}: not a valid results file: rows.0.measurement.latency_ms.p50: "
+        "Input should be greater than 0",
+    )
 
 
 def test_nan_cannot_enter_results() -> None:
@@ -234,17 +253,27 @@ def test_nan_cannot_enter_results() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("rows.1.measurement.latency_ms.p50", math.nan,
-         "rows.1.measurement.latency_ms.p50: Input should be a finite number"),
-        ("rows.1.measurement.quality.metrics.top1", math.inf,
-         "rows.1.measurement.quality.metrics.top1: Input should be a finite number"),
-        ("rows.1.measurement.latency_ms.p50", None,
-         "rows.1.measurement.latency_ms.p50: Input should be a valid number (null: a NaN or an infinity?)"),
+        (
+            "rows.1.measurement.latency_ms.p50",
+            math.nan,
+            "rows.1.measurement.latency_ms.p50: Input should be a finite number",
+        ),
+        (
+            "rows.1.measurement.quality.metrics.top1",
+            math.inf,
+            "rows.1.measurement.quality.metrics.top1: Input should be a finite number",
+        ),
+        (
+            "rows.1.measurement.latency_ms.p50",
+            None,
+            "rows.1.measurement.latency_ms.p50: Input should be a valid number (null: a NaN or an infinity?)",
+        ),
     ],
     ids=["nan", "inf", "null"],
 )
-def test_a_non_finite_number_in_a_results_file_is_bad_input(gate, tmp_path: Path, field: str, value: object,
-                                                            message: str) -> None:
+def test_a_non_finite_number_in_a_results_file_is_bad_input(
+    gate, tmp_path: Path, field: str, value: object, message: str
+) -> None:
     candidate = tamper(save(run(BASE), tmp_path / "c"), field, value)
     bad_input(gate(run(BASE), candidate), message)
 
@@ -253,8 +282,11 @@ def test_a_nan_handed_to_the_gate_in_memory_never_passes() -> None:
     """pydantic does not validate assignments: a NaN set after validation is caught before any verdict."""
     candidate = run([ok("fp32", 1.0, 0.98, 400_000), ok("int8", 0.5, 0.975, 110_000)])
     candidate.rows[1].measurement.quality.value = math.nan
-    with pytest.raises(ResultsError, match=r"candidate run 'run': not a valid results file: "
-                                           r"rows.1.measurement.quality.value: Input should be a finite number"):
+    with pytest.raises(
+        ResultsError,
+        match=r"candidate run 'run': not a valid results file: "
+        r"rows.1.measurement.quality.value: Input should be a finite number",
+    ):
         compare_runs(run(BASE), candidate)
     baseline = run([ok("fp32", 1.0, 0.98, 400_000), ok("int8", 0.5, 0.975, 110_000)])
     baseline.rows[0].measurement.latency_ms.p50 = 0.0
@@ -264,34 +296,42 @@ def test_a_nan_handed_to_the_gate_in_memory_never_passes() -> None:
 
 # --- noise: inconclusive fails ---------------------------------------------------------------------------------------
 
+
 def test_ten_times_slower_with_a_wide_ci_is_inconclusive(gate) -> None:
     result = gate(run(BASE), run([ok("fp32", 10.0, 0.98, 400_000, ci=0.95), BASE[1]]))
     assert result.code == 1
-    assert result.why("inconclusive") == [(
-        f"inconclusive: net · fp32 · {CPU}: p50 latency +900.0 % (1.000 → 10.000 ms) exceeds +10 % but the 95 % "
-        "CIs overlap (±2.0 % and ±95.0 %): it cannot be told from noise; measure again"
-    )]
+    assert result.why("inconclusive") == [
+        (
+            f"inconclusive: net · fp32 · {CPU}: p50 latency +900.0 % (1.000 → 10.000 ms) exceeds +10 % but the 95 % "
+            "CIs overlap (±2.0 % and ±95.0 %): it cannot be told from noise; measure again"
+        )
+    ]
     assert result.lines[-1].startswith("FAIL: 1 inconclusive of 2 row(s)")
 
 
 def test_a_noisy_warning_makes_the_latency_inconclusive(gate) -> None:
-    noisy = with_warning(ok("fp32", 1.05, 0.98, 400_000, ci=0.07),
-                         "noisy: the 95 % CI of the median is ±7.0 % (over 5 %)")
+    noisy = with_warning(
+        ok("fp32", 1.05, 0.98, 400_000, ci=0.07), "noisy: the 95 % CI of the median is ±7.0 % (over 5 %)"
+    )
     result = gate(run(BASE), run([noisy, BASE[1]]))
     assert result.code == 1
-    assert result.why("inconclusive") == [(
-        f"inconclusive: net · fp32 · {CPU}: p50 latency +5.0 % (1.000 → 1.050 ms) cannot be judged, the row is noisy "
-        "(candidate: noisy: the 95 % CI of the median is ±7.0 % (over 5 %)); measure again"
-    )]
+    assert result.why("inconclusive") == [
+        (
+            f"inconclusive: net · fp32 · {CPU}: p50 latency +5.0 % (1.000 → 1.050 ms) cannot be judged, "
+            "the row is noisy (candidate: noisy: the 95 % CI of the median is ±7.0 % (over 5 %)); measure again"
+        )
+    ]
 
 
 def test_a_ci_wider_than_the_threshold_is_inconclusive(gate) -> None:
     result = gate(run(BASE), run([ok("fp32", 1.0, 0.98, 400_000, ci=0.3), BASE[1]]))
     assert result.code == 1
-    assert result.why("inconclusive") == [(
-        f"inconclusive: net · fp32 · {CPU}: p50 latency +0.0 % (1.000 → 1.000 ms) cannot be judged: the candidate's "
-        "95 % CI is ±30.0 %, wider than the +10 % threshold; measure again"
-    )]
+    assert result.why("inconclusive") == [
+        (
+            f"inconclusive: net · fp32 · {CPU}: p50 latency +0.0 % (1.000 → 1.000 ms) cannot be judged: "
+            "the candidate's 95 % CI is ±30.0 %, wider than the +10 % threshold; measure again"
+        )
+    ]
 
 
 def test_a_noisy_row_whose_ci_cannot_reach_the_threshold_passes(gate) -> None:
@@ -304,25 +344,34 @@ def test_a_noisy_row_whose_ci_cannot_reach_the_threshold_passes(gate) -> None:
 def test_a_clear_regression_on_a_noisy_row_is_a_regression(gate) -> None:
     noisy = with_warning(ok("fp32", 2.0, 0.98, 400_000), "noisy: the 3 process repetitions' medians vary by 6 %")
     result = gate(run(BASE), run([noisy, BASE[1]]))
-    assert result.code == 1 and result.why("regression")[0].startswith(f"regression: net · fp32 · {CPU}: p50 latency "
-                                                                        "+100.0 %")
+    assert result.code == 1 and result.why("regression")[0].startswith(
+        f"regression: net · fp32 · {CPU}: p50 latency +100.0 %"
+    )
 
 
 # --- comparable runs -------------------------------------------------------------------------------------------------
 
-OTHER_SIGNATURE = Signature(inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", 3, 8, 8],
-                                               layout="NCHW")], outputs=SIGNATURE.outputs)
+OTHER_SIGNATURE = Signature(
+    inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", 3, 8, 8], layout="NCHW")],
+    outputs=SIGNATURE.outputs,
+)
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"source": "pkg:other"}, "not comparable: model net's source differs: net vs pkg:other"),
-        ({"signature": OTHER_SIGNATURE},
-         ("not comparable: model net's signature differs: inputs input: float32 [batch×1×8×8] NCHW; outputs logits: "
-          "float32 [batch×10] vs inputs input: float32 [batch×3×8×8] NCHW")),
-        ({"evaluation_data": "b" * 64},
-         "not comparable: model net's evaluation data differs: digest aaaaaaaaaaaa vs bbbbbbbbbbbb"),
+        (
+            {"signature": OTHER_SIGNATURE},
+            (
+                "not comparable: model net's signature differs: inputs input: float32 [batch×1×8×8] NCHW; "
+                "outputs logits: float32 [batch×10] vs inputs input: float32 [batch×3×8×8] NCHW"
+            ),
+        ),
+        (
+            {"evaluation_data": "b" * 64},
+            "not comparable: model net's evaluation data differs: digest aaaaaaaaaaaa vs bbbbbbbbbbbb",
+        ),
         ({"data_shapes": {"input": [1, 1, 16, 16]}}, "not comparable: model net's evaluation input shapes differ"),
     ],
     ids=["source", "signature", "evaluation-data", "data-shapes"],

@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgecraft import data
 from edgecraft.bench import evaluators
 from edgecraft.bench.evaluators import EvaluatorMismatch, EvaluatorSpec
 from edgecraft.compress.base import Dataset
-from edgecraft import data
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.targets import feeds
 
 TOKENS = Signature(
-    inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"]),
-            TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"])],
+    inputs=[
+        TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"]),
+        TensorSpec(name="attention_mask", dtype="int64", shape=["batch", "sequence"]),
+    ],
     outputs=[TensorSpec(name="embedding", dtype="float32", shape=["batch", 8], kind="embedding")],
 )
 
@@ -39,8 +41,10 @@ def test_a_thousand_classes_with_two_hundred_samples_split_by_a_seeded_shuffle()
     assert splits.how.startswith("shuffled")
     parts = [indices(splits.train), indices(splits.calibration), indices(splits.evaluation)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert data.split(dataset(200, labels), (0.6, 0.2, 0.2), seed=0).evaluation.targets.tolist() == \
-        splits.evaluation.targets.tolist()  # seeded
+    assert (
+        data.split(dataset(200, labels), (0.6, 0.2, 0.2), seed=0).evaluation.targets.tolist()
+        == splits.evaluation.targets.tolist()
+    )  # seeded
 
 
 def test_fractions_that_do_not_divide_evenly_are_rounded() -> None:
@@ -105,11 +109,14 @@ def test_npz_keys_name_the_inputs_and_targets(tmp_path) -> None:
 
 
 def test_synthetic_inputs_follow_dtypes_and_declared_ranges() -> None:
-    signature = Signature(inputs=[
-        *TOKENS.inputs,
-        TensorSpec(name="token_type_ids", dtype="int64", shape=["batch", "sequence"]),
-        TensorSpec(name="image", dtype="float32", shape=["batch", 3, 4, 4], layout="NCHW", range=(-1.0, 1.0)),
-    ], outputs=[])
+    signature = Signature(
+        inputs=[
+            *TOKENS.inputs,
+            TensorSpec(name="token_type_ids", dtype="int64", shape=["batch", "sequence"]),
+            TensorSpec(name="image", dtype="float32", shape=["batch", 3, 4, 4], layout="NCHW", range=(-1.0, 1.0)),
+        ],
+        outputs=[],
+    )
     made = feeds.synthetic(signature, 10, vocabulary={"input_ids": 30})
     assert made["input_ids"].shape == (10, feeds.SYNTHETIC_SIZES["sequence"]) and made["input_ids"].dtype == np.int64
     assert 0 <= made["input_ids"].min() and made["input_ids"].max() < 30
@@ -123,8 +130,9 @@ def test_synthetic_inputs_follow_dtypes_and_declared_ranges() -> None:
 
 def test_classification_reports_top1_and_top5() -> None:
     scores = np.eye(6, dtype=np.float32)[[0, 1, 2, 3]] + np.linspace(0, 0.5, 6, dtype=np.float32)
-    quality = evaluators.evaluate(EvaluatorSpec(type="classification"), {"logits": scores}, {"logits": scores},
-                                  np.array([0, 1, 5, 4]))
+    quality = evaluators.evaluate(
+        EvaluatorSpec(type="classification"), {"logits": scores}, {"logits": scores}, np.array([0, 1, 5, 4])
+    )
     assert quality.metric == "top-1 accuracy" and quality.value == 0.5
     assert quality.metrics == {"top1": 0.5, "top5": 1.0}
 
@@ -143,8 +151,9 @@ def test_embedding_reports_cosine_to_fp32_and_recall_at_k() -> None:
     spec = EvaluatorSpec(type="embedding", k=1)
     same = evaluators.evaluate(spec, {"e": vectors}, {"e": vectors}, groups)
     assert same.value == pytest.approx(1.0) and same.metrics["recall_at_1"] == 1.0
-    noisy = evaluators.evaluate(spec, {"e": vectors + rng.standard_normal(vectors.shape).astype(np.float32)},
-                                {"e": vectors}, groups)
+    noisy = evaluators.evaluate(
+        spec, {"e": vectors + rng.standard_normal(vectors.shape).astype(np.float32)}, {"e": vectors}, groups
+    )
     assert noisy.value < 0.9 and noisy.metrics["min_cosine"] <= noisy.value
 
 
@@ -165,14 +174,21 @@ def test_a_users_metric_function() -> None:
     assert quality.evaluator == "tests.helpers:mean_output" and quality.metric == "mean" and quality.value == 0.25
 
 
-@pytest.mark.parametrize(("spec", "outputs", "targets", "message"), [
-    ("classification", TOKENS.outputs, np.arange(4), "reads class scores, but output 'embedding' is declared as "
-     "embedding: choose embedding"),
-    ("classification", [TensorSpec(name="boxes", shape=["batch", 8, 4])], np.arange(4), "has shape"),
-    ("classification", [TensorSpec(name="logits", shape=["batch", 10])], None, "needs targets"),
-    ("classification", [TensorSpec(name="logits", shape=["batch", 10])], np.array([3, 12]), "label 12 is beyond"),
-    ("embedding", [TensorSpec(name="tokens", shape=["batch", "sequence", 8])], None, "[batch, dimensions]"),
-])
+@pytest.mark.parametrize(
+    ("spec", "outputs", "targets", "message"),
+    [
+        (
+            "classification",
+            TOKENS.outputs,
+            np.arange(4),
+            "reads class scores, but output 'embedding' is declared as embedding: choose embedding",
+        ),
+        ("classification", [TensorSpec(name="boxes", shape=["batch", 8, 4])], np.arange(4), "has shape"),
+        ("classification", [TensorSpec(name="logits", shape=["batch", 10])], None, "needs targets"),
+        ("classification", [TensorSpec(name="logits", shape=["batch", 10])], np.array([3, 12]), "label 12 is beyond"),
+        ("embedding", [TensorSpec(name="tokens", shape=["batch", "sequence", 8])], None, "[batch, dimensions]"),
+    ],
+)
 def test_an_evaluator_that_does_not_fit_the_outputs_is_refused(spec, outputs, targets, message) -> None:
     with pytest.raises(EvaluatorMismatch) as caught:
         evaluators.check(EvaluatorSpec(type=spec), outputs, targets)

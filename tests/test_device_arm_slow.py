@@ -63,11 +63,14 @@ def box_agent():
 def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> None:
     url, token_file, proc = box_agent
     recipe = tmp_path / "arm-box.yaml"
-    recipe.write_text(textwrap.dedent("""\
+    recipe.write_text(
+        textwrap.dedent("""\
         name: arm-box
         models:
           - builtin: digits-mobilenet
-        """) + VARIANTS + textwrap.dedent(f"""\
+        """)
+        + VARIANTS
+        + textwrap.dedent(f"""\
         targets:
           - onnxruntime:arm@box
           - litert:arm@box
@@ -91,7 +94,8 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
           batch_sizes: [1]
           throughput_s: 0
           operator_profile: false
-        """))
+        """)
+    )
     completed = edgecraft("run", recipe, "--output-dir", tmp_path / "runs")
     agent_log = "\n".join(getattr(proc, "output_tail", []))
     assert completed.returncode == 0, f"{completed.stderr[-4000:]}\n--- agent:\n{agent_log}"
@@ -100,8 +104,12 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
 
     rows = {(row.variant, row.target): row for row in results.rows}
     remote = {key: row for key, row in rows.items() if key[1].endswith("@box")}
-    assert sorted(remote) == [("fp32", "onnxruntime:arm@box"), ("onnx-int8", "onnxruntime:arm@box"),
-                              ("tflite-fp32", "litert:arm@box"), ("tflite-int8", "litert:arm@box")]
+    assert sorted(remote) == [
+        ("fp32", "onnxruntime:arm@box"),
+        ("onnx-int8", "onnxruntime:arm@box"),
+        ("tflite-fp32", "litert:arm@box"),
+        ("tflite-int8", "litert:arm@box"),
+    ]
     for key, row in remote.items():
         assert row.status == "ok", f"{key}: {row.reason}\n--- agent:\n{agent_log}"
         assert row.device == "box"

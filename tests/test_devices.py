@@ -35,8 +35,13 @@ devices:
   tokenless: {{url: "{loop}", token_env: EDGECRAFT_TEST_UNSET_TOKEN}}
 benchmark: {{profile: quick, operator_profile: false, throughput_s: 0.1}}
 """
-TARGETS = ["onnxruntime:cpu", "onnxruntime:cpu@loop", "onnxruntime:cpu@emu", "onnxruntime:cpu@down",
-           "onnxruntime:cpu@tokenless"]
+TARGETS = [
+    "onnxruntime:cpu",
+    "onnxruntime:cpu@loop",
+    "onnxruntime:cpu@emu",
+    "onnxruntime:cpu@down",
+    "onnxruntime:cpu@tokenless",
+]
 
 
 def _closed_port_url() -> str:
@@ -49,8 +54,15 @@ def _closed_port_url() -> str:
 
 def _write_recipe(folder: Path, agents: dict[str, RunningAgent], token: Path, targets: list[str]) -> Path:
     recipe = folder / "remote.yaml"
-    recipe.write_text(RECIPE.format(targets=json.dumps(targets), loop=agents["loop"].url, emu=agents["emu"].url,
-                                    down=_closed_port_url(), token=token))
+    recipe.write_text(
+        RECIPE.format(
+            targets=json.dumps(targets),
+            loop=agents["loop"].url,
+            emu=agents["emu"].url,
+            down=_closed_port_url(),
+            token=token,
+        )
+    )
     return recipe
 
 
@@ -88,8 +100,9 @@ def test_remote_rows_are_measured_there_and_merged(remote_run: Path) -> None:
         # The same file on the same kind of CPU: the agent's outputs are the local ones, scored by the same evaluator.
         assert remote.sha256 == local.sha256
         assert remote.measurement.accuracy == pytest.approx(local.measurement.accuracy)
-        assert remote.measurement.fidelity.max_abs_diff == pytest.approx(local.measurement.fidelity.max_abs_diff,
-                                                                         abs=1e-5)
+        assert remote.measurement.fidelity.max_abs_diff == pytest.approx(
+            local.measurement.fidelity.max_abs_diff, abs=1e-5
+        )
         assert remote.measurement.latency_ms.runs >= 20 and remote.measurement.latency_ms.p50 > 0
     assert rows[("fp32", "onnxruntime:cpu@loop")].measurement.fidelity.max_abs_diff <= 1e-4
     description = results.devices["loop"]
@@ -129,17 +142,18 @@ def test_devices_command_lists_reachability(agents, remote_run: Path) -> None:
     assert completed.returncode == 1, completed.stderr  # 'down' and 'tokenless' are not reachable
     out = completed.stdout
     assert f"loop: reachable at {agents[0]['loop'].url}" in out
-    loop = out[out.index("loop: reachable"):out.index("emu: reachable")]
+    loop = out[out.index("loop: reachable") : out.index("emu: reachable")]
     assert "machine: " in loop and "cores" in loop and "runs: " in loop and "onnxruntime:cpu" in loop
-    assert "emulated: declared by the test" in out[out.index("emu: reachable"):]
+    assert "emulated: declared by the test" in out[out.index("emu: reachable") :]
     assert "down: not reachable: device down" in out
     assert "tokenless: not reachable:" in out and "EDGECRAFT_TEST_UNSET_TOKEN is not set" in out
 
 
 def test_bench_a_file_on_a_device(agents, remote_run: Path, tmp_path: Path) -> None:
     model = next(remote_run.glob("models/digits-cnn/fp32/onnxruntime-cpu/*.onnx"))
-    completed = edgecraft("bench", model, "--device", "loop", "--devices", remote_run / "recipe.yaml", "--quick",
-                          "--output-dir", tmp_path)
+    completed = edgecraft(
+        "bench", model, "--device", "loop", "--devices", remote_run / "recipe.yaml", "--quick", "--output-dir", tmp_path
+    )
     assert completed.returncode == 0, completed.stderr
     results = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
     (row,) = results.rows
@@ -152,8 +166,9 @@ def test_bench_a_file_on_a_device(agents, remote_run: Path, tmp_path: Path) -> N
 
 def test_recipe_naming_an_undefined_device_is_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("name: bad\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
-                      "targets: [onnxruntime:arm@pi5]\n")
+    recipe.write_text(
+        "name: bad\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\ntargets: [onnxruntime:arm@pi5]\n"
+    )
     completed = edgecraft("recipe", "validate", recipe)
     assert completed.returncode == 2
     assert "names the device 'pi5', which is not in 'devices'" in completed.stderr
@@ -165,8 +180,9 @@ def test_agent_killed_mid_job_fails_that_row_and_keeps_the_rest(tmp_path: Path, 
     token.write_text("another-secret\n")
     agent = start_agent(tmp_path / "agent", token)
     try:
-        recipe = _write_recipe(tmp_path, {"loop": agent, "emu": agent}, token,
-                               ["onnxruntime:cpu", "onnxruntime:cpu@loop"])
+        recipe = _write_recipe(
+            tmp_path, {"loop": agent, "emu": agent}, token, ["onnxruntime:cpu", "onnxruntime:cpu@loop"]
+        )
 
         def kill_when_running() -> None:
             deadline = time.monotonic() + 300

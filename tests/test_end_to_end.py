@@ -117,7 +117,7 @@ def test_failed_pass_and_unavailable_target_keep_the_other_rows(tmp_path: Path, 
         cuda = rows[("fp32", "onnxruntime:cuda")]
         assert cuda.status == "skipped" and "CUDAExecutionProvider" in cuda.reason
     html = (run_dir / "report.html").read_text()
-    assert "simulated quantizer crash" in html and html.count("<tr class=\"status-failed\"") == 2
+    assert "simulated quantizer crash" in html and html.count('<tr class="status-failed"') == 2
 
 
 def test_an_export_failure_and_a_drifting_reference_mark_their_own_rows(tmp_path: Path, monkeypatch) -> None:
@@ -138,8 +138,10 @@ def test_an_export_failure_and_a_drifting_reference_mark_their_own_rows(tmp_path
     monkeypatch.setattr(OpenVino, "export", crashing_export)
     monkeypatch.setattr(torch_io, "predict", drifted_reference)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("name: faults\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
-                      "targets: [onnxruntime:cpu, openvino:cpu]\n")
+    recipe.write_text(
+        "name: faults\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
+        "targets: [onnxruntime:cpu, openvino:cpu]\n"
+    )
     rows = {r.target: r for r in load_results(run_recipe(recipe, output_dir=tmp_path / "runs", quick=True)).rows}
     assert rows["openvino:cpu"].status == "failed"
     assert rows["openvino:cpu"].reason == "export failed: RuntimeError: simulated converter crash"
@@ -147,4 +149,5 @@ def test_an_export_failure_and_a_drifting_reference_mark_their_own_rows(tmp_path
     assert ort.status == "ok" and ort.measurement.fidelity.max_abs_diff == pytest.approx(1e-3, rel=0.01)
     drift = [w for w in ort.warnings if w.startswith("conversion bug?")]
     assert len(drift) == 1 and re.fullmatch(
-        r"conversion bug\? fp32 outputs differ from the reference by 1\.0\de-03 \(tolerance 0\.0001\)", drift[0])
+        r"conversion bug\? fp32 outputs differ from the reference by 1\.0\de-03 \(tolerance 0\.0001\)", drift[0]
+    )

@@ -1,6 +1,7 @@
 """The shipped example recipes run, reduced (one epoch of distillation and QAT, the quick profile; pruning keeps
 its fine-tuning, since one epoch leaves a half-pruned digits-mobilenet at chance, 9.7 %, and four bring it to
-98.3 %), and show what the README says they show; digits-mobilenet's fp16 conversions keep its accuracy on every CPU runtime.
+98.3 %), and show what the README says they show; digits-mobilenet's fp16 conversions keep its accuracy on every
+CPU runtime.
 
 digits-mobilenet is trained once per session by the quickstart fixture and cached; these runs reuse it.
 The heavier recipes (distill, full, distill-qat, arm) run in the slow suite.

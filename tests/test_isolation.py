@@ -48,8 +48,9 @@ def test_a_model_whose_factory_raises_fails_only_its_own_rows(tmp_path: Path) ->
 
 
 def test_when_no_model_can_be_prepared_the_reason_is_the_error(tmp_path: Path) -> None:
-    completed, results = run(tmp_path, TWO_MODELS.replace(
-        "  - name: working\n    factory: tests.helpers:tiny_net\n", ""))
+    completed, results = run(
+        tmp_path, TWO_MODELS.replace("  - name: working\n    factory: tests.helpers:tiny_net\n", "")
+    )
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines()[-1] == (
         "error: model.factory 'tests.helpers:raising_factory' raised ValueError: boom: the checkpoint path is wrong"
@@ -59,8 +60,12 @@ def test_when_no_model_can_be_prepared_the_reason_is_the_error(tmp_path: Path) -
 
 
 def test_a_data_function_that_cannot_be_called_gives_one_line(tmp_path: Path) -> None:
-    completed, _ = run(tmp_path, TWO_MODELS.replace("tests.helpers:random_data", "os:system").replace(
-        "  - name: broken\n    factory: tests.helpers:raising_factory\n", ""))
+    completed, _ = run(
+        tmp_path,
+        TWO_MODELS.replace("tests.helpers:random_data", "os:system").replace(
+            "  - name: broken\n    factory: tests.helpers:raising_factory\n", ""
+        ),
+    )
     assert completed.returncode == 2
     last = completed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: data.source 'os:system' raised TypeError: ") and "Traceback" not in completed.stderr

@@ -26,9 +26,15 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pyt
     share = tmp_path_factory.mktemp("jupyter")
     spec = share / "kernels" / "edgecraft-test"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "edgecraft test", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "edgecraft test",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch_module.setenv("JUPYTER_PATH", str(share))
     monkeypatch_module.setenv("EDGECRAFT_NOTEBOOK_QUICK", "1")
     folder = tmp_path_factory.mktemp("notebook-runs")
@@ -48,8 +54,9 @@ def execute(name: str, folder: Path) -> dict:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="edgecraft-test",
-                            resources={"metadata": {"path": str(folder)}})
+    client = NotebookClient(
+        notebook, timeout=CELL_TIMEOUT_S, kernel_name="edgecraft-test", resources={"metadata": {"path": str(folder)}}
+    )
     start = time.perf_counter()
     client.execute()  # a cell that raises raises CellExecutionError here, naming the cell and the error
     print(f"{name}: {time.perf_counter() - start:.1f} s")
@@ -72,14 +79,23 @@ def outputs(notebook: dict, kind: str = "text") -> str:
 
 def code_lines(name: str) -> list[str]:
     notebook = json.loads((REPO / "notebooks" / name).read_text())
-    return [line for cell in notebook["cells"] if cell["cell_type"] == "code"
-            for line in "".join(cell["source"]).splitlines() if line.strip()]
+    return [
+        line
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "code"
+        for line in "".join(cell["source"]).splitlines()
+        if line.strip()
+    ]
 
 
 def test_notebooks_are_stripped_and_numbered() -> None:
-    assert [path.name for path in NOTEBOOKS] == ["01-quickstart.ipynb", "02-your-own-model.ipynb",
-                                                 "03-pruning-and-distillation.ipynb", "04-int8-that-holds.ipynb",
-                                                 "05-remote-device.ipynb"]
+    assert [path.name for path in NOTEBOOKS] == [
+        "01-quickstart.ipynb",
+        "02-your-own-model.ipynb",
+        "03-pruning-and-distillation.ipynb",
+        "04-int8-that-holds.ipynb",
+        "05-remote-device.ipynb",
+    ]
     for path in NOTEBOOKS:
         notebook = json.loads(path.read_text())
         for cell in notebook["cells"]:

@@ -6,8 +6,21 @@ import re
 from importlib import metadata
 
 # Never on a device: training, export and conversion stacks.
-HEAVY = {"torch", "tensorflow", "tf-keras", "onnx", "onnx2tf", "onnxscript", "nncf", "neural-compressor",
-         "transformers", "torchao", "scipy", "scikit-learn", "matplotlib"}
+HEAVY = {
+    "torch",
+    "tensorflow",
+    "tf-keras",
+    "onnx",
+    "onnx2tf",
+    "onnxscript",
+    "nncf",
+    "neural-compressor",
+    "transformers",
+    "torchao",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+}
 
 
 def _requirements(extra: str | None) -> set[str]:

@@ -32,7 +32,7 @@ def accuracy(path, splits) -> float:
 
 def test_registry_finds_passes_and_rejects_unknown_names() -> None:
     assert {"quantize.static", "quantize.dynamic"} <= set(registry.passes())
-    with pytest.raises(KeyError, match="known passes: .*quantize.static"):
+    with pytest.raises(KeyError, match=r"known passes: .*quantize\.static"):
         registry.get("quantize.magic")
 
 
@@ -45,8 +45,11 @@ def test_static_int8_is_qdq_smaller_and_as_accurate(digits_cnn: dict, tmp_path, 
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] >= counts["Conv"]
     assert original.stat().st_size / quantized.stat().st_size >= 3
     assert accuracy(quantized, digits_cnn["splits"]) >= accuracy(original, digits_cnn["splits"]) - 0.01
-    assert outcome.details == {"calibration_samples": 64, "calibration_method": method,
-                               "reduce_range": int8_saturates()}
+    assert outcome.details == {
+        "calibration_samples": 64,
+        "calibration_method": method,
+        "reduce_range": int8_saturates(),
+    }
 
 
 def test_static_int8_activation_type_is_honoured(digits_cnn: dict, tmp_path) -> None:
@@ -62,7 +65,10 @@ def test_dynamic_int8_quantizes_weights_without_calibration(digits_cnn: dict, tm
     counts = ops(outcome.artifact.path)
     assert counts["ConvInteger"] > 0 or counts["DynamicQuantizeLinear"] > 0
     assert digits_cnn["onnx"].path.stat().st_size / outcome.artifact.path.stat().st_size >= 3
-    assert accuracy(outcome.artifact.path, digits_cnn["splits"]) >= accuracy(digits_cnn["onnx"].path, digits_cnn["splits"]) - 0.01
+    assert (
+        accuracy(outcome.artifact.path, digits_cnn["splits"])
+        >= accuracy(digits_cnn["onnx"].path, digits_cnn["splits"]) - 0.01
+    )
 
 
 def test_quantized_outputs_stay_close_to_fp32(digits_cnn: dict, tmp_path) -> None:

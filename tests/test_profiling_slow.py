@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from edgecraft.reports.analysis import BARELY_FASTER, analyse
+from edgecraft.reports.results_file import load_results
 from edgecraft.reports.settings import report_settings
 from tests.conftest import edgecraft
-from edgecraft.reports.results_file import load_results
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +54,15 @@ def test_mobilenet_v3_int8_on_every_runtime(tmp_path: Path) -> None:
         m = fact.row.measurement
         assert fact.row.status == "ok", (key, fact.row.reason)
         p = m.operator_profile
-        print(f"{key[0]:<12} {key[1]:<16} p50 {m.latency_ms.p50:.3f} ms  speed-up vs fp32 "
-              f"{'baseline' if fact.speedup is None else f'{fact.speedup:.2f}x'}  top ops: "
-              + ", ".join(f"{op.op_type} {100 * op.share:.0f}%" if op.share is not None else f"{op.op_type} x{op.nodes}"
-                          for op in p.top(4)) + f"  Q/DQ {sum(p.qdq_nodes.values())}  float ops {p.float_ops}")
+        print(
+            f"{key[0]:<12} {key[1]:<16} p50 {m.latency_ms.p50:.3f} ms  speed-up vs fp32 "
+            f"{'baseline' if fact.speedup is None else f'{fact.speedup:.2f}x'}  top ops: "
+            + ", ".join(
+                f"{op.op_type} {100 * op.share:.0f}%" if op.share is not None else f"{op.op_type} x{op.nodes}"
+                for op in p.top(4)
+            )
+            + f"  Q/DQ {sum(p.qdq_nodes.values())}  float ops {p.float_ops}"
+        )
     page = html.unescape((run_dir / "report.html").read_text())
 
     ort_int8 = facts[("int8", "onnxruntime:cpu")]
@@ -65,11 +70,13 @@ def test_mobilenet_v3_int8_on_every_runtime(tmp_path: Path) -> None:
     if ort_int8.speedup < BARELY_FASTER:
         gap = next(g for g in analysis.operator_gaps if g.fact is ort_int8)
         assert gap.grown and gap.not_measured is None
-        panel = page[page.index('id="operator-gap-'):page.index('id="operators-table"')]
+        panel = page[page.index('id="operator-gap-') : page.index('id="operators-table"')]
         for change in gap.grown:
             assert f"<code>{change.op_type}</code>" in panel and f"{100 * change.share:.1f} %" in panel
-        print("ORT int8 panel, op types whose time grew: " + ", ".join(
-            f"{c.op_type} {c.delta_ms:+.3f} ms ({100 * c.share:.1f} % of int8 time)" for c in gap.grown))
+        print(
+            "ORT int8 panel, op types whose time grew: "
+            + ", ".join(f"{c.op_type} {c.delta_ms:+.3f} ms ({100 * c.share:.1f} % of int8 time)" for c in gap.grown)
+        )
 
     # Some int8 variant of the same net beats its own runtime's fp32, in the same interleaved rounds.
     int8_rows = [f for (variant, _), f in facts.items() if variant in ("int8", "ov-int8", "tflite-int8")]

@@ -45,7 +45,10 @@ def stores_int8_weights(path, fp32_path) -> None:
     assert not [node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] in initializers]
     largest_float = max((np.prod(i.dims) for i in initializers.values() if i.data_type == TensorProto.FLOAT), default=0)
     assert largest_float < max(np.prod(initializers[producers[w].input[0]].dims) for w in weights)  # biases, scales
-    assert os.path.getsize(path) <= 0.3 * os.path.getsize(fp32_path), (os.path.getsize(path), os.path.getsize(fp32_path))
+    assert os.path.getsize(path) <= 0.3 * os.path.getsize(fp32_path), (
+        os.path.getsize(path),
+        os.path.getsize(fp32_path),
+    )
 
 
 def test_qat_writes_an_int8_qdq_model_at_least_as_accurate_as_static_ptq(qat, digits_cnn: dict, tmp_path) -> None:
@@ -142,14 +145,21 @@ def test_autotune_that_misses_its_tolerance_fails_naming_the_trials(digits_cnn: 
 
     calibration = digits_cnn["context"].calibration.head(64)
     strict = Validation(
-        data=calibration, metric="closeness",
+        data=calibration,
+        metric="closeness",
         reference_fn=lambda: digits_cnn["context"].validation.reference,
         score_fn=lambda out, ref: 1 / (1 + 1e3 * float(np.abs(out["logits"] - ref["logits"][:64]).max())),
     )
     context = {**vars(digits_cnn["context"]), "validation": strict}
     with pytest.raises(NoSchemeFound, match=r"closeness.*tolerable_loss=0\.01.*1 of max_trials=1 trial"):
-        apply("quantize.autotune", digits_cnn["torch"], {"context": PassContext(**context)}, tmp_path,
-              tolerable_loss=0.01, max_trials=1)
+        apply(
+            "quantize.autotune",
+            digits_cnn["torch"],
+            {"context": PassContext(**context)},
+            tmp_path,
+            tolerable_loss=0.01,
+            max_trials=1,
+        )
 
 
 def test_autotune_without_an_evaluator_or_labels_says_so(digits_cnn: dict, tmp_path) -> None:
@@ -159,7 +169,7 @@ def test_autotune_without_an_evaluator_or_labels_says_so(digits_cnn: dict, tmp_p
     context = digits_cnn["context"]
     unlabelled = Dataset(context.calibration.inputs)
     bare = PassContext(**{**vars(context), "validation": None, "calibration": unlabelled})
-    with pytest.raises(NotTrainable, match="quantize.autotune.*class labels"):
+    with pytest.raises(NotTrainable, match=r"quantize\.autotune.*class labels"):
         apply("quantize.autotune", digits_cnn["torch"], {"context": bare}, tmp_path)
 
 
@@ -182,8 +192,11 @@ def test_folding_weight_quantize_keeps_outputs_and_stores_int8(digits_cnn: dict,
     converted = convert_pt2e(prepared, fold_quantize=False)
     unfolded_logits = torch_logits(converted, x)
     unfolded = pt2e.to_onnx(converted, signature, tmp_path / "unfolded.onnx")
-    assert any(node.op_type == "QuantizeLinear" and node.input[0] in {i.name for i in onnx.load(str(unfolded)).graph.initializer}
-               for node in onnx.load(str(unfolded)).graph.node)
+    assert any(
+        node.op_type == "QuantizeLinear"
+        and node.input[0] in {i.name for i in onnx.load(str(unfolded)).graph.initializer}
+        for node in onnx.load(str(unfolded)).graph.node
+    )
     folded = pt2e.to_onnx(pt2e.fold_weight_quantize(converted), signature, tmp_path / "folded.onnx")
     stores_int8_weights(folded, digits_cnn["onnx"].path)
     assert np.abs(torch_logits(converted, x) - unfolded_logits).max() < 1e-6  # the same quantize, computed once

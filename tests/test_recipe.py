@@ -99,12 +99,20 @@ def test_missing_model_file(tmp_path: Path) -> None:
         (("onnxruntime:cpu", "onnxruntime:tpu"), "no device 'tpu'"),
         (("name: int8", "name: fp32"), "variant names must be unique"),
         (("calibration_method: entropy", "calibration_methd: entropy"), "Extra inputs are not permitted"),
-        (("name: t\n", "name: t\ndata: {splits: {train: 0.7, calibration: 0.2, evaluation: 0.2}}\n"), "at most 1, got 1.1"),
-        (("builtin: digits-cnn\n", "builtin: digits-cnn\n    evaluator: magic\n"), "recipe.yaml:4: models[0].evaluator"),
+        (
+            ("name: t\n", "name: t\ndata: {splits: {train: 0.7, calibration: 0.2, evaluation: 0.2}}\n"),
+            "at most 1, got 1.1",
+        ),
+        (
+            ("builtin: digits-cnn\n", "builtin: digits-cnn\n    evaluator: magic\n"),
+            "recipe.yaml:4: models[0].evaluator",
+        ),
         (("builtin: digits-cnn\n", "builtin: digits-cnn\n    evaluator: magic\n"), "unknown evaluator 'magic'"),
         (("builtin: digits-cnn\n", "builtin: digits-cnn\n    outputs: [logits]\n"), "factory model's signature"),
-        (("builtin: digits-cnn\n", "factory: m:f\n    input_shape: [3]\n    inputs: [{name: x, shape: [batch]}]\n"),
-         "give inputs or input_shape, not both"),
+        (
+            ("builtin: digits-cnn\n", "factory: m:f\n    input_shape: [3]\n    inputs: [{name: x, shape: [batch]}]\n"),
+            "give inputs or input_shape, not both",
+        ),
         (("name: t\n", "name: t\nbenchmark: {runs: 0}\n"), "benchmark.runs"),
         (("name: t\n", ""), "name: Field required"),
     ],
@@ -119,14 +127,18 @@ def test_onnx_passes_cannot_run_before_export(tmp_path: Path) -> None:
 
 
 def test_variants_may_start_from_the_pytorch_model_but_must_end_in_a_file(tmp_path: Path) -> None:
-    recipe, _ = load_recipe(write(tmp_path, GOOD.replace("type: quantize.static\n        calibration_method: entropy",
-                                                         "type: quantize.qat")))
+    recipe, _ = load_recipe(
+        write(
+            tmp_path, GOOD.replace("type: quantize.static\n        calibration_method: entropy", "type: quantize.qat")
+        )
+    )
     assert recipe.variants[1].passes[0].type == "quantize.qat"
     ends_in_torch = GOOD.replace("type: quantize.static\n        calibration_method: entropy", "type: prune.structured")
     assert "variants[1].passes end with a PyTorch model" in error_of(tmp_path, ends_in_torch)
     onnx_model = tiny_onnx(tmp_path / "m.onnx")
     on_onnx = GOOD.replace("builtin: digits-cnn", f"onnx: {onnx_model}").replace(
-        "type: quantize.static\n        calibration_method: entropy", "type: quantize.qat")
+        "type: quantize.static\n        calibration_method: entropy", "type: quantize.qat"
+    )
     assert "(quantize.qat) changes a PyTorch model; it cannot apply to an onnx model" in error_of(tmp_path, on_onnx)
 
 
@@ -163,42 +175,72 @@ SHORT = "name: t\nmodels:\n  - builtin: digits-cnn\nvariants:\n  - name: fp32\n"
     ("text", "expected"),
     [
         (SHORT + "extra: &a [*a]\n", "6: extra[0]: alias *a is inside the value it names"),
-        (SHORT + ALIAS_BOMB,
-         "6: extra: its aliases expand to more than 100000 values; write it out without nested aliases"),
-        (SHORT + "variants:\n  - name: int8\n",
-         "6: variants: given twice, on lines 4 and 6 (YAML would silently keep only the last)"),
+        (
+            SHORT + ALIAS_BOMB,
+            "6: extra: its aliases expand to more than 100000 values; write it out without nested aliases",
+        ),
+        (
+            SHORT + "variants:\n  - name: int8\n",
+            "6: variants: given twice, on lines 4 and 6 (YAML would silently keep only the last)",
+        ),
         (SHORT + "benchmark: {seed: -1}\n", "6: benchmark.seed: Input should be greater than or equal to 0 (got -1)"),
         (SHORT + "data: {seed: -1}\n", "6: data.seed: Input should be greater than or equal to 0 (got -1)"),
         (SHORT + "data: {seed: 4294967296}\n", "6: data.seed: Input should be less than 4294967296 (got 4294967296)"),
-        (SHORT.replace("digits-cnn\n", "digits-cnn\n    name: ../../../../tmp/escaped\n"),
-         ("4: models[0].name: use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 "
-          "characters, got '../../../../tmp/escaped'")),
-        (SHORT + "    targets: []\n",
-         ("6: variants[0].targets: an empty list would give the variant no rows; name at least one target, or leave "
-          "'targets' out for every target")),
-        (SHORT + "    passes: [{type: convert.tflite}]\n",  # and the default target runs only ONNX
-         ("1: recipe: variant 'fp32' ends in a tflite model that none of its targets runs (onnxruntime:cpu); it "
-          "would give no rows")),
-        (SHORT + "data: {splits: {train: 0}}\n",
-         "1: recipe: the built-in digits-cnn is trained on data.splits.train, which is 0"),
-        (SHORT + "    passes: [{type: quantize.qat, lr: .inf}]\n",
-         "6: variants[0].passes[0].lr: Input should be a finite number (got inf)"),
-        (SHORT + "    passes: [{type: quantize.qat, lr: 'nan'}]\n",
-         "6: variants[0].passes[0].lr: Input should be a finite number (got 'nan')"),
+        (
+            SHORT.replace("digits-cnn\n", "digits-cnn\n    name: ../../../../tmp/escaped\n"),
+            (
+                "4: models[0].name: use letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 "
+                "characters, got '../../../../tmp/escaped'"
+            ),
+        ),
+        (
+            SHORT + "    targets: []\n",
+            (
+                "6: variants[0].targets: an empty list would give the variant no rows; name at least one target, "
+                "or leave 'targets' out for every target"
+            ),
+        ),
+        (
+            SHORT + "    passes: [{type: convert.tflite}]\n",  # and the default target runs only ONNX
+            (
+                "1: recipe: variant 'fp32' ends in a tflite model that none of its targets runs (onnxruntime:cpu); it "
+                "would give no rows"
+            ),
+        ),
+        (
+            SHORT + "data: {splits: {train: 0}}\n",
+            "1: recipe: the built-in digits-cnn is trained on data.splits.train, which is 0",
+        ),
+        (
+            SHORT + "    passes: [{type: quantize.qat, lr: .inf}]\n",
+            "6: variants[0].passes[0].lr: Input should be a finite number (got inf)",
+        ),
+        (
+            SHORT + "    passes: [{type: quantize.qat, lr: 'nan'}]\n",
+            "6: variants[0].passes[0].lr: Input should be a finite number (got 'nan')",
+        ),
         (SHORT + "benchmark: {timeout_s: .inf}\n", "6: benchmark.timeout_s: Input should be a finite number (got inf)"),
-        (SHORT + "benchmark: {pin_cpus: [4096]}\n",
-         f"6: benchmark.pin_cpus: CPU 4096 does not exist here (CPUs 0-{(os.cpu_count() or 1) - 1})"),
-        (SHORT + "data: {source: '..:f'}\n",
-         "6: data.source: expected 'auto', 'digits', a .npz file or 'module:function', got '..:f'"),
+        (
+            SHORT + "benchmark: {pin_cpus: [4096]}\n",
+            f"6: benchmark.pin_cpus: CPU 4096 does not exist here (CPUs 0-{(os.cpu_count() or 1) - 1})",
+        ),
+        (
+            SHORT + "data: {source: '..:f'}\n",
+            "6: data.source: expected 'auto', 'digits', a .npz file or 'module:function', got '..:f'",
+        ),
         (SHORT + "extra: 2024-13-45\n", "6: extra: cannot read '2024-13-45' as timestamp: month must be in 1..12"),
         (SHORT + "extra: " + "[" * 40 + "]" * 40 + "\n", "6: extra" + "[0]" * 31 + ": nested deeper than 32 levels"),
         (SHORT + "extra: a\x00b\n", "6: malformed YAML: unacceptable character #x0000"),
         (SHORT + "' ': 1\n", "6: [' ']: Extra inputs are not permitted (got 1)"),
         # A union's branches each reject the value: one line, not one per branch.
-        (SHORT + "    passes: [{type: quantize.static, reduce_range: 3}]\n",
-         "6: variants[0].passes[0].reduce_range: Input should be 'auto' (got 3)"),
-        (SHORT.replace("builtin: digits-cnn", "factory: m:f\n    outputs: [{name: y, range: [0, .inf]}]"),
-         "4: models[0].outputs[0].range[1]: Input should be a finite number (got inf)"),
+        (
+            SHORT + "    passes: [{type: quantize.static, reduce_range: 3}]\n",
+            "6: variants[0].passes[0].reduce_range: Input should be 'auto' (got 3)",
+        ),
+        (
+            SHORT.replace("builtin: digits-cnn", "factory: m:f\n    outputs: [{name: y, range: [0, .inf]}]"),
+            "4: models[0].outputs[0].range[1]: Input should be a finite number (got inf)",
+        ),
     ],
 )
 def test_recipes_that_would_crash_later_are_one_line_now(
@@ -214,11 +256,14 @@ def test_recipes_that_would_crash_later_are_one_line_now(
 def test_onnx_file_that_is_not_onnx(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_text("not a model")
     message = error_of(tmp_path, SHORT.replace("builtin: digits-cnn", "onnx: model.onnx"))
-    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:3: models[0].onnx: {tmp_path / 'model.onnx'} is not an "
-                              "ONNX model (Error parsing message") and message.endswith(") (got 'model.onnx')")
+    assert message.startswith(
+        f"{tmp_path / 'recipe.yaml'}:3: models[0].onnx: {tmp_path / 'model.onnx'} is not an "
+        "ONNX model (Error parsing message"
+    ) and message.endswith(") (got 'model.onnx')")
     (tmp_path / "model.onnx").write_bytes(b"")  # parses as an empty ModelProto
-    assert "is not an ONNX model (no graph with outputs)" in error_of(tmp_path, SHORT.replace("builtin: digits-cnn",
-                                                                                             "onnx: model.onnx"))
+    assert "is not an ONNX model (no graph with outputs)" in error_of(
+        tmp_path, SHORT.replace("builtin: digits-cnn", "onnx: model.onnx")
+    )
 
 
 def test_npz_file_that_is_not_npz(tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from edgecraft.bench.settings import BenchmarkSpec
+from edgecraft.cli import main
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.zoo import REFERENCE_MODELS
-from edgecraft.cli import main
 from edgecraft.recipe import load_recipe
 from edgecraft.runner import bench_settings
 
@@ -37,15 +37,43 @@ TARGETS = ["onnxruntime:cpu", "openvino:cpu", "litert:cpu", "openvino:cpu[infere
 
 SLUG = st.from_regex(r"[a-z][a-z0-9_.-]{0,8}", fullmatch=True)
 ODD_NAMES = st.one_of(
-    st.sampled_from(["", ".", "..", "../x", "../../../../tmp/escaped", "a/b", "a\\b", "/abs", "~", "-x", ".hidden",
-                     "ü", "名前", "a b", "a\nb", "a\0b", "x" * 300, "CON", "models"]),
+    st.sampled_from(
+        [
+            "",
+            ".",
+            "..",
+            "../x",
+            "../../../../tmp/escaped",
+            "a/b",
+            "a\\b",
+            "/abs",
+            "~",
+            "-x",
+            ".hidden",
+            "ü",
+            "名前",
+            "a b",
+            "a\nb",
+            "a\0b",
+            "x" * 300,
+            "CON",
+            "models",
+        ]
+    ),
     st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
 )
-ODD_NUMBERS = st.sampled_from([-1, 0, 1, 2**31, 2**32, 2**64, 10**30, -(10**30), math.inf, -math.inf, math.nan,
-                               1e-320, 1e308, 0.5, -0.5])
+ODD_NUMBERS = st.sampled_from(
+    [-1, 0, 1, 2**31, 2**32, 2**64, 10**30, -(10**30), math.inf, -math.inf, math.nan, 1e-320, 1e308, 0.5, -0.5]
+)
 HOSTILE = st.one_of(
-    ODD_NUMBERS, ODD_NAMES, st.booleans(), st.none(), st.just([]), st.just({}),
-    st.lists(st.integers(-5, 5000), max_size=3), st.dictionaries(SLUG, st.integers(), max_size=2),
+    ODD_NUMBERS,
+    ODD_NAMES,
+    st.booleans(),
+    st.none(),
+    st.just([]),
+    st.just({}),
+    st.lists(st.integers(-5, 5000), max_size=3),
+    st.dictionaries(SLUG, st.integers(), max_size=2),
 )
 
 
@@ -81,25 +109,43 @@ def from_schema(schema: dict[str, Any], definitions: dict[str, Any]) -> st.Searc
 def options_of(model: Any, required: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
     """An entry of a pydantic model: ``required`` plus any of its other fields, drawn from its JSON Schema."""
     schema = model.model_json_schema()
-    optional = {name: from_schema(prop, schema.get("$defs", {}))
-                for name, prop in schema["properties"].items() if name not in required}
+    optional = {
+        name: from_schema(prop, schema.get("$defs", {}))
+        for name, prop in schema["properties"].items()
+        if name not in required
+    }
     return st.fixed_dictionaries(required, optional={k: v for k, v in optional.items() if not v.is_empty})
 
 
-PASS_ENTRIES = st.one_of([options_of(model, {"type": st.just(model.model_fields["type"].default)})
-                          for model in pass_registry.config_models()])
+PASS_ENTRIES = st.one_of(
+    [
+        options_of(model, {"type": st.just(model.model_fields["type"].default)})
+        for model in pass_registry.config_models()
+    ]
+)
 EVALUATORS = st.sampled_from(["classification", "agreement", "embedding", "regression", "tests.helpers:mean_output"])
 FACTORY = st.fixed_dictionaries(
     {"factory": st.just("tests.helpers:tiny_net")},
     optional={
         "input_shape": st.lists(st.integers(1, 16), min_size=1, max_size=3),
-        "inputs": st.lists(st.fixed_dictionaries(
-            {"name": SLUG, "shape": st.lists(st.integers(1, 16) | SLUG, max_size=3)},
-            optional={"dtype": st.sampled_from(["float32", "int64"]),
-                      "range": st.tuples(st.floats(-1, 0), st.floats(0, 1))},
-        ), min_size=1, max_size=2),
-        "outputs": st.lists(SLUG | st.fixed_dictionaries(
-            {"name": SLUG}, optional={"kind": st.sampled_from(["scores", "embedding", "values"])}), max_size=2),
+        "inputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": SLUG, "shape": st.lists(st.integers(1, 16) | SLUG, max_size=3)},
+                optional={
+                    "dtype": st.sampled_from(["float32", "int64"]),
+                    "range": st.tuples(st.floats(-1, 0), st.floats(0, 1)),
+                },
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+        "outputs": st.lists(
+            SLUG
+            | st.fixed_dictionaries(
+                {"name": SLUG}, optional={"kind": st.sampled_from(["scores", "embedding", "values"])}
+            ),
+            max_size=2,
+        ),
         "weights": st.sampled_from(FILES),
         "evaluator": EVALUATORS | st.fixed_dictionaries({"type": EVALUATORS}, optional={"k": st.integers(1, 10)}),
     },
@@ -115,22 +161,37 @@ TARGET_ENTRIES = st.sampled_from(TARGETS[:3]) | st.fixed_dictionaries(
 )
 VARIANTS = st.fixed_dictionaries(
     {"name": SLUG},
-    optional={"passes": st.lists(PASS_ENTRIES, max_size=2),
-              "targets": st.lists(st.sampled_from(TARGETS), min_size=1, max_size=2, unique=True)},
+    optional={
+        "passes": st.lists(PASS_ENTRIES, max_size=2),
+        "targets": st.lists(st.sampled_from(TARGETS), min_size=1, max_size=2, unique=True),
+    },
 )
 
 
 def recipes() -> st.SearchStrategy:
     return st.fixed_dictionaries(
-        {"name": SLUG,
-         "models": st.lists(MODELS, min_size=1, max_size=2),
-         "variants": st.lists(VARIANTS, min_size=1, max_size=3, unique_by=lambda variant: variant["name"])},
+        {
+            "name": SLUG,
+            "models": st.lists(MODELS, min_size=1, max_size=2),
+            "variants": st.lists(VARIANTS, min_size=1, max_size=3, unique_by=lambda variant: variant["name"]),
+        },
         optional={
-            "data": st.fixed_dictionaries({}, optional={
-                "source": st.sampled_from(["auto", "digits", "data.npz", "broken.npz", "tests.helpers:random_data"]),
-                "seed": st.integers(0, 2**32 - 1),
-                "splits": st.fixed_dictionaries({"train": st.floats(0, 0.5), "calibration": st.floats(0.01, 0.25),
-                                                 "evaluation": st.floats(0.01, 0.25)})}),
+            "data": st.fixed_dictionaries(
+                {},
+                optional={
+                    "source": st.sampled_from(
+                        ["auto", "digits", "data.npz", "broken.npz", "tests.helpers:random_data"]
+                    ),
+                    "seed": st.integers(0, 2**32 - 1),
+                    "splits": st.fixed_dictionaries(
+                        {
+                            "train": st.floats(0, 0.5),
+                            "calibration": st.floats(0.01, 0.25),
+                            "evaluation": st.floats(0.01, 0.25),
+                        }
+                    ),
+                },
+            ),
             "passes": st.lists(PASS_ENTRIES, max_size=1),
             "targets": st.lists(TARGET_ENTRIES, min_size=1, max_size=3, unique_by=str),
             "benchmark": options_of(BenchmarkSpec, {}),
@@ -145,10 +206,10 @@ def paths_in(value: Any, path: tuple = ()) -> list[tuple]:
     found = [path] if path else []
     if isinstance(value, dict):
         for key, item in value.items():
-            found += paths_in(item, path + (key,))
+            found += paths_in(item, (*path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found += paths_in(item, path + (index,))
+            found += paths_in(item, (*path, index))
     return found
 
 
@@ -181,9 +242,21 @@ YAML_TRAPS = st.one_of(
     st.just("variants: [{name: again}]\n"),  # a key given twice
     st.just("name: twice\n"),
     st.integers(1, 200).map(lambda depth: "extra: " + "[" * depth + "]" * depth + "\n"),
-    st.sampled_from(["extra: 2024-13-45\n", "extra: !!bool maybe\n", "extra: !!int 0x\n", "extra: !!float abc\n",
-                     "extra: !!binary '???'\n", "extra: !!python/name:os.system\n", "? [a]\n: b\n", "extra: *nowhere\n",
-                     "---\nname: second\n", "extra: \"\\0\"\n", "extra: [unclosed\n"]),
+    st.sampled_from(
+        [
+            "extra: 2024-13-45\n",
+            "extra: !!bool maybe\n",
+            "extra: !!int 0x\n",
+            "extra: !!float abc\n",
+            "extra: !!binary '???'\n",
+            "extra: !!python/name:os.system\n",
+            "? [a]\n: b\n",
+            "extra: *nowhere\n",
+            "---\nname: second\n",
+            'extra: "\\0"\n',
+            "extra: [unclosed\n",
+        ]
+    ),
 )
 
 
@@ -232,7 +305,7 @@ def test_fuzzed_recipes_validate_or_fail_in_one_line_per_problem(
             lines = err.splitlines()
             assert lines and lines[0].startswith(f"error: {path}:"), err
             for line in [lines[0].removeprefix("error: "), *lines[1:]]:
-                assert line.startswith(f"{path}:") and ERROR_LINE.match(line[len(str(path)):]), line
+                assert line.startswith(f"{path}:") and ERROR_LINE.match(line[len(str(path)) :]), line
             return
         assert code == 0 and out.startswith(f"{path}: ok") and not err, (code, out, err)
         valid.append(text)

@@ -18,14 +18,23 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium is not installed (.ci/run installs it: apt-get install chromium)"
 )
 # Headless and quiet: without the background-networking flags Chromium keeps trying to reach Google's servers.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180
+    )
 
 
 class Page(HTMLParser):
@@ -101,8 +110,9 @@ def test_compare_report_in_chromium(quickstart_run: Path, tmp_path: Path) -> Non
     slow = results.rows[0].measurement.latency_ms
     doubled = slow.model_copy(update={"p50": 2 * slow.p50, "p50_ci95": (2 * slow.p50_ci95[0], 2 * slow.p50_ci95[1])})
     results.rows[0].measurement = results.rows[0].measurement.model_copy(update={"latency_ms": doubled})
-    results.rows[1] = results.rows[1].model_copy(update={"status": "failed", "reason": "simulated crash",
-                                                         "measurement": None})
+    results.rows[1] = results.rows[1].model_copy(
+        update={"status": "failed", "reason": "simulated crash", "measurement": None}
+    )
     candidate = tmp_path / "candidate"
     candidate.mkdir()
     (candidate / "results.json").write_text(results.model_dump_json())

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from edgecraft.core.files import write_atomic
+from edgecraft.core.results import ModelRecord
 from edgecraft.reports import charts
 from edgecraft.reports.compare import compare_runs
-from edgecraft.core.files import write_atomic
 from edgecraft.reports.html import write_comparison, write_report
-from edgecraft.core.results import ModelRecord
 from edgecraft.reports.results_file import load_results
 from tests.results_factory import not_measured, ok, run, save
 
@@ -22,8 +22,11 @@ BAD_MATH = "exit 1: a $x^^$ b"  # not valid mathtext: matplotlib raised ValueErr
 
 
 def dollar_run():
-    rows = [ok("fp32", 1.0, 0.98, 400_000, model=DOLLARS), ok("$}$", 0.5, 0.97, 100_000, model=DOLLARS),
-            not_measured("int8", "failed", BAD_MATH, model=DOLLARS)]
+    rows = [
+        ok("fp32", 1.0, 0.98, 400_000, model=DOLLARS),
+        ok("$}$", 0.5, 0.97, 100_000, model=DOLLARS),
+        not_measured("int8", "failed", BAD_MATH, model=DOLLARS),
+    ]
     return run(rows, models=(DOLLARS,))
 
 
@@ -38,9 +41,10 @@ def test_dollar_signs_in_names_and_errors_are_drawn_as_text(tmp_path: Path) -> N
     assert "<svg" in write_comparison(comparison, tmp_path).read_text()
 
 
-def test_a_chart_that_fails_leaves_the_report_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
-    def broken(analysis) -> str:  # noqa: ANN001
+def test_a_chart_that_fails_leaves_the_report_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(analysis) -> str:
         raise RuntimeError("no usable font")
 
     monkeypatch.setattr(charts, "size_per_variant", broken)
@@ -54,7 +58,7 @@ def test_a_chart_that_fails_leaves_the_report_with_a_note(tmp_path: Path, monkey
 
 
 def test_a_failing_comparison_chart_leaves_compare_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(comparison) -> str:  # noqa: ANN001
+    def broken(comparison) -> str:
         raise ValueError("bad layout")
 
     monkeypatch.setattr(charts, "latency_change", broken)
@@ -63,10 +67,13 @@ def test_a_failing_comparison_chart_leaves_compare_html(tmp_path: Path, monkeypa
 
 
 def failed_model_run():
-    broken = ModelRecord(name="broken", source="tests.helpers:raising_factory",
-                         failure="factory raised ValueError: boom")
-    results = run([ok("fp32", 1.0, 0.98, 400_000),
-                   not_measured("fp32", "failed", "model not prepared", model="broken")], models=("net", "broken"))
+    broken = ModelRecord(
+        name="broken", source="tests.helpers:raising_factory", failure="factory raised ValueError: boom"
+    )
+    results = run(
+        [ok("fp32", 1.0, 0.98, 400_000), not_measured("fp32", "failed", "model not prepared", model="broken")],
+        models=("net", "broken"),
+    )
     results.models[1] = broken
     return results
 
@@ -89,13 +96,15 @@ def test_a_model_that_could_not_be_prepared_renders_everywhere(tmp_path: Path) -
     with (tmp_path / "results.csv").open() as handle:
         lines = list(csv.DictReader(handle))
     assert [(line["model"], line["status"], line["model_failure"]) for line in lines] == [
-        ("net", "ok", ""), ("broken", "failed", "factory raised ValueError: boom")
+        ("net", "ok", ""),
+        ("broken", "failed", "factory raised ValueError: boom"),
     ]
     summary = (tmp_path / "summary.md").read_text()
     assert "- :x: **broken** could not be prepared: factory raised ValueError: boom" in summary
 
 
 # --- atomic writes ---------------------------------------------------------------------------------------------------
+
 
 def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_atomic(tmp_path / "results.json", "old and complete")
@@ -110,8 +119,9 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path: Path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
 
 
-def test_a_report_that_fails_to_write_keeps_the_previous_report(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_report_that_fails_to_write_keeps_the_previous_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     results = failed_model_run()
     write_report(results, tmp_path)
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}

@@ -26,6 +26,7 @@ def report_cli(*args: object) -> subprocess.CompletedProcess:
 
 # --- Pareto front -------------------------------------------------------------------------------------------------
 
+
 def test_pareto_front_keeps_only_undominated_points() -> None:
     # (latency, accuracy): b is faster and as accurate as a; c is slower and less accurate than b; d is the most
     # accurate but slowest; e duplicates b exactly (equal points do not dominate each other).
@@ -41,11 +42,13 @@ def test_pareto_front_of_one_point_and_of_none() -> None:
 def test_front_is_per_model_and_target_and_ignores_unmeasured_rows() -> None:
     facts = analyse(mixed_run(), ReportSettings()).facts
     assert [(f.row.variant, f.row.target, f.on_front) for f in facts if f.on_front] == [
-        ("fp32", "onnxruntime:cpu", True), ("int8", "onnxruntime:cpu", True)
+        ("fp32", "onnxruntime:cpu", True),
+        ("int8", "onnxruntime:cpu", True),
     ]  # dyn: slower than fp32 at the same accuracy
 
 
 # --- verdict --------------------------------------------------------------------------------------------------------
+
 
 def test_verdict_picks_the_fastest_variant_within_the_accuracy_budget() -> None:
     analysis = analyse(mixed_run(), ReportSettings(max_accuracy_drop=0.01))
@@ -88,11 +91,12 @@ def test_cost_per_million_predictions_only_with_a_price() -> None:
 
 # --- rendering ------------------------------------------------------------------------------------------------------
 
+
 def test_report_of_a_run_with_failed_and_skipped_rows(tmp_path: Path) -> None:
     results = mixed_run()
     html = write_report(results, tmp_path, ReportSettings(price_per_hour=1.0)).read_text()
     table = html[html.index('<table id="results"') : html.index("</table>", html.index('<table id="results"'))]
-    assert table.count("<tr class=\"status-") == len(results.rows) == 6
+    assert table.count('<tr class="status-') == len(results.rows) == 6
     assert table.count('class="status-skipped"') == 1 and table.count('class="status-failed"') == 2
     for row in results.rows:
         assert f'data-key="{row.model}|{row.variant}|{row.target}"' in table
@@ -161,20 +165,43 @@ def test_gate_exit_codes_through_the_real_command_line(tmp_path: Path) -> None:
     [
         (lambda d: d.mkdir(), ["compare", "{base}", "{d}"], "results.json: not found"),
         (lambda d: (d.mkdir(), (d / "results.json").write_text("{")), ["{d}"], "not a valid results file"),
-        (lambda d: save(run(BASE), d).joinpath("results.json").write_text(
-            json.dumps({**json.loads(run(BASE).model_dump_json()), "rows": [{"model": "net"}]})),
-         ["{d}"], "rows.0.variant: Field required"),
+        (
+            lambda d: (
+                save(run(BASE), d)
+                .joinpath("results.json")
+                .write_text(json.dumps({**json.loads(run(BASE).model_dump_json()), "rows": [{"model": "net"}]}))
+            ),
+            ["{d}"],
+            "rows.0.variant: Field required",
+        ),
         (lambda d: save(run(BASE, report={"price_per_hour": -1}), d), ["{d}"], "recipe.report.price_per_hour"),
-        (lambda d: save(run([ok("fp32", 1, 0.9, 1, model="x")], models=("x",)), d), ["compare", "{base}", "{d}"],
-         "mismatched runs"),
-        (lambda d: save(run(BASE), d), ["compare", "{base}", "{d}", "--max-size-increase", "-1"],
-         "--max-size-increase: Input should be greater than or equal to 0"),
-        (lambda d: save(run(BASE), d), ["compare", "{base}", "{d}", "--max-latency-increase", "1e9"],
-         "--max-latency-increase: Input should be less than or equal to 1"),
+        (
+            lambda d: save(run([ok("fp32", 1, 0.9, 1, model="x")], models=("x",)), d),
+            ["compare", "{base}", "{d}"],
+            "mismatched runs",
+        ),
+        (
+            lambda d: save(run(BASE), d),
+            ["compare", "{base}", "{d}", "--max-size-increase", "-1"],
+            "--max-size-increase: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda d: save(run(BASE), d),
+            ["compare", "{base}", "{d}", "--max-latency-increase", "1e9"],
+            "--max-latency-increase: Input should be less than or equal to 1",
+        ),
         (lambda d: save(run(BASE), d), ["compare", "{d}"], "usage: edgecraft report compare"),
     ],
-    ids=["no-results", "malformed-json", "missing-field", "bad-report-section", "mismatched", "bad-threshold",
-         "huge-threshold", "one-run"],
+    ids=[
+        "no-results",
+        "malformed-json",
+        "missing-field",
+        "bad-report-section",
+        "mismatched",
+        "bad-threshold",
+        "huge-threshold",
+        "one-run",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make, args: list[str], message: str) -> None:
     base = save(run(BASE), tmp_path / "base")
@@ -191,12 +218,16 @@ def test_report_section_in_a_recipe_is_checked_with_its_line(tmp_path: Path) -> 
     from edgecraft.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
-                      "report:\n  max_accuracy_drop: 0.02\n  gate:\n    max_size_increase: -0.1\n")
+    recipe.write_text(
+        "name: r\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
+        "report:\n  max_accuracy_drop: 0.02\n  gate:\n    max_size_increase: -0.1\n"
+    )
     with pytest.raises(EdgecraftError, match=r"r.yaml:7: report.gate.max_size_increase"):
         load_recipe(recipe)
-    recipe.write_text("name: r\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
-                      "report: {max_accuracy_drop: 0.02, price_per_hour: 0.4}\n")
+    recipe.write_text(
+        "name: r\nmodels: [{builtin: digits-cnn}]\nvariants: [{name: fp32}]\n"
+        "report: {max_accuracy_drop: 0.02, price_per_hour: 0.4}\n"
+    )
     assert load_recipe(recipe)[0].report.price_per_hour == 0.4
 
 
@@ -220,8 +251,10 @@ def test_each_target_is_compared_with_its_own_lossless_baseline() -> None:
 
     tflite_fp32 = ok("tflite-fp32", 2.0, 0.98, 400_000, target="litert:cpu").model_copy(update={"lossless": True})
     tflite_int8 = ok("tflite-int8", 0.5, 0.98, 100_000, target="litert:cpu")
-    facts = {f.row.variant: f for f in analyse(run([ok("fp32", 1.0, 0.98, 400_000), tflite_fp32, tflite_int8]),
-                                              ReportSettings()).facts}
+    facts = {
+        f.row.variant: f
+        for f in analyse(run([ok("fp32", 1.0, 0.98, 400_000), tflite_fp32, tflite_int8]), ReportSettings()).facts
+    }
     assert facts["tflite-int8"].baseline is tflite_fp32
     assert facts["tflite-int8"].speedup == 4.0 and facts["tflite-int8"].size_reduction == 4.0
     assert facts["fp32"].baseline.variant == "fp32" and facts["tflite-fp32"].speedup is None

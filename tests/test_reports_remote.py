@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from edgecraft.core.results import OperatorProfile, OperatorTime, ResultRow, RunResults, Throughput
 from edgecraft.reports.analysis import analyse
 from edgecraft.reports.compare import compare_runs
 from edgecraft.reports.csv_table import results_csv
 from edgecraft.reports.html import render_html, render_summary, write_comparison, write_report
-from edgecraft.core.results import OperatorProfile, OperatorTime, ResultRow, RunResults, Throughput
 from edgecraft.reports.settings import ReportSettings
 from tests.results_factory import ok, run
 
@@ -22,9 +22,15 @@ NATIVE = "onnxruntime:cpu"
 EMULATED = "onnxruntime:arm@box"
 WHY = "qemu-user aarch64 on x86_64"
 BOX = {
-    "python": "3.11.2", "platform": "Linux-6.1-aarch64-with-glibc2.36",
-    "cpu": {"machine": "aarch64", "model": "Emulated Cortex-A72", "flags": ["asimd", "asimddp"], "logical_cores": 4,
-            "memory_mb": 7812},
+    "python": "3.11.2",
+    "platform": "Linux-6.1-aarch64-with-glibc2.36",
+    "cpu": {
+        "machine": "aarch64",
+        "model": "Emulated Cortex-A72",
+        "flags": ["asimd", "asimddp"],
+        "logical_cores": 4,
+        "memory_mb": 7812,
+    },
     "packages": {"onnxruntime": "1.19.2", "numpy": "1.26.4"},
     "targets": {"onnxruntime:cpu": None, "openvino:cpu": "openvino is not installed"},
     "agent": {"version": "0.9.0"},
@@ -41,26 +47,47 @@ def remote(row: ResultRow, device: str = "box", emulated: str | None = WHY) -> R
 
 def with_profile(row: ResultRow, ms: float) -> ResultRow:
     """``row`` with a quantized operator profile and a throughput pass (both timed on its device)."""
-    profile = OperatorProfile(source="onnxruntime profiler", runs=10, total_ms=ms, quantized=True,
-                              ops=[OperatorTime(op_type="QLinearConv", nodes=2, ms=ms * 0.7, share=0.7),
-                                   OperatorTime(op_type="QuantizeLinear", nodes=5, ms=ms * 0.3, share=0.3)])
-    m = row.measurement.model_copy(update={"operator_profile": profile,
-                                           "throughput": [Throughput(batch_size=8, parallel=1, items_per_s=987.6,
-                                                                     batch_latency_ms=8.1, seconds=1.0)]})
+    profile = OperatorProfile(
+        source="onnxruntime profiler",
+        runs=10,
+        total_ms=ms,
+        quantized=True,
+        ops=[
+            OperatorTime(op_type="QLinearConv", nodes=2, ms=ms * 0.7, share=0.7),
+            OperatorTime(op_type="QuantizeLinear", nodes=5, ms=ms * 0.3, share=0.3),
+        ],
+    )
+    m = row.measurement.model_copy(
+        update={
+            "operator_profile": profile,
+            "throughput": [Throughput(batch_size=8, parallel=1, items_per_s=987.6, batch_latency_ms=8.1, seconds=1.0)],
+        }
+    )
     return row.model_copy(update={"measurement": m})
 
 
-def remote_run(name: str = "remote", emulated_int8_p50: float = EMULATED_P50["int8"],
-               emulated_int8_accuracy: float = 0.975, report: dict | None = None) -> RunResults:
+def remote_run(
+    name: str = "remote",
+    emulated_int8_p50: float = EMULATED_P50["int8"],
+    emulated_int8_accuracy: float = 0.975,
+    report: dict | None = None,
+) -> RunResults:
     """A native fp32 + int8 pair on this machine and an emulated fp32 + int8 pair on device "box"; the emulated
     int8 is slower than its fp32 (an emulator's artefact) and barely faster rows would get an operator panel."""
-    results = run([
-        ok("fp32", 1.0, 0.98, 400_000, target=NATIVE),
-        ok("int8", 0.5, 0.975, 110_000, target=NATIVE),
-        remote(ok("fp32", EMULATED_P50["fp32"], 0.98, 400_000, target=EMULATED)),
-        remote(with_profile(ok("int8", emulated_int8_p50, emulated_int8_accuracy, 110_000, target=EMULATED),
-                            emulated_int8_p50)),
-    ], report=report, name=name)
+    results = run(
+        [
+            ok("fp32", 1.0, 0.98, 400_000, target=NATIVE),
+            ok("int8", 0.5, 0.975, 110_000, target=NATIVE),
+            remote(ok("fp32", EMULATED_P50["fp32"], 0.98, 400_000, target=EMULATED)),
+            remote(
+                with_profile(
+                    ok("int8", emulated_int8_p50, emulated_int8_accuracy, 110_000, target=EMULATED), emulated_int8_p50
+                )
+            ),
+        ],
+        report=report,
+        name=name,
+    )
     return results.model_copy(update={"devices": {"box": BOX}})
 
 
@@ -70,14 +97,23 @@ def settings() -> ReportSettings:
 
 # --- analysis -------------------------------------------------------------------------------------------------------
 
+
 def test_emulated_rows_get_no_speed_figures_but_keep_accuracy_and_size() -> None:
     analysis = analyse(remote_run(emulated_int8_p50=60.0), settings())
     emulated = [f for f in analysis.facts if f.row.target == EMULATED]
     for fact in emulated:
-        assert fact.timing_not_measured and "emulated device box" in fact.timing_not_measured and WHY in \
+        assert (
             fact.timing_not_measured
-        assert (fact.speedup, fact.slower_than_fp32, fact.on_front, fact.cost_per_million, fact.throughput) == \
-            (None, False, False, None, [])
+            and "emulated device box" in fact.timing_not_measured
+            and WHY in fact.timing_not_measured
+        )
+        assert (fact.speedup, fact.slower_than_fp32, fact.on_front, fact.cost_per_million, fact.throughput) == (
+            None,
+            False,
+            False,
+            None,
+            [],
+        )
         assert fact.device_label == "box · aarch64 · Emulated Cortex-A72"
     int8 = emulated[1]
     assert int8.accuracy_drop == pytest.approx(0.005) and int8.within_budget
@@ -104,16 +140,18 @@ def test_the_emulated_group_names_no_fastest_variant_and_says_why() -> None:
     assert "fastest" not in rec.reason and rec.reason.endswith("top-1 accuracy: fp32, int8")
     assert [f.row.variant for f in rec.within_budget] == ["fp32", "int8"]
     # Accuracy is still judged: an int8 beyond the budget is not listed.
-    rec = next(r for r in analyse(remote_run(emulated_int8_accuracy=0.9), settings()).recommendations
-               if r.target == EMULATED)
+    rec = next(
+        r for r in analyse(remote_run(emulated_int8_accuracy=0.9), settings()).recommendations if r.target == EMULATED
+    )
     assert [f.row.variant for f in rec.within_budget] == ["fp32"] and rec.reason.endswith(": fp32")
 
 
 # --- HTML, Markdown, CSV --------------------------------------------------------------------------------------------
 
+
 def _row_html(page: str, variant: str, target: str) -> str:
     start = page.index(f'data-key="net|{variant}|{target}"')
-    return page[start:page.index("</tr>", start)]
+    return page[start : page.index("</tr>", start)]
 
 
 def test_html_says_not_measured_for_emulated_timings_and_describes_the_device() -> None:
@@ -129,13 +167,23 @@ def test_html_says_not_measured_for_emulated_timings_and_describes_the_device() 
     native = _row_html(page, "int8", NATIVE)
     assert "0.500" in native and "2.00×" in native and "not measured" not in native
     assert "no speed verdict" in page
-    environment = page[page.index('<section id="environment">'):]
-    devices = environment[environment.index('id="devices"'):environment.index("Benchmark settings")]
-    for fact in ("Emulated Cortex-A72", "aarch64", "7,812 MB memory", "asimd, asimddp", "4 logical cores",
-                 "3.11.2", "onnxruntime 1.19.2", "openvino:cpu</code>: no: openvino is not installed", "0.9.0", WHY):
+    environment = page[page.index('<section id="environment">') :]
+    devices = environment[environment.index('id="devices"') : environment.index("Benchmark settings")]
+    for fact in (
+        "Emulated Cortex-A72",
+        "aarch64",
+        "7,812 MB memory",
+        "asimd, asimddp",
+        "4 logical cores",
+        "3.11.2",
+        "onnxruntime 1.19.2",
+        "openvino:cpu</code>: no: openvino is not installed",
+        "0.9.0",
+        WHY,
+    ):
         assert fact in devices, fact
     # Operators: the emulated row's op time reads not measured; its node counts stay.
-    operators = page[page.index('id="operators-table"'):page.index('id="pass-history"')]
+    operators = page[page.index('id="operators-table"') : page.index('id="pass-history"')]
     assert "QuantizeLinear ×5 · QLinearConv ×2" in operators and "op times not measured" in operators
     assert "987.6" not in page and "988" not in page  # the emulated throughput pass is not shown
     assert "1 row(s) measured on an emulated device are left out" not in page
@@ -151,8 +199,20 @@ def test_summary_shows_no_emulated_latency() -> None:
 def test_csv_has_the_device_and_empty_timings_for_emulated_rows() -> None:
     lines = list(csv.DictReader(io.StringIO(results_csv(analyse(remote_run(), settings())))))
     assert {"device", "emulated"} <= set(lines[0])
-    timing = ["model_memory_mb", "process_peak_mb", "load_ms", "first_inference_ms", "p50_ms", "p95_ms", "p99_ms",
-              "throughput_per_s", "speedup_vs_fp32", "slower_than_fp32", "cost_per_1m_predictions", "pareto_front"]
+    timing = [
+        "model_memory_mb",
+        "process_peak_mb",
+        "load_ms",
+        "first_inference_ms",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "throughput_per_s",
+        "speedup_vs_fp32",
+        "slower_than_fp32",
+        "cost_per_1m_predictions",
+        "pareto_front",
+    ]
     for line in lines:
         if line["target"] == EMULATED:
             assert (line["device"], line["emulated"]) == ("box", WHY)
@@ -174,6 +234,7 @@ def test_a_run_of_only_emulated_rows_renders(tmp_path: Path) -> None:
 
 # --- compare gate ---------------------------------------------------------------------------------------------------
 
+
 def test_the_gate_never_compares_an_emulated_latency_but_gates_its_accuracy(tmp_path: Path) -> None:
     base = remote_run("base")
     slower = remote_run("cand", emulated_int8_p50=2 * EMULATED_P50["int8"])
@@ -188,8 +249,9 @@ def test_the_gate_never_compares_an_emulated_latency_but_gates_its_accuracy(tmp_
     assert "latency not compared: emulated device" in page and f"{2 * EMULATED_P50['int8']:.3f}" not in page
     assert "not compared (emulated)" in (tmp_path / "compare.md").read_text()
 
-    dropped = compare_runs(base, remote_run("cand", emulated_int8_p50=2 * EMULATED_P50["int8"],
-                                            emulated_int8_accuracy=0.9))
+    dropped = compare_runs(
+        base, remote_run("cand", emulated_int8_p50=2 * EMULATED_P50["int8"], emulated_int8_accuracy=0.9)
+    )
     assert dropped.outcome == "FAIL"
     [failing] = dropped.failing
     assert (failing.variant, failing.target) == ("int8", EMULATED)
@@ -199,8 +261,9 @@ def test_the_gate_never_compares_an_emulated_latency_but_gates_its_accuracy(tmp_
 
 def test_a_row_native_in_one_run_and_emulated_in_the_other_gets_no_latency_verdict() -> None:
     base = remote_run("base")
-    native_box = base.model_copy(update={"rows": [
-        r.model_copy(update={"emulated": None}) if r.emulated else r for r in base.rows]})
+    native_box = base.model_copy(
+        update={"rows": [r.model_copy(update={"emulated": None}) if r.emulated else r for r in base.rows]}
+    )
     comparison = compare_runs(native_box, remote_run("cand", emulated_int8_p50=3 * EMULATED_P50["int8"]))
     assert comparison.outcome == "PASS"
     row = next(r for r in comparison.rows if (r.variant, r.target) == ("int8", EMULATED))

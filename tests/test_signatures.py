@@ -5,7 +5,6 @@ inputs, the split shapes that used to crash, and the bad inputs that must be one
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +63,20 @@ def test_three_heads_of_different_shapes_run_on_every_runtime_with_per_output_fi
     results, run_dir = run(THREE_HEADS, tmp_path)
     model = results.models[0]
     assert [spec.describe() for spec in model.signature.outputs] == [
-        "boxes: float32 [batch×4]", "landmarks: float32 [batch×10]", "face_probability: float32 [batch×2]"]
+        "boxes: float32 [batch×4]",
+        "landmarks: float32 [batch×10]",
+        "face_probability: float32 [batch×2]",
+    ]
     assert model.reference.metric == "1 − relative L2 error" and model.reference.value == 1.0
     rows = {(row.variant, row.target): row for row in results.rows}
-    assert set(rows) == {("fp32", "onnxruntime:cpu"), ("fp32", "openvino:cpu"), ("int8", "onnxruntime:cpu"),
-                         ("int8", "openvino:cpu"), ("tflite", "litert:cpu"), ("tflite-int8", "litert:cpu")}
+    assert set(rows) == {
+        ("fp32", "onnxruntime:cpu"),
+        ("fp32", "openvino:cpu"),
+        ("int8", "onnxruntime:cpu"),
+        ("int8", "openvino:cpu"),
+        ("tflite", "litert:cpu"),
+        ("tflite-int8", "litert:cpu"),
+    }
     for key, row in rows.items():
         assert row.status == "ok", (key, row.reason)
         fidelity = row.measurement.fidelity.outputs
@@ -108,7 +116,9 @@ def test_token_ids_and_a_mask_with_a_dynamic_sequence_axis(tmp_path: Path) -> No
     results, run_dir = run(TOKENS, tmp_path)
     model = results.models[0]
     assert [spec.describe() for spec in model.signature.inputs] == [
-        "input_ids: int64 [batch×12]", "attention_mask: int64 [batch×12]"]
+        "input_ids: int64 [batch×12]",
+        "attention_mask: int64 [batch×12]",
+    ]
     assert model.data_shapes == {"input_ids": [1, 12], "attention_mask": [1, 12]}
     assert any("sequence length 12 (padded)" in note and "real tokens per sample" in note for note in model.data_notes)
     exported = onnx.load(str(run_dir / "models" / "token_pooler" / "fp32.onnx"))
@@ -132,8 +142,12 @@ def test_a_token_model_exports_with_a_dynamic_sequence(tmp_path: Path) -> None:
     from edgecraft.core.signature import Signature, TensorSpec
     from tests.helpers import token_pooler
 
-    signature = Signature(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])
-                                  for n in ("input_ids", "attention_mask")], outputs=[TensorSpec(name="embedding")])
+    signature = Signature(
+        inputs=[
+            TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")
+        ],
+        outputs=[TensorSpec(name="embedding")],
+    )
     path = export_torch(token_pooler(), signature, tmp_path / "tokens.onnx")
     session = onnxruntime.InferenceSession(str(path))
     for batch, length in ((1, 5), (3, 40)):
@@ -151,11 +165,14 @@ def test_native_nhwc_tflite_with_two_outputs_runs_on_synthetic_inputs(tmp_path: 
     record = results.models[0]
     assert [spec.describe() for spec in record.signature.inputs] == ["image: float32 [batch×64×64×3] NHWC"]
     assert {spec.name: spec.shape[1:] for spec in record.signature.outputs} == {
-        name: list(shape) for name, shape in NATIVE_TFLITE_OUTPUTS.items()}
+        name: list(shape) for name, shape in NATIVE_TFLITE_OUTPUTS.items()
+    }
     assert record.data_shapes == {"image": [1, 64, 64, 3]}
     row = results.rows[0]
     assert row.status == "ok" and row.measurement.latency_ms.p50 > 0
-    assert row.measurement.accuracy is None and row.measurement.quality.not_measured == "not measured (no labelled data)"
+    assert (
+        row.measurement.accuracy is None and row.measurement.quality.not_measured == "not measured (no labelled data)"
+    )
     assert set(row.measurement.fidelity.outputs) == set(NATIVE_TFLITE_OUTPUTS)
     html = (run_dir / "report.html").read_text()
     assert "not measured (no labelled data)" in html
@@ -163,17 +180,23 @@ def test_native_nhwc_tflite_with_two_outputs_runs_on_synthetic_inputs(tmp_path: 
 
 
 def test_a_thousand_class_model_with_two_hundred_labelled_samples_runs(tmp_path: Path) -> None:
-    results, _ = run("name: wide\nmodels: [{factory: 'tests.helpers:wide_classifier'}]\n"
-                     "data: {source: 'tests.helpers:wide_data'}\nvariants: [{name: fp32}]\n" + QUICK, tmp_path)
+    results, _ = run(
+        "name: wide\nmodels: [{factory: 'tests.helpers:wide_classifier'}]\n"
+        "data: {source: 'tests.helpers:wide_data'}\nvariants: [{name: fp32}]\n" + QUICK,
+        tmp_path,
+    )
     assert results.rows[0].status == "ok"
     assert results.models[0].reference.metric == "top-1 accuracy"
     assert any("200" not in note and "40 evaluation samples (shuffled" in note for note in results.models[0].data_notes)
 
 
 def test_fractions_point_four_point_two_point_four_on_three_hundred_samples_run(tmp_path: Path) -> None:
-    results, _ = run("name: split\nmodels: [{factory: 'tests.helpers:tiny_net'}]\n"
-                     "data: {source: 'tests.helpers:three_hundred', splits: {train: 0.4, calibration: 0.2, "
-                     "evaluation: 0.4}}\nvariants: [{name: fp32}]\n" + QUICK, tmp_path)
+    results, _ = run(
+        "name: split\nmodels: [{factory: 'tests.helpers:tiny_net'}]\n"
+        "data: {source: 'tests.helpers:three_hundred', splits: {train: 0.4, calibration: 0.2, "
+        "evaluation: 0.4}}\nvariants: [{name: fp32}]\n" + QUICK,
+        tmp_path,
+    )
     assert results.rows[0].status == "ok"
     assert results.models[0].data_notes[0].startswith("120 evaluation samples (stratified")
 
@@ -190,37 +213,59 @@ def token_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
 
 def test_input_names_that_do_not_match_the_models(tmp_path: Path) -> None:
     ids = np.ones((20, 6), np.int64)
-    recipe = TOKEN_MODEL.replace("token_pooler\n", "token_pooler\n    inputs: [{name: input_ids, dtype: int64, "
-                                 "shape: [batch, sequence]}, {name: attention_mask, dtype: int64, shape: [batch, "
-                                 "sequence]}]\n")
+    recipe = TOKEN_MODEL.replace(
+        "token_pooler\n",
+        "token_pooler\n    inputs: [{name: input_ids, dtype: int64, "
+        "shape: [batch, sequence]}, {name: attention_mask, dtype: int64, shape: [batch, "
+        "sequence]}]\n",
+    )
     np.savez(tmp_path / "tokens.npz", ids=ids, mask=ids)
-    fails_in_one_line(recipe + "data: {source: tokens.npz}\n", tmp_path,
-                      "input(s) ['input_ids', 'attention_mask'] are missing from the data; it has ['ids', 'mask']")
+    fails_in_one_line(
+        recipe + "data: {source: tokens.npz}\n",
+        tmp_path,
+        "input(s) ['input_ids', 'attention_mask'] are missing from the data; it has ['ids', 'mask']",
+    )
 
 
 def test_a_wrong_dtype(tmp_path: Path) -> None:
-    recipe = TOKEN_MODEL.replace("token_pooler\n", "token_pooler\n    inputs: [{name: input_ids, dtype: int64, "
-                                 "shape: [batch, sequence]}, {name: attention_mask, dtype: int64, shape: [batch, "
-                                 "sequence]}]\n")
+    recipe = TOKEN_MODEL.replace(
+        "token_pooler\n",
+        "token_pooler\n    inputs: [{name: input_ids, dtype: int64, "
+        "shape: [batch, sequence]}, {name: attention_mask, dtype: int64, shape: [batch, "
+        "sequence]}]\n",
+    )
     np.savez(tmp_path / "tokens.npz", input_ids=np.ones((20, 6), np.float32), attention_mask=np.ones((20, 6), np.int64))
-    fails_in_one_line(recipe + "data: {source: tokens.npz}\n", tmp_path,
-                      "input 'input_ids' has dtype float32 but the model takes int64")
+    fails_in_one_line(
+        recipe + "data: {source: tokens.npz}\n",
+        tmp_path,
+        "input 'input_ids' has dtype float32 but the model takes int64",
+    )
 
 
 def test_a_missing_required_input(tmp_path: Path) -> None:
     """Inputs read from the data: the model's forward then lacks an argument."""
     text = token_npz(tmp_path, input_ids=np.ones((20, 6), np.int64))
-    fails_in_one_line(text, tmp_path, "the model's forward() takes (input_ids, attention_mask); the data has "
-                      "['input_ids'], with no attention_mask")
+    fails_in_one_line(
+        text,
+        tmp_path,
+        "the model's forward() takes (input_ids, attention_mask); the data has ['input_ids'], with no attention_mask",
+    )
 
 
 def test_an_evaluator_that_does_not_fit_the_outputs(tmp_path: Path) -> None:
     ids = np.ones((20, 6), np.int64)
     text = token_npz(tmp_path, input_ids=ids, attention_mask=ids, targets=np.arange(20) % 4)
-    text = text.replace("token_pooler\n", "token_pooler\n    outputs: [{name: embedding, kind: embedding}]\n"
-                        "    evaluator: classification\n")
-    fails_in_one_line(text, tmp_path, "model 'token_pooler'", "evaluator 'classification' reads class scores",
-                      "'embedding' is declared as embedding")
+    text = text.replace(
+        "token_pooler\n",
+        "token_pooler\n    outputs: [{name: embedding, kind: embedding}]\n    evaluator: classification\n",
+    )
+    fails_in_one_line(
+        text,
+        tmp_path,
+        "model 'token_pooler'",
+        "evaluator 'classification' reads class scores",
+        "'embedding' is declared as embedding",
+    )
 
 
 def test_an_npz_with_extra_arrays_warns_and_runs(tmp_path: Path) -> None:
@@ -232,12 +277,16 @@ def test_an_npz_with_extra_arrays_warns_and_runs(tmp_path: Path) -> None:
     assert "ignoring array(s) ['token_type_ids']" in completed.stderr
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("evaluator", "magic", "unknown evaluator 'magic'"),
-    ("inputs", "[{name: x, dtype: complex64, shape: [batch, 3]}]", "unknown dtype 'complex64'"),
-])
-def test_bad_signature_and_evaluator_fields_point_at_the_recipe_line(tmp_path: Path, field: str, value: str,
-                                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("evaluator", "magic", "unknown evaluator 'magic'"),
+        ("inputs", "[{name: x, dtype: complex64, shape: [batch, 3]}]", "unknown dtype 'complex64'"),
+    ],
+)
+def test_bad_signature_and_evaluator_fields_point_at_the_recipe_line(
+    tmp_path: Path, field: str, value: str, message: str
+) -> None:
     text = TOKEN_MODEL.replace("token_pooler\n", f"token_pooler\n    {field}: {value}\n")
     fails_in_one_line(text, tmp_path, f"{tmp_path / 'recipe.yaml'}:", f"models[0].{field}", message)
 
@@ -245,11 +294,14 @@ def test_bad_signature_and_evaluator_fields_point_at_the_recipe_line(tmp_path: P
 def test_a_training_pass_on_a_three_head_model_fails_its_rows_with_the_reason(tmp_path: Path) -> None:
     """Pruning with fine-tuning fits class scores to labels: on three heads it says why it cannot, and only the
     variant that asked for it fails."""
-    text = THREE_HEADS.replace("""variants:
-  - name: fp32""", """variants:
+    text = THREE_HEADS.replace(
+        """variants:
+  - name: fp32""",
+        """variants:
   - name: fp32
   - name: pruned
-    passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}, {type: export.onnx}]""")
+    passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}, {type: export.onnx}]""",
+    )
     # Only ONNX Runtime, and so none of the TFLite variants (a variant no target runs is refused at validation).
     text = text.replace("targets: [onnxruntime:cpu, openvino:cpu, litert:cpu]", "targets: [onnxruntime:cpu]")
     text = re.sub(r"  - name: tflite.*\n    passes: .*\n", "", text)
@@ -265,16 +317,35 @@ def test_bench_a_two_input_onnx_file_with_named_data_and_an_evaluator(tmp_path: 
     from edgecraft.core.signature import Signature, TensorSpec
     from tests.helpers import token_data, token_pooler
 
-    signature = Signature(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])
-                                  for n in ("input_ids", "attention_mask")], outputs=[TensorSpec(name="embedding")])
+    signature = Signature(
+        inputs=[
+            TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")
+        ],
+        outputs=[TensorSpec(name="embedding")],
+    )
     model = export_torch(token_pooler(), signature, tmp_path / "tokens.onnx")
     np.savez(tmp_path / "tokens.npz", **token_data())
-    completed = edgecraft("bench", model, "--inputs", tmp_path / "tokens.npz", "--evaluator", "embedding",
-                          "--target", "onnxruntime:cpu", "--target", "openvino:cpu", "--quick",
-                          "--output-dir", tmp_path / "runs")
+    completed = edgecraft(
+        "bench",
+        model,
+        "--inputs",
+        tmp_path / "tokens.npz",
+        "--evaluator",
+        "embedding",
+        "--target",
+        "onnxruntime:cpu",
+        "--target",
+        "openvino:cpu",
+        "--quick",
+        "--output-dir",
+        tmp_path / "runs",
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
     assert results.models[0].data_shapes == {"input_ids": [1, 12], "attention_mask": [1, 12]}
     for row in results.rows:
         assert row.status == "ok" and row.measurement.quality.metric == "mean cosine to fp32"
-        assert row.measurement.accuracy == pytest.approx(1.0, abs=1e-6) and "recall_at_5" in row.measurement.quality.metrics
+        assert (
+            row.measurement.accuracy == pytest.approx(1.0, abs=1e-6)
+            and "recall_at_5" in row.measurement.quality.metrics
+        )

@@ -91,7 +91,9 @@ def test_second_run_reuses_every_step_and_reproduces_the_numbers(tmp_path: Path,
     monkeypatch.delenv("PYTHONPATH")
     recomputed, log = run(tmp_path, path, "--no-cache")
     assert not any(p["cached"] for p in recomputed["passes"]) and "reused" not in log
-    assert recomputed["rows"][0]["measurement"]["quality"]["value"] == first["rows"][0]["measurement"]["quality"]["value"]
+    assert (
+        recomputed["rows"][0]["measurement"]["quality"]["value"] == first["rows"][0]["measurement"]["quality"]["value"]
+    )
 
 
 def test_a_changed_step_and_everything_after_it_run_again(tmp_path: Path) -> None:
@@ -107,7 +109,10 @@ def test_a_run_killed_midway_resumes_from_the_finished_steps(tmp_path: Path, pri
     path = recipe(tmp_path, ratio=0.4)
     process = subprocess.Popen(
         [sys.executable, "-m", "edgecraft", "run", str(path), "--output-dir", str(tmp_path / "killed")],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while not list(steps.glob("*/manifest.json")) and time.monotonic() < deadline:
@@ -129,8 +134,16 @@ def test_a_run_killed_midway_resumes_from_the_finished_steps(tmp_path: Path, pri
 def test_two_runs_sharing_a_cache_both_finish_with_the_same_results(tmp_path: Path) -> None:
     path = recipe(tmp_path, ratio=0.5)
     command = [sys.executable, "-m", "edgecraft", "run", str(path), "--quick"]
-    processes = [subprocess.Popen([*command, "--output-dir", str(tmp_path / f"runs-{i}")], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [*command, "--output-dir", str(tmp_path / f"runs-{i}")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = []
     for process in processes:
         out, err = process.communicate(timeout=600)

@@ -16,14 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from edgecraft import step_cache
 from edgecraft.compress import registry
 from edgecraft.compress.base import Artifact, PassOutcome
 from edgecraft.compress.module_state import ArchitectureMismatch, load_module, save_module
 from edgecraft.compress.passes.pruning import prune_channels
 from edgecraft.compress.zoo import image_classifier
-from edgecraft import step_cache
 from edgecraft.step_cache import StepCache, code_closure, file_digest, step_key
-from edgecraft.core.signature import Signature
 from tests.conftest import REPO
 
 SIGNATURE = image_classifier((1, 16, 16))
@@ -41,13 +40,23 @@ def no_skeleton(architecture: str):
 
 # --- keys --------------------------------------------------------------------------------------------------------
 
+
 def test_the_key_follows_every_module_a_pass_imports_even_inside_functions() -> None:
-    closures = {name: code_closure(registry.passes()[name].__module__) for name in
-                ("distill", "quantize.static", "export.onnx", "quantize.qat", "prune.structured")}
-    assert {"edgecraft.compress.training", "edgecraft.compress.facts", "edgecraft.compress.models"} <= set(closures["distill"])
-    assert "edgecraft.compress.qdq" in closures["quantize.static"] and "edgecraft.compress.cpu" in closures["quantize.static"]
+    closures = {
+        name: code_closure(registry.passes()[name].__module__)
+        for name in ("distill", "quantize.static", "export.onnx", "quantize.qat", "prune.structured")
+    }
+    assert {"edgecraft.compress.training", "edgecraft.compress.facts", "edgecraft.compress.models"} <= set(
+        closures["distill"]
+    )
+    assert (
+        "edgecraft.compress.qdq" in closures["quantize.static"]
+        and "edgecraft.compress.cpu" in closures["quantize.static"]
+    )
     assert "edgecraft.compress.onnx_export" in closures["export.onnx"]
-    assert {"edgecraft.compress.pt2e", "edgecraft.compress.onnx_export", "edgecraft.compress.training"} <= set(closures["quantize.qat"])
+    assert {"edgecraft.compress.pt2e", "edgecraft.compress.onnx_export", "edgecraft.compress.training"} <= set(
+        closures["quantize.qat"]
+    )
     assert "edgecraft.compress.training" in closures["prune.structured"]
 
 
@@ -96,6 +105,7 @@ def test_a_pass_key_changes_with_its_helpers_code_and_its_libraries(monkeypatch)
 
 
 # --- entries -----------------------------------------------------------------------------------------------------
+
 
 def test_an_entry_round_trips_with_its_files_checked(tmp_path: Path) -> None:
     cache = StepCache(tmp_path / "cache")
@@ -178,6 +188,7 @@ def test_a_step_that_cannot_be_stored_is_logged_not_fatal(tmp_path: Path, monkey
 
 # --- PyTorch models ----------------------------------------------------------------------------------------------
 
+
 class Local(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -246,6 +257,10 @@ def test_a_pickle_planted_in_the_cache_never_runs(tmp_path: Path, monkeypatch, c
 
 
 def test_nothing_in_the_project_loads_with_weights_only_false() -> None:
-    offenders = [str(path.relative_to(REPO)) for folder in ("compress", "edgecraft", "bench", "targets", "reports")
-                 for path in (REPO / folder).rglob("*.py") if "weights_only=False" in path.read_text()]
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("compress", "edgecraft", "bench", "targets", "reports")
+        for path in (REPO / folder).rglob("*.py")
+        if "weights_only=False" in path.read_text()
+    ]
     assert offenders == []

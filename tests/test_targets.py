@@ -8,9 +8,9 @@ import platform
 import numpy as np
 import pytest
 
-from edgecraft.core.cpu import cpu_info
 from edgecraft.compress import registry as passes
 from edgecraft.compress.base import PassContext
+from edgecraft.core.cpu import cpu_info
 from edgecraft.targets import registry
 from tests.conftest import accuracy, images, labels, torch_logits
 
@@ -126,7 +126,9 @@ def test_tflite_precisions_keep_accuracy(digits_cnn: dict, convert, tmp_path, qu
 
 def test_litert_falls_back_to_tflite_runtime(monkeypatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a)
+    )
     target = registry.get("litert")
     if real("tflite_runtime"):
         assert target.python_module == "tflite_runtime"
@@ -149,8 +151,8 @@ def test_litert_gpu_and_arm_are_skipped_here_with_reasons() -> None:
 
 def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> None:
     """A real converter failure (TFLite cannot express ONNX Runtime's dynamic int8 ops) fails only its rows."""
-    from edgecraft.runner import run_recipe
     from edgecraft.core.results import RunResults
+    from edgecraft.runner import run_recipe
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -165,13 +167,21 @@ def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> No
     results = RunResults.model_validate_json((run_dir / "results.json").read_text())
     rows = {(r.variant, r.target): r for r in results.rows}
     assert set(rows) == {
-        ("fp32", "onnxruntime:cpu"), ("fp32", "openvino:cpu"),  # ONNX runs on both ONNX-reading runtimes
+        ("fp32", "onnxruntime:cpu"),
+        ("fp32", "openvino:cpu"),  # ONNX runs on both ONNX-reading runtimes
         ("ov-int8", "openvino:cpu"),
-        ("tflite-int8", "litert:cpu"), ("tflite-int8", "litert:gpu"),
-        ("broken", "litert:cpu"), ("broken", "litert:gpu"),  # failed rows only where a TFLite model would run
+        ("tflite-int8", "litert:cpu"),
+        ("tflite-int8", "litert:gpu"),
+        ("broken", "litert:cpu"),
+        ("broken", "litert:gpu"),  # failed rows only where a TFLite model would run
     }
     reference = results.models[0].reference_accuracy
-    for key in [("fp32", "onnxruntime:cpu"), ("fp32", "openvino:cpu"), ("ov-int8", "openvino:cpu"), ("tflite-int8", "litert:cpu")]:
+    for key in [
+        ("fp32", "onnxruntime:cpu"),
+        ("fp32", "openvino:cpu"),
+        ("ov-int8", "openvino:cpu"),
+        ("tflite-int8", "litert:cpu"),
+    ]:
         row = rows[key]
         assert row.status == "ok", row.reason
         assert row.measurement.accuracy >= reference - 0.01
@@ -179,7 +189,9 @@ def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> No
     assert rows[("fp32", "openvino:cpu")].measurement.runtime_info["inference_precision"] == "f32"
     assert rows[("fp32", "openvino:cpu")].measurement.fidelity.max_abs_diff <= 1e-4
     ov_files = rows[("ov-int8", "openvino:cpu")]
-    assert ov_files.size_bytes == sum((run_dir / ov_files.artifact).with_suffix(s).stat().st_size for s in (".xml", ".bin"))
+    assert ov_files.size_bytes == sum(
+        (run_dir / ov_files.artifact).with_suffix(s).stat().st_size for s in (".xml", ".bin")
+    )
     assert rows[("tflite-int8", "litert:gpu")].status == "skipped"
     for target in ("litert:cpu", "litert:gpu"):
         broken = rows[("broken", target)]

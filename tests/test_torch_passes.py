@@ -41,8 +41,11 @@ def count_macs(model: torch.nn.Module, x: np.ndarray) -> int:
         nonlocal macs
         macs += module.in_features * module.out_features
 
-    hooks = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
-             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [
+        m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(torch.from_numpy(x[:1]))
     for hook in hooks:
@@ -102,8 +105,9 @@ def test_distillation_transfers_what_the_teacher_knows(digits_cnn: dict, tmp_pat
     digit: the teacher term is what trains it (with alpha 0 it would learn the labels instead: 0.8 % / 79 %)."""
     context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path})
     distill = registry.get("distill")
-    config = distill.config_model(type="distill", student="builtin:digits-cnn", epochs=3, alpha=1.0, lr=1e-2,
-                                  compare_with_student_alone=False)
+    config = distill.config_model(
+        type="distill", student="builtin:digits-cnn", epochs=3, alpha=1.0, lr=1e-2, compare_with_student_alone=False
+    )
     teacher = Artifact("torch", digits_cnn["signature"], model=RolledTeacher(digits_cnn["model"]))
     student = distill.apply(teacher, config, context).artifact.model
     x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
@@ -134,8 +138,9 @@ def test_a_pruned_model_can_be_distilled_from_the_original(digits_cnn: dict, tmp
     context = PassContext(**{**vars(digits_cnn["context"]), "work_dir": tmp_path, "original": digits_cnn["model"]})
     distill = registry.get("distill")
     # Two epochs: halving every layer leaves digits-cnn near chance (19 %), and one epoch from there ended at 89 %.
-    config = distill.config_model(type="distill", student="input", teacher="original", epochs=2,
-                                  compare_with_student_alone=False)
+    config = distill.config_model(
+        type="distill", student="input", teacher="original", epochs=2, compare_with_student_alone=False
+    )
     outcome = distill.apply(Artifact("torch", digits_cnn["signature"], model=pruned), config, context)
     details = outcome.details
     assert details["teacher_parameters"] == sum(p.numel() for p in digits_cnn["model"].parameters())
@@ -159,8 +164,8 @@ def test_bad_student_specs_are_rejected(student: str) -> None:
 
 
 def test_a_recipe_prunes_before_export(tmp_path) -> None:
-    from edgecraft.runner import run_recipe
     from edgecraft.core.results import RunResults
+    from edgecraft.runner import run_recipe
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -168,7 +173,9 @@ def test_a_recipe_prunes_before_export(tmp_path) -> None:
         "passes: [{type: prune.structured, ratio: 0.5, finetune_epochs: 1}]\n"
         "variants: [{name: fp32}]\n"
     )
-    results = RunResults.model_validate_json((run_recipe(recipe, output_dir=tmp_path, quick=True) / "results.json").read_text())
+    results = RunResults.model_validate_json(
+        (run_recipe(recipe, output_dir=tmp_path, quick=True) / "results.json").read_text()
+    )
     record = results.passes[0]
     assert record.name == "prune.structured" and record.variant is None and record.seconds > 0
     assert results.models[0].parameters == record.details["parameters_after"]
@@ -190,8 +197,9 @@ def test_a_built_in_model_trains_to_the_same_weights_in_any_process(tmp_path) ->
         "print(repr(float(sum(p.double().abs().sum() for p in model.parameters()))))"
     )
     weights = [
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True,
-                       check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True, check=True
+        ).stdout
         for name in ("first", "second")
     ]
     assert weights[0] == weights[1]

@@ -17,14 +17,25 @@ BASE = {
     "models": [{"builtin": "digits-cnn"}],
     "variants": [
         {"name": "fp32"},
-        {"name": "pruned", "passes": [{"type": "prune.structured", "ratio": 0.5, "finetune_epochs": 1},
-                                      {"type": "export.onnx"}, {"type": "quantize.static"}]},
+        {
+            "name": "pruned",
+            "passes": [
+                {"type": "prune.structured", "ratio": 0.5, "finetune_epochs": 1},
+                {"type": "export.onnx"},
+                {"type": "quantize.static"},
+            ],
+        },
     ],
     "targets": ["onnxruntime:cpu"],
     "benchmark": {"profile": "quick", "operator_profile": False},
-    "search": {"parameters": {"variants.pruned.passes[0].ratio": {"choice": [0.1, 0.2]},
-                              "variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "entropy"]}},
-               "max_drop": 0.05, "trials": 2},
+    "search": {
+        "parameters": {
+            "variants.pruned.passes[0].ratio": {"choice": [0.1, 0.2]},
+            "variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "entropy"]},
+        },
+        "max_drop": 0.05,
+        "trials": 2,
+    },
 }
 
 
@@ -38,18 +49,25 @@ def write(tmp_path: Path, search: dict | None = None, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("search, expected", [
-    ({"parameters": {}}, "the search space is empty"),
-    ({"parameters": {"variants.pruned.passes[0].ratioo": {"float": [0.2, 0.7]}}},
-     "prune.structured has no parameter 'ratioo'"),
-    ({"parameters": {"variants.nope.passes[0].ratio": {"float": [0.2, 0.7]}}}, "no variant named 'nope'"),
-    ({"parameters": {"variants.pruned.passes[5].ratio": {"float": [0.2, 0.7]}}}, "has 3 pass(es), no passes[5]"),
-    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.7, 0.2]}}}, "a range needs low < high"),
-    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 1.5]}}}, "ratio = 1.5 is not valid"),
-    ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 0.5], "choice": [1]}}}, "exactly one of"),
-    ({"parameters": {"variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "magic"]}}},
-     "calibration_method = 'magic' is not valid"),
-])
+@pytest.mark.parametrize(
+    "search, expected",
+    [
+        ({"parameters": {}}, "the search space is empty"),
+        (
+            {"parameters": {"variants.pruned.passes[0].ratioo": {"float": [0.2, 0.7]}}},
+            "prune.structured has no parameter 'ratioo'",
+        ),
+        ({"parameters": {"variants.nope.passes[0].ratio": {"float": [0.2, 0.7]}}}, "no variant named 'nope'"),
+        ({"parameters": {"variants.pruned.passes[5].ratio": {"float": [0.2, 0.7]}}}, "has 3 pass(es), no passes[5]"),
+        ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.7, 0.2]}}}, "a range needs low < high"),
+        ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 1.5]}}}, "ratio = 1.5 is not valid"),
+        ({"parameters": {"variants.pruned.passes[0].ratio": {"float": [0.2, 0.5], "choice": [1]}}}, "exactly one of"),
+        (
+            {"parameters": {"variants.pruned.passes[2].calibration_method": {"choice": ["minmax", "magic"]}}},
+            "calibration_method = 'magic' is not valid",
+        ),
+    ],
+)
 def test_bad_search_is_one_line_and_exit_2(tmp_path, capsys, search, expected):
     path = write(tmp_path, search)
     assert main(["tune", str(path), "--no-track"]) == 2
@@ -76,15 +94,39 @@ def fake_trial(data, base_dir, search, values, trials_dir, number, profile=None,
     (run_dir / "results.json").write_text(json.dumps({"environment": {"python": "3"}}))
     (run_dir / "model.onnx").write_bytes(b"\0" * int(1000 * (1 - ratio)))
     metric = 0.97 - ratio / 10 + (0.02 if method == "entropy" else 0)
-    row = {"model": "digits-cnn", "variant": "pruned", "target": "onnxruntime:cpu", "status": "ok", "reason": None,
-           "lossless": False, "artifact": "model.onnx", "size_bytes": int(1000 * (1 - ratio)), "p50": 1 - ratio,
-           "p90": 1.1, "p95": 1.1, "p99": 1.2 - ratio, "metric": metric, "peak_mb": 50.0}
+    row = {
+        "model": "digits-cnn",
+        "variant": "pruned",
+        "target": "onnxruntime:cpu",
+        "status": "ok",
+        "reason": None,
+        "lossless": False,
+        "artifact": "model.onnx",
+        "size_bytes": int(1000 * (1 - ratio)),
+        "p50": 1 - ratio,
+        "p90": 1.1,
+        "p95": 1.1,
+        "p99": 1.2 - ratio,
+        "metric": metric,
+        "peak_mb": 50.0,
+    }
     drop = 0.98 - metric
-    return {"number": number, "values": values, "state": "complete", "run_dir": str(run_dir), "rows": [row],
-            "row": row, "metric": metric, "reference": 0.98, "metric_name": "top-1 accuracy", "drop": drop,
-            "values_objective": [{"latency": row["p50"], "size": row["size_bytes"]}[name]
-                                 for name in search["objectives"]], "constraint": drop - search["max_drop"],
-            "feasible": drop <= search["max_drop"], "speedup": 1 / row["p50"]}
+    return {
+        "number": number,
+        "values": values,
+        "state": "complete",
+        "run_dir": str(run_dir),
+        "rows": [row],
+        "row": row,
+        "metric": metric,
+        "reference": 0.98,
+        "metric_name": "top-1 accuracy",
+        "drop": drop,
+        "values_objective": [{"latency": row["p50"], "size": row["size_bytes"]}[name] for name in search["objectives"]],
+        "constraint": drop - search["max_drop"],
+        "feasible": drop <= search["max_drop"],
+        "speedup": 1 / row["p50"],
+    }
 
 
 def test_study_resumes_tracks_and_reports(tmp_path, capsys):
@@ -135,8 +177,10 @@ def test_best_recipe_names_the_base_recipes_files(tmp_path):
     (recipes / "weights").mkdir()
     (recipes / "weights" / "net.pt").write_bytes(b"not read by the stand-in trials")
     data = json.loads(json.dumps(BASE))
-    data.update(models=[{"factory": "tests.fixtures_models:three_head_net", "weights": "weights/net.pt"}],
-                output_dir=str(tmp_path / "elsewhere" / "runs"))
+    data.update(
+        models=[{"factory": "tests.fixtures_models:three_head_net", "weights": "weights/net.pt"}],
+        output_dir=str(tmp_path / "elsewhere" / "runs"),
+    )
     path = recipes / "tune.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     result = tune(path, trials=2, run_trial=fake_trial)
@@ -151,8 +195,10 @@ def test_accuracy_aware_int8_options_are_search_parameters(tmp_path, capsys):
     int8) is a choice of max_drop, and a value the pass refuses is one line."""
     from edgecraft.tune.study import plan
 
-    parameters = {"variants.pruned.passes[2].max_drop": {"choice": [None, 0.005]},
-                  "variants.pruned.passes[2].first_last_float": {"choice": [False, True]}}
+    parameters = {
+        "variants.pruned.passes[2].max_drop": {"choice": [None, 0.005]},
+        "variants.pruned.passes[2].first_last_float": {"choice": [False, True]},
+    }
     checked = plan(write(tmp_path, {"parameters": parameters}))
     assert checked.search.parameters["variants.pruned.passes[2].max_drop"].choice == [None, 0.005]
     bad = write(tmp_path, {"parameters": {"variants.pruned.passes[2].max_drop": {"choice": [None, 2]}}})
@@ -178,17 +224,29 @@ def test_chosen_point_does_not_pick_a_winner_by_noise():
     from edgecraft.tune.study import chosen, pareto
 
     def trial(number, p50, metric, feasible=True, size=1000):
-        return {"number": number, "state": "complete", "feasible": feasible, "values": [p50], "metric": metric,
-                "row": {"size_bytes": size}}
+        return {
+            "number": number,
+            "state": "complete",
+            "feasible": feasible,
+            "values": [p50],
+            "metric": metric,
+            "row": {"size_bytes": size},
+        }
 
-    table = [trial(0, 1.00, 0.970), trial(1, 1.02, 0.980), trial(2, 1.10, 0.990), trial(3, 0.90, 0.5, False),
-             trial(4, 1.01, 0.980, size=1200)]  # as accurate as 1 and as fast within noise, but larger
+    table = [
+        trial(0, 1.00, 0.970),
+        trial(1, 1.02, 0.980),
+        trial(2, 1.10, 0.990),
+        trial(3, 0.90, 0.5, False),
+        trial(4, 1.01, 0.980, size=1200),
+    ]  # as accurate as 1 and as fast within noise, but larger
     search = SearchSpec.model_validate(BASE["search"])
     assert chosen(table, search)["number"] == 1
     assert chosen(table, search.model_copy(update={"latency_tolerance": 0.0}))["number"] == 0
     assert chosen(table, search.model_copy(update={"latency_tolerance": 0.2}))["number"] == 2
-    assert {chosen(table, search.model_copy(update={"latency_tolerance": tol}))["number"]
-            for tol in (0.0, 0.03, 0.2)} <= pareto(table)
+    assert {
+        chosen(table, search.model_copy(update={"latency_tolerance": tol}))["number"] for tol in (0.0, 0.03, 0.2)
+    } <= pareto(table)
     assert chosen(table, search.model_copy(update={"objectives": ["size"]}))["number"] == 0
 
 
@@ -215,9 +273,14 @@ def test_killed_trial_is_redone_and_finished_ones_are_not(tmp_path):
     path = write(tmp_path)
     done = tune(path, trials=1, seed=0, run_trial=fake_trial)
     study = optuna.load_study(study_name="tiny-tune", storage=done.storage)
-    killed = study.ask({"variants.pruned.passes[0].ratio": optuna.distributions.CategoricalDistribution([0.1, 0.2]),
-                        "variants.pruned.passes[2].calibration_method":
-                            optuna.distributions.CategoricalDistribution(["minmax", "entropy"])})  # never told
+    killed = study.ask(
+        {
+            "variants.pruned.passes[0].ratio": optuna.distributions.CategoricalDistribution([0.1, 0.2]),
+            "variants.pruned.passes[2].calibration_method": optuna.distributions.CategoricalDistribution(
+                ["minmax", "entropy"]
+            ),
+        }
+    )  # never told
     seen = []
 
     def recording(**call):
@@ -274,7 +337,9 @@ def test_real_study_on_digits_cnn(tmp_path, capsys):
 
         uri = f"sqlite:///{tmp_path / 'tracked.db'}"
         assert main(["run", str(best), "--quick", "--output-dir", str(tmp_path / "rerun"), "--mlflow-uri", uri]) == 0
-        (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("edgecraft-runs").experiment_id])
+        (run,) = MlflowClient(uri).search_runs(
+            [MlflowClient(uri).get_experiment_by_name("edgecraft-runs").experiment_id]
+        )
         assert any(key.endswith("/p50_ms") for key in run.data.metrics)
 
 
@@ -286,8 +351,14 @@ def test_proxy_prunes_before_export_and_benchmark(tmp_path):
 
     path = write(tmp_path, {"parameters": {"variants.pruned.passes[0].ratio": {"choice": [0.5]}}, "max_drop": 0.001})
     checked = plan(path)
-    outcome = run_trial(checked.data, str(tmp_path), checked.search.model_dump(by_alias=True),
-                        {"variants.pruned.passes[0].ratio": 0.5}, str(tmp_path / "trials"), 0)
+    outcome = run_trial(
+        checked.data,
+        str(tmp_path),
+        checked.search.model_dump(by_alias=True),
+        {"variants.pruned.passes[0].ratio": 0.5},
+        str(tmp_path / "trials"),
+        0,
+    )
     assert outcome["state"] == "pruned", outcome
     assert outcome["proxy"]["drop"] > 0.001 and outcome["measure_interval"] is None
     run_dir = Path(outcome["run_dir"])
@@ -322,9 +393,15 @@ def test_trial_measures_under_the_exclusive_hold(tmp_path):
 
     lock = Recording()
     checked = plan(write(tmp_path))
-    outcome = run_trial(checked.data, str(tmp_path), checked.search.model_dump(by_alias=True),
-                        {"variants.pruned.passes[0].ratio": 0.1, "variants.pruned.passes[2].calibration_method":
-                         "minmax"}, str(tmp_path / "trials"), 0, lock=lock)
+    outcome = run_trial(
+        checked.data,
+        str(tmp_path),
+        checked.search.model_dump(by_alias=True),
+        {"variants.pruned.passes[0].ratio": 0.1, "variants.pruned.passes[2].calibration_method": "minmax"},
+        str(tmp_path / "trials"),
+        0,
+        lock=lock,
+    )
     assert outcome["state"] == "complete", outcome
     assert [name for name, _ in lock.events] == ["read", "release", "write", "write done"]
     (_, read), (_, released), (_, exclusive), (_, done) = lock.events

@@ -24,8 +24,14 @@ RECIPE = REPO / "recipes" / "tune-mobilenet.yaml"
 
 
 def edgecraft(*args: str, env: dict | None = None, timeout: float = 4 * 3600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgecraft", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecraft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def printed(stdout: str, label: str) -> Path:
@@ -143,14 +149,34 @@ def ray_cluster(tmp_path: Path):
     """Two Ray nodes on loopback (head + one worker), one CPU and one benchmark slot each, small object stores."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", "1", "--resources", '{"benchmark_slot": 1}', "--object-store-memory", "80000000",
-              "--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
+    common = [
+        "--num-cpus",
+        "1",
+        "--resources",
+        '{"benchmark_slot": 1}',
+        "--object-store-memory",
+        "80000000",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--block",
+        "--disable-usage-stats",
+    ]
     ray = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(20)
-    worker = subprocess.Popen([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [ray, "start", "--address", f"127.0.0.1:{port}", *common],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(20)
     try:
         yield f"127.0.0.1:{port}", env
@@ -175,8 +201,17 @@ def test_mobilenet_study_on_two_ray_nodes(sweep: Path, ray_cluster, tmp_path: Pa
     holds, and so what it proposes next, is a coin toss on any machine (the size study below shows the sampler
     itself is unchanged by Ray)."""
     address, env = ray_cluster
-    done = edgecraft("tune", RECIPE, "--quick", "--output-dir", tmp_path, "--no-track", "--ray-address", address,
-                     env={key: env[key] for key in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")})
+    done = edgecraft(
+        "tune",
+        RECIPE,
+        "--quick",
+        "--output-dir",
+        tmp_path,
+        "--no-track",
+        "--ray-address",
+        address,
+        env={key: env[key] for key in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     folder = printed(done.stdout, "report").parent
     on_ray, local = trials_of(folder), trials_of(sweep)
@@ -203,8 +238,17 @@ def test_same_study_on_two_ray_nodes_gives_the_same_choice(ray_cluster, tmp_path
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     local = edgecraft("tune", recipe, "--quick", "--no-track", "--output-dir", tmp_path / "local")
     assert local.returncode == 0, local.stderr[-3000:]
-    on_ray = edgecraft("tune", recipe, "--quick", "--no-track", "--output-dir", tmp_path / "ray",
-                       "--ray-address", address, env={key: env[key] for key in ("RAY_AUTH_MODE",)})
+    on_ray = edgecraft(
+        "tune",
+        recipe,
+        "--quick",
+        "--no-track",
+        "--output-dir",
+        tmp_path / "ray",
+        "--ray-address",
+        address,
+        env={key: env[key] for key in ("RAY_AUTH_MODE",)},
+    )
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     here, there = printed(local.stdout, "report").parent, printed(on_ray.stdout, "report").parent
     mine, theirs = trials_of(here), trials_of(there)
@@ -224,15 +268,29 @@ def test_tiny_study_on_two_ray_nodes_matches_the_local_one(ray_cluster, tmp_path
     recipe = write(tmp_path)
     local = edgecraft("tune", recipe, "--no-track", "--trials", "4", "--seed", "7", "--output-dir", tmp_path / "local")
     assert local.returncode == 0, local.stderr[-3000:]
-    on_ray = edgecraft("tune", recipe, "--no-track", "--trials", "4", "--seed", "7", "--output-dir", tmp_path / "ray",
-                       "--ray-address", address, env={key: env[key] for key in ("RAY_AUTH_MODE",)})
+    on_ray = edgecraft(
+        "tune",
+        recipe,
+        "--no-track",
+        "--trials",
+        "4",
+        "--seed",
+        "7",
+        "--output-dir",
+        tmp_path / "ray",
+        "--ray-address",
+        address,
+        env={key: env[key] for key in ("RAY_AUTH_MODE",)},
+    )
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     here, there = trials_of(printed(local.stdout, "report").parent), trials_of(printed(on_ray.stdout, "report").parent)
     assert [t["params"] for t in here] == [t["params"] for t in there]
     assert [t["state"] for t in here] == [t["state"] for t in there]
     assert [t.get("metric") for t in here] == [t.get("metric") for t in there]  # deterministic training
     if any(t.get("feasible") for t in here):
-        assert chosen_trial(printed(local.stdout, "report").parent)["params"] == \
-            chosen_trial(printed(on_ray.stdout, "report").parent)["params"]
+        assert (
+            chosen_trial(printed(local.stdout, "report").parent)["params"]
+            == chosen_trial(printed(on_ray.stdout, "report").parent)["params"]
+        )
     assert len({t["ray_node"] for t in there}) == 2
     assert_measured_alone(there)

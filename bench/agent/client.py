@@ -62,9 +62,19 @@ class AgentClient:
         """The agent's machine, its targets (None where one runs, else why not) and its limits."""
         return self._json("GET", "/device")
 
-    def measure(self, *, runtime: str, device: str, options: dict, model_format: str, model_files: list[Path],
-                inputs: dict[str, np.ndarray], settings: dict, deadline_s: float,
-                on_status: Callable[[dict], None] = lambda status: None) -> RemoteResult:
+    def measure(
+        self,
+        *,
+        runtime: str,
+        device: str,
+        options: dict,
+        model_format: str,
+        model_files: list[Path],
+        inputs: dict[str, np.ndarray],
+        settings: dict,
+        deadline_s: float,
+        on_status: Callable[[dict], None] = lambda status: None,
+    ) -> RemoteResult:
         """Measure ``model_files`` (an OpenVINO IR: [.xml, .bin]) on the agent's ``runtime:device`` and return the
         raw results; the job is deleted from the agent once fetched. ``deadline_s``: seconds from now after which
         waiting for the job stops (each request is bounded by ``timeout_s``); ``on_status`` gets every status the
@@ -75,16 +85,23 @@ class AgentClient:
         np.savez(archive, **inputs)
         blobs = [self._upload(path.name, path.open, limit) for path in model_files]
         inputs_blob = self._upload("the inputs", lambda mode: io.BytesIO(archive.getvalue()), limit)
-        manifest = {"runtime": runtime, "device": device, "options": options,
-                    "model": {"format": model_format, "files": blobs}, "inputs": inputs_blob, "settings": settings}
+        manifest = {
+            "runtime": runtime,
+            "device": device,
+            "options": options,
+            "model": {"format": model_format, "files": blobs},
+            "inputs": inputs_blob,
+            "settings": settings,
+        }
         status = self._json("POST", "/jobs", manifest)
         try:
             return self._follow(status, deadline, deadline_s, on_status)
         except _Unanswered as exc:
             raise AgentError(f"the agent at {self.url} stopped answering during job {status['job']}: {exc}") from None
 
-    def _follow(self, status: dict, deadline: float, deadline_s: float,
-                on_status: Callable[[dict], None]) -> RemoteResult:
+    def _follow(
+        self, status: dict, deadline: float, deadline_s: float, on_status: Callable[[dict], None]
+    ) -> RemoteResult:
         """Poll a submitted job until it ends; its result, or ``AgentError`` with the agent's reason."""
         job = status["job"]
         pause = _FIRST_POLL_S
@@ -92,8 +109,10 @@ class AgentClient:
             on_status(status)
             if time.monotonic() + pause > deadline:
                 self._forget(job)
-                raise AgentError(f"job {job} on the agent at {self.url} did not finish within {deadline_s:g} s "
-                                 f"(it was {status['state']})")
+                raise AgentError(
+                    f"job {job} on the agent at {self.url} did not finish within {deadline_s:g} s "
+                    f"(it was {status['state']})"
+                )
             time.sleep(pause)
             pause = min(_LONGEST_POLL_S, pause * 1.5)
             status = self._json("GET", f"/jobs/{job}", during=job)
@@ -105,8 +124,13 @@ class AgentClient:
         with np.load(io.BytesIO(self._call("GET", f"/jobs/{job}/outputs", during=job)), allow_pickle=False) as archive:
             outputs = {name: archive[name] for name in archive.files}
         self._forget(job)
-        return RemoteResult(raws=result["raws"], outputs=outputs, device=result["device"],
-                            started_at=result["started_at"], finished_at=result["finished_at"])
+        return RemoteResult(
+            raws=result["raws"],
+            outputs=outputs,
+            device=result["device"],
+            started_at=result["started_at"],
+            finished_at=result["finished_at"],
+        )
 
     def _upload(self, what: str, open_file: Callable[[str], BinaryIO], limit: int) -> str:
         """Upload a file, streamed, as a blob named by its sha256 unless the agent has it already; its sha256."""
@@ -114,8 +138,10 @@ class AgentClient:
             name = hashlib.file_digest(handle, "sha256").hexdigest()
             size = handle.seek(0, io.SEEK_END)
         if size > limit:
-            raise AgentError(f"{what} is {size} bytes, over the upload limit of the agent at {self.url} ({limit} "
-                             "bytes: its --max-upload-mb)")
+            raise AgentError(
+                f"{what} is {size} bytes, over the upload limit of the agent at {self.url} ({limit} "
+                "bytes: its --max-upload-mb)"
+            )
         if not self._has_blob(name):
             with open_file("rb") as handle:
                 self._call("PUT", f"/blobs/{name}", handle, size=size)
@@ -141,20 +167,29 @@ class AgentClient:
         data = None if body is None else json.dumps(body).encode()
         return json.loads(self._call(method, path, data, during))
 
-    def _call(self, method: str, path: str, data: bytes | BinaryIO | None = None, during: str | None = None,
-              size: int | None = None) -> bytes:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        data: bytes | BinaryIO | None = None,
+        during: str | None = None,
+        size: int | None = None,
+    ) -> bytes:
         """The body of the answer; ``AgentError`` for an HTTP error status, and for no answer at all unless
         ``during`` a job (then ``_Unanswered``, which the caller reports as the agent stopping)."""
-        request = urllib.request.Request(f"{self.url}{PREFIX}{path}", data=data, method=method,
-                                         headers={"Authorization": f"Bearer {self._token}"})
+        request = urllib.request.Request(
+            f"{self.url}{PREFIX}{path}", data=data, method=method, headers={"Authorization": f"Bearer {self._token}"}
+        )
         if data is not None:  # the agent wants the length before the body (urllib would send a file chunked)
             request.add_header("Content-Length", str(len(data) if size is None else size))
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
-            raise AgentError(f"the agent at {self.url} refused {method} {PREFIX}{path}: HTTP {exc.code}: "
-                             f"{_error_text(exc)}", status=exc.code) from None
+            raise AgentError(
+                f"the agent at {self.url} refused {method} {PREFIX}{path}: HTTP {exc.code}: {_error_text(exc)}",
+                status=exc.code,
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             if during is not None:

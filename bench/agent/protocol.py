@@ -97,8 +97,9 @@ class JobManifest(BaseModel):
 
 def validation_problem(exc: ValidationError) -> str:
     """A pydantic error as 'field: problem' lines, short enough for an HTTP error."""
-    problems = [f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
-                for error in exc.errors(include_url=False)[:3]]
+    problems = [
+        f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}" for error in exc.errors(include_url=False)[:3]
+    ]
     return "; ".join(problems)
 
 
@@ -145,8 +146,10 @@ def read_inputs(path: Path) -> dict[str, np.ndarray]:
         raise ValueError("the .npz holds no arrays")
     for name, array in arrays.items():
         if array.dtype.kind not in "biuf" or array.ndim == 0:
-            raise ValueError(f"{name!r} is a {array.dtype} array of shape {list(array.shape)}; every input must be a "
-                             "numeric array with a first (sample) dimension")
+            raise ValueError(
+                f"{name!r} is a {array.dtype} array of shape {list(array.shape)}; every input must be a "
+                "numeric array with a first (sample) dimension"
+            )
     lengths = {name: len(array) for name, array in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"the arrays have different numbers of samples: {lengths}")

@@ -88,8 +88,10 @@ def detect_emulation(machine: str, cpuinfo: str) -> str | None:
         evidence = "x86 flags such as sse2"
     else:
         return None
-    return (f"{machine} code on an x86 CPU (/proc/cpuinfo shows {evidence}): a user-mode emulator such as "
-            "qemu-user; timings are the emulator's, not the device's")
+    return (
+        f"{machine} code on an x86 CPU (/proc/cpuinfo shows {evidence}): a user-mode emulator such as "
+        "qemu-user; timings are the emulator's, not the device's"
+    )
 
 
 def _emulation_here() -> str | None:
@@ -159,8 +161,12 @@ class Agent:
             try:
                 state = json.loads((folder / STATE_FILE).read_text())
             except (OSError, ValueError) as exc:
-                state = {"job": folder.name, "state": "failed", "sequence": 0,
-                         "reason": f"the agent could not read this job's state: {exc}"}
+                state = {
+                    "job": folder.name,
+                    "state": "failed",
+                    "sequence": 0,
+                    "reason": f"the agent could not read this job's state: {exc}",
+                }
             if state["state"] == "running":
                 _stop_leftover_workers(folder)
                 state |= {"state": "failed", "reason": f"the agent stopped during this job (restarted at {restarted})"}
@@ -180,21 +186,30 @@ class Agent:
         machine = environment()
         if self.emulated:  # an emulator passes the host's /proc/cpuinfo through: its CPU and flags are not this box's
             cpu = machine["cpu"]
-            cpu |= {"model": f"emulated {cpu.get('machine')} (on a {cpu.get('model')} host)", "flags": [],
-                    "host_flags": cpu.get("flags", [])}
+            cpu |= {
+                "model": f"emulated {cpu.get('machine')} (on a {cpu.get('model')} host)",
+                "flags": [],
+                "host_flags": cpu.get("flags", []),
+            }
         return {
             **machine,
             "targets": self._target_reasons,
-            "agent": {"version": _version(), "max_upload_bytes": self.max_upload_bytes,
-                      "job_timeout_s": self.job_timeout_s},
+            "agent": {
+                "version": _version(),
+                "max_upload_bytes": self.max_upload_bytes,
+                "job_timeout_s": self.job_timeout_s,
+            },
             "emulated": self.emulated,
         }
 
     @functools.cached_property
     def _target_reasons(self) -> dict[str, str | None]:
         """Computed once: it imports every runtime, and what is installed does not change while the agent runs."""
-        return {f"{runtime}:{device}": cls().unavailable_reason(device)
-                for runtime, cls in registry.runtimes().items() for device in cls.devices}
+        return {
+            f"{runtime}:{device}": cls().unavailable_reason(device)
+            for runtime, cls in registry.runtimes().items()
+            for device in cls.devices
+        }
 
     def has_blob(self, name: str) -> bool:
         return (self.blobs / _blob_name(name)).is_file()
@@ -248,8 +263,9 @@ class Agent:
             check_pinnable(manifest.settings.pin_cpus)
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"settings.pin_cpus: {exc}") from None
-        settings = manifest.settings.model_copy(update={"timeout_s": min(manifest.settings.timeout_s,
-                                                                          self.job_timeout_s)})
+        settings = manifest.settings.model_copy(
+            update={"timeout_s": min(manifest.settings.timeout_s, self.job_timeout_s)}
+        )
         job_id = uuid.uuid4().hex
         staging = self.jobs / f".new-{job_id}"
         staging.mkdir()
@@ -275,16 +291,22 @@ class Agent:
     def _target(self, manifest: JobManifest) -> Any:
         runtimes = registry.runtimes()
         if manifest.runtime not in runtimes:
-            raise Refused(HTTPStatus.BAD_REQUEST, f"runtime: unknown runtime {manifest.runtime!r}; this agent has "
-                          f"{', '.join(runtimes)}")
+            raise Refused(
+                HTTPStatus.BAD_REQUEST,
+                f"runtime: unknown runtime {manifest.runtime!r}; this agent has {', '.join(runtimes)}",
+            )
         cls = runtimes[manifest.runtime]
         if manifest.device not in cls.devices:
-            raise Refused(HTTPStatus.BAD_REQUEST, f"device: {manifest.runtime} has no device {manifest.device!r} "
-                          f"(known: {', '.join(cls.devices)})")
+            raise Refused(
+                HTTPStatus.BAD_REQUEST,
+                f"device: {manifest.runtime} has no device {manifest.device!r} (known: {', '.join(cls.devices)})",
+            )
         accepts = formats.loaded_by(manifest.runtime)
         if manifest.model.format not in accepts:
-            raise Refused(HTTPStatus.BAD_REQUEST, f"model.format: {manifest.runtime} runs {', '.join(accepts)}, "
-                          f"not {manifest.model.format}")
+            raise Refused(
+                HTTPStatus.BAD_REQUEST,
+                f"model.format: {manifest.runtime} runs {', '.join(accepts)}, not {manifest.model.format}",
+            )
         reason = self._target_reasons[f"{manifest.runtime}:{manifest.device}"]
         if reason:
             raise Refused(HTTPStatus.BAD_REQUEST, f"{manifest.runtime}:{manifest.device} cannot run here: {reason}")
@@ -365,9 +387,14 @@ class Agent:
         manifest = JobManifest.model_validate_json((folder / MANIFEST_FILE).read_text())
         settings = manifest.settings
         job = MeasureJob(
-            runtime=manifest.runtime, device=manifest.device, options=manifest.options,
-            model=folder / formats.get(manifest.model.format).file_names()[0], inputs=folder / INPUTS_FOLDER,
-            reference_outputs={}, evaluate=_never_evaluated, work_dir=folder,
+            runtime=manifest.runtime,
+            device=manifest.device,
+            options=manifest.options,
+            model=folder / formats.get(manifest.model.format).file_names()[0],
+            inputs=folder / INPUTS_FOLDER,
+            reference_outputs={},
+            evaluate=_never_evaluated,
+            work_dir=folder,
         )
         device = self.describe()
         deadline = time.monotonic() + self.job_timeout_s
@@ -388,8 +415,9 @@ class Agent:
         finished_at = time.time()
         if not (folder / OUTPUTS_FILE).is_file():
             raise MeasurementFailed("the benchmark process wrote no outputs")
-        _write_json(folder / RESULT_FILE, {"raws": raws, "device": device, "started_at": started_at,
-                                           "finished_at": finished_at})
+        _write_json(
+            folder / RESULT_FILE, {"raws": raws, "device": device, "started_at": started_at, "finished_at": finished_at}
+        )
 
 
 def _blob_name(name: str) -> str:
@@ -463,12 +491,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path  # not unquoted: %2F stays three characters that no name may hold
         if not path.startswith(PREFIX + "/"):
             raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}")
-        parts = path[len(PREFIX) + 1:].split("/")
+        parts = path[len(PREFIX) + 1 :].split("/")
         routes = {
             ("device",): {"GET": agent.describe},
-            ("blobs", "*"): {"PUT": lambda name: agent.put_blob(_blob_name(name), self.rfile,
-                                                                self._length(agent.max_upload_bytes)),
-                             "HEAD": lambda name: self._exists(agent.has_blob(name))},
+            ("blobs", "*"): {
+                "PUT": lambda name: agent.put_blob(_blob_name(name), self.rfile, self._length(agent.max_upload_bytes)),
+                "HEAD": lambda name: self._exists(agent.has_blob(name)),
+            },
             ("jobs",): {"POST": lambda: (HTTPStatus.ACCEPTED, agent.submit(self._json()))},
             ("jobs", "*"): {"GET": agent.status, "DELETE": agent.delete},
             ("jobs", "*", "result"): {"GET": lambda job: json.loads(agent.finished_file(job, RESULT_FILE).read_text())},
@@ -490,8 +519,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not text.isdigit():
             raise Refused(HTTPStatus.BAD_REQUEST, f"Content-Length {text!r} is not a byte count")
         if int(text) > limit:
-            raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                          f"{int(text)} bytes is over this agent's limit of {limit} bytes")
+            raise Refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{int(text)} bytes is over this agent's limit of {limit} bytes"
+            )
         return int(text)
 
     def _json(self) -> Any:
@@ -506,8 +536,9 @@ class _Handler(BaseHTTPRequestHandler):
         return (HTTPStatus.OK, {}) if found else (HTTPStatus.NOT_FOUND, {})
 
 
-def serve(*, host: str, port: int, folder: Path, token: str, max_upload_bytes: int, job_timeout_s: float,
-          emulated: str | None) -> int:
+def serve(
+    *, host: str, port: int, folder: Path, token: str, max_upload_bytes: int, job_timeout_s: float, emulated: str | None
+) -> int:
     """Run the agent until it is killed; the one line on stdout says where it listens."""
     agent = Agent(folder, token, max_upload_bytes, job_timeout_s, emulated)
     agent.recover()

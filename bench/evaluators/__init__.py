@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgecraft.core.registry import Registry
 from edgecraft.core.results import Quality
 from edgecraft.core.signature import TensorSpec
-from edgecraft.core.registry import Registry
 from edgecraft.targets.feeds import Feeds
 
 # A user's 'package.module:function' (evaluators here; factories and data sources in recipes): dotted
@@ -50,7 +50,9 @@ class EvaluatorSpec(BaseModel):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in EVALUATORS and not FUNCTION_REFERENCE.fullmatch(value):
-            raise ValueError(f"unknown evaluator {value!r}; known: {', '.join(EVALUATORS.names())}, or 'module:function'")
+            raise ValueError(
+                f"unknown evaluator {value!r}; known: {', '.join(EVALUATORS.names())}, or 'module:function'"
+            )
         return value
 
 
@@ -74,8 +76,9 @@ class Evaluator(ABC):
         """Every figure, the headline among them."""
 
 
-EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", "evaluators", key=lambda cls: cls.name,
-                                                package="edgecraft.bench.evaluators")
+EVALUATORS: Registry[type[Evaluator]] = Registry(
+    "evaluator", "evaluators", key=lambda cls: cls.name, package="edgecraft.bench.evaluators"
+)
 register = EVALUATORS.register
 
 
@@ -113,8 +116,9 @@ def read_outputs(spec: EvaluatorSpec, outputs: list[TensorSpec]) -> list[TensorS
     names = spec.outputs or ([o.name for o in outputs] if _reads_all(spec) else [outputs[0].name])
     unknown = [name for name in names if name not in by_name]
     if unknown:
-        raise EvaluatorMismatch(f"evaluator {spec.type!r} reads output(s) {unknown}, but the model's outputs are "
-                                f"{list(by_name)}")
+        raise EvaluatorMismatch(
+            f"evaluator {spec.type!r} reads output(s) {unknown}, but the model's outputs are {list(by_name)}"
+        )
     return [by_name[name] for name in names]
 
 
@@ -137,8 +141,9 @@ def evaluate(spec: EvaluatorSpec, outputs: Feeds, reference: Feeds, targets: np.
     if spec.type in EVALUATORS:
         evaluator = EVALUATORS.get(spec.type)()
         figures = evaluator.measure(read, expected, targets, spec.k)
-        return Quality(evaluator=spec.type, metric=evaluator.metric, value=figures[evaluator.headline],
-                       metrics=_finite(figures))
+        return Quality(
+            evaluator=spec.type, metric=evaluator.metric, value=figures[evaluator.headline], metrics=_finite(figures)
+        )
     module, _, function = spec.type.partition(":")
     result: Any = getattr(importlib.import_module(module), function)(read, expected, targets)
     figures = {"score": float(result)} if np.isscalar(result) else {k: float(v) for k, v in dict(result).items()}

@@ -19,8 +19,10 @@ class Embedding(Evaluator):
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         spec = outputs[0]
         if spec.shape is not None and len(spec.shape) != 2:
-            raise EvaluatorMismatch(f"evaluator 'embedding' reads [batch, dimensions] vectors, but output "
-                                    f"{spec.name!r} has shape {spec.shape}")
+            raise EvaluatorMismatch(
+                f"evaluator 'embedding' reads [batch, dimensions] vectors, but output "
+                f"{spec.name!r} has shape {spec.shape}"
+            )
 
     def measure(self, outputs: Feeds, reference: Feeds, targets: np.ndarray | None, k: int) -> dict[str, float]:
         name = next(iter(outputs))

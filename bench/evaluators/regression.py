@@ -20,8 +20,11 @@ class Regression(Evaluator):
         figures: dict[str, float] = {}
         errors, norms = 0.0, 0.0
         for name, values in outputs.items():
-            truth = targets if targets is not None and len(outputs) == 1 and targets.shape == values.shape \
+            truth = (
+                targets
+                if targets is not None and len(outputs) == 1 and targets.shape == values.shape
                 else reference[name]
+            )
             diff = values.astype(np.float64) - truth.astype(np.float64)
             figures[f"{name}.max_abs_error"] = float(np.abs(diff).max())
             figures[f"{name}.mean_abs_error"] = float(np.abs(diff).mean())

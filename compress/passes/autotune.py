@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -61,10 +62,10 @@ class Autotune(Pass):
 
     def apply(self, artifact: Artifact, config: AutotuneConfig, context: PassContext) -> PassOutcome:
 
-        from edgecraft.compress import pt2e
         from neural_compressor.torch.export import export
         from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
 
+        from edgecraft.compress import pt2e
         from edgecraft.compress.torch_io import dynamic_shapes, example_inputs, predict
 
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)  # it logs every config at INFO
@@ -93,7 +94,9 @@ class Autotune(Pass):
             dynamic_shapes=dynamic_shapes(artifact.model, signature),
         )
         tuning = TuningConfig(
-            config_set=[StaticQuantConfig(**_SEARCH_SPACE)], tolerable_loss=config.tolerable_loss, max_trials=config.max_trials
+            config_set=[StaticQuantConfig(**_SEARCH_SPACE)],
+            tolerable_loss=config.tolerable_loss,
+            max_trials=config.max_trials,
         )
         quantized = autotune(captured, tuning, eval_fn=validate, run_fn=calibrate)
         baseline, trials = scores[0], scores[1:]
@@ -130,6 +133,9 @@ def _scorer(context: PassContext, signature: Signature) -> tuple[Callable[[Any],
     validation = context.validation
     if validation is not None:
         return (lambda model: validation.score(predict(model, validation.data.inputs, signature))), validation.metric
-    require_class_labels(context.calibration, signature,
-                         "quantize.autotune (no evaluator given: validation on the calibration split's labels)")
+    require_class_labels(
+        context.calibration,
+        signature,
+        "quantize.autotune (no evaluator given: validation on the calibration split's labels)",
+    )
     return (lambda model: top1(model, signature, context.calibration)), "accuracy"

@@ -15,8 +15,8 @@ from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, Pas
 from edgecraft.compress.facts import model_facts, top1
 from edgecraft.compress.passes.pruning import prune_channels
 from edgecraft.compress.registry import register
-from edgecraft.core.signature import Signature
 from edgecraft.compress.zoo import REFERENCE_MODELS
+from edgecraft.core.signature import Signature
 
 
 class DistillationConfig(PassConfig):
@@ -33,8 +33,9 @@ class DistillationConfig(PassConfig):
         "(distill a pruned model from the unpruned one).",
     )
     epochs: int = Field(10, gt=0)
-    temperature: float = Field(4.0, gt=0, le=100, description="Softens both models' logits; the teacher term "
-                               "is scaled by its square.")
+    temperature: float = Field(
+        4.0, gt=0, le=100, description="Softens both models' logits; the teacher term is scaled by its square."
+    )
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the teacher term; 0 trains on labels alone.")
     lr: float = Field(3e-3, gt=0, le=1)
     batch_size: int = Field(64, gt=0)
@@ -43,7 +44,7 @@ class DistillationConfig(PassConfig):
     )
 
     @model_validator(mode="after")
-    def _student_form(self) -> "DistillationConfig":
+    def _student_form(self) -> DistillationConfig:
         kind, _, value = self.student.partition(":")
         if kind == "input":
             if self.teacher == "input":
@@ -107,7 +108,10 @@ class Distillation(Pass):
             with torch.no_grad():
                 soft_targets = functional.log_softmax(first_output(teacher, inputs, signature) / temperature, dim=1)
             kl = functional.kl_div(
-                functional.log_softmax(logits / temperature, dim=1), soft_targets, reduction="batchmean", log_target=True
+                functional.log_softmax(logits / temperature, dim=1),
+                soft_targets,
+                reduction="batchmean",
+                log_target=True,
             )
             return alpha * kl * temperature**2 + (1 - alpha) * functional.cross_entropy(logits, labels)
 
@@ -115,12 +119,19 @@ class Distillation(Pass):
             return lambda epoch, value: context.progress(f"{label} (loss {value:.3f})", epoch, config.epochs)
 
         fit(student, context.train, signature, training, loss, on_epoch=progress("distilling"))
-        details = {f"teacher_{key}": value for key, value in model_facts(teacher, signature, context.evaluation).items()}
+        details = {
+            f"teacher_{key}": value for key, value in model_facts(teacher, signature, context.evaluation).items()
+        }
         details.update({f"student_{k}": v for k, v in model_facts(student, signature, context.evaluation).items()})
         if alone is not None:
-            fit(alone, context.train, signature, training,
+            fit(
+                alone,
+                context.train,
+                signature,
+                training,
                 lambda logits, _inputs, labels: functional.cross_entropy(logits, labels),
-                on_epoch=progress("training the student alone"))
+                on_epoch=progress("training the student alone"),
+            )
             details["student_alone_accuracy"] = top1(alone, signature, context.evaluation)
         architecture = config.student if config.student.startswith("builtin:") else artifact.architecture
         return PassOutcome(Artifact("torch", signature, model=student.eval(), architecture=architecture), details)

@@ -29,7 +29,7 @@ def _preprocessed(source: Path, work_dir: Path) -> Path:
     return target
 
 
-def reduce_range(config: "StaticQuantizationConfig") -> bool:
+def reduce_range(config: StaticQuantizationConfig) -> bool:
     """7-bit weights: asked for, or 'auto' where 8-bit ranges saturate the CPU's int8 kernels."""
     return int8_saturates() if config.reduce_range == "auto" else config.reduce_range
 
@@ -44,8 +44,7 @@ class StaticQuantizationConfig(AccuracyAwareOptions):
     calibration_samples: int = Field(256, gt=0, description="How many calibration-split inputs to observe.")
     activation_type: Literal["int8", "uint8"] = Field(
         "uint8",
-        description="uint8 activations (with int8 weights) hit ONNX Runtime's fast x86 kernels; signed int8 "
-        "suits ARM.",
+        description="uint8 activations (with int8 weights) hit ONNX Runtime's fast x86 kernels; signed int8 suits ARM.",
     )
     reduce_range: Literal["auto"] | bool = Field(
         "auto",
@@ -74,8 +73,11 @@ class StaticQuantization(Pass):
         path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
         output = context.work_dir / "model.onnx"
         shutil.copyfile(path, output)
-        details = {"calibration_samples": len(samples), "calibration_method": config.calibration_method,
-                   "reduce_range": reduce_range(config)}
+        details = {
+            "calibration_samples": len(samples),
+            "calibration_method": config.calibration_method,
+            "reduce_range": reduce_range(config),
+        }
         if removed:
             details["qdq_nodes_removed"] = removed
         if control:
@@ -92,8 +94,9 @@ class OnnxRuntimeInt8(Int8Format):
 
     target = "onnxruntime"
 
-    def __init__(self, float_model: Path, samples: list[dict[str, np.ndarray]],
-                 config: StaticQuantizationConfig) -> None:
+    def __init__(
+        self, float_model: Path, samples: list[dict[str, np.ndarray]], config: StaticQuantizationConfig
+    ) -> None:
         self.float_model = float_model
         self.samples = samples
         self.config = config
@@ -146,8 +149,11 @@ class OnnxRuntimeInt8(Int8Format):
 
         graph = onnx.load(str(quantized)).graph
         dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-        return [Layer(node.name, node.op_type) for node in graph.node
-                if node.op_type not in _QDQ and node.name and dequantized & set(node.input)]
+        return [
+            Layer(node.name, node.op_type)
+            for node in graph.node
+            if node.op_type not in _QDQ and node.name and dequantized & set(node.input)
+        ]
 
     def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
         import onnx

@@ -66,7 +66,9 @@ class OpenVinoConversion(Pass):
 
     def apply(self, artifact: Artifact, config: OpenVinoConversionConfig, context: PassContext) -> PassOutcome:
         path = _save(_read(artifact), context.work_dir / "model.xml", config.compress_to_fp16)
-        return PassOutcome(Artifact("openvino", artifact.signature, path=path), {"compress_to_fp16": config.compress_to_fp16})
+        return PassOutcome(
+            Artifact("openvino", artifact.signature, path=path), {"compress_to_fp16": config.compress_to_fp16}
+        )
 
 
 class NncfQuantizationConfig(AccuracyAwareOptions):
@@ -79,8 +81,9 @@ class NncfQuantizationConfig(AccuracyAwareOptions):
         "performance", description="'performance': symmetric activations; 'mixed': asymmetric (more accurate)."
     )
     model_type: Literal["default", "transformer"] = Field(
-        "default", description="'transformer': NNCF's transformer scheme (keeps softmax, layer norm and the "
-        "attention's sensitive products in float)."
+        "default",
+        description="'transformer': NNCF's transformer scheme (keeps softmax, layer norm and the "
+        "attention's sensitive products in float).",
     )
     overflow_fix: Literal["auto", "enable", "first_layer_only", "disable"] = Field(
         "auto",
@@ -120,9 +123,13 @@ class NncfQuantization(Pass):
         output = context.work_dir / "model.xml"
         for source, target in ((path, output), (path.with_suffix(".bin"), output.with_suffix(".bin"))):
             shutil.copyfile(source, target)
-        details = {"calibration_samples": len(samples), "preset": config.preset,
-                   "fast_bias_correction": config.fast_bias_correction, "model_type": config.model_type,
-                   "overflow_fix": config.overflow()}
+        details = {
+            "calibration_samples": len(samples),
+            "preset": config.preset,
+            "fast_bias_correction": config.fast_bias_correction,
+            "model_type": config.model_type,
+            "overflow_fix": config.overflow(),
+        }
         if control:
             details["accuracy_control"] = control
         return PassOutcome(Artifact("openvino", artifact.signature, path=output), details)
@@ -169,9 +176,12 @@ class OpenVinoInt8(Int8Format):
 
     def layers(self, quantized: Path) -> list[Layer]:
         """Every operation that reads a FakeQuantize output or int8 weights: the plugin runs it in int8."""
-        return [Layer(op.get_friendly_name(), op.get_type_name()) for op in self._model(quantized).get_ordered_ops()
-                if op.get_type_name() not in _NOT_LAYERS
-                and any(_fake_quantize_above(i) or _is_int8_weight(i) for i in op.inputs())]
+        return [
+            Layer(op.get_friendly_name(), op.get_type_name())
+            for op in self._model(quantized).get_ordered_ops()
+            if op.get_type_name() not in _NOT_LAYERS
+            and any(_fake_quantize_above(i) or _is_int8_weight(i) for i in op.inputs())
+        ]
 
     def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
         import openvino
@@ -206,8 +216,18 @@ class OpenVinoInt8(Int8Format):
 
 # Operations that only move data: NNCF quantizes the operation that reads them (e.g. the MatMul after a Reshape)
 # and ignoring them changes nothing, so they are not layers, and a layer's FakeQuantize may sit above them.
-_MOVES_DATA = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "StridedSlice", "Gather", "Split",
-               "VariadicSplit", "Concat")
+_MOVES_DATA = (
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "StridedSlice",
+    "Gather",
+    "Split",
+    "VariadicSplit",
+    "Concat",
+)
 _NOT_LAYERS = ("FakeQuantize", "Convert", "Subtract", "Multiply", *_MOVES_DATA)
 
 

@@ -37,8 +37,13 @@ def finetune(model: Any, signature: Signature, config: FineTuning, context: Pass
     if config.finetune_epochs:
         require_class_labels(context.train, signature, f"{label} (finetune_epochs)")
         total = config.finetune_epochs
-        train(model, context.train, signature, config.training(context.seed),
-              on_epoch=lambda epoch, loss: context.progress(f"{label} (loss {loss:.3f})", epoch, total))
+        train(
+            model,
+            context.train,
+            signature,
+            config.training(context.seed),
+            on_epoch=lambda epoch, loss: context.progress(f"{label} (loss {loss:.3f})", epoch, total),
+        )
 
 
 def prune_channels(model: Any, signature: Signature, ratio: float, importance: str, scope: str = "layer") -> None:

@@ -79,12 +79,18 @@ class QuantizationAwareTraining(Pass):
         # Captured in train mode: BatchNorm keeps updating its statistics while the fake quantizers learn.
         captured = pt2e.capture(copy.deepcopy(artifact.model).train(), signature)
         quantizer = x86.X86InductorQuantizer().set_global(
-            x86.get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=config.reduced()))
+            x86.get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=config.reduced())
+        )
         prepared = prepare_qat_pt2e(captured, quantizer)
         allow_exported_model_train_eval(prepared)  # the shared training loop switches train/eval modes
         training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=context.seed)
-        train(prepared, context.train, signature, training,
-              on_epoch=lambda epoch, loss: context.progress(f"QAT (loss {loss:.3f})", epoch, config.epochs))
+        train(
+            prepared,
+            context.train,
+            signature,
+            training,
+            on_epoch=lambda epoch, loss: context.progress(f"QAT (loss {loss:.3f})", epoch, config.epochs),
+        )
         context.progress("QAT: converting to int8", config.epochs, config.epochs)
         converted = convert_pt2e(prepared)
         path = pt2e.to_onnx(converted, signature, context.work_dir / "model.onnx")

@@ -14,8 +14,9 @@ import csv
 import hashlib
 import io
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -24,8 +25,8 @@ from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format
 from edgecraft.compress.base import Artifact, Dataset, Pass, PassContext, PassOutcome
 from edgecraft.compress.qdq import without_qdq
 from edgecraft.compress.registry import register
-from edgecraft.core.signature import Signature
 from edgecraft.core.formats.tflite import write_io_note
+from edgecraft.core.signature import Signature
 
 
 def _nhwc(array: np.ndarray) -> np.ndarray:
@@ -40,8 +41,9 @@ def _nchw_inputs(signature: Signature) -> list[str]:
 def _file_layout(data: Dataset, signature: Signature) -> dict[str, np.ndarray]:
     """The calibration inputs as the TFLite file takes them (NCHW images as NHWC)."""
     images = set(_nchw_inputs(signature))
-    return {name: _nhwc(array) if name in images else np.ascontiguousarray(array)
-            for name, array in data.inputs.items()}
+    return {
+        name: _nhwc(array) if name in images else np.ascontiguousarray(array) for name, array in data.inputs.items()
+    }
 
 
 def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
@@ -57,8 +59,9 @@ def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
     model = onnx.load(str(onnx_path))
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
-    renames = {value.name: f"in_{index}" for index, value in
-               enumerate(v for v in graph.input if v.name not in initializers)}
+    renames = {
+        value.name: f"in_{index}" for index, value in enumerate(v for v in graph.input if v.name not in initializers)
+    }
     renames.update({value.name: f"out_{index}" for index, value in enumerate(graph.output)})
     rename_io(model, renames)
     onnx.save(model, str(out_path))
@@ -147,7 +150,7 @@ class TfliteConversionConfig(AccuracyAwareOptions):
     calibration_samples: int = Field(200, gt=0)
 
     @model_validator(mode="after")
-    def _accuracy_options_need_int8(self) -> "TfliteConversionConfig":
+    def _accuracy_options_need_int8(self) -> TfliteConversionConfig:
         if self.accuracy_aware() and self.quantization != "int8":
             raise ValueError("max_drop, sensitivity and first_last_float apply to quantization: int8 only")
         if self.accuracy_aware() and self.int8_io:
@@ -176,8 +179,11 @@ class TfliteConversion(Pass):
         samples = context.calibration.head(config.calibration_samples)
         calibration = {plain[name]: array for name, array in _file_layout(samples, signature).items()}
         converted = context.work_dir / "plain-names.onnx"
-        static = fixed_shapes(converted, {plain[name]: list(array.shape) for name, array in samples.inputs.items()},
-                              context.work_dir / "fixed-shapes.onnx")
+        static = fixed_shapes(
+            converted,
+            {plain[name]: list(array.shape) for name, array in samples.inputs.items()},
+            context.work_dir / "fixed-shapes.onnx",
+        )
         if static:
             converted = context.work_dir / "fixed-shapes.onnx"
         folder = saved_model(converted, calibration, context.cache_dir or context.work_dir)
@@ -214,11 +220,19 @@ class TfliteInt8(Int8Format):
     the output's quantization scale, the measure TensorFlow's guide ranks layers by."""
 
     target = "litert"
-    measure = ("RMSE of the layer's int8 output against float, in units of its quantization scale (TFLite "
-               "QuantizationDebugger, on the calibration split)")
+    measure = (
+        "RMSE of the layer's int8 output against float, in units of its quantization scale (TFLite "
+        "QuantizationDebugger, on the calibration split)"
+    )
 
-    def __init__(self, folder: Path, calibration: dict[str, np.ndarray], config: TfliteConversionConfig,
-                 names: dict[str, str], nchw_inputs: list[str]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        calibration: dict[str, np.ndarray],
+        config: TfliteConversionConfig,
+        names: dict[str, str],
+        nchw_inputs: list[str],
+    ) -> None:
         self.folder = folder
         self.calibration = calibration
         self.config = config
@@ -256,8 +270,12 @@ class TfliteInt8(Int8Format):
         if self._debugger is None:
             converter = self.converter()
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            order = [detail["name"] for detail in tf.lite.Interpreter(
-                model_content=tf.lite.TFLiteConverter.from_saved_model(str(self.folder)).convert()).get_input_details()]
+            order = [
+                detail["name"]
+                for detail in tf.lite.Interpreter(
+                    model_content=tf.lite.TFLiteConverter.from_saved_model(str(self.folder)).convert()
+                ).get_input_details()
+            ]
             plain = [next(name for name in self.calibration if name in detail) for detail in order]
             # The debugger feeds inputs as a list in the interpreter's order, not by name.
             self._debugger = tf.lite.experimental.QuantizationDebugger(
@@ -283,8 +301,14 @@ class TfliteInt8(Int8Format):
     def layers(self, quantized: Path) -> list[Layer]:
         return [Layer(row["tensor_name"], row["op_name"]) for row in self._statistics()]
 
-    def rank(self, quantized: Path, layers: list[Layer], judge: Callable[[Path], Judgement], work_dir: Path,
-             progress: Callable[[int], None]) -> dict[str, LayerScore]:
+    def rank(
+        self,
+        quantized: Path,
+        layers: list[Layer],
+        judge: Callable[[Path], Judgement],
+        work_dir: Path,
+        progress: Callable[[int], None],
+    ) -> dict[str, LayerScore]:
         scores = {}
         for row in self._statistics():
             scale = float(row["scale"])
@@ -318,6 +342,10 @@ def check_outputs(path: Path, signature: Signature) -> None:
         raise RuntimeError(f"the TFLite file lacks output(s) {missing}; it has {sorted(converted)}")
     for spec in signature.outputs:
         want, have = spec.shape, converted[spec.name].shape
-        if want and have and len(want) == len(have) and any(
-                isinstance(w, int) and isinstance(h, int) and w != h for w, h in zip(want[1:], have[1:])):
+        if (
+            want
+            and have
+            and len(want) == len(have)
+            and any(isinstance(w, int) and isinstance(h, int) and w != h for w, h in zip(want[1:], have[1:]))
+        ):
             raise RuntimeError(f"the TFLite file's output {spec.name!r} has shape {have}, the model's {want}")

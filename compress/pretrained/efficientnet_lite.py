@@ -67,7 +67,7 @@ def dataset() -> tuple[dict[str, np.ndarray], None]:
     for photo in load_sample_images().images:
         height, width, _ = photo.shape
         for k in range(CROPS_PER_IMAGE):
-            side = int(round(min(height, width) * SCALES[k % len(SCALES)]))
+            side = round(min(height, width) * SCALES[k % len(SCALES)])
             if k == 0:
                 top, left = (height - side) // 2, (width - side) // 2
             else:

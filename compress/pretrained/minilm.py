@@ -41,8 +41,24 @@ _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 # Pure-Python standard-library modules with the most public functions whose docstrings are prose (a summary line, a
 # blank line, an explanation): 9 to 40 pairs each. Order does not matter: pairs are sorted before selection.
 _MODULES = (
-    "base64", "codecs", "datetime", "difflib", "imaplib", "inspect", "ipaddress", "logging/__init__", "mimetypes",
-    "os", "platform", "shutil", "smtplib", "socket", "statistics", "threading", "traceback", "typing",
+    "base64",
+    "codecs",
+    "datetime",
+    "difflib",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "logging/__init__",
+    "mimetypes",
+    "os",
+    "platform",
+    "shutil",
+    "smtplib",
+    "socket",
+    "statistics",
+    "threading",
+    "traceback",
+    "typing",
     "urllib/request",
 )
 _PAIRS = 150  # 300 texts
@@ -151,7 +167,9 @@ def _docstring_pairs() -> list[tuple[str, str]]:
         seen.update((summary.lower(), body.lower()))
         unique.append((summary, body))
     if len(unique) < _PAIRS:
-        raise RuntimeError(f"only {len(unique)} docstring pairs found in {stdlib}; the standard library's sources are needed")
+        raise RuntimeError(
+            f"only {len(unique)} docstring pairs found in {stdlib}; the standard library's sources are needed"
+        )
     step = len(unique) / _PAIRS  # spread the selection over all modules, deterministically
     return [unique[int(i * step)] for i in range(_PAIRS)]
 

@@ -13,10 +13,22 @@ from typing import Any
 
 # CPU features that change which int8/bf16/fp16 kernels a runtime can use.
 INTERESTING_FLAGS = (
-    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
-    "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
 )
-
 
 
 def cpu_info() -> dict[str, Any]:
@@ -34,7 +46,9 @@ def cpu_info() -> dict[str, Any]:
         info["model"] = platform.processor()
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
-        total = next((line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")), None)
+        total = next(
+            (line.split()[1] for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")), None
+        )
         if total:
             info["memory_mb"] = round(int(total) / 1024)
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")

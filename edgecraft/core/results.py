@@ -12,7 +12,9 @@ from pydantic import Field, model_validator
 
 from edgecraft.core.signature import Signature, StrictModel
 
-SCHEMA_VERSION = 5  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
+SCHEMA_VERSION = (
+    5  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
+)
 # 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows;
 # 5: rows measured on remote devices (device, emulated) and the devices' descriptions
 
@@ -76,7 +78,7 @@ class Quality(StrictModel):
     evaluator: str
     metric: str = Field(description="Name of the headline metric, e.g. 'top-1 accuracy', 'mean cosine to fp32'.")
     value: float | None = Field(None, description="The headline metric, a fraction where higher is better.")
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = Field({})
     not_measured: str | None = Field(None, description="Why there is no headline value.")
 
 
@@ -134,11 +136,17 @@ class Throughput(StrictModel):
 class OperatorTime(StrictModel):
     """One op type of an operator profile: how many nodes of it ran per inference and the time they took."""
 
-    op_type: str = Field(description="The runtime's own name: ONNX Runtime op (after its fusions, e.g. QLinearConv), "
-                         "OpenVINO node type, TFLite builtin op.")
+    op_type: str = Field(
+        description="The runtime's own name: ONNX Runtime op (after its fusions, e.g. QLinearConv), "
+        "OpenVINO node type, TFLite builtin op."
+    )
     nodes: int = Field(ge=0, description="Nodes of this type per inference.")
-    ms: float | None = Field(None, ge=0, description="Their time per inference (mean over the profiled runs, "
-                             "profiler overhead included); None where per-op time is not measured.")
+    ms: float | None = Field(
+        None,
+        ge=0,
+        description="Their time per inference (mean over the profiled runs, "
+        "profiler overhead included); None where per-op time is not measured.",
+    )
     share: float | None = Field(None, ge=0, le=1, description="Their share of the summed op time.")
 
 
@@ -149,16 +157,27 @@ class OperatorProfile(StrictModel):
 
     source: str = Field(description="What measured it, e.g. 'onnxruntime profiler', 'openvino performance counters'.")
     runs: int = Field(0, ge=0, description="Profiled inferences after a short warm-up; 0 where none was timed.")
-    total_ms: float | None = Field(None, ge=0, description="Summed op time per inference (or, where per-op time is "
-                                   "not measured, the mean inference time in the profiling phase).")
-    ops: list[OperatorTime] = Field([], description="Every op type, the most time first (the most nodes first "
-                                    "where time is not measured).")
+    total_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Summed op time per inference (or, where per-op time is "
+        "not measured, the mean inference time in the profiling phase).",
+    )
+    ops: list[OperatorTime] = Field(
+        [], description="Every op type, the most time first (the most nodes first where time is not measured)."
+    )
     quantized: bool = Field(False, description="The model holds quantize nodes or ran integer kernels.")
-    qdq_nodes: dict[str, int] = Field({}, description="Quantize / dequantize nodes: for ONNX Runtime those that "
-                                      "still ran after its fusions (QuantizeLinear, DequantizeLinear...); for OpenVINO "
-                                      "the IR's FakeQuantize ops; for LiteRT the file's QUANTIZE / DEQUANTIZE ops.")
-    float_ops: dict[str, int] = Field({}, description="In a quantized model, the op types (node counts) that ran "
-                                      "in floating point; empty for a float model.")
+    qdq_nodes: dict[str, int] = Field(
+        {},
+        description="Quantize / dequantize nodes: for ONNX Runtime those that "
+        "still ran after its fusions (QuantizeLinear, DequantizeLinear...); for OpenVINO "
+        "the IR's FakeQuantize ops; for LiteRT the file's QUANTIZE / DEQUANTIZE ops.",
+    )
+    float_ops: dict[str, int] = Field(
+        {},
+        description="In a quantized model, the op types (node counts) that ran "
+        "in floating point; empty for a float model.",
+    )
     not_measured: str | None = Field(None, description="Why per-op time (or the whole profile) is missing.")
     notes: list[str] = Field([], description="Runtime facts, e.g. which delegate took the graph.")
 
@@ -193,10 +212,11 @@ class Measurement(StrictModel):
     )
     quality: Quality = Field(description="The model's evaluator on this row's outputs.")
     fidelity: Fidelity
-    runtime_info: dict[str, Any] = {}
+    runtime_info: dict[str, Any] = Field({})
     samples_ms: list[float] = Field(
-        [], description="Every timed latency sample, repetition after repetition, in run order (for "
-        "distributions); empty in older results."
+        [],
+        description="Every timed latency sample, repetition after repetition, in run order (for "
+        "distributions); empty in older results.",
     )
     repetitions: list[Repetition] = Field([], description="One entry per fresh process; empty in older results.")
     memory: list[MemorySnapshot] = Field(
@@ -204,8 +224,10 @@ class Measurement(StrictModel):
     )
     throughput: list[Throughput] = Field([], description="The throughput pass, one entry per configuration.")
     operator_profile: OperatorProfile | None = Field(
-        None, description="Per-operator profile, from the first repetition's process (None when profiling is off "
-        "or in older results).")
+        None,
+        description="Per-operator profile, from the first repetition's process (None when profiling is off "
+        "or in older results).",
+    )
 
     @property
     def accuracy(self) -> float | None:
@@ -232,8 +254,10 @@ class ResultRow(StrictModel):
         description="The variant only exports or converts the model (no quantization, no fp16): the fp32 "
         "baseline that other variants on the same target are compared with.",
     )
-    device: str | None = Field(None, description="The remote device (a recipe's 'devices:' entry) whose agent "
-                               "measured the row; None: this machine.")
+    device: str | None = Field(
+        None,
+        description="The remote device (a recipe's 'devices:' entry) whose agent measured the row; None: this machine.",
+    )
     emulated: str | None = Field(
         None,
         description="Why the row's timings are not device timings: its device is an emulator. Its fidelity and "
@@ -244,13 +268,19 @@ class ResultRow(StrictModel):
 class LayerSensitivity(StrictModel):
     """How much one quantizable layer matters to int8 accuracy, on the validation (calibration) split."""
 
-    layer: str = Field(description="The layer's node name in the format quantized (ONNX node, OpenVINO op, TFLite tensor).")
+    layer: str = Field(
+        description="The layer's node name in the format quantized (ONNX node, OpenVINO op, TFLite tensor)."
+    )
     op_type: str
     score: float = Field(description="What AccuracyControl.measure says; a higher score is a more sensitive layer.")
-    metric: float | None = Field(None, description="The evaluator's metric with only this layer kept in float; None "
-                                 "where the ranking ran no such model (a debugger's statistics).")
-    gain: float | None = Field(None, description="Metric recovered by keeping only this layer in float "
-                               "(metric − all-int8 metric).")
+    metric: float | None = Field(
+        None,
+        description="The evaluator's metric with only this layer kept in float; None "
+        "where the ranking ran no such model (a debugger's statistics).",
+    )
+    gain: float | None = Field(
+        None, description="Metric recovered by keeping only this layer in float (metric − all-int8 metric)."
+    )
 
 
 class AccuracyTrial(StrictModel):
@@ -276,10 +306,12 @@ class AccuracyControl(StrictModel):
     float_layers: list[str] = Field([], description="Layers kept in float in the returned model.")
     float_op_types: dict[str, int] = Field({}, description="Op types of the layers kept in float, counted.")
     latency_ratio: float | None = Field(
-        None, description="Quick in-pass estimate (median of a few runs, not the benchmark protocol) of the returned "
-        "model's latency over the all-int8 model's: what keeping layers in float cost in speed.")
+        None,
+        description="Quick in-pass estimate (median of a few runs, not the benchmark protocol) of the returned "
+        "model's latency over the all-int8 model's: what keeping layers in float cost in speed.",
+    )
     sensitivity: list[LayerSensitivity] = Field([], description="Every layer ranked, the most sensitive first.")
-    trials: list[AccuracyTrial] = []
+    trials: list[AccuracyTrial] = Field([])
 
 
 class PassRecord(StrictModel):
@@ -290,9 +322,10 @@ class PassRecord(StrictModel):
     name: str
     config: dict[str, Any]
     seconds: float = Field(description="Time the pass took when it ran (a cached step keeps its original time).")
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = Field({})
     accuracy_control: AccuracyControl | None = Field(
-        None, description="An accuracy-aware int8 pass's sensitivity analysis and search (see AccuracyControl).")
+        None, description="An accuracy-aware int8 pass's sensitivity analysis and search (see AccuracyControl)."
+    )
     cached: bool = Field(False, description="Reused from the step cache instead of run again.")
 
 
@@ -316,8 +349,9 @@ class ModelRecord(StrictModel):
     )
     data_notes: list[str] = Field([], description="Facts about the evaluation data, e.g. real token counts.")
     evaluation_data: str | None = Field(
-        None, description="Hex digest of the evaluation inputs and targets: two runs that differ here did not "
-        "evaluate on the same data, so their accuracies cannot be compared."
+        None,
+        description="Hex digest of the evaluation inputs and targets: two runs that differ here did not "
+        "evaluate on the same data, so their accuracies cannot be compared.",
     )
     parameters: int | None = None
     reference: Quality = Field(
@@ -341,11 +375,13 @@ class RunResults(StrictModel):
     passes: list[PassRecord]
     rows: list[ResultRow]
     devices: dict[str, dict[str, Any]] = Field(
-        {}, description="Each remote device's own description, as its agent gave it: architecture, CPU model and "
-        "flags, cores, memory, runtime versions, the targets it can run, whether it is emulated.")
+        {},
+        description="Each remote device's own description, as its agent gave it: architecture, CPU model and "
+        "flags, cores, memory, runtime versions, the targets it can run, whether it is emulated.",
+    )
 
     @model_validator(mode="after")
-    def _rows_name_known_models(self) -> "RunResults":
+    def _rows_name_known_models(self) -> RunResults:
         known = {model.name for model in self.models}
         for index, row in enumerate(self.rows):
             if row.model not in known:

@@ -14,7 +14,8 @@ runs beside another trial's training or measurement.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from edgecraft.core.errors import EdgecraftError
 
@@ -31,16 +32,25 @@ class RayTrials:
             if address:
                 ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
             else:
-                ray.init(num_cpus=workers, resources={SLOT: workers}, include_dashboard=False,
-                         log_to_driver=False, ignore_reinit_error=True)
+                ray.init(
+                    num_cpus=workers,
+                    resources={SLOT: workers},
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    ignore_reinit_error=True,
+                )
         except Exception as exc:  # noqa: BLE001 - an address that does not answer, a cluster that will not start
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgecraftError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {first[:300]}") from None
+            raise EdgecraftError(
+                f"--ray-address {address or '(local)'}: cannot connect to Ray: {first[:300]}"
+            ) from None
         slots = int(ray.cluster_resources().get(SLOT, 0))
         if slots < 1:
             ray.shutdown()
-            raise EdgecraftError(f"--ray-address {address}: no node offers a {SLOT}; start each node with "
-                                 f"ray start --resources '{{\"{SLOT}\": 1}}'")
+            raise EdgecraftError(
+                f"--ray-address {address}: no node offers a {SLOT}; start each node with "
+                f"ray start --resources '{{\"{SLOT}\": 1}}'"
+            )
         self.ray = ray
         # Ray sets OMP_NUM_THREADS to a task's CPUs (1): training would sum in another order than here and give
         # other weights. Trials train with this process's thread count, so a seed gives the same models anywhere.
@@ -58,8 +68,12 @@ class RayTrials:
             try:
                 yield self.ray.get(future)
             except Exception as exc:  # noqa: BLE001 - a worker that crashed
-                yield {"number": call["number"], "values": call["values"], "state": "failed",
-                       "reason": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}"}
+                yield {
+                    "number": call["number"],
+                    "values": call["values"],
+                    "state": "failed",
+                    "reason": f"Ray task failed: {str(exc).strip().splitlines()[-1][:300]}",
+                }
 
     def close(self) -> None:
         self.ray.shutdown()

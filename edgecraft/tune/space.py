@@ -15,7 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
-_PATH = re.compile(r"(?:variants\.(?P<variant>[A-Za-z0-9][A-Za-z0-9_.-]*?)\.)?passes\[(?P<index>\d+)\]\.(?P<field>[a-z_]+)")
+_PATH = re.compile(
+    r"(?:variants\.(?P<variant>[A-Za-z0-9][A-Za-z0-9_.-]*?)\.)?passes\[(?P<index>\d+)\]\.(?P<field>[a-z_]+)"
+)
 Scalar = float | int | str | bool
 
 
@@ -23,20 +25,26 @@ class ParameterSpec(BaseModel):
     """One searched parameter: exactly one of ``float``, ``int`` or ``choice``."""
 
     model_config = _STRICT
-    float_range: tuple[float, float] | None = Field(None, alias="float", description="[low, high], sampled uniformly "
-                                                    "(log-uniformly with log: true).")
+    float_range: tuple[float, float] | None = Field(
+        None, alias="float", description="[low, high], sampled uniformly (log-uniformly with log: true)."
+    )
     int_range: tuple[int, int] | None = Field(None, alias="int", description="[low, high], both included.")
-    choice: list[Scalar | None] | None = Field(None, min_length=1, description="The values to choose from (null: "
-                                              "the pass's 'not set', e.g. max_drop: null for plain int8).")
+    choice: list[Scalar | None] | None = Field(
+        None,
+        min_length=1,
+        description="The values to choose from (null: the pass's 'not set', e.g. max_drop: null for plain int8).",
+    )
     log: bool = Field(False, description="Sample a float or int range on a log scale (low must be > 0).")
     step: float | None = Field(None, gt=0, description="Sample a range on this grid (low, low + step, ...).")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "ParameterSpec":
+    def _one_kind(self) -> ParameterSpec:
         given = [name for name in ("float", "int", "choice") if getattr(self, self._attr(name)) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of float: [low, high], int: [low, high] or choice: [...], got "
-                             f"{', '.join(given) or 'none'}")
+            raise ValueError(
+                f"give exactly one of float: [low, high], int: [low, high] or choice: [...], got "
+                f"{', '.join(given) or 'none'}"
+            )
         bounds = self.float_range or self.int_range
         if bounds is not None:
             low, high = bounds
@@ -77,47 +85,74 @@ class SearchSpec(BaseModel):
     model_config = _STRICT
     parameters: dict[str, ParameterSpec] = Field(
         description="Searched pass parameters by place: 'variants.NAME.passes[I].FIELD' or 'passes[I].FIELD' (shared "
-        "passes), each {float: [low, high]}, {int: [low, high]} or {choice: [...]}.")
-    variant: str | None = Field(None, description="The variant whose row is scored (default: the one variant the "
-                                "parameters name).")
+        "passes), each {float: [low, high]}, {int: [low, high]} or {choice: [...]}."
+    )
+    variant: str | None = Field(
+        None, description="The variant whose row is scored (default: the one variant the parameters name)."
+    )
     model: str | None = Field(None, description="The model whose row is scored (default: the recipe's first).")
-    target: str | None = Field(None, description="The target whose row is scored, e.g. 'onnxruntime:cpu' "
-                               "(default: the recipe's first).")
+    target: str | None = Field(
+        None, description="The target whose row is scored, e.g. 'onnxruntime:cpu' (default: the recipe's first)."
+    )
     objectives: list[Literal["latency", "size"]] = Field(
-        ["latency"], min_length=1, description="What to minimise: 'latency' (the row's p50, or 'statistic') and/or "
-        "'size' (bytes). One objective uses TPE, several NSGA-II.")
+        ["latency"],
+        min_length=1,
+        description="What to minimise: 'latency' (the row's p50, or 'statistic') and/or "
+        "'size' (bytes). One objective uses TPE, several NSGA-II.",
+    )
     statistic: Literal["p50", "p90", "p95", "p99"] = Field("p50", description="The latency statistic minimised.")
-    max_drop: float = Field(0.01, ge=0, le=1, description="Constraint: the row's metric at most this far below the "
-                            "fp32 reference (a fraction: 0.01 = 1 point).")
+    max_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Constraint: the row's metric at most this far below the "
+        "fp32 reference (a fraction: 0.01 = 1 point).",
+    )
     latency_tolerance: float = Field(
-        0.03, ge=0, le=0.5, description="Feasible trials whose latency is within this fraction of the fastest "
+        0.03,
+        ge=0,
+        le=0.5,
+        description="Feasible trials whose latency is within this fraction of the fastest "
         "one's count as equally fast (the quick profile's noise on a shared machine is a few percent): among them "
         "the chosen point is the most accurate, then the smallest, then the fastest. 0: the fastest, however small "
-        "the margin.")
-    prune: bool = Field(True, description="Stop a trial before export and benchmark when the metric after its "
-                        "training passes (on the calibration split) already misses the budget.")
+        "the margin.",
+    )
+    prune: bool = Field(
+        True,
+        description="Stop a trial before export and benchmark when the metric after its "
+        "training passes (on the calibration split) already misses the budget.",
+    )
     trials: int = Field(20, gt=0, le=100000, description="Trials in the study (--trials overrides).")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed of the sampler (--seed overrides).")
-    batch: int = Field(4, ge=1, le=256, description="Trials asked from the sampler together, before any of them "
-                       "is told: the sampler sees the same history whether they run one by one or on several "
-                       "workers, so a seed gives the same trials however many workers run them.")
+    batch: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Trials asked from the sampler together, before any of them "
+        "is told: the sampler sees the same history whether they run one by one or on several "
+        "workers, so a seed gives the same trials however many workers run them.",
+    )
     sampler: Literal["auto", "tpe", "nsga2", "random", "grid"] = Field(
-        "auto", description="auto: TPE for one objective, NSGA-II for several; grid needs only choices and int ranges.")
-    study: str | None = Field(None, description="Study name in the storage (default: the recipe's name); a tune "
-                              "with the same name continues the study.")
+        "auto", description="auto: TPE for one objective, NSGA-II for several; grid needs only choices and int ranges."
+    )
+    study: str | None = Field(
+        None,
+        description="Study name in the storage (default: the recipe's name); a tune "
+        "with the same name continues the study.",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "SearchSpec":
+    def _check(self) -> SearchSpec:
         if not self.parameters:
             raise ValueError("the search space is empty: name at least one parameter under 'parameters'")
         for place in self.parameters:
             if not _PATH.fullmatch(place):
-                raise ValueError(f"parameter {place!r}: expected 'variants.NAME.passes[I].FIELD' or "
-                                 "'passes[I].FIELD'")
+                raise ValueError(f"parameter {place!r}: expected 'variants.NAME.passes[I].FIELD' or 'passes[I].FIELD'")
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives must differ, got {self.objectives}")
-        if self.sampler == "grid" and any(spec.kind == "float" and spec.step is None
-                                          for spec in self.parameters.values()):
+        if self.sampler == "grid" and any(
+            spec.kind == "float" and spec.step is None for spec in self.parameters.values()
+        ):
             raise ValueError("sampler 'grid' needs choices, int ranges or float ranges with a step")
         return self
 
@@ -138,7 +173,9 @@ def pass_entry(data: dict[str, Any], place: str) -> dict[str, Any]:
     if variant is None:
         passes = data.get("passes") or []
     else:
-        named = [entry for entry in data.get("variants") or [] if isinstance(entry, dict) and entry.get("name") == variant]
+        named = [
+            entry for entry in data.get("variants") or [] if isinstance(entry, dict) and entry.get("name") == variant
+        ]
         if not named:
             known = ", ".join(str(entry.get("name")) for entry in data.get("variants") or [] if isinstance(entry, dict))
             raise KeyError(f"no variant named {variant!r} (variants: {known})")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -17,7 +18,7 @@ from edgecraft.recipe import Recipe, _locate, _parse, load_recipe, rebase_files
 from edgecraft.tune.space import ParameterSpec, SearchSpec, concrete, parse_place, pass_entry
 
 log = logging.getLogger(__name__)
-OUTCOME = "outcome"          # the trial's outcome dict, in the trial's user attributes
+OUTCOME = "outcome"  # the trial's outcome dict, in the trial's user attributes
 INTERRUPTED = "interrupted"  # a trial left running by a killed tune: failed, and its parameters queued again
 
 
@@ -51,7 +52,7 @@ def plan(path: Path) -> Plan:
     search = recipe.search
 
     def fail(place: tuple, problem: str) -> EdgecraftError:
-        field, line = _locate(("search",) + place, lines, missing=False)
+        field, line = _locate(("search", *place), lines, missing=False)
         return EdgecraftError(f"{path}:{line}: {field}: {problem}" if line else f"{path}: {field}: {problem}")
 
     for place, parameter in search.parameters.items():
@@ -61,17 +62,23 @@ def plan(path: Path) -> Plan:
         except (KeyError, IndexError) as exc:
             raise fail(where, str(exc).strip("'\"")) from None
         _, _, field = parse_place(place)
-        _check_values(path, recipe, data, place, entry, field, parameter, lambda problem: fail(where, problem))
+        _check_values(
+            path, recipe, data, place, entry, field, parameter, lambda problem, where=where: fail(where, problem)
+        )
     named = search.variants_named() - {None}
     variant = search.variant
     if variant is None:
         if len(named) != 1:
-            raise fail(("variant",), f"the parameters name {len(named)} variants ({', '.join(sorted(named))}): "
-                       "say which one is scored with 'variant:'")
+            raise fail(
+                ("variant",),
+                f"the parameters name {len(named)} variants ({', '.join(sorted(named))}): "
+                "say which one is scored with 'variant:'",
+            )
         variant = next(iter(named))
     elif variant not in {v.name for v in recipe.variants}:
-        raise fail(("variant",), f"no variant named {variant!r} (variants: "
-                   f"{', '.join(v.name for v in recipe.variants)})")
+        raise fail(
+            ("variant",), f"no variant named {variant!r} (variants: {', '.join(v.name for v in recipe.variants)})"
+        )
     labels = [entry.label for entry in recipe.targets_for(next(v for v in recipe.variants if v.name == variant))]
     target = search.target or (labels[0] if labels else None)
     if target not in labels:
@@ -79,14 +86,27 @@ def plan(path: Path) -> Plan:
     models = [model.display_name for model in recipe.models]
     if search.model is not None and search.model not in models:
         raise fail(("model",), f"no model named {search.model!r} (models: {', '.join(models)})")
-    resolved = search.model_copy(update={"variant": variant, "target": target,
-                                         "model": search.model or models[0],
-                                         "study": search.study or recipe.name})
+    resolved = search.model_copy(
+        update={
+            "variant": variant,
+            "target": target,
+            "model": search.model or models[0],
+            "study": search.study or recipe.name,
+        }
+    )
     return Plan(path, recipe, data, resolved)
 
 
-def _check_values(path: Path, recipe: Recipe, data: dict, place: str, entry: dict, field: str,
-                  parameter: ParameterSpec, fail: Callable[[str], EdgecraftError]) -> None:
+def _check_values(
+    path: Path,
+    recipe: Recipe,
+    data: dict,
+    place: str,
+    entry: dict,
+    field: str,
+    parameter: ParameterSpec,
+    fail: Callable[[str], EdgecraftError],
+) -> None:
     from pydantic import ValidationError
 
     from edgecraft.compress import registry as pass_registry
@@ -103,8 +123,9 @@ def _check_values(path: Path, recipe: Recipe, data: dict, place: str, entry: dic
             Recipe.model_validate(concrete(data, {place: value}), context={"base_dir": path.parent})
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            raise fail(f"{kind}.{field} = {value!r} is not valid: "
-                       f"{error['msg'].removeprefix('Value error, ')}") from None
+            raise fail(
+                f"{kind}.{field} = {value!r} is not valid: {error['msg'].removeprefix('Value error, ')}"
+            ) from None
 
 
 def tune_folder(plan_: Plan, output_dir: Path | None) -> Path:
@@ -149,9 +170,19 @@ def suggest(trial: Any, search: SearchSpec) -> dict[str, Any]:
     return values
 
 
-def tune(recipe_path: Path, *, trials: int | None = None, seed: int | None = None, storage: str | None = None,
-         output_dir: Path | None = None, profile: str | None = None, tracker: Any = None, workers: int = 1,
-         ray_address: str | None = None, run_trial: Callable[..., dict] | None = None) -> TuneResult:
+def tune(
+    recipe_path: Path,
+    *,
+    trials: int | None = None,
+    seed: int | None = None,
+    storage: str | None = None,
+    output_dir: Path | None = None,
+    profile: str | None = None,
+    tracker: Any = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    run_trial: Callable[..., dict] | None = None,
+) -> TuneResult:
     """Run (or continue) the study of ``recipe_path``'s search section; write the tune report and best recipe.
 
     ``run_trial`` replaces the trial function (tests); ``tracker`` (``tracking.Tracker``) logs every trial."""
@@ -170,8 +201,13 @@ def tune(recipe_path: Path, *, trials: int | None = None, seed: int | None = Non
     storage = storage or f"sqlite:///{folder / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=storage, study_name=search.study, sampler=sampler_for(search, seed),
-                                    directions=["minimize"] * len(search.objectives), load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=search.study,
+            sampler=sampler_for(search, seed),
+            directions=["minimize"] * len(search.objectives),
+            load_if_exists=True,
+        )
     except Exception as exc:  # noqa: BLE001 - a storage URL that does not open
         raise EdgecraftError(f"--storage {storage}: cannot open the study: {str(exc).splitlines()[0]}") from None
     with warnings.catch_warnings():
@@ -182,14 +218,20 @@ def tune(recipe_path: Path, *, trials: int | None = None, seed: int | None = Non
             study._storage.set_trial_user_attr(stale._trial_id, INTERRUPTED, True)
             study.tell(stale.number, state=TrialState.FAIL)
             study.enqueue_trial(stale.params)
-    finished = [t for t in study.get_trials(deepcopy=False)
-                if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
+    finished = [
+        t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
+    ]
     remaining = max(0, search.trials - len(finished))
     search_data = search.model_dump(mode="json", by_alias=True)
     run = run_trial or trial_module.run_trial
     trials_dir = folder / "trials"
-    arguments = dict(data=plan_.data, base_dir=str(plan_.path.parent.resolve()), search=search_data,
-                     trials_dir=str(trials_dir), profile=profile)
+    arguments = dict(
+        data=plan_.data,
+        base_dir=str(plan_.path.parent.resolve()),
+        search=search_data,
+        trials_dir=str(trials_dir),
+        profile=profile,
+    )
     if tracker is not None:
         tracker.start(search.study, plan_)
     runner = None
@@ -208,8 +250,11 @@ def tune(recipe_path: Path, *, trials: int | None = None, seed: int | None = Non
             _tell(study, trial, outcome)
             if tracker is not None:
                 tracker.log_trial(outcome, search)
-            print(f"trial {trial.number}: {outcome['state']}"
-                  + (f" ({outcome.get('reason')})" if outcome.get("reason") else ""), flush=True)
+            print(
+                f"trial {trial.number}: {outcome['state']}"
+                + (f" ({outcome.get('reason')})" if outcome.get("reason") else ""),
+                flush=True,
+            )
         new += len(jobs)
     if runner:
         runner.close()
@@ -234,16 +279,39 @@ def trial_table(study: Any, search: SearchSpec) -> list[dict[str, Any]]:
     table = []
     for trial in study.get_trials(deepcopy=False):
         outcome = trial.user_attrs.get(OUTCOME, {})
-        table.append({
-            "number": trial.number, "state": trial.state.name.lower(), "params": trial.params,
-            "interrupted": bool(trial.user_attrs.get(INTERRUPTED)), "values": trial.values,
-            "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
-            "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
-            if trial.datetime_complete and trial.datetime_start else None,
-            **{key: outcome.get(key) for key in ("metric", "drop", "feasible", "reason", "rows", "row", "proxy",
-                                                 "reference", "metric_name", "speedup", "run_dir", "node",
-                                                 "ray_node", "prepare_interval", "measure_interval")},
-        })
+        table.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "params": trial.params,
+                "interrupted": bool(trial.user_attrs.get(INTERRUPTED)),
+                "values": trial.values,
+                "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+                "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
+                if trial.datetime_complete and trial.datetime_start
+                else None,
+                **{
+                    key: outcome.get(key)
+                    for key in (
+                        "metric",
+                        "drop",
+                        "feasible",
+                        "reason",
+                        "rows",
+                        "row",
+                        "proxy",
+                        "reference",
+                        "metric_name",
+                        "speedup",
+                        "run_dir",
+                        "node",
+                        "ray_node",
+                        "prepare_interval",
+                        "measure_interval",
+                    )
+                },
+            }
+        )
     return table
 
 
@@ -271,10 +339,16 @@ def _size(trial: dict[str, Any]) -> float:
 def pareto(table: list[dict[str, Any]]) -> set[int]:
     """Trial numbers on the feasible Pareto front of (−metric, every objective, size): as the report says, a
     trial is dominated only by one at least as accurate, as fast and as small."""
-    points = {t["number"]: (-(t["metric"] or 0), *t["values"], _size(t)) for t in table
-              if t["state"] == "complete" and t["feasible"]}
-    return {n for n, p in points.items()
-            if not any(all(a <= b for a, b in zip(q, p)) and q != p for m, q in points.items() if m != n)}
+    points = {
+        t["number"]: (-(t["metric"] or 0), *t["values"], _size(t))
+        for t in table
+        if t["state"] == "complete" and t["feasible"]
+    }
+    return {
+        n
+        for n, p in points.items()
+        if not any(all(a <= b for a, b in zip(q, p)) and q != p for m, q in points.items() if m != n)
+    }
 
 
 def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracker: Any = None) -> TuneResult:
@@ -288,17 +362,31 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
         best_data = concrete(plan_.data, {place: best["params"][place] for place in search.parameters})
         best_data = rebase_files(best_data, plan_.path.parent, folder)  # it is written in the tune folder
         best_path = folder / "best-recipe.yaml"
-        header = (f"# The chosen point of study {search.study!r} (trial {best['number']}): "
-                  f"{search.variant} on {search.target}.\n# Run it with: edgecraft run {best_path.name}\n")
+        header = (
+            f"# The chosen point of study {search.study!r} (trial {best['number']}): "
+            f"{search.variant} on {search.target}.\n# Run it with: edgecraft run {best_path.name}\n"
+        )
         best_path.write_text(header + yaml.safe_dump(best_data, sort_keys=False))
-    report = write_tune_report(TuneReport(
-        study=search.study, recipe=str(plan_.path), storage=storage, objectives=list(search.objectives),
-        statistic=search.statistic, latency_tolerance=search.latency_tolerance, variant=search.variant,
-        target=search.target, model=search.model,
-        max_drop=search.max_drop, parameters={k: v.model_dump(by_alias=True, exclude_defaults=True)
-                                              for k, v in search.parameters.items()},
-        trials=table, chosen=best["number"] if best else None, pareto=sorted(pareto(table)),
-        best_recipe=best_path.name if best_path else None), folder)
+    report = write_tune_report(
+        TuneReport(
+            study=search.study,
+            recipe=str(plan_.path),
+            storage=storage,
+            objectives=list(search.objectives),
+            statistic=search.statistic,
+            latency_tolerance=search.latency_tolerance,
+            variant=search.variant,
+            target=search.target,
+            model=search.model,
+            max_drop=search.max_drop,
+            parameters={k: v.model_dump(by_alias=True, exclude_defaults=True) for k, v in search.parameters.items()},
+            trials=table,
+            chosen=best["number"] if best else None,
+            pareto=sorted(pareto(table)),
+            best_recipe=best_path.name if best_path else None,
+        ),
+        folder,
+    )
     if tracker is not None:
         tracker.finish(report, best_path, best)
     return TuneResult(folder, report, best_path, search.study, storage, new)

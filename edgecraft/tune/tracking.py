@@ -34,8 +34,9 @@ def _key(text: str) -> str:
 def git_commit(folder: Path) -> str | None:
     """The commit of the git work tree holding ``folder`` (the project being measured), if there is one."""
     try:
-        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
@@ -55,8 +56,9 @@ class Tracker:
             self.client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the user's to fix
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgecraftError(f"--mlflow-uri {self.uri}: the MLflow tracking store is not reachable: "
-                                 f"{first[:300]}") from None
+            raise EdgecraftError(
+                f"--mlflow-uri {self.uri}: the MLflow tracking store is not reachable: {first[:300]}"
+            ) from None
         self.experiment_id: str | None = None
         self.tags: dict[str, str] = {}
 
@@ -67,8 +69,11 @@ class Tracker:
     def start(self, study: str, plan: Any) -> None:
         self.experiment_id = self.experiment(f"edgecraft-tune/{study}")
         text = plan.path.read_text()
-        self.tags = {"edgecraft.study": study, "edgecraft.recipe": str(plan.path),
-                     "edgecraft.recipe_sha256": hashlib.sha256(text.encode()).hexdigest()}
+        self.tags = {
+            "edgecraft.study": study,
+            "edgecraft.recipe": str(plan.path),
+            "edgecraft.recipe_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
         commit = git_commit(plan.path.resolve().parent)
         if commit:
             self.tags["git.commit"] = commit
@@ -76,11 +81,16 @@ class Tracker:
     def log_trial(self, outcome: dict[str, Any], search: Any) -> str:
         """One MLflow run for the trial: sampled parameters, the scored row's and every row's figures, the
         environment, and report.html, results.json and the scored model file as artifacts."""
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{outcome['number']:04d}",
-                                     tags={**self.tags, "edgecraft.trial": str(outcome["number"]),
-                                           "edgecraft.state": outcome["state"],
-                                           **({"edgecraft.reason": str(outcome["reason"])[:5000]}
-                                              if outcome.get("reason") else {})})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{outcome['number']:04d}",
+            tags={
+                **self.tags,
+                "edgecraft.trial": str(outcome["number"]),
+                "edgecraft.state": outcome["state"],
+                **({"edgecraft.reason": str(outcome["reason"])[:5000]} if outcome.get("reason") else {}),
+            },
+        )
         run_id = run.info.run_id
         params = {place: value for place, value in outcome["values"].items()}
         for place, value in params.items():
@@ -88,8 +98,15 @@ class Tracker:
         metrics: dict[str, float] = {}
         row = outcome.get("row")
         if row:
-            metrics.update({"p50_ms": row["p50"], "p99_ms": row["p99"], "size_bytes": row["size_bytes"],
-                            "metric": row["metric"], "peak_mb": row["peak_mb"]})
+            metrics.update(
+                {
+                    "p50_ms": row["p50"],
+                    "p99_ms": row["p99"],
+                    "size_bytes": row["size_bytes"],
+                    "metric": row["metric"],
+                    "peak_mb": row["peak_mb"],
+                }
+            )
         for name in ("drop", "speedup", "constraint"):
             if outcome.get(name) is not None:
                 metrics[name] = outcome[name]
@@ -99,16 +116,23 @@ class Tracker:
             if each["status"] != "ok":
                 continue
             prefix = _key(f"{each['model']}/{each['variant']}/{each['target']}")
-            for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("size_bytes", "size_bytes"),
-                              ("metric", "metric"), ("peak_mb", "peak_mb")):
+            for name, key in (
+                ("p50", "p50_ms"),
+                ("p99", "p99_ms"),
+                ("size_bytes", "size_bytes"),
+                ("metric", "metric"),
+                ("peak_mb", "peak_mb"),
+            ):
                 if each[name] is not None:
                     metrics[f"{prefix}/{key}"] = each[name]
         for name, value in metrics.items():
             if value is not None:
                 self.client.log_metric(run_id, name, float(value))
         self._log_run_folder(run_id, outcome.get("run_dir"), row)
-        self.client.set_terminated(run_id, "FINISHED" if outcome["state"] == "complete" else
-                                   "KILLED" if outcome["state"] == "pruned" else "FAILED")
+        self.client.set_terminated(
+            run_id,
+            "FINISHED" if outcome["state"] == "complete" else "KILLED" if outcome["state"] == "pruned" else "FAILED",
+        )
         return run_id
 
     def _log_run_folder(self, run_id: str, run_dir: str | None, row: dict | None) -> None:
@@ -132,7 +156,9 @@ class Tracker:
 
     def finish(self, report: Path, best_recipe: Path | None, best: dict | None) -> None:
         """A run for the study itself: the tune report, the best recipe and the chosen trial's figures."""
-        run = self.client.create_run(self.experiment_id, run_name="study", tags={**self.tags, "edgecraft.kind": "study"})
+        run = self.client.create_run(
+            self.experiment_id, run_name="study", tags={**self.tags, "edgecraft.kind": "study"}
+        )
         self.client.log_artifact(run.info.run_id, str(report))
         if best_recipe:
             self.client.log_artifact(run.info.run_id, str(best_recipe))
@@ -173,9 +199,13 @@ def track_run(run_dir: Path, uri: str | None = None, experiment: str = "edgecraf
     for row in rows:
         m = row["measurement"]
         prefix = _key(f"{row['model']}/{row['variant']}/{row['target']}")
-        figures = {"p50_ms": m["latency_ms"]["p50"], "p99_ms": m["latency_ms"]["p99"],
-                   "size_bytes": row.get("size_bytes"), "metric": (m.get("quality") or {}).get("value"),
-                   "peak_mb": m.get("process_peak_mb")}
+        figures = {
+            "p50_ms": m["latency_ms"]["p50"],
+            "p99_ms": m["latency_ms"]["p99"],
+            "size_bytes": row.get("size_bytes"),
+            "metric": (m.get("quality") or {}).get("value"),
+            "peak_mb": m.get("process_peak_mb"),
+        }
         for name, value in figures.items():
             if value is not None:
                 tracker.client.log_metric(run_id, f"{prefix}/{name}", float(value))

@@ -22,24 +22,26 @@ from typing import Any
 import yaml
 from filelock import ReadWriteLock
 
-from edgecraft.compress import registry as pass_registry
 from edgecraft import model_source
+from edgecraft.compress import registry as pass_registry
 from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.results import RunResults
 from edgecraft.recipe import Recipe, validation_message
 from edgecraft.rows import Pending, brief
 from edgecraft.run_folder import new_run_dir, write_run
 from edgecraft.runner import RecipeRun, bench_settings, progress_bar
 from edgecraft.step_cache import StepCache
 from edgecraft.tune.space import SearchSpec, concrete
-from edgecraft.core.results import RunResults
 
 
 class Pruned(Exception):
     """The proxy metric after the training passes already misses the budget."""
 
     def __init__(self, proxy: float, fp32: float):
-        super().__init__(f"pruned: metric after the training passes {proxy:.4f} on the calibration split, fp32 "
-                         f"{fp32:.4f}: already more than the budget below")
+        super().__init__(
+            f"pruned: metric after the training passes {proxy:.4f} on the calibration split, fp32 "
+            f"{fp32:.4f}: already more than the budget below"
+        )
         self.proxy, self.fp32 = proxy, fp32
 
 
@@ -47,8 +49,9 @@ class TrialRun(RecipeRun):
     """``RecipeRun`` with the pruning proxy on one variant, and its work before measurement (shared hold of
     ``lock``) and its measurement (exclusive hold) timed."""
 
-    def __init__(self, *args: Any, watch: str | None, max_drop: float | None, lock: ReadWriteLock | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, *args: Any, watch: str | None, max_drop: float | None, lock: ReadWriteLock | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.watch, self.max_drop, self.lock = watch, max_drop, lock
         self.proxy: dict[str, float] | None = None
@@ -128,14 +131,27 @@ def recipe_from_data(data: dict[str, Any], base_dir: Path, where: str) -> tuple[
     return recipe, text
 
 
-def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], values: dict[str, Any], trials_dir: str,
-              number: int, profile: str | None = None, lock: ReadWriteLock | None = None) -> dict[str, Any]:
+def run_trial(
+    data: dict[str, Any],
+    base_dir: str,
+    search: dict[str, Any],
+    values: dict[str, Any],
+    trials_dir: str,
+    number: int,
+    profile: str | None = None,
+    lock: ReadWriteLock | None = None,
+) -> dict[str, Any]:
     """Run trial ``number`` with the sampled ``values``; a plain dict (it crosses process boundaries) with
     ``state`` complete, pruned or failed, the scored row's figures and every row's."""
     spec = SearchSpec.model_validate(search)
     started = time.time()
-    outcome: dict[str, Any] = {"number": number, "values": values, "node": socket.gethostname(),
-                               "started": started, "state": "failed"}
+    outcome: dict[str, Any] = {
+        "number": number,
+        "values": values,
+        "node": socket.gethostname(),
+        "started": started,
+        "state": "failed",
+    }
     run: TrialRun | None = None
     try:
         recipe, text = recipe_from_data(concrete(data, values), Path(base_dir), f"trial {number}")
@@ -147,9 +163,17 @@ def run_trial(data: dict[str, Any], base_dir: str, search: dict[str, Any], value
         from rich.console import Console
 
         with progress_bar(Console(stderr=True)) as progress:
-            run = TrialRun(recipe, text, run_dir, settings, progress, cache, watch=spec.variant,
-                           max_drop=spec.max_drop if spec.prune else None,
-                           lock=lock or machine_lock())
+            run = TrialRun(
+                recipe,
+                text,
+                run_dir,
+                settings,
+                progress,
+                cache,
+                watch=spec.variant,
+                max_drop=spec.max_drop if spec.prune else None,
+                lock=lock or machine_lock(),
+            )
             results = run.execute()
         write_run(results, run_dir)
         outcome.update(score(results, spec))
@@ -170,8 +194,14 @@ def score(results: RunResults, spec: SearchSpec) -> dict[str, Any]:
     rows = [row_summary(row) for row in results.rows]
     model = next(m for m in results.models if spec.model in (None, m.name))
     reference = model.reference.value if model.reference else None
-    scored = next((row for row in rows if row["model"] == model.name and row["variant"] == spec.variant
-                   and row["target"] == spec.target), None)
+    scored = next(
+        (
+            row
+            for row in rows
+            if row["model"] == model.name and row["variant"] == spec.variant and row["target"] == spec.target
+        ),
+        None,
+    )
     base = {"rows": rows, "reference": reference, "metric_name": model.reference.metric if model.reference else None}
     if model.failure:
         return {**base, "state": "failed", "reason": f"model not prepared: {model.failure}"}
@@ -182,23 +212,45 @@ def score(results: RunResults, spec: SearchSpec) -> dict[str, Any]:
     drop = None if metric is None or reference is None else reference - metric
     latency = scored[spec.statistic]
     objectives = {"latency": latency, "size": scored["size_bytes"]}
-    fp32 = next((row for row in rows if row["model"] == model.name and row["target"] == spec.target
-                 and row["lossless"] and row["status"] == "ok"), None)
-    return {**base, "state": "complete", "row": scored, "metric": metric, "drop": drop,
-            "values_objective": [objectives[name] for name in spec.objectives],
-            "constraint": (1.0 if drop is None else drop - spec.max_drop),
-            "feasible": drop is not None and drop <= spec.max_drop + 1e-12,
-            "fp32_row": fp32,
-            "speedup": fp32[spec.statistic] / latency if fp32 and latency else None}
+    fp32 = next(
+        (
+            row
+            for row in rows
+            if row["model"] == model.name and row["target"] == spec.target and row["lossless"] and row["status"] == "ok"
+        ),
+        None,
+    )
+    return {
+        **base,
+        "state": "complete",
+        "row": scored,
+        "metric": metric,
+        "drop": drop,
+        "values_objective": [objectives[name] for name in spec.objectives],
+        "constraint": (1.0 if drop is None else drop - spec.max_drop),
+        "feasible": drop is not None and drop <= spec.max_drop + 1e-12,
+        "fp32_row": fp32,
+        "speedup": fp32[spec.statistic] / latency if fp32 and latency else None,
+    }
 
 
 def row_summary(row: Any) -> dict[str, Any]:
     measurement = row.measurement
     latency = measurement.latency_ms if measurement else None
     quality = measurement.quality if measurement else None
-    return {"model": row.model, "variant": row.variant, "target": row.target, "status": row.status,
-            "reason": row.reason, "lossless": row.lossless, "artifact": row.artifact, "size_bytes": row.size_bytes,
-            "p50": latency.p50 if latency else None, "p90": latency.p90 if latency else None,
-            "p95": latency.p95 if latency else None, "p99": latency.p99 if latency else None,
-            "metric": quality.value if quality else None,
-            "peak_mb": measurement.process_peak_mb if measurement else None}
+    return {
+        "model": row.model,
+        "variant": row.variant,
+        "target": row.target,
+        "status": row.status,
+        "reason": row.reason,
+        "lossless": row.lossless,
+        "artifact": row.artifact,
+        "size_bytes": row.size_bytes,
+        "p50": latency.p50 if latency else None,
+        "p90": latency.p90 if latency else None,
+        "p95": latency.p95 if latency else None,
+        "p99": latency.p99 if latency else None,
+        "metric": quality.value if quality else None,
+        "peak_mb": measurement.process_peak_mb if measurement else None,
+    }

@@ -81,8 +81,10 @@ class LiteRt(Target):
             detail = session.inputs[name]
             interpreter.set_tensor(detail["index"], _quantize(data, detail))
         interpreter.invoke()
-        return {name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
-                for name, detail in session.outputs.items()}
+        return {
+            name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
+            for name, detail in session.outputs.items()
+        }
 
     def signature(self, path: Path) -> Signature:
         """The file's inputs and outputs by signature name; an input noted as converted from NCHW is given NCHW,
@@ -94,8 +96,9 @@ class LiteRt(Target):
             outputs=[_spec(name, detail, False) for name, detail in outputs.items()],
         )
 
-    def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
-                runs: int) -> dict[str, Any]:
+    def profile(
+        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+    ) -> dict[str, Any]:
         """The file's op list with each op's operand types, and the mean inference time of ``runs`` invocations.
 
         Per-op time is not measured: the Python Interpreter of ai-edge-litert (and tflite-runtime) exposes no op
@@ -109,8 +112,9 @@ class LiteRt(Target):
             start = time.perf_counter()
             self.run(session, feeds[i % len(feeds)])
             spent += time.perf_counter() - start
-        return op_list_profile(session.interpreter._get_ops_details(), runs, 1e3 * spent / max(runs, 1),
-                               self._interpreter_version())
+        return op_list_profile(
+            session.interpreter._get_ops_details(), runs, 1e3 * spent / max(runs, 1), self._interpreter_version()
+        )
 
     def _interpreter_version(self) -> str:
         """The installed interpreter package and its version, e.g. 'ai-edge-litert 2.3.0'."""
@@ -190,9 +194,21 @@ def op_list_profile(ops: list[dict], runs: int, mean_ms: float, interpreter: str
         integer |= op["op_name"] in _QDQ_OPS or bool(kinds and kinds[0] in _INTEGER_KINDS)
         nodes.append(NodeTime(str(op["index"]), op["op_name"], None, bool(kinds) and kinds[0].startswith("float")))
     qdq = {name: sum(node.op_type == name for node in nodes) for name in _QDQ_OPS}
-    notes = [f"{interpreter}: {delegates} XNNPACK delegate node(s) ran part or all of the graph"] if delegates else \
-        [f"{interpreter}: no delegate, the builtin kernels ran every op"]
-    return summarize("litert op list", nodes, 0, quantized=integer, qdq_nodes=qdq, qdq_types=_QDQ_OPS,
-                     not_measured=f"per-op time not measured: {interpreter}'s Python Interpreter has no op profiler "
-                     "(only the C++ benchmark_model tool has --enable_op_profiling); op counts and types are the "
-                     "file's, the time is the whole inference", notes=notes, total_ms=mean_ms)
+    notes = (
+        [f"{interpreter}: {delegates} XNNPACK delegate node(s) ran part or all of the graph"]
+        if delegates
+        else [f"{interpreter}: no delegate, the builtin kernels ran every op"]
+    )
+    return summarize(
+        "litert op list",
+        nodes,
+        0,
+        quantized=integer,
+        qdq_nodes=qdq,
+        qdq_types=_QDQ_OPS,
+        not_measured=f"per-op time not measured: {interpreter}'s Python Interpreter has no op profiler "
+        "(only the C++ benchmark_model tool has --enable_op_profiling); op counts and types are the "
+        "file's, the time is the whole inference",
+        notes=notes,
+        total_ms=mean_ms,
+    )

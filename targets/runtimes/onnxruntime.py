@@ -61,11 +61,13 @@ class OnnxRuntime(Target):
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return Signature(inputs=[_spec(arg) for arg in session.get_inputs()],
-                         outputs=[_spec(arg) for arg in session.get_outputs()])
+        return Signature(
+            inputs=[_spec(arg) for arg in session.get_inputs()], outputs=[_spec(arg) for arg in session.get_outputs()]
+        )
 
-    def profile(self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds],
-                runs: int) -> dict[str, Any]:
+    def profile(
+        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+    ) -> dict[str, Any]:
         """ONNX Runtime's own profiler (``SessionOptions.enable_profiling``) on a session of its own: the JSON trace
         of every node's kernel time, the warm-up runs cut off by their ``model_run`` windows."""
         with tempfile.TemporaryDirectory(prefix="edgecraft-ort-profile-") as folder:
@@ -95,16 +97,22 @@ _FLOAT_TYPES = ("float", "float16", "double", "bfloat16")
 def _integer_kernel(op_type: str, input_types: list[str]) -> bool:
     """A kernel that computes on integers: ORT's fused QDQ groups (QLinearConv, QGemm...), the dynamic
     quantizer's ConvInteger / MatMulInteger, or any compute op fed 8-bit tensors."""
-    return (op_type.startswith(("QLinear", "QGemm", "QAttention", "QEmbed")) or "Integer" in op_type
-            or any(kind in ("int8", "uint8") for kind in input_types))
+    return (
+        op_type.startswith(("QLinear", "QGemm", "QAttention", "QEmbed"))
+        or "Integer" in op_type
+        or any(kind in ("int8", "uint8") for kind in input_types)
+    )
 
 
 def parse_profile(trace: list[dict], runs: int, provider: str = "CPUExecutionProvider") -> dict[str, Any]:
     """An ``OperatorProfile`` dict from ONNX Runtime's profiler trace (a list of Chrome-trace events): the node
     events (``cat: Node``, ``*_kernel_time``) of the last ``runs`` ``model_run`` windows, by the node's
     ``op_name``; a node ran in float when its first input is a float tensor."""
-    windows = sorted((event["ts"], event["ts"] + event["dur"]) for event in trace
-                     if event.get("cat") == "Session" and event.get("name") == "model_run")
+    windows = sorted(
+        (event["ts"], event["ts"] + event["dur"])
+        for event in trace
+        if event.get("cat") == "Session" and event.get("name") == "model_run"
+    )
     kept = windows[-runs:] if runs > 0 else []
     start = kept[0][0] if kept else float("inf")
     nodes, qdq, integer = [], {}, False
@@ -122,19 +130,36 @@ def parse_profile(trace: list[dict], runs: int, provider: str = "CPUExecutionPro
             qdq.setdefault(op_type, set()).add(name)
         elif _integer_kernel(op_type, input_types):
             integer = True
-    return summarize("onnxruntime profiler", nodes, len(kept), quantized=bool(qdq) or integer,
-                     qdq_nodes={op: len(names) for op, names in qdq.items()}, qdq_types=QDQ_OPS,
-                     notes=[f"execution provider {provider}; nodes after ONNX Runtime's graph fusions"],
-                     not_measured=None if kept else "the profiler trace holds no model_run event")
+    return summarize(
+        "onnxruntime profiler",
+        nodes,
+        len(kept),
+        quantized=bool(qdq) or integer,
+        qdq_nodes={op: len(names) for op, names in qdq.items()},
+        qdq_types=QDQ_OPS,
+        notes=[f"execution provider {provider}; nodes after ONNX Runtime's graph fusions"],
+        not_measured=None if kept else "the profiler trace holds no model_run event",
+    )
 
 
 # ONNX Runtime's type strings for the element types a model input or output can have.
-_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
-           "tensor(bool)": "bool"}
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
 
 
 def _spec(arg: Any) -> TensorSpec:
     shape = [dim if isinstance(dim, int) else (dim or None) for dim in arg.shape]
-    return TensorSpec(name=arg.name, dtype=_DTYPES.get(arg.type), shape=shape,
-                      layout="NCHW" if image_like(shape, channels_axis=1) else None)
+    return TensorSpec(
+        name=arg.name,
+        dtype=_DTYPES.get(arg.type),
+        shape=shape,
+        layout="NCHW" if image_like(shape, channels_axis=1) else None,
+    )

@@ -67,8 +67,9 @@ class OpenVino(Target):
     def load(self, path: Path, device: str, threads: int, options: OpenVinoOptions) -> OpenVinoSession:
         return self._compile(path, device, threads, options)
 
-    def _compile(self, path: Path, device: str, threads: int, options: OpenVinoOptions,
-                 perf_count: bool = False) -> OpenVinoSession:
+    def _compile(
+        self, path: Path, device: str, threads: int, options: OpenVinoOptions, perf_count: bool = False
+    ) -> OpenVinoSession:
         """The compiled model as the benchmark measures it; with ``perf_count``, with performance counters on."""
         import openvino
 
@@ -92,11 +93,14 @@ class OpenVino(Target):
                 session.request.set_tensor(name, openvino.Tensor(buffer, shared_memory=True))
             np.copyto(buffer, value)
         session.request.infer()
-        return {output.get_any_name(): as_output(session.request.get_tensor(output).data)
-                for output in session.compiled.outputs}
+        return {
+            output.get_any_name(): as_output(session.request.get_tensor(output).data)
+            for output in session.compiled.outputs
+        }
 
-    def profile(self, path: Path, device: str, threads: int, options: OpenVinoOptions, feeds: list[Feeds],
-                runs: int) -> dict[str, Any]:
+    def profile(
+        self, path: Path, device: str, threads: int, options: OpenVinoOptions, feeds: list[Feeds], runs: int
+    ) -> dict[str, Any]:
         """OpenVINO's performance counters (``PERF_COUNT``) on a model compiled for them: each executed node's
         real time, read after every profiled inference (the counters hold the last one only), and its exec type,
         whose suffix is the precision it computed in (``brgconv_avx512_1x1_I8``, ``jit_avx2_f32``)."""
@@ -110,8 +114,11 @@ class OpenVino(Target):
             self.run(session, feeds[i % len(feeds)])
             counters.append(session.request.get_profiling_info())
         ops = [op.get_type_name() for op in openvino.Core().read_model(str(path)).get_ordered_ops()]
-        return parse_counters(counters, fake_quantize=ops.count("FakeQuantize"),
-                              precision=session.compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+        return parse_counters(
+            counters,
+            fake_quantize=ops.count("FakeQuantize"),
+            precision=session.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+        )
 
     def signature(self, path: Path) -> Signature:
         import openvino
@@ -155,15 +162,26 @@ def parse_counters(counters: list[list[Any]], fake_quantize: int, precision: str
             integer |= kind in _INTEGER
             nodes.append(NodeTime(info.node_name, info.node_type, info.real_time.total_seconds() * 1e3, kind in _FLOAT))
     notes = [f"inference precision {precision}"] if precision else []
-    return summarize("openvino performance counters", nodes, len(counters), quantized=integer or fake_quantize > 0,
-                     qdq_nodes={"FakeQuantize": fake_quantize}, qdq_types=("FakeQuantize",), notes=notes)
+    return summarize(
+        "openvino performance counters",
+        nodes,
+        len(counters),
+        quantized=integer or fake_quantize > 0,
+        qdq_nodes={"FakeQuantize": fake_quantize},
+        qdq_types=("FakeQuantize",),
+        notes=notes,
+    )
 
 
 def _spec(port: Any) -> TensorSpec:
     """A model port as a signature entry; OpenVINO calls a dynamic dimension '?', we keep it symbolic."""
     shape = port.get_partial_shape()
-    dims = [dim.get_length() if dim.is_static else ("batch" if axis == 0 else None) for axis, dim in enumerate(shape)] \
-        if shape.rank.is_static else None
+    dims = (
+        [dim.get_length() if dim.is_static else ("batch" if axis == 0 else None) for axis, dim in enumerate(shape)]
+        if shape.rank.is_static
+        else None
+    )
     dtype = port.get_element_type().to_dtype().name if port.get_element_type().is_static() else None
-    return TensorSpec(name=port.get_any_name(), dtype=dtype, shape=dims,
-                      layout="NCHW" if image_like(dims, channels_axis=1) else None)
+    return TensorSpec(
+        name=port.get_any_name(), dtype=dtype, shape=dims, layout="NCHW" if image_like(dims, channels_axis=1) else None
+    )

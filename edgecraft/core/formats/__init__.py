@@ -48,15 +48,19 @@ class ModelFormat:
     def files(cls, path: Path) -> list[Path]:
         """The files the artifact whose main file is ``path`` consists of (its size on disk is their sum)."""
         beside = [path.with_suffix(companion.suffix) for companion in cls.companions]
-        return [path, *(file for file, companion in zip(beside, cls.companions)
-                        if companion.required or file.is_file())]
+        return [
+            path,
+            *(file for file, companion in zip(beside, cls.companions) if companion.required or file.is_file()),
+        ]
 
     @classmethod
     def missing(cls, path: Path) -> str | None:
         """What a main file lacks beside it to be loaded (a required companion), else ``None``."""
         for companion in cls.companions:
             if companion.required and not path.with_suffix(companion.suffix).is_file():
-                return f"{cls.description} needs its {companion.what} {path.with_suffix(companion.suffix).name} beside it"
+                return (
+                    f"{cls.description} needs its {companion.what} {path.with_suffix(companion.suffix).name} beside it"
+                )
         return None
 
     @classmethod
@@ -74,8 +78,9 @@ class ModelFormat:
         ``identify``)."""
 
 
-FORMATS: Registry[type[ModelFormat]] = Registry("model format", "model formats", key=lambda cls: cls.name,
-                                                package="edgecraft.core.formats")
+FORMATS: Registry[type[ModelFormat]] = Registry(
+    "model format", "model formats", key=lambda cls: cls.name, package="edgecraft.core.formats"
+)
 register = FORMATS.register
 
 

@@ -34,8 +34,9 @@ class TfLite(ModelFormat):
             except ValueError:
                 note = None
             if not isinstance(note, dict):
-                raise ValueError(f"the second file ({TfLite.file_names()[1]}, the input/output note) is not a JSON "
-                                 "object")
+                raise ValueError(
+                    f"the second file ({TfLite.file_names()[1]}, the input/output note) is not a JSON object"
+                )
 
 
 def io_note(path: Path) -> Path:
