@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -137,9 +137,13 @@ class PassOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Pass(ABC):
-    """One compression or conversion step. Subclasses set the class variables and register themselves; a pass's
-    name is its config's ``type`` literal, written once there."""
+Config = TypeVar("Config", bound=PassConfig)
+
+
+class Pass(ABC, Generic[Config]):
+    """One compression or conversion step, generic in its config (``class Fp16Conversion(Pass[Fp16Config])``).
+    Subclasses set the class variables and register themselves; a pass's name is its config's ``type`` literal,
+    written once there."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[PassConfig]]
@@ -153,15 +157,15 @@ class Pass(ABC):
         if "config_model" in cls.__dict__:
             cls.name = config_type(cls.config_model)
 
-    def environment_facts(self, config: PassConfig) -> dict[str, Any]:
+    def environment_facts(self, config: Config) -> dict[str, Any]:
         """Facts of this machine that change the pass's output (e.g. a setting chosen for the CPU): part of the
         step-cache key, so a cache shared between machines never serves a step made for another CPU."""
         return {}
 
-    def is_lossless(self, config: PassConfig) -> bool:
+    def is_lossless(self, config: Config) -> bool:
         """True when the pass only changes format, so outputs must still match the fp32 reference."""
         return False
 
     @abstractmethod
-    def apply(self, artifact: Artifact, config: PassConfig, context: PassContext) -> PassOutcome:
+    def apply(self, artifact: Artifact, config: Config, context: PassContext) -> PassOutcome:
         """Return the transformed artifact; write any file under ``context.work_dir``."""

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -48,9 +48,13 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Target(ABC):
-    """One runtime; ``devices`` lists the device classes it can run on. The formats it loads are the formats'
-    own fact (``edgecraft.core.formats.loaded_by``)."""
+Session = TypeVar("Session")
+Options = TypeVar("Options", bound=BaseModel)
+
+
+class Target(ABC, Generic[Session, Options]):
+    """One runtime, generic in what ``load`` returns and in its options model; ``devices`` lists the device classes
+    it can run on. The formats it loads are the formats' own fact (``edgecraft.core.formats.loaded_by``)."""
 
     runtime: ClassVar[str]
     devices: ClassVar[tuple[str, ...]]
@@ -93,11 +97,11 @@ class Target(ABC):
         return fmt.files(runnable)
 
     @abstractmethod
-    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
+    def load(self, path: Path, device: str, threads: int, options: Options) -> Session:
         """Load (and compile) the model for ``device`` with ``threads`` intra-op threads."""
 
     @abstractmethod
-    def run(self, session: Any, feeds: Feeds) -> Feeds:
+    def run(self, session: Session, feeds: Feeds) -> Feeds:
         """Run one batch of named inputs (as ``signature`` describes them) and return every output by name.
 
         Float outputs come back as float32, quantized ones dequantized, so that every runtime's outputs compare."""
@@ -106,11 +110,11 @@ class Target(ABC):
     def signature(self, path: Path) -> Signature:
         """The model file's named inputs and outputs as ``run`` takes and returns them."""
 
-    def describe(self, session: Any) -> dict[str, Any]:
+    def describe(self, session: Session) -> dict[str, Any]:
         """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}
 
-    def run_batches(self, session: Any, inputs: Feeds, batch_size: int) -> list[Feeds]:
+    def run_batches(self, session: Session, inputs: Feeds, batch_size: int) -> list[Feeds]:
         """Every output for every sample of ``inputs``, ``batch_size`` samples per ``run`` call."""
         from edgecraft.targets import feeds
 
@@ -120,7 +124,7 @@ class Target(ABC):
         ]
 
     def profile(
-        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+        self, path: Path, device: str, threads: int, options: Options, feeds: list[Feeds], runs: int
     ) -> dict[str, Any]:
         """Where the time of one inference goes, per op type, as a ``edgecraft.core.results.OperatorProfile`` dict.
 

@@ -54,7 +54,7 @@ def meets(score: float, baseline: float, tolerable_loss: float) -> bool:
 
 
 @register
-class Autotune(Pass):
+class Autotune(Pass[AutotuneConfig]):
     config_model = AutotuneConfig
     input_formats = ("torch",)
     output_format = "onnx"

@@ -81,7 +81,7 @@ def build_student(entering: Any, spec: str, signature: Signature) -> Any:
 
 
 @register
-class Distillation(Pass):
+class Distillation(Pass[DistillationConfig]):
     config_model = DistillationConfig
     input_formats = ("torch",)
     output_format = "torch"

@@ -16,7 +16,7 @@ class OnnxExportConfig(PassConfig):
 
 
 @register
-class OnnxExport(Pass):
+class OnnxExport(Pass[OnnxExportConfig]):
     config_model = OnnxExportConfig
     input_formats = ("torch",)
     output_format = "onnx"

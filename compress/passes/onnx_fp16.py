@@ -18,7 +18,7 @@ class Fp16Config(PassConfig):
 
 
 @register
-class Fp16Conversion(Pass):
+class Fp16Conversion(Pass[Fp16Config]):
     config_model = Fp16Config
     input_formats = ("onnx",)
     output_format = "onnx"

@@ -54,7 +54,7 @@ class StaticQuantizationConfig(AccuracyAwareOptions):
 
 
 @register
-class StaticQuantization(Pass):
+class StaticQuantization(Pass[StaticQuantizationConfig]):
     config_model = StaticQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"
@@ -212,7 +212,7 @@ class DynamicQuantizationConfig(PassConfig):
 
 
 @register
-class DynamicQuantization(Pass):
+class DynamicQuantization(Pass[DynamicQuantizationConfig]):
     config_model = DynamicQuantizationConfig
     input_formats = ("onnx",)
     output_format = "onnx"

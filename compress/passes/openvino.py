@@ -55,7 +55,7 @@ class OpenVinoConversionConfig(PassConfig):
 
 
 @register
-class OpenVinoConversion(Pass):
+class OpenVinoConversion(Pass[OpenVinoConversionConfig]):
     config_model = OpenVinoConversionConfig
     input_formats = ("onnx",)
     output_format = "openvino"
@@ -107,7 +107,7 @@ class NncfQuantizationConfig(AccuracyAwareOptions):
 
 
 @register
-class NncfQuantization(Pass):
+class NncfQuantization(Pass[NncfQuantizationConfig]):
     config_model = NncfQuantizationConfig
     input_formats = ("onnx", "openvino")
     output_format = "openvino"

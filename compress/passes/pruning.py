@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field
 
@@ -69,7 +69,10 @@ def prune_channels(model: Any, signature: Signature, ratio: float, importance: s
     ).step()
 
 
-class PruningPass(Pass):
+PruningConfig = TypeVar("PruningConfig", bound=FineTuning)
+
+
+class PruningPass(Pass[PruningConfig]):
     """Copy the model, prune it, optionally fine-tune, make it permanent, and report before and after."""
 
     input_formats = ("torch",)
@@ -78,13 +81,13 @@ class PruningPass(Pass):
     note: ClassVar[str | None] = None
 
     @abstractmethod
-    def prune(self, model: Any, config: Any, signature: Signature) -> None:
+    def prune(self, model: Any, config: PruningConfig, signature: Signature) -> None:
         """Prune ``model`` in place."""
 
     def make_permanent(self, model: Any) -> None:
         """Called after fine-tuning: fold whatever the pruning left temporary (e.g. masks) into the weights."""
 
-    def apply(self, artifact: Artifact, config: Any, context: PassContext) -> PassOutcome:
+    def apply(self, artifact: Artifact, config: PruningConfig, context: PassContext) -> PassOutcome:
         model = copy.deepcopy(artifact.model).eval()
         before = model_facts(model, artifact.signature, context.evaluation)
         self.prune(model, config, artifact.signature)
@@ -108,7 +111,7 @@ class StructuredPruningConfig(FineTuning):
 
 
 @register
-class StructuredPruning(PruningPass):
+class StructuredPruning(PruningPass[StructuredPruningConfig]):
     config_model = StructuredPruningConfig
 
     def prune(self, model: Any, config: StructuredPruningConfig, signature: Signature) -> None:
@@ -124,7 +127,7 @@ class UnstructuredPruningConfig(FineTuning):
 
 
 @register
-class UnstructuredPruning(PruningPass):
+class UnstructuredPruning(PruningPass[UnstructuredPruningConfig]):
     config_model = UnstructuredPruningConfig
     note = "zeros shrink the compressed file; dense runtimes do not run faster"
 

@@ -51,7 +51,7 @@ class QatConfig(PassConfig):
 
 
 @register
-class QuantizationAwareTraining(Pass):
+class QuantizationAwareTraining(Pass[QatConfig]):
     config_model = QatConfig
     input_formats = ("torch",)
     output_format = "onnx"

@@ -159,7 +159,7 @@ class TfliteConversionConfig(AccuracyAwareOptions):
 
 
 @register
-class TfliteConversion(Pass):
+class TfliteConversion(Pass[TfliteConversionConfig]):
     config_model = TfliteConversionConfig
     input_formats = ("onnx",)
     output_format = "tflite"

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from edgecraft.core.formats.tflite import read_io_note
 from edgecraft.core.signature import Signature, TensorSpec
-from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
+from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, NoOptions, Target, as_output, image_like, summarize
 from edgecraft.targets.feeds import Feeds
 from edgecraft.targets.registry import register
 
@@ -37,7 +36,7 @@ class LiteRtSession:
 
 
 @register
-class LiteRt(Target):
+class LiteRt(Target[LiteRtSession, NoOptions]):
     runtime = "litert"
     devices = ("cpu", "arm", "gpu")
     python_modules = ("ai_edge_litert", "tflite_runtime")
@@ -52,7 +51,7 @@ class LiteRt(Target):
         # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
         return module.Interpreter(model_path=str(path), num_threads=threads)
 
-    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> LiteRtSession:
+    def load(self, path: Path, device: str, threads: int, options: NoOptions) -> LiteRtSession:
         interpreter = self._interpreter(path, threads)
         interpreter.allocate_tensors()
         names, nchw = read_io_note(path)
@@ -97,7 +96,7 @@ class LiteRt(Target):
         )
 
     def profile(
-        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+        self, path: Path, device: str, threads: int, options: NoOptions, feeds: list[Feeds], runs: int
     ) -> dict[str, Any]:
         """The file's op list with each op's operand types, and the mean inference time of ``runs`` invocations.
 

@@ -7,10 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from edgecraft.core.signature import Signature, TensorSpec
-from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, Target, as_output, image_like, summarize
+from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, NoOptions, Target, as_output, image_like, summarize
 from edgecraft.targets.feeds import Feeds
 from edgecraft.targets.registry import register
 
@@ -18,7 +16,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "arm": "CPUExecutionProvider", "cuda
 
 
 @register
-class OnnxRuntime(Target):
+class OnnxRuntime(Target[Any, NoOptions]):
     runtime = "onnxruntime"
     devices = tuple(PROVIDERS)
     python_modules = ("onnxruntime",)
@@ -31,7 +29,7 @@ class OnnxRuntime(Target):
             return f"onnxruntime offers no {PROVIDERS[device]} here (available: {', '.join(available)})"
         return None
 
-    def load(self, path: Path, device: str, threads: int, options: BaseModel) -> Any:
+    def load(self, path: Path, device: str, threads: int, options: NoOptions) -> Any:
         return self._open(path, device, threads)
 
     def _open(self, path: Path, device: str, threads: int, profile_prefix: str | None = None) -> Any:
@@ -66,7 +64,7 @@ class OnnxRuntime(Target):
         )
 
     def profile(
-        self, path: Path, device: str, threads: int, options: BaseModel, feeds: list[Feeds], runs: int
+        self, path: Path, device: str, threads: int, options: NoOptions, feeds: list[Feeds], runs: int
     ) -> dict[str, Any]:
         """ONNX Runtime's own profiler (``SessionOptions.enable_profiling``) on a session of its own: the JSON trace
         of every node's kernel time, the warm-up runs cut off by their ``model_run`` windows."""

@@ -41,7 +41,7 @@ class OpenVinoSession:
 
 
 @register
-class OpenVino(Target):
+class OpenVino(Target[OpenVinoSession, OpenVinoOptions]):
     runtime = "openvino"
     devices = tuple(PLUGINS)
     python_modules = ("openvino",)
