@@ -146,24 +146,37 @@ def parse_cpus(text: str) -> list[int]:
 
 
 def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    assert field.annotation is not None  # every field of BenchSettings is annotated
     copied = copy.deepcopy(field)
     copied.default = None
     return field.annotation | None, copied
 
 
+class _BenchmarkSpecBase(BaseModel):
+    """What every ``benchmark:`` section has; BenchmarkSpec adds the other settings, all optional."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    profile: ProfileName = Field("default", description="quick: smoke tests; default; rigorous: for publication.")
+
+
+# Any, not tuple[Any, FieldInfo]: mypy checks a ``**`` mapping against create_model's own keywords as well.
+_optional_settings: dict[str, Any] = {
+    name: _optional(field) for name, field in BenchSettings.model_fields.items() if name != "profile"
+}
+
 # The recipe's ``benchmark:`` section: every setting optional (unset ones come from the profile), same constraints;
 # its CPUs must exist here (callers check the command line's --pin with check_pinnable).
 BenchmarkSpec = create_model(
     "BenchmarkSpec",
-    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __base__=_BenchmarkSpecBase,
     __validators__={"_pinnable": field_validator("pin_cpus")(lambda cls, cpus: check_pinnable(cpus))},
     __doc__="A profile (quick, default, rigorous) and any of its settings overridden.",
-    profile=(ProfileName, Field("default", description="quick: smoke tests; default; rigorous: for publication.")),
-    **{name: _optional(field) for name, field in BenchSettings.model_fields.items() if name != "profile"},
+    **_optional_settings,
 )
 
 
-def resolve(spec: BaseModel, profile: ProfileName | None = None, **overrides: Any) -> BenchSettings:
+def resolve(spec: _BenchmarkSpecBase, profile: ProfileName | None = None, **overrides: Any) -> BenchSettings:
     """The settings a recipe's ``benchmark:`` section asks for.
 
     A ``profile`` given here (the command line's ``--quick`` / ``--rigorous``) replaces the recipe's profile *and*

@@ -158,7 +158,10 @@ def run_job(job: dict) -> dict:
     memory = [memory_snapshot("start")]
 
     start = time.perf_counter()
-    importlib.import_module(target.python_module)
+    module = target.python_module
+    if module is None:
+        raise RuntimeError(f"none of the Python packages {', '.join(target.python_modules)} is installed")
+    importlib.import_module(module)
     import_s = time.perf_counter() - start
     memory.append(memory_snapshot("import"))
 
@@ -216,7 +219,8 @@ def run_job(job: dict) -> dict:
             batches = target.run_batches(session, inputs, job["eval_batch"])
         except Exception:  # noqa: BLE001 - a model exported with a fixed batch of 1 runs the samples one by one
             batches = target.run_batches(session, inputs, 1)
-        np.savez(job["outputs"], **feeds.concatenate(batches))
+        outputs: dict[str, Any] = feeds.concatenate(batches)  # Any: mypy checks ** against allow_pickle too
+        np.savez(job["outputs"], **outputs)
     runtime_info = target.describe(session)
     session = None  # released: the profile's own session does not share the machine with this one
 

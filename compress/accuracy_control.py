@@ -20,7 +20,7 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,8 @@ class Int8Format(ABC):
         judge: Callable[[Path], Judgement],
         work_dir: Path,
         progress: Callable[[int], None],
-    ) -> dict[str, Judgement]:
-        """Each layer judged with only that layer in float in ``quantized``."""
+    ) -> Mapping[str, Judgement | LayerScore]:
+        """Each layer judged with only that layer in float in ``quantized`` (or scored by the format's debugger)."""
         judged = {}
         for index, layer in enumerate(layers):
             judged[layer.name] = judge(self.with_float(quantized, layer, work_dir / "one-layer-float"))
@@ -213,6 +213,7 @@ def search(
         )
     chosen, final, float_layers = start, baseline.metric, list(forced)
     if needs_search:
+        assert budget is not None  # needs_search implies a budget
         order = [layer.name for layer, _, _ in ranked]
 
         def attempt(count: int) -> tuple[Path, float]:

@@ -38,6 +38,7 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
             dynamic_shapes=dynamic_shapes(model, signature),
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns an ONNXProgram (None is the legacy exporter's)
     exported = program.model_proto
     graph = exported.graph
     initializers = {init.name for init in graph.initializer}

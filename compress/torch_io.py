@@ -69,6 +69,8 @@ def example_inputs(signature: Signature, batch: int | None = None) -> tuple[Any,
 
     examples = []
     for spec in signature.inputs:
+        if spec.shape is None:
+            raise ValueError(f"input {spec.name!r}: example inputs need its shape, which the signature does not say")
         shape = [_size(dim, axis, batch) for axis, dim in enumerate(spec.shape)]
         dtype = getattr(torch, np.dtype(spec.dtype or "float32").name)
         fill = 1 if "mask" in spec.name.lower() else 0

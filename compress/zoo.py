@@ -36,9 +36,11 @@ class ReferenceModel:
         return _load(self.factory)()
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int | str | None, ...]:
         """The per-sample shape of the (single) input: what the digits data set is resized to."""
-        return tuple(self.signature.inputs[0].shape[1:])
+        shape = self.signature.inputs[0].shape
+        assert shape is not None  # every built-in declares its input's shape
+        return tuple(shape[1:])
 
 
 def _load(path: str) -> Any:

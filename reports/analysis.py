@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edgecraft.core.results import LatencyStats, OperatorProfile, PassRecord, ResultRow, RunResults, Throughput
+from edgecraft.core.results import (
+    LatencyStats,
+    Measurement,
+    OperatorProfile,
+    PassRecord,
+    ResultRow,
+    RunResults,
+    Throughput,
+)
 from edgecraft.reports.settings import ReportSettings
 
 FLOAT_SLACK = 1e-9  # 0.98 - 0.97 is 0.010000000000000009 in floats: that drop is still within a 0.01 budget
@@ -181,6 +189,18 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
 
+def _measurement(row: ResultRow) -> Measurement:
+    """The measurement of a row known to have one (every row with status "ok" has)."""
+    assert row.measurement is not None, f"{row.model}/{row.variant} on {row.target} has no measurement"
+    return row.measurement
+
+
+def _known(value: float | None) -> float:
+    """A number the caller has already checked is there."""
+    assert value is not None
+    return value
+
+
 def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     models = {model.name: model for model in results.models}
     baselines: dict[tuple[str, str], ResultRow] = {}
@@ -192,17 +212,22 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
     for key in {(r.model, r.target) for r in ok}:
         # Rows whose quality could not be measured, or whose timings are an emulator's, have no place on an
         # accuracy/latency front.
-        group = [r for r in ok if (r.model, r.target) == key and r.measurement.accuracy is not None and not r.emulated]
-        marks = pareto_front([(r.measurement.latency_ms.p50, r.measurement.accuracy) for r in group])
-        front.update(id(r) for r, mark in zip(group, marks) if mark)
+        group = [
+            (r, accuracy)
+            for r in ok
+            if (r.model, r.target) == key and (accuracy := _measurement(r).accuracy) is not None and not r.emulated
+        ]
+        marks = pareto_front([(_measurement(r).latency_ms.p50, accuracy) for r, accuracy in group])
+        front.update(id(r) for (r, _), mark in zip(group, marks) if mark)
     facts = []
     for row in results.rows:
         model = models[row.model]
         baseline = baselines.get((row.model, row.target))
         compared = baseline if baseline is not row else None  # the fp32 row is not compared with itself
         m, base = row.measurement, compared.measurement if compared else None
-        measured = m is not None and m.accuracy is not None and model.reference_accuracy is not None
-        drop = model.reference_accuracy - m.accuracy if measured else None
+        accuracy = m.accuracy if m is not None else None
+        reference = model.reference_accuracy
+        drop = reference - accuracy if accuracy is not None and reference is not None else None
         untimed = timing_not_measured(row) or (timing_not_measured(compared) if compared else None)
         timed, base_timed = (None, None) if untimed else (m, base)  # what speed figures may be derived from
         slower = bool(
@@ -254,7 +279,7 @@ def _recommend(facts: list[RowFacts], settings: ReportSettings) -> list[Recommen
             within = [f for f in every_measured if f.within_budget]
             if within:
                 judged = f"within {budget}: {', '.join(f.row.variant for f in within)}"
-            elif all(f.row.measurement.accuracy is None for f in every_measured):
+            elif all(_measurement(f.row).accuracy is None for f in every_measured):
                 judged = "quality not measured either: no variant can be recommended"
             else:
                 judged = f"no variant is within {budget}"
@@ -264,14 +289,19 @@ def _recommend(facts: list[RowFacts], settings: ReportSettings) -> list[Recommen
         if eligible:
             choice = min(
                 eligible,
-                key=lambda f: (f.row.measurement.latency_ms.p50, -f.row.measurement.accuracy, f.row.size_bytes or 0),
+                # Within the budget: the accuracy was measured.
+                key=lambda f: (
+                    _measurement(f.row).latency_ms.p50,
+                    -_known(_measurement(f.row).accuracy),
+                    f.row.size_bytes or 0,
+                ),
             )
             reason = f"fastest variant within {budget}"
-        elif measured and all(f.row.measurement.accuracy is None for f in measured):
+        elif measured and all(_measurement(f.row).accuracy is None for f in measured):
             # Nothing can be judged on quality: say which is fastest, and that it is only that.
             choice = None
-            fastest = min(measured, key=lambda f: f.row.measurement.latency_ms.p50)
-            why = fastest.row.measurement.quality.not_measured or "quality not measured"
+            fastest = min(measured, key=lambda f: _measurement(f.row).latency_ms.p50)
+            why = _measurement(fastest.row).quality.not_measured or "quality not measured"
             reason = f"{why}: no variant can be recommended on quality; the fastest is {fastest.row.variant}"
         elif measured:
             choice, reason = None, f"no variant is within {budget}"
@@ -293,7 +323,7 @@ def _pass_facts(results: RunResults) -> list[PassFacts]:
             before, after, target = None, reference[model], None
         else:
             before = reference[model]
-            after, target = (measured.measurement.accuracy, measured.target) if measured else (None, None)
+            after, target = (_measurement(measured).accuracy, measured.target) if measured else (None, None)
         for index, record in enumerate(records):
             last = index == len(records) - 1
             facts.append(
@@ -363,8 +393,8 @@ def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
         facts=facts,
         passes=_pass_facts(results),
         recommendations=_recommend(facts, settings),
-        best_speedup=max(faster, key=lambda f: f.speedup, default=None),
-        best_size_reduction=max(smaller, key=lambda f: f.size_reduction, default=None),
+        best_speedup=max(faster, key=lambda f: _known(f.speedup), default=None),
+        best_size_reduction=max(smaller, key=lambda f: _known(f.size_reduction), default=None),
         baseline_variants=baseline_variants(results),
         operator_gaps=[gap for fact in facts if (gap := operator_gap(fact)) is not None],
     )

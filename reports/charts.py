@@ -150,14 +150,15 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
                     fontsize=7,
                 )
             for index, target in enumerate(targets):
-                measured = [
-                    f
+                plotted = [
+                    (f, (m.latency_ms.p50, 100 * m.accuracy))
                     for f in _timed(facts)
-                    if f.row.target == target and f.row.measurement and f.row.measurement.accuracy is not None
+                    if f.row.target == target and (m := f.row.measurement) and m.accuracy is not None
                 ]
-                if not measured:
+                if not plotted:
                     continue
-                points = [(f.row.measurement.latency_ms.p50, 100 * f.row.measurement.accuracy) for f in measured]
+                measured = [f for f, _ in plotted]
+                points = [point for _, point in plotted]
                 colour = f"C{index}"
                 front = sorted(p for p, f in zip(points, measured) if f.on_front)
                 axis.step(*zip(*front), where="post", color=colour, alpha=0.5, linewidth=1.2)
@@ -271,10 +272,11 @@ def latency_distributions(analysis: Analysis) -> str:
         height = 0.9 + ROW_HEIGHT_IN * max(len(facts) for facts in by_target.values())
         figure, axes = _figure(6.5 * len(by_target), height, len(by_target))
         for axis, (target, facts) in zip(axes, by_target.items()):
-            positions = [i for i, f in enumerate(facts) if f.row.measurement and f.row.measurement.samples_ms]
+            samples = [(i, m.samples_ms) for i, f in enumerate(facts) if (m := f.row.measurement) and m.samples_ms]
+            positions = [i for i, _ in samples]
             if positions:
                 axis.boxplot(
-                    [facts[i].row.measurement.samples_ms for i in positions],
+                    [row_samples for _, row_samples in samples],
                     positions=positions,
                     orientation="horizontal",
                     whis=(1, 99),
@@ -353,7 +355,7 @@ def latency_change(comparison: Comparison) -> str:
         axis.set_yticks(range(len(rows)), [_plain(label) for label in labels])
         axis.set_ylim(len(rows) - 0.5, -0.5)
         for position, row in enumerate(rows):
-            side = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
+            unmeasured = next((s for s in (row.candidate, row.baseline) if s and not s.measurement), None)
             if row.latency_not_compared:
                 axis.text(
                     0.01,
@@ -364,8 +366,12 @@ def latency_change(comparison: Comparison) -> str:
                     fontsize=7,
                     color=STATUS_COLORS["skipped"],
                 )
-            elif side or not (row.baseline and row.candidate):
-                note = _not_measured(side) if side else "only in " + ("baseline" if row.baseline else "candidate")
+            elif unmeasured or not (row.baseline and row.candidate):
+                note = (
+                    _not_measured(unmeasured)
+                    if unmeasured
+                    else "only in " + ("baseline" if row.baseline else "candidate")
+                )
                 axis.text(
                     0.01,
                     position,

@@ -157,6 +157,7 @@ def _latency(base: ResultRow, cand: ResultRow, change: float, overlap: bool, lim
     when even its pessimistic bound (the candidate's CI top over the baseline's CI bottom) stays within ``limit``:
     then no noise can hide a regression. Otherwise a "noisy" warning, or a CI wider than ``limit``, makes it
     inconclusive."""
+    assert base.measurement is not None and cand.measurement is not None  # only measured rows are compared
     b, c = base.measurement.latency_ms, cand.measurement.latency_ms
     shift = f"p50 latency {100 * change:+.1f} % ({b.p50:.3f} → {c.p50:.3f} ms)"
     if change > limit + FLOAT_SLACK:
@@ -208,11 +209,11 @@ def _diff(
         findings.append(Finding("regression", f"the candidate could not prepare model {key[0]}: {model_failure}"))
     elif base and not cand:
         findings.append(Finding("missing", "absent from the candidate run", allow_missing))
-    elif bm and cand.status == "skipped":
+    elif bm and cand and cand.status == "skipped":
         findings.append(
             Finding("missing", f"measured in the baseline but skipped in the candidate: {cand.reason}", allow_missing)
         )
-    elif bm and not cm:
+    elif bm and cand and not cm:
         findings.append(
             Finding("regression", f"measured in the baseline but {cand.status} in the candidate: {cand.reason}")
         )
@@ -224,7 +225,9 @@ def _diff(
     if bm and cm and emulated:
         untimed = f"latency not compared: emulated device ({emulated}); its timings are not device timings"
     elif bm and cm:
+        assert base is not None and cand is not None  # bm and cm are their measurements
         latency = _relative(cm.latency_ms.p50, bm.latency_ms.p50)
+        assert latency is not None  # LatencyStats refuses a p50 of zero
         overlap = cis_overlap(bm.latency_ms, cm.latency_ms)
         if finding := _latency(base, cand, latency, overlap, gate.max_latency_increase):
             findings.append(finding)
@@ -238,7 +241,7 @@ def _diff(
                     f"{cm.quality.not_measured or 'no value'}",
                 )
             )
-        elif bm.accuracy is not None:
+        elif bm.accuracy is not None and cm.accuracy is not None:
             accuracy = cm.accuracy - bm.accuracy
             if -accuracy > gate.max_accuracy_drop + FLOAT_SLACK:
                 findings.append(
@@ -248,12 +251,13 @@ def _diff(
                         f"{100 * cm.accuracy:.2f} %) exceeds −{100 * gate.max_accuracy_drop:g} pt",
                     )
                 )
-    size = _relative(cand.size_bytes if cand else None, base.size_bytes if base else None)
+    base_size, cand_size = (base.size_bytes if base else None), (cand.size_bytes if cand else None)
+    size = _relative(cand_size, base_size)
     if size is not None and size > gate.max_size_increase + FLOAT_SLACK:
         findings.append(
             Finding(
                 "regression",
-                f"size +{100 * size:.1f} % ({base.size_bytes:,} → {cand.size_bytes:,} "
+                f"size +{100 * size:.1f} % ({base_size:,} → {cand_size:,} "
                 f"bytes) exceeds +{100 * gate.max_size_increase:g} %",
             )
         )

@@ -86,6 +86,7 @@ def _environment() -> Environment:
 
 def _render(template: str, **context: Any) -> str:
     env = _environment()
+    assert env.loader is not None  # _environment gives it the package's templates
     return env.get_template(template).render(
         css=env.loader.get_source(env, "report.css")[0],
         script=env.loader.get_source(env, "sort.js")[0],

@@ -143,7 +143,7 @@ def as_output(array: Any) -> np.ndarray:
 
 def image_like(shape: list | tuple | None, channels_axis: int) -> bool:
     """A 4-D shape whose ``channels_axis`` holds 1, 3 or 4 channels: read from a file as an image layout."""
-    return bool(shape) and len(shape) == 4 and shape[channels_axis] in (1, 3, 4)
+    return shape is not None and len(shape) == 4 and shape[channels_axis] in (1, 3, 4)
 
 
 # Untimed inferences before a profile's runs: first-inference costs (weight repacking, arena sizing) are no op's.
@@ -187,7 +187,7 @@ def summarize(
             floating.setdefault(node.op_type, set()).add(node.name)
     timed = runs > 0 and any(entry["ms"] is not None for entry in per_type.values())
     summed = sum(entry["ms"] or 0.0 for entry in per_type.values()) / runs if timed else None
-    ops = [
+    ops: list[dict[str, Any]] = [
         {
             "op_type": op_type,
             "nodes": len(entry["names"]),

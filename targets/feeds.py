@@ -159,8 +159,8 @@ def synthetic(signature: Signature, samples: int, seed: int = 0, vocabulary: dic
             elif "type" in lowered or "segment" in lowered or "position" in lowered:
                 array = np.zeros(shape, dtype)
             else:
-                high = int(spec.range[1]) if spec.range else (vocabulary or {}).get(spec.name, SAFE_VOCABULARY)
-                array = rng.integers(0, max(1, high), size=shape).astype(dtype)
+                bound = int(spec.range[1]) if spec.range else (vocabulary or {}).get(spec.name, SAFE_VOCABULARY)
+                array = rng.integers(0, max(1, bound), size=shape).astype(dtype)
         else:
             low, high = spec.range or (0.0, 1.0)
             array = rng.uniform(low, high, size=shape).astype(dtype)

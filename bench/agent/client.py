@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Literal
 
 import numpy as np
 
@@ -82,7 +82,8 @@ class AgentClient:
         deadline = time.monotonic() + deadline_s
         limit = self.describe()["agent"]["max_upload_bytes"]
         archive = io.BytesIO()
-        np.savez(archive, **inputs)
+        arrays: dict[str, Any] = inputs  # Any: mypy checks ** against savez's allow_pickle too
+        np.savez(archive, **arrays)
         blobs = [self._upload(path.name, path.open, limit) for path in model_files]
         inputs_blob = self._upload("the inputs", lambda mode: io.BytesIO(archive.getvalue()), limit)
         manifest = {
@@ -132,7 +133,7 @@ class AgentClient:
             finished_at=result["finished_at"],
         )
 
-    def _upload(self, what: str, open_file: Callable[[str], BinaryIO], limit: int) -> str:
+    def _upload(self, what: str, open_file: Callable[[Literal["rb"]], io.BufferedIOBase], limit: int) -> str:
         """Upload a file, streamed, as a blob named by its sha256 unless the agent has it already; its sha256."""
         with open_file("rb") as handle:
             name = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -171,7 +172,7 @@ class AgentClient:
         self,
         method: str,
         path: str,
-        data: bytes | BinaryIO | None = None,
+        data: bytes | io.BufferedIOBase | None = None,
         during: str | None = None,
         size: int | None = None,
     ) -> bytes:
@@ -181,7 +182,10 @@ class AgentClient:
             f"{self.url}{PREFIX}{path}", data=data, method=method, headers={"Authorization": f"Bearer {self._token}"}
         )
         if data is not None:  # the agent wants the length before the body (urllib would send a file chunked)
-            request.add_header("Content-Length", str(len(data) if size is None else size))
+            if size is None:
+                assert isinstance(data, bytes), "a file body is sent with its size"
+                size = len(data)
+            request.add_header("Content-Length", str(size))
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.read()

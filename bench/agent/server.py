@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import io
 import json
 import os
 import platform
@@ -26,11 +27,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -214,7 +216,7 @@ class Agent:
     def has_blob(self, name: str) -> bool:
         return (self.blobs / _blob_name(name)).is_file()
 
-    def put_blob(self, name: str, body: BinaryIO, length: int) -> dict[str, str]:
+    def put_blob(self, name: str, body: io.BufferedIOBase, length: int) -> dict[str, str]:
         """Store ``length`` bytes of ``body`` as the blob ``name`` if their sha256 is ``name`` (both checked by
         the caller before the body is read: the name's form and the length against the upload limit)."""
         temporary = self.blobs / f".upload-{uuid.uuid4().hex}"
@@ -492,7 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith(PREFIX + "/"):
             raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}")
         parts = path[len(PREFIX) + 1 :].split("/")
-        routes = {
+        routes: dict[tuple[str, ...], dict[str, Callable[..., Any]]] = {
             ("device",): {"GET": agent.describe},
             ("blobs", "*"): {
                 "PUT": lambda name: agent.put_blob(_blob_name(name), self.rfile, self._length(agent.max_upload_bytes)),

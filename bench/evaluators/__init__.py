@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, SupportsFloat, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -146,7 +146,12 @@ def evaluate(spec: EvaluatorSpec, outputs: Feeds, reference: Feeds, targets: np.
         )
     module, _, function = spec.type.partition(":")
     result: Any = getattr(importlib.import_module(module), function)(read, expected, targets)
-    figures = {"score": float(result)} if np.isscalar(result) else {k: float(v) for k, v in dict(result).items()}
+    # float() takes a real number of any kind, and refuses what the user's function should not have returned.
+    figures = (
+        {"score": float(cast(SupportsFloat, result))}
+        if np.isscalar(result)
+        else {k: float(v) for k, v in dict(result).items()}
+    )
     headline = next(iter(figures))
     return Quality(evaluator=spec.type, metric=headline, value=figures[headline], metrics=_finite(figures))
 

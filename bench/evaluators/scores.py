@@ -32,6 +32,7 @@ class Classification(Evaluator):
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         super().check(outputs, targets)
+        assert targets is not None  # super().check refuses None: this evaluator needs targets
         _scores_check(self.name, outputs)
         if targets.ndim != 1 or targets.dtype.kind not in "iu":
             raise EvaluatorMismatch(
@@ -47,6 +48,7 @@ class Classification(Evaluator):
 
     def measure(self, outputs: Feeds, reference: Feeds, targets: np.ndarray | None, k: int) -> dict[str, float]:
         scores = next(iter(outputs.values()))
+        assert targets is not None  # check() refused data without targets
         hits = top_k(scores, k) == targets[:, None]
         return {"top1": float((scores.argmax(1) == targets).mean()), f"top{k}": float(hits.any(1).mean())}
 

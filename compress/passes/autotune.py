@@ -138,4 +138,13 @@ def _scorer(context: PassContext, signature: Signature) -> tuple[Callable[[Any],
         signature,
         "quantize.autotune (no evaluator given: validation on the calibration split's labels)",
     )
-    return (lambda model: top1(model, signature, context.calibration)), "accuracy"
+
+    def accuracy(model: Any) -> float:
+        value = top1(model, signature, context.calibration)
+        if value is None:  # the labels were checked above; an output of undeclared shape may still not be 2-D
+            raise ValueError(
+                "quantize.autotune judges top-1 accuracy: the first output must be [batch, classes] scores"
+            )
+        return value
+
+    return accuracy, "accuracy"

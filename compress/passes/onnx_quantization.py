@@ -64,6 +64,8 @@ class StaticQuantization(Pass[StaticQuantizationConfig]):
         return {"reduce_range": reduce_range(config)}
 
     def apply(self, artifact: Artifact, config: StaticQuantizationConfig, context: PassContext) -> PassOutcome:
+        if artifact.path is None:
+            raise ValueError("quantize.static needs an ONNX file")
         samples = context.calibration.head(config.calibration_samples).samples()
         source = artifact.path
         removed = without_qdq(source, context.work_dir / "float-weights.onnx")
@@ -73,7 +75,7 @@ class StaticQuantization(Pass[StaticQuantizationConfig]):
         path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
         output = context.work_dir / "model.onnx"
         shutil.copyfile(path, output)
-        details = {
+        details: dict[str, Any] = {
             "calibration_samples": len(samples),
             "calibration_method": config.calibration_method,
             "reduce_range": reduce_range(config),
@@ -221,6 +223,8 @@ class DynamicQuantization(Pass[DynamicQuantizationConfig]):
     def apply(self, artifact: Artifact, config: DynamicQuantizationConfig, context: PassContext) -> PassOutcome:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        if artifact.path is None:
+            raise ValueError("quantize.dynamic needs an ONNX file")
         output = context.work_dir / "model.onnx"
         quantize_dynamic(
             str(_preprocessed(artifact.path, context.work_dir)),

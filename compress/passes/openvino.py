@@ -123,7 +123,7 @@ class NncfQuantization(Pass[NncfQuantizationConfig]):
         output = context.work_dir / "model.xml"
         for source, target in ((path, output), (path.with_suffix(".bin"), output.with_suffix(".bin"))):
             shutil.copyfile(source, target)
-        details = {
+        details: dict[str, Any] = {
             "calibration_samples": len(samples),
             "preset": config.preset,
             "fast_bias_correction": config.fast_bias_correction,

@@ -169,6 +169,8 @@ class TfliteConversion(Pass[TfliteConversionConfig]):
         return config.quantization == "none"
 
     def apply(self, artifact: Artifact, config: TfliteConversionConfig, context: PassContext) -> PassOutcome:
+        if artifact.path is None:
+            raise ValueError("convert.tflite needs an ONNX file")
         signature = artifact.signature
         source = artifact.path
         removed = without_qdq(source, context.work_dir / "float-weights.onnx")
@@ -197,7 +199,7 @@ class TfliteConversion(Pass[TfliteConversionConfig]):
             output.write_bytes(fmt.converter().convert())
         write_io_note(output, names, _nchw_inputs(signature))
         check_outputs(output, signature)
-        details = {"quantization": config.quantization, "int8_io": config.int8_io}
+        details: dict[str, Any] = {"quantization": config.quantization, "int8_io": config.int8_io}
         if static:
             details["fixed_input_shapes"] = {names[name]: shape for name, shape in static.items()}
         if removed:

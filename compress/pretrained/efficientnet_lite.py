@@ -50,7 +50,9 @@ def _square(photo: np.ndarray, side: int, top: int, left: int) -> np.ndarray:
     from PIL import Image
 
     crop = photo[top : top + side, left : left + side]
-    return np.asarray(Image.fromarray(crop).resize((RESOLUTION, RESOLUTION), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(crop).resize((RESOLUTION, RESOLUTION), Image.Resampling.BICUBIC), dtype=np.float32
+    )
 
 
 def dataset() -> tuple[dict[str, np.ndarray], None]:

@@ -12,7 +12,7 @@ import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -119,7 +119,10 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
         """The installed interpreter package and its version, e.g. 'ai-edge-litert 2.3.0'."""
         from importlib import metadata
 
-        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[self.python_module]
+        module = self.python_module
+        if module is None:
+            raise RuntimeError(f"none of the Python packages {', '.join(self.python_modules)} is installed")
+        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[module]
         return f"{package} {metadata.version(package)}"
 
     def describe(self, session: LiteRtSession) -> dict[str, Any]:
@@ -134,6 +137,8 @@ def _named_details(interpreter: Any, names: dict[str, str]) -> tuple[dict[str, d
     """Input and output tensor details by name: the signature's names (never the tensor order, which converters
     change, nor the tensor names, which they invent), renamed through the note's ``names`` where there is one;
     a file without a signature keeps its tensors' own names."""
+    inputs: dict[str, dict]
+    outputs: dict[str, dict]
     if interpreter.get_signature_list():
         runner = interpreter.get_signature_runner()
         # Copied out and the runner dropped: while it lives, invoke() refuses to run.
@@ -151,6 +156,7 @@ def _spec(name: str, detail: dict, nchw: bool) -> TensorSpec:
         dims[0] = "batch"
     dtype = np.dtype(detail["dtype"])
     quantized = dtype.kind in "iu" and detail["quantization"][0] != 0
+    layout: Literal["NCHW", "NHWC"] | None
     if nchw:
         dims = [dims[0], dims[3], dims[1], dims[2]]
         layout = "NCHW"

@@ -113,7 +113,9 @@ def parse_profile(trace: list[dict], runs: int, provider: str = "CPUExecutionPro
     )
     kept = windows[-runs:] if runs > 0 else []
     start = kept[0][0] if kept else float("inf")
-    nodes, qdq, integer = [], {}, False
+    nodes: list[NodeTime] = []
+    qdq: dict[str, set[str]] = {}
+    integer = False
     for event in trace:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < start:
             continue
