@@ -21,10 +21,10 @@ __all__ = ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
 
 # public name -> (module, name there): Model and Data are the recipe's ModelSpec and DataSpec
 _WHERE = {
-    "Data": ("edgecraft.recipe", "DataSpec"),
+    "Data": ("edgecraft.recipe.schema", "DataSpec"),
     "EdgecraftError": ("edgecraft.core.errors", "EdgecraftError"),
-    "Model": ("edgecraft.recipe", "ModelSpec"),
-    "Recipe": ("edgecraft.recipe", "Recipe"),
+    "Model": ("edgecraft.recipe.schema", "ModelSpec"),
+    "Recipe": ("edgecraft.recipe.schema", "Recipe"),
     "Run": ("edgecraft.api", "Run"),
     "run": ("edgecraft.api", "run"),
 }
@@ -32,9 +32,9 @@ _WHERE = {
 if TYPE_CHECKING:
     from edgecraft.api import Run, run
     from edgecraft.core.errors import EdgecraftError
-    from edgecraft.recipe import DataSpec as Data
-    from edgecraft.recipe import ModelSpec as Model
-    from edgecraft.recipe import Recipe
+    from edgecraft.recipe.schema import DataSpec as Data
+    from edgecraft.recipe.schema import ModelSpec as Model
+    from edgecraft.recipe.schema import Recipe
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from edgecraft.bench.settings import ProfileName
     from edgecraft.core.results import ResultRow, RunResults
-    from edgecraft.recipe import Recipe
+    from edgecraft.recipe.schema import Recipe
     from edgecraft.reports import charts
     from edgecraft.reports.analysis import Analysis, Recommendation
     from edgecraft.reports.compare import Comparison
@@ -40,7 +40,7 @@ def run(
     "default" or "rigorous", overriding the recipe's benchmark profile. ``pin_cpus``, ``price_per_hour``: override
     the recipe's. ``use_cache=False`` recomputes every pass step. Raises ``EdgecraftError`` for a recipe that does
     not validate, and when no model could be prepared (the run folder is still written)."""
-    from edgecraft.recipe import Recipe
+    from edgecraft.recipe.schema import Recipe
     from edgecraft.runner import execute_recipe
 
     if not isinstance(recipe, Recipe):

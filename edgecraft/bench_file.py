@@ -28,7 +28,7 @@ from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.results import ModelRecord, Quality, ResultRow, RunResults
 from edgecraft.core.signature import Signature
 from edgecraft.devices import RemoteDevice
-from edgecraft.recipe import TargetEntry
+from edgecraft.recipe.schema import TargetEntry
 from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.runner import progress_bar

@@ -161,14 +161,14 @@ def _protocol_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_schema(args: argparse.Namespace) -> int:
-    from edgecraft.recipe import recipe_json_schema
+    from edgecraft.recipe.schema import recipe_json_schema
 
     print(json.dumps(recipe_json_schema(), indent=2))
     return 0
 
 
 def _recipe_validate(args: argparse.Namespace) -> int:
-    from edgecraft.recipe import load_recipe
+    from edgecraft.recipe.load import load_recipe
 
     recipe, _ = load_recipe(args.recipe)
     print(

@@ -20,7 +20,7 @@ from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.imports import call_object
-from edgecraft.recipe import DataSpec, ModelSpec
+from edgecraft.recipe.schema import DataSpec, ModelSpec
 from edgecraft.targets.base import image_like
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from edgecraft.compress.onnx_export import export_torch
 from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.results import ModelRecord
-from edgecraft.recipe import DataSpec, ModelSpec
+from edgecraft.recipe.schema import DataSpec, ModelSpec
 from edgecraft.rows import Evaluation, reference_outputs
 from edgecraft.step_cache import (
     OUR_PACKAGES,

@@ -22,7 +22,7 @@ from edgecraft.bench.harness import MeasureJob, MeasurementFailed, measure_all, 
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow
 from edgecraft.devices import DeviceLink
-from edgecraft.recipe import TargetEntry
+from edgecraft.recipe.schema import TargetEntry
 from edgecraft.targets import feeds
 from edgecraft.targets import registry as target_registry
 

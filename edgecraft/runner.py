@@ -25,7 +25,7 @@ from edgecraft.compress.base import Artifact
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.results import ModelRecord, ResultRow, RunResults
 from edgecraft.preparation import PreparedModel, prepare_model
-from edgecraft.recipe import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
+from edgecraft.recipe.schema import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
 from edgecraft.reports.settings import with_overrides
 from edgecraft.rows import Pending, brief, export_row, measure_rows
 from edgecraft.run_folder import folder_name, new_run_dir, write_run

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import edgecraft
-from edgecraft.recipe import DataSpec, ModelSpec
+from edgecraft.recipe.schema import DataSpec, ModelSpec
 from edgecraft.reports.results_file import load_results
 from tests.conftest import REPO
 

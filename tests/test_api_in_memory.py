@@ -14,7 +14,8 @@ import yaml
 from torch import nn
 
 import edgecraft
-from edgecraft.recipe import load_recipe, recipe_json_schema
+from edgecraft.recipe.load import load_recipe
+from edgecraft.recipe.schema import recipe_json_schema
 from edgecraft.reports.results_file import load_results
 from edgecraft.targets import registry as target_registry
 

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 
 from edgecraft.cli import main
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.recipe import load_recipe, recipe_json_schema
+from edgecraft.recipe.load import load_recipe
+from edgecraft.recipe.schema import recipe_json_schema
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,7 @@ from edgecraft.bench.settings import BenchmarkSpec
 from edgecraft.cli import main
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.zoo import REFERENCE_MODELS
-from edgecraft.recipe import load_recipe
+from edgecraft.recipe.load import load_recipe
 from edgecraft.runner import bench_settings
 
 # The files a drawn recipe may name, next to it (tests/test_recipe.py checks the error for each broken one).

@@ -215,7 +215,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make, args: list[str],
 
 def test_report_section_in_a_recipe_is_checked_with_its_line(tmp_path: Path) -> None:
     from edgecraft.core.errors import EdgecraftError
-    from edgecraft.recipe import load_recipe
+    from edgecraft.recipe.load import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -200,7 +200,7 @@ def test_one_recipe_across_formats_isolates_a_failing_conversion(tmp_path) -> No
 
 
 def test_a_lossless_variant_that_drifts_is_flagged_as_a_conversion_bug() -> None:
-    from edgecraft.recipe import Recipe
+    from edgecraft.recipe.schema import Recipe
     from edgecraft.rows import drift_warning
     from edgecraft.runner import lossless
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from edgecraft.cli import main
-from edgecraft.recipe import load_recipe
+from edgecraft.recipe.load import load_recipe
 
 BASE = {
     "name": "tiny-tune",
@@ -79,7 +79,7 @@ def test_bad_search_is_one_line_and_exit_2(tmp_path, capsys, search, expected):
 def test_run_ignores_search_and_schema_publishes_it(tmp_path):
     recipe, _ = load_recipe(write(tmp_path))
     assert recipe.search is not None and recipe.search.trials == 2
-    from edgecraft.recipe import recipe_json_schema
+    from edgecraft.recipe.schema import recipe_json_schema
 
     assert "search" in recipe_json_schema()["properties"]
 

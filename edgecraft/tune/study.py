@@ -14,7 +14,9 @@ from typing import Any
 import yaml
 
 from edgecraft.core.errors import EdgecraftError
-from edgecraft.recipe import Recipe, _locate, _parse, load_recipe, rebase_files
+from edgecraft.recipe.load import load_recipe
+from edgecraft.recipe.schema import Recipe, rebase_files
+from edgecraft.recipe.yaml_loader import locate, parse
 from edgecraft.tune.space import ParameterSpec, SearchSpec, concrete, parse_place, pass_entry
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,13 @@ def plan(path: Path) -> Plan:
     """Read the recipe and check its ``search:`` section against it: every parameter must exist in its pass and
     each end of its range (each choice) must give a valid recipe. Problems are one line each, exit 2."""
     recipe, text = load_recipe(path)
-    data, lines = _parse(text)
+    data, lines = parse(text)
     if recipe.search is None:
         raise EdgecraftError(f"{path}: search: the recipe has no 'search:' section, nothing to tune")
     search = recipe.search
 
     def fail(place: tuple, problem: str) -> EdgecraftError:
-        field, line = _locate(("search", *place), lines, missing=False)
+        field, line = locate(("search", *place), lines, missing=False)
         return EdgecraftError(f"{path}:{line}: {field}: {problem}" if line else f"{path}: {field}: {problem}")
 
     for place, parameter in search.parameters.items():
