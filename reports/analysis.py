@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgecraft.core.results import (
     LatencyStats,
@@ -177,7 +178,7 @@ def timing_not_measured(row: ResultRow) -> str | None:
     return f"{device} ({row.emulated}): timings are not device timings"
 
 
-def device_label(row: ResultRow, devices: dict[str, dict]) -> str | None:
+def device_label(row: ResultRow, devices: dict[str, dict[str, Any]]) -> str | None:
     """The remote device of ``row`` in a few words from its own description: "pi5 · aarch64 · Cortex-A76"."""
     if row.device is None:
         return None

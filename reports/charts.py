@@ -17,11 +17,15 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgecraft.core.results import ResultRow
 from edgecraft.reports.analysis import Analysis, RowFacts
 from edgecraft.reports.compare import Comparison
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 MARKERS = "osD^vP*X"
 STATUS_COLORS = {"ok": "#1a7f37", "skipped": "#9a6700", "failed": "#cf222e"}
@@ -72,14 +76,14 @@ def _style(name: str) -> Iterator[None]:
         yield
 
 
-def _svg(figure) -> str:
+def _svg(figure: Figure) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # drop the XML prologue and DOCTYPE so the SVG can sit inside HTML
 
 
-def _figure(width: float, height: float, panels: int):
+def _figure(width: float, height: float, panels: int) -> tuple[Figure, Any]:
     """A figure without pyplot: no global state to close, safe to call from any thread."""
     from matplotlib.figure import Figure
 
@@ -215,7 +219,7 @@ def accuracy_vs_latency(analysis: Analysis) -> str:
         return _svg(figure)
 
 
-def _horizontal_rows(axis, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:
+def _horizontal_rows(axis: Axes, facts: list[RowFacts], with_target: bool, drawn: list[bool]) -> None:
     """Rows top to bottom in results order; where a row has nothing ``drawn``, its status and reason instead."""
     axis.set_yticks(range(len(facts)), [_row_label(f.row, with_target) for f in facts])
     axis.set_ylim(len(facts) - 0.5, -0.5)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgecraft.core.results import CONVERSION_WARNING, NOISE_WARNING, LatencyStats, ModelRecord, ResultRow, RunResults
-from edgecraft.core.signature import Signature
+from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.reports.analysis import FLOAT_SLACK, cis_overlap
 from edgecraft.reports.results_file import ResultsError, check_results
 from edgecraft.reports.settings import GateThresholds, report_settings, with_overrides
@@ -271,7 +271,7 @@ def _diff(
 
 
 def _describe(signature: Signature) -> str:
-    def side(specs: list) -> str:
+    def side(specs: list[TensorSpec]) -> str:
         return ", ".join(spec.describe() for spec in specs) or "none"
 
     return f"inputs {side(signature.inputs)}; outputs {side(signature.outputs)}"

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import shutil
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
+
+from tests.conftest import REPO
 
 # Never on a device: training, export and conversion stacks.
 HEAVY = {
@@ -62,3 +70,31 @@ def test_all_extra_holds_the_whole_suite() -> None:
     assert HEAVY <= everything
     assert {"openvino", "ai-edge-litert", "onnxruntime", "torch-pruning", "jinja2"} <= everything
     assert _closure("all") <= _closure("test")
+
+
+def test_the_wheel_installs_only_edgecraft_at_the_top_level(tmp_path: Path) -> None:
+    """``pip install .`` from a copy of the tracked files (compress/, targets/, bench/ and reports/ reached through
+    the links under edgecraft/) puts one package in site-packages: no top-level compress, targets, bench or
+    reports to clash with other distributions."""
+    source = tmp_path / "source"
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True, text=True)
+    for name in filter(None, listed.stdout.split("\0")):
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_symlink():
+            target.symlink_to(os.readlink(REPO / name))
+        else:
+            shutil.copy2(REPO / name, target)
+    site = tmp_path / "site-packages"
+    # setuptools from this environment when it has one (no download); else pip fetches it from the registry.
+    offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *offline]
+    completed = subprocess.run([*pip, "--target", str(site), str(source)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    top_level = {path.name for path in site.iterdir() if not path.name.endswith(".dist-info") and path.name != "bin"}
+    assert top_level == {"edgecraft"}
+    for part in ("compress", "targets", "bench", "reports", "core"):
+        folder = site / "edgecraft" / part
+        assert folder.is_dir() and not folder.is_symlink() and (folder / "__init__.py").is_file(), part
+    assert (site / "edgecraft" / "reports" / "templates" / "report.html").is_file()  # package data travels too
+    assert (site / "edgecraft" / "compress" / "passes" / "export.py").is_file()
