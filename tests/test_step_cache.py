@@ -104,7 +104,16 @@ def test_a_changed_step_and_everything_after_it_run_again(tmp_path: Path) -> Non
     assert [p["cached"] for p in changed_first["passes"]] == [False, False, False]
 
 
+def committed(steps: Path) -> list[Path]:
+    """The steps the cache has committed: an entry is written into a hidden ``.KEY-HOST-PID-RANDOM`` folder,
+    manifest last, and renamed to ``KEY`` under the lock; only that rename makes it an entry. A manifest in a
+    hidden folder is a step being stored, which a kill at that moment leaves unfinished."""
+    return [path for path in steps.glob("*/manifest.json") if not path.parent.name.startswith(".")]
+
+
 def test_a_run_killed_midway_resumes_from_the_finished_steps(tmp_path: Path, private_cache: Path) -> None:
+    """Killed as soon as one step is committed (never while one is being stored, whatever the load), the run's
+    rerun reuses at least that step."""
     steps = private_cache / "steps"
     path = recipe(tmp_path, ratio=0.4)
     process = subprocess.Popen(
@@ -115,13 +124,13 @@ def test_a_run_killed_midway_resumes_from_the_finished_steps(tmp_path: Path, pri
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while not list(steps.glob("*/manifest.json")) and time.monotonic() < deadline:
+    while not committed(steps) and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before any step finished"
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    finished = len(list(steps.glob("*/manifest.json")))
+    finished = len(committed(steps))
     assert finished >= 1
     assert not list((tmp_path / "killed").glob("*/results.json"))  # the killed run wrote no results
 

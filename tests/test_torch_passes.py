@@ -117,12 +117,24 @@ def test_distillation_transfers_what_the_teacher_knows(digits_cnn: dict, tmp_pat
 
 
 def test_distillation_builds_a_half_width_student_and_compares_it(digits_cnn: dict, tmp_path) -> None:
-    outcome = apply("distill", digits_cnn, tmp_path, student="width:0.5", epochs=2, alpha=0.7, temperature=4)
+    """Both students must have learned, by a margin that holds on any CPU class: ten epochs take a fresh
+    half-width student from chance (10 %) to 88-89 % distilled and 95-96 % alone, measured with PyTorch's AVX-512,
+    AVX2 and unvectorised kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA); the bar is 50 %. Two epochs, as
+    before, left both near chance (18-19 %) on every one of them, and an AVX-512 AMX host at exactly 18.4 % each."""
+    outcome = apply("distill", digits_cnn, tmp_path, student="width:0.5", epochs=10, alpha=0.7, temperature=4)
     details, student = outcome.details, outcome.artifact.model
     assert parameters(student) == details["student_parameters"] <= parameters(digits_cnn["model"]) / 2
     x, y = images(digits_cnn["splits"]), labels(digits_cnn["splits"])
     assert details["student_accuracy"] == pytest.approx(accuracy(torch_logits(student, x), y))
-    assert details["student_alone_accuracy"] != details["student_accuracy"]  # trained separately, on labels alone
+    assert details["student_accuracy"] >= 0.5 and details["student_alone_accuracy"] >= 0.5, details
+
+
+def test_the_student_alone_is_the_same_student_trained_without_the_teacher(digits_cnn: dict, tmp_path) -> None:
+    """With alpha 0 the teacher term vanishes, so the distilled student and the one trained alone (same
+    initialisation, seed and schedule) are the same training: equal accuracy, whatever the CPU's numerics. This is
+    what makes the pass's comparison fair, and needs no learning to succeed."""
+    details = apply("distill", digits_cnn, tmp_path, student="width:0.5", epochs=1, alpha=0.0).details
+    assert details["student_accuracy"] == details["student_alone_accuracy"], details
 
 
 def test_distillation_is_deterministic_under_a_seed(digits_cnn: dict, tmp_path) -> None:
