@@ -72,8 +72,8 @@ MUTATIONS = (
         "key-without-config",
         "a step-cache key without the pass config",
         "edgecraft/step_cache.py",
-        'return digest(input_key, step.name, config.model_dump(mode="json"),',
-        "return digest(input_key, step.name,",
+        '        step.name,\n        config.model_dump(mode="json"),\n',
+        "        step.name,\n",
         ("tests/test_step_cache_safety.py",),
     ),
 )
