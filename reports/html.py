@@ -58,15 +58,20 @@ def _change(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:+.1f} %".replace("-", "−")
 
 
-@cache
-def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("reports", "templates"),
+def template_environment() -> Environment:
+    """The package's Jinja templates, found by the package's import name (installed, there is no other)."""
+    return Environment(
+        loader=PackageLoader("edgecraft.reports", "templates"),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+@cache
+def _environment() -> Environment:
+    env = template_environment()
     env.filters.update(
         fmt=_fmt,
         pct=lambda value: _fmt(None if value is None else 100 * value, ".2f", " %"),

@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from pydantic import BaseModel
 
 from edgecraft.core.files import write_atomic
+from edgecraft.reports.html import template_environment
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -167,13 +167,7 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 
 def render_tune_report(data: TuneReport) -> str:
-    env = Environment(
-        loader=PackageLoader("reports", "templates"),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_environment()
     env.filters.update(
         fmt=_fmt,
         pct=lambda v: "–" if v is None else f"{100 * v:.2f} %",

@@ -98,3 +98,22 @@ def test_the_wheel_installs_only_edgecraft_at_the_top_level(tmp_path: Path) -> N
         assert folder.is_dir() and not folder.is_symlink() and (folder / "__init__.py").is_file(), part
     assert (site / "edgecraft" / "reports" / "templates" / "report.html").is_file()  # package data travels too
     assert (site / "edgecraft" / "compress" / "passes" / "export.py").is_file()
+    # Run from elsewhere than the repository (whose root would make `reports` importable by accident): the
+    # installed copy finds its plug-ins and templates by the one import name.
+    script = (
+        "import importlib.util, edgecraft\n"
+        "from edgecraft.compress import registry as passes\n"
+        "from edgecraft.targets import registry as targets\n"
+        "from edgecraft.core import formats\n"
+        "from edgecraft.reports import html\n"
+        "env = html.template_environment()\n"
+        "[env.loader.get_source(env, name) for name in ('report.html', 'compare.html', 'tune.html')]\n"
+        "print(edgecraft.__file__, len(passes.passes()), len(targets.runtimes()), formats.FORMATS.names(),\n"
+        "      [name for name in ('compress', 'targets', 'bench', 'reports') if importlib.util.find_spec(name)])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    where, passes, runtimes, *rest = completed.stdout.strip().split(maxsplit=3)
+    assert Path(where).is_relative_to(site) and int(passes) >= 10 and int(runtimes) >= 3, completed.stdout
+    assert rest == ["['onnx', 'openvino', 'tflite'] []"], completed.stdout
