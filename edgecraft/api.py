@@ -154,6 +154,7 @@ class Run:
         for rec in self.verdict():
             if rec.choice is not None:
                 f, m = rec.choice, rec.choice.row.measurement
+                assert m is not None  # the chosen row was measured
                 figures = [f"p50 {m.latency_ms.p50:.3f} ms"]
                 if f.speedup:
                     figures.append(f"{f.speedup:.2f}× vs fp32")

@@ -57,7 +57,7 @@ def _targets(
     texts: list[str], fmt: str, path: Path, device: str | None, known: dict[str, RemoteDevice]
 ) -> list[TargetEntry]:
     """The ``--target`` entries, each sent to ``--device`` when one is given (``runtime:device@name``)."""
-    entries = []
+    entries: list[TargetEntry] = []
     for text in texts or [_default_target(fmt)]:
         if device and "@" not in text:
             text = f"{text}@{device}"

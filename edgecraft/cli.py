@@ -34,7 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.track or args.mlflow_uri:
         from edgecraft.tune.tracking import track_run
 
-        print(f"tracked as MLflow run {track_run(result.report_path.parent, args.mlflow_uri)}", file=sys.stderr)
+        assert result.run_dir is not None  # run() writes its run folder
+        print(f"tracked as MLflow run {track_run(result.run_dir, args.mlflow_uri)}", file=sys.stderr)
     print(result.report_path)
     return 0
 
@@ -90,6 +91,7 @@ def _devices(args: argparse.Namespace) -> int:
             print(f"{name}: not reachable: {link.problem}")
             continue
         description = link.description
+        assert description is not None  # connect() without a problem has read it
         cpu = description.get("cpu", {})
         machine = " · ".join(
             str(part)
@@ -382,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate = report.add_argument_group("compare thresholds (fractions; default: the baseline recipe's report.gate)")
     for name, field in GateThresholds.model_fields.items():
+        assert field.description is not None  # every threshold is documented (it is its --help)
         gate.add_argument(
             f"--{name.replace('_', '-')}",
             type=float,

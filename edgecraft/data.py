@@ -217,6 +217,7 @@ def _named(arrays: dict[str, Any], origin: str, signature: Signature | None) -> 
         raise EdgecraftError(f"{origin}: no input arrays (it holds only {target_key})")
     counts = {name: len(array) for name, array in arrays.items() if array.ndim}
     if targets is not None:
+        assert target_key is not None  # the targets were popped from under it
         counts[target_key] = len(targets)
     if len(set(counts.values())) != 1 or len(counts) != len(arrays) + (targets is not None):
         raise EdgecraftError(f"{origin}: every array needs the same number of samples (first dimension), got {counts}")
@@ -264,8 +265,8 @@ def split(dataset: Dataset, fractions: tuple[float, float, float], seed: int, gr
         blocks, how = _grouped_blocks(dataset.targets, sizes, rng), "grouped by target"
     else:
         blocks, how = _stratified_blocks(dataset.targets, total, sizes, rng)
-    parts = [dataset.subset(np.sort(np.asarray(block, dtype=np.int64))) for block in blocks]
-    return Splits(*parts, how=how)
+    train, calibration, evaluation = (dataset.subset(np.sort(np.asarray(block, dtype=np.int64))) for block in blocks)
+    return Splits(train, calibration, evaluation, how=how)
 
 
 def _grouped_blocks(groups: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[list[int]]:

@@ -61,6 +61,7 @@ class RemoteDevice(BaseModel):
             if not token:
                 raise EdgecraftError(f"devices.{name}.token_env: the environment variable {self.token_env} is not set")
             return token
+        assert self.token_file is not None  # _one_token_source: exactly one of token_file and token_env
         path = Path(self.token_file).expanduser()
         try:
             token = path.read_text().strip()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def forward_parameters(model: Any) -> list[str]:
     ]
 
 
-def signature_from_data(data: Dataset, outputs: list[TensorSpec] | None = None, model: Any = None) -> Signature:
+def signature_from_data(data: Dataset, outputs: Sequence[TensorSpec] | None = None, model: Any = None) -> Signature:
     """Inputs read from the data (names, dtypes, per-sample shapes; the batch axis symbolic), and the declared
     outputs (found later by running the model where none are declared).
 
@@ -164,6 +164,7 @@ def _builtin_key(name: str, train: Dataset) -> str:
     from edgecraft.step_cache import code_key, digest, library_versions
 
     reference = REFERENCE_MODELS[name]
+    assert reference.training is not None  # builtin_model keys only the built-ins it trains
     arrays = [np.ascontiguousarray(array).tobytes() for array in (*train.inputs.values(), train.targets)]
     return digest(
         code_key("edgecraft.compress.models", "edgecraft.compress.training", "edgecraft.compress.zoo"),
@@ -224,6 +225,7 @@ def factory_model(spec: ModelSpec) -> Any:
     """Call the user's ``module:function`` and load its state dict, with errors that name the recipe field."""
     import torch
 
+    assert spec.factory is not None  # prepare_model calls this for a factory model only
     model = call_object(spec.factory, "model.factory")
     if not isinstance(model, torch.nn.Module):
         raise EdgecraftError(f"model.factory {spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
@@ -268,6 +270,7 @@ def check_accepts(artifact: Artifact, sample: Dataset, origin: str) -> None:
             from edgecraft.targets import registry
 
             target = registry.get("onnxruntime")
+            assert artifact.path is not None  # a model file's artifact carries its path
             target.run(target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs)
     except Exception as exc:  # noqa: BLE001 - the framework's message is the useful part
         shapes = ", ".join(

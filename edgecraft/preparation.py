@@ -128,6 +128,7 @@ def prepare_model(
         onnx_key = digest(shared.key, "export_torch", library_versions(()), code_key("edgecraft.compress.onnx_export"))
     else:
         # A user's ONNX model: there is no PyTorch model to compare with, the file is its own reference.
+        assert artifact.path is not None  # a model file's artifact carries its path
         reference = reference_outputs(
             target_registry.get("onnxruntime"), artifact.path, "cpu", {}, evaluation.inputs, threads=1
         )
@@ -163,12 +164,15 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
             from edgecraft.compress.torch_io import predict
 
             return predict(artifact.model, calibration.inputs, artifact.signature)
+        assert artifact.path is not None  # a model file's artifact carries its path
         return reference_outputs(
             target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs, threads=1
         )
 
     def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
-        return evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
+        value = evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
+        assert value is not None  # evaluate() always measures the headline (only not_measured() leaves it out)
+        return value
 
     return Validation(
         data=calibration, metric=evaluators.metric_name(evaluator.type), reference_fn=reference, score_fn=score
@@ -223,6 +227,7 @@ def content_key(spec: ModelSpec, artifact: Artifact) -> str:
             modules.add(spec.factory.partition(":")[0])
         code = {module: _source_digest(module) for module in sorted(modules)}
         return digest(type(model).__qualname__, code, signature, *tensors)
+    assert artifact.path is not None  # a model file's artifact carries its path
     return digest([file_digest(path) for path in onnx_files(artifact.path)], signature)
 
 

@@ -130,6 +130,10 @@ class RecipeRun:
         folder = self.run_dir / "models" / prepared.name / variant.name
         start = prepared.torch if starts_from_torch(variant.passes) else prepared.onnx
         try:
+            if start is None:  # the shared passes ended in a model file (export.onnx, quantize.qat)
+                raise EdgecraftError(
+                    f"{variant.passes[0].type} needs a PyTorch model, but the shared 'passes' end with a model file"
+                )
             keyed = self.steps.apply(prepared.name, variant.name, start, variant.passes, prepared.context, folder)
             return keyed.artifact, None
         except Exception as exc:  # noqa: BLE001 - recorded in every row of the variant
@@ -155,6 +159,7 @@ class RecipeRun:
         )
         if artifact is None:
             return row, None
+        assert artifact.path is not None  # a variant ends in a model file (Recipe._consistent), which has its path
         out_dir = self.run_dir / "models" / prepared.name / variant.name / folder_name(entry.label)
         return export_row(
             row,

@@ -43,8 +43,8 @@ def load_recipe(path: Path) -> tuple[Recipe, str]:
             field, line = locate(error["loc"], lines, missing=error["type"] == "missing")
             where = f"{path}:{line}" if line else str(path)
             problem = error["msg"].removeprefix("Value error, ")
-            shown = error["type"] != "missing" and _short(error["input"]) and f"got {error['input']!r}" not in problem
-            got = f" (got {error['input']!r})" if shown else ""
+            quoted = error["type"] != "missing" and _short(error["input"]) and f"got {error['input']!r}" not in problem
+            got = f" (got {error['input']!r})" if quoted else ""
             # The branches of a union each report the same value: its first complaint is enough.
             messages.setdefault((line or 0, field), one_line(f"{where}: {field}: {problem}{got}"))
         # A branch that rejects a value whole ("not a string") beside one that finds a problem inside it: the inner.

@@ -12,7 +12,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 import numpy as np
 import yaml
@@ -45,6 +45,9 @@ from edgecraft.reports.settings import ReportSettings
 from edgecraft.targets import registry as target_registry
 from edgecraft.targets.base import TargetSpec
 from edgecraft.tune.space import SearchSpec
+
+if TYPE_CHECKING:
+    from edgecraft.compress.base import PassConfig
 
 # Names become folder names in the run folder: no separators, no leading '.', short enough for any file system.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -137,11 +140,19 @@ def _npz_archive(value: str) -> str:
     return value
 
 
+if TYPE_CHECKING:
+    # For mypy, TensorSpec's own dimension: a subclass cannot narrow the items of an inherited list field.
+    _InputDim: TypeAlias = int | str | None
+else:
+    # Validated: a positive size or a name; never unknown (None).
+    _InputDim = Annotated[int, Field(gt=0)] | str
+
+
 class InputSpec(TensorSpec):
     """A declared model input: a name, a dtype, a shape whose symbolic axes are names (the first is the batch)."""
 
     dtype: str = Field("float32", description="numpy dtype name: float32, int64, ...")
-    shape: list[Annotated[int, Field(gt=0)] | str] = Field(
+    shape: list[_InputDim] = Field(
         description="e.g. [batch, 3, 224, 224] or [batch, sequence]; names stay dynamic in exports."
     )
 
@@ -156,6 +167,14 @@ class InputSpec(TensorSpec):
 
 class OutputSpec(TensorSpec):
     """A declared model output: a name, and the kind of values it holds."""
+
+
+if TYPE_CHECKING:
+    # For mypy, what ModelSpec.outputs holds once validated: ``_output_specs`` makes each name an OutputSpec.
+    OutputEntry: TypeAlias = OutputSpec
+else:
+    # As a recipe writes it: a name, or {name, kind}.
+    OutputEntry = str | OutputSpec
 
 
 class ModelSpec(PythonObjects):
@@ -190,7 +209,7 @@ class ModelSpec(PythonObjects):
     inputs: list[InputSpec] | None = Field(
         None, description="The PyTorch model's inputs, in forward()'s order (default: read from the data)."
     )
-    outputs: list[str | OutputSpec] | None = Field(
+    outputs: list[OutputEntry] | None = Field(
         None,
         description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
         "for one, output_0, output_1, ... for several); an entry may be {name, kind} with kind scores, "
@@ -276,7 +295,10 @@ class ModelSpec(PythonObjects):
             return self.builtin
         if self.module is not None:
             return _safe_name(type(self.module).__name__)
-        return _safe_name(self.factory.rpartition(":")[2] if self.factory else Path(self.onnx).stem)
+        if self.factory:
+            return _safe_name(self.factory.rpartition(":")[2])
+        assert self.onnx is not None  # _one_source: exactly one of builtin, factory, onnx and module
+        return _safe_name(Path(self.onnx).stem)
 
 
 class SplitSpec(StrictModel):
@@ -433,7 +455,11 @@ def _pass_union() -> Any:
     return Annotated[union, Field(discriminator="type")] if len(models) > 1 else union
 
 
-PassEntry = _pass_union()
+if TYPE_CHECKING:
+    # For mypy, every pass's config: the discriminated union of the registered ones is only known at run time.
+    PassEntry: TypeAlias = PassConfig
+else:
+    PassEntry = _pass_union()
 
 
 class VariantSpec(StrictModel):
@@ -443,7 +469,7 @@ class VariantSpec(StrictModel):
     that accept its final format."""
 
     name: Name
-    passes: list[PassEntry] = Field([])  # type: ignore[valid-type]
+    passes: list[PassEntry] = Field([])
     targets: list[str] | None = Field(
         None,
         description="Only these of the recipe's targets (by label); default: every target that accepts the format.",
@@ -513,7 +539,7 @@ class Recipe(PythonObjects):
     name: Name
     models: list[ModelSpec] = Field(min_length=1)
     data: DataSpec = DataSpec()
-    passes: list[PassEntry] = Field(  # type: ignore[valid-type]
+    passes: list[PassEntry] = Field(
         [], description="Passes on the PyTorch model before export, shared by every variant."
     )
     variants: list[VariantSpec] = Field(min_length=1)
@@ -523,7 +549,7 @@ class Recipe(PythonObjects):
         description="'runtime:device' strings or {target, options} entries. A variant runs on every target that "
         "accepts its format (ONNX: onnxruntime, openvino; OpenVINO IR: openvino; TFLite: litert).",
     )
-    benchmark: BenchmarkSpec = Field(  # type: ignore[valid-type]
+    benchmark: BenchmarkSpec = Field(
         BenchmarkSpec(), description="The benchmark protocol: a profile and any of its settings overridden."
     )
     devices: dict[Name, RemoteDevice] = Field(

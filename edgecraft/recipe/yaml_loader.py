@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+
+
+class _Mark(Protocol):
+    """Where a construct is: PyYAML's Python parser and its C parser each have their own mark class."""
+
+    line: int
 
 
 class _Refused(yaml.YAMLError):
     """A YAML construct a recipe may not use, with where it is."""
 
-    def __init__(self, mark: yaml.Mark, field: tuple, problem: str) -> None:
+    def __init__(self, mark: _Mark, field: tuple, problem: str) -> None:
         super().__init__(problem)
         self.line = mark.line + 1
         self.field = field
@@ -48,6 +54,7 @@ class _RecipeLoader(yaml.SafeLoader):
         field = self._fields[-1] + _path_part(index)
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            assert event.start_mark is not None  # the parser marks every event it reads from the text
             raise _Refused(event.start_mark, field, f"alias *{event.anchor} is inside the value it names")
         if len(self._fields) > _MAX_DEPTH:
             raise _Refused(event.start_mark, field, f"nested deeper than {_MAX_DEPTH} levels")
@@ -63,11 +70,13 @@ class _RecipeLoader(yaml.SafeLoader):
             self._fields.pop()
             if anchor:
                 self._open_anchors.pop()
+        assert node is not None  # PyYAML's composer returns a node for every event it composes
         self._field_of.setdefault(id(node), field)
         return node
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
+    # PyYAML's stubs type the anchor as a dict; the composer passes the anchor's name (or None).
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:  # type: ignore[override]
+        node = super().compose_mapping_node(anchor)  # type: ignore[arg-type]
         first: dict[tuple[str, str], yaml.Node] = {}
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode):

@@ -66,7 +66,7 @@ class ParameterSpec(BaseModel):
     def kind(self) -> str:
         return "float" if self.float_range else "int" if self.int_range else "choice"
 
-    def extremes(self) -> list[Scalar]:
+    def extremes(self) -> list[Scalar | None]:
         """The values that must each be valid for the pass: both ends of a range, every choice."""
         return list(self.float_range or self.int_range or self.choice or [])
 

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -18,6 +19,9 @@ from edgecraft.recipe.load import load_recipe
 from edgecraft.recipe.schema import Recipe, rebase_files
 from edgecraft.recipe.yaml_loader import locate, parse
 from edgecraft.tune.space import ParameterSpec, SearchSpec, concrete, parse_place, pass_entry
+
+if TYPE_CHECKING:
+    from edgecraft.bench.settings import ProfileName
 
 log = logging.getLogger(__name__)
 OUTCOME = "outcome"  # the trial's outcome dict, in the trial's user attributes
@@ -64,10 +68,8 @@ def plan(path: Path) -> Plan:
         except (KeyError, IndexError) as exc:
             raise fail(where, str(exc).strip("'\"")) from None
         _, _, field = parse_place(place)
-        _check_values(
-            path, recipe, data, place, entry, field, parameter, lambda problem, where=where: fail(where, problem)
-        )
-    named = search.variants_named() - {None}
+        _check_values(path, recipe, data, place, entry, field, parameter, functools.partial(fail, where))
+    named = {name for name in search.variants_named() if name is not None}
     variant = search.variant
     if variant is None:
         if len(named) != 1:
@@ -114,7 +116,7 @@ def _check_values(
     from edgecraft.compress import registry as pass_registry
 
     kind = entry.get("type") if isinstance(entry, dict) else None
-    cls = pass_registry.passes().get(kind)
+    cls = pass_registry.passes().get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise fail(f"the pass at {place.rsplit('.', 1)[0]} has no known type ({kind!r})")
     fields = [name for name in cls.config_model.model_fields if name != "type"]
@@ -154,7 +156,9 @@ def sampler_for(search: SearchSpec, seed: int) -> Any:
         if spec.choice is not None:
             grid[place] = spec.choice
         else:
-            low, high = spec.float_range or spec.int_range
+            bounds = spec.float_range or spec.int_range
+            assert bounds is not None  # ParameterSpec: exactly one of choice, float and int
+            low, high = bounds
             step = spec.step or 1
             grid[place] = [low + i * step for i in range(int((high - low) / step + 1e-9) + 1)]
     return optuna.samplers.GridSampler(grid, seed=seed)
@@ -168,6 +172,7 @@ def suggest(trial: Any, search: SearchSpec) -> dict[str, Any]:
         elif spec.float_range is not None:
             values[place] = trial.suggest_float(place, *spec.float_range, log=spec.log, step=spec.step)
         else:
+            assert spec.int_range is not None  # ParameterSpec: exactly one of choice, float and int
             values[place] = trial.suggest_int(place, *spec.int_range, log=spec.log, step=int(spec.step or 1))
     return values
 
@@ -179,7 +184,7 @@ def tune(
     seed: int | None = None,
     storage: str | None = None,
     output_dir: Path | None = None,
-    profile: str | None = None,
+    profile: ProfileName | None = None,
     tracker: Any = None,
     workers: int = 1,
     ray_address: str | None = None,
@@ -227,7 +232,7 @@ def tune(
     search_data = search.model_dump(mode="json", by_alias=True)
     run = run_trial or trial_module.run_trial
     trials_dir = folder / "trials"
-    arguments = dict(
+    arguments: dict[str, Any] = dict(
         data=plan_.data,
         base_dir=str(plan_.path.parent.resolve()),
         search=search_data,
@@ -357,6 +362,7 @@ def finish(study: Any, plan_: Plan, folder: Path, storage: str, new: int, tracke
     from edgecraft.reports.tune import TuneReport, write_tune_report
 
     search = plan_.search
+    assert search.study is not None  # plan() names the study (default: the recipe's name)
     table = trial_table(study, search)
     best = chosen(table, search)
     best_path = None

@@ -62,6 +62,12 @@ class Tracker:
         self.experiment_id: str | None = None
         self.tags: dict[str, str] = {}
 
+    def _experiment_id(self) -> str:
+        """The study's experiment, which ``start`` opens: every run of a tune is logged in it."""
+        if self.experiment_id is None:
+            raise EdgecraftError("MLflow tracking: a run is logged before Tracker.start(study, plan) opened the study")
+        return self.experiment_id
+
     def experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         return found.experiment_id if found else self.client.create_experiment(name)
@@ -82,7 +88,7 @@ class Tracker:
         """One MLflow run for the trial: sampled parameters, the scored row's and every row's figures, the
         environment, and report.html, results.json and the scored model file as artifacts."""
         run = self.client.create_run(
-            self.experiment_id,
+            self._experiment_id(),
             run_name=f"trial-{outcome['number']:04d}",
             tags={
                 **self.tags,
@@ -157,7 +163,7 @@ class Tracker:
     def finish(self, report: Path, best_recipe: Path | None, best: dict | None) -> None:
         """A run for the study itself: the tune report, the best recipe and the chosen trial's figures."""
         run = self.client.create_run(
-            self.experiment_id, run_name="study", tags={**self.tags, "edgecraft.kind": "study"}
+            self._experiment_id(), run_name="study", tags={**self.tags, "edgecraft.kind": "study"}
         )
         self.client.log_artifact(run.info.run_id, str(report))
         if best_recipe:

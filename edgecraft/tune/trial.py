@@ -23,6 +23,7 @@ import yaml
 from filelock import ReadWriteLock
 
 from edgecraft import model_source
+from edgecraft.bench.settings import ProfileName
 from edgecraft.compress import registry as pass_registry
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.results import RunResults
@@ -139,7 +140,7 @@ def run_trial(
     values: dict[str, Any],
     trials_dir: str,
     number: int,
-    profile: str | None = None,
+    profile: ProfileName | None = None,
     lock: ReadWriteLock | None = None,
 ) -> dict[str, Any]:
     """Run trial ``number`` with the sampled ``values``; a plain dict (it crosses process boundaries) with
