@@ -17,8 +17,6 @@ from edgecraft.core.errors import EdgecraftError
 from edgecraft.reports.settings import GateThresholds
 from edgecraft.tune.commands import add_tune_commands
 
-OUR_PACKAGES = ("edgecraft",)
-
 
 def _run(args: argparse.Namespace) -> int:
     from edgecraft.api import run
@@ -414,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     # Libraries log chattily at INFO (ONNX Runtime's quantizer, matplotlib): -v opens only our own loggers.
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
-    for package in OUR_PACKAGES:
-        logging.getLogger(package).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("edgecraft").setLevel(logging.INFO if args.verbose else logging.WARNING)  # every part of ours
     try:
         return args.handler(args)
     except EdgecraftError as exc:
