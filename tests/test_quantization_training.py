@@ -1,6 +1,12 @@
 """Quantization passes that start from the PyTorch model: QAT (torchao PT2E) and Neural Compressor's autotune.
 
 Both write QDQ ONNX; the tests run it on ONNX Runtime, OpenVINO and (through convert.tflite) LiteRT.
+
+Training here depends on the CPU's numerics (the built-in digits-cnn itself trains to slightly different weights
+with another kernel set), so every bar on a trained model is a margin below what was measured, never the value of
+one run. The whole file passes with PyTorch's AVX-512 (VNNI), AVX2 and unvectorised kernels, selected with
+ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA on one AMD EPYC host (2026-12-05); a test whose outcome moved between
+them says by how much.
 """
 
 from __future__ import annotations
@@ -68,7 +74,11 @@ def test_qat_writes_an_int8_qdq_model_at_least_as_accurate_as_static_ptq(qat, di
 def test_qat_recovers_what_static_ptq_loses_on_an_outlier_channel(digits_cnn: dict, tmp_path) -> None:
     """One channel of the first block's activations made 100× larger, and the next convolution scaled down to
     match: the same function (ReLU is positively homogeneous), but per-tensor int8 activations now spend their
-    range on that channel. Static PTQ loses half the accuracy (45 % on an AVX2 host); QAT trains around it (95 %)."""
+    range on that channel. How much static PTQ loses depends on the trained weights, which depend on the CPU's
+    kernels: from 98.9 % to 46.5 % with PyTorch's AVX-512 kernels, 98.6 → 50.4 % with AVX2 and 99.2 → 79.4 % with
+    unvectorised ones (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA on one host). QAT came within a point of fp32 on all
+    three (98.1, 98.1, 99.2 %). So the bars are what holds on every CPU class: PTQ loses at least 10 points, QAT
+    recovers at least 10 of them and ends within 6 points of fp32."""
     import copy
 
     import torch
@@ -90,8 +100,8 @@ def test_qat_recovers_what_static_ptq_loses_on_an_outlier_channel(digits_cnn: di
     ptq = accuracy(onnx_logits(apply("quantize.static", exported, digits_cnn, tmp_path).artifact.path, x), y)
     trained = apply("quantize.qat", Artifact("torch", signature, model=model), digits_cnn, tmp_path, epochs=2)
     qat = accuracy(onnx_logits(trained.artifact.path, x), y)
-    assert ptq <= fp32 - 0.2, (fp32, ptq)
-    assert qat >= ptq + 0.3 and qat >= fp32 - 0.06, (fp32, ptq, qat)
+    assert ptq <= fp32 - 0.1, (fp32, ptq)
+    assert qat >= ptq + 0.1 and qat >= fp32 - 0.06, (fp32, ptq, qat)
 
 
 def test_onnxruntime_quantizer_relays_a_qat_model_keeping_its_accuracy(qat, digits_cnn: dict, tmp_path) -> None:

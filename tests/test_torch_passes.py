@@ -1,4 +1,11 @@
-"""PyTorch passes on the trained digits-cnn: structured and unstructured pruning, and distillation."""
+"""PyTorch passes on the trained digits-cnn: structured and unstructured pruning, and distillation.
+
+Training here depends on the CPU's numerics (the built-in digits-cnn itself trains to slightly different weights
+with another kernel set), so every bar on a trained model is a margin below what was measured, never the value of
+one run. The whole file passes with PyTorch's AVX-512 (VNNI), AVX2 and unvectorised kernels, selected with
+ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA on one AMD EPYC host (2026-12-05); a test whose outcome moved between
+them says by how much.
+"""
 
 from __future__ import annotations
 
