@@ -89,14 +89,15 @@ def _environment() -> Environment:
     return env
 
 
+def inline_assets(env: Environment) -> dict[str, str]:
+    """The stylesheet and the sorting script every page inlines (a report is one self-contained file)."""
+    assert env.loader is not None  # template_environment gives it the package's templates
+    return {"css": env.loader.get_source(env, "report.css")[0], "script": env.loader.get_source(env, "sort.js")[0]}
+
+
 def _render(template: str, **context: Any) -> str:
     env = _environment()
-    assert env.loader is not None  # _environment gives it the package's templates
-    return env.get_template(template).render(
-        css=env.loader.get_source(env, "report.css")[0],
-        script=env.loader.get_source(env, "sort.js")[0],
-        **context,
-    )
+    return env.get_template(template).render(**inline_assets(env), **context)
 
 
 def _run_context(results: RunResults) -> dict[str, Any]:

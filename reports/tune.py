@@ -14,9 +14,7 @@ from markupsafe import Markup
 from pydantic import BaseModel
 
 from edgecraft.core.files import write_atomic
-from edgecraft.reports.html import template_environment
-
-TEMPLATES = Path(__file__).parent / "templates"
+from edgecraft.reports.html import inline_assets, template_environment
 
 
 class TuneReport(BaseModel):
@@ -182,8 +180,7 @@ def render_tune_report(data: TuneReport) -> str:
         d=data,
         chosen=chosen,
         counts=counts,
-        css=(TEMPLATES / "report.css").read_text(),
-        script=(TEMPLATES / "sort.js").read_text(),
+        **inline_assets(env),
         pareto_svg=Markup(pareto_svg(data)),
         history_svg=Markup(history_svg(data)),
     )
