@@ -56,25 +56,72 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
     return path
 
 
+def _graphs(graph: Any) -> list[Any]:
+    """``graph`` and every subgraph inside it (the branches of ``If``, the bodies of ``Loop`` and ``Scan``, ...),
+    at any depth."""
+    import onnx
+
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += _graphs(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    found += _graphs(subgraph)
+    return found
+
+
 def rename_io(model: Any, names: dict[str, str]) -> None:
     """Rename graph inputs and outputs in place (``names``: old → new); any other value that already has one of
     the new names is renamed out of the way first.
 
     The exporter's own ``output_names`` fails on a name the graph already uses inside (an output called
     ``embedding`` beside an ``aten::embedding`` node gave "Duplicate definition of name"); no ONNX tool does this
-    rename, hence these lines."""
-    graph = model.graph
+    rename, hence these lines.
+
+    Subgraphs (an ``If``'s branches, a ``Loop``'s body) read outer values by name, so every renaming reaches into
+    them too: a branch that read the graph input ``sr`` reads it under its new name (left as it was, the written
+    graph read a name nothing defines, "Nodes in a graph must be topologically sorted"). Each renaming is one
+    one-to-one substitution applied to every scope alike, definitions and uses, so that a name a subgraph defines
+    for itself (shadowing an outer one or not) still refers to what it did."""
+    graphs = _graphs(model.graph)
+
+    def values(graph: Any) -> list[Any]:
+        return [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
 
     def apply(renames: dict[str, str]) -> None:
-        for node in graph.node:
-            node.input[:] = [renames.get(name, name) for name in node.input]
-            node.output[:] = [renames.get(name, name) for name in node.output]
-        for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
-            value.name = renames.get(value.name, value.name)
+        for graph in graphs:
+            for node in graph.node:
+                node.input[:] = [renames.get(name, name) for name in node.input]
+                node.output[:] = [renames.get(name, name) for name in node.output]
+            for value in values(graph):
+                value.name = renames.get(value.name, value.name)
+            for sparse in graph.sparse_initializer:
+                sparse.values.name = renames.get(sparse.values.name, sparse.values.name)
+            for annotation in graph.quantization_annotation:
+                annotation.tensor_name = renames.get(annotation.tensor_name, annotation.tensor_name)
+
+    def used() -> set[str]:
+        return {
+            name
+            for graph in graphs
+            for name in [
+                *(name for node in graph.node for name in (*node.input, *node.output)),
+                *(value.name for value in values(graph)),
+                *(sparse.values.name for sparse in graph.sparse_initializer),
+            ]
+        }
 
     temporary = {old: f"__io_{index}" for index, old in enumerate(names)}
     apply(temporary)
-    used = {name for node in graph.node for name in (*node.input, *node.output)}
-    used |= {value.name for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
-    apply({name: f"{name}__inner" for name in used & set(names.values())})
+    taken = used()
+    inner = {}
+    for name in sorted(taken & set(names.values())):
+        fresh = f"{name}__inner"
+        while fresh in taken or fresh in names.values():
+            fresh += "_"
+        inner[name] = fresh
+        taken.add(fresh)
+    apply(inner)
     apply({temporary[old]: new for old, new in names.items()})

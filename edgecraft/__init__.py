@@ -15,7 +15,13 @@ cheap (no torch, no runtime).
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
+
+# OpenVINO sends a usage event to Google Analytics at every `import openvino`, NNCF at every quantize call, unless
+# the user opted out; edgecraft opens no connection at run time. Both fall back to no-op stubs when this package
+# cannot be imported, which a None entry in sys.modules makes so (tests/test_offline.py holds it).
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 __all__ = ["Data", "EdgecraftError", "Model", "Recipe", "Run", "run"]
 

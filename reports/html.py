@@ -54,6 +54,19 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items())) or DASH
 
 
+def _reason_head(text: str | None, lines: int = 3, limit: int = 400) -> str | None:
+    """The first ``lines`` lines of a long reason on one line, cut to ``limit`` characters; None where the whole
+    reason is that short (the report then shows it as it is). A converter's failure keeps its full message in
+    results.json: the report shows these first lines and the whole text in a ``<details>`` element."""
+    if not text:
+        return None
+    kept = [line.strip() for line in text.strip().splitlines()]
+    head = " ".join(line for line in kept[:lines] if line)
+    if len(kept) <= lines and len(head) <= limit:
+        return None
+    return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
 def _change(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:+.1f} %".replace("-", "−")
 
@@ -78,6 +91,7 @@ def _environment() -> Environment:
         pts=_pts,
         drop_pts=lambda drop: _pts(None if drop is None else -drop),
         change=_change,
+        reason_head=_reason_head,
         times=lambda value: _fmt(value, ".2f", "×"),
         kb=lambda size: _fmt(None if size is None else size / 1024, ",.1f"),
         compact_json=lambda value: json.dumps(value, separators=(", ", ": ")),

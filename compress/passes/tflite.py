@@ -13,6 +13,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,29 @@ def fixed_shapes(onnx_path: Path, shapes: dict[str, list[int]], out_path: Path) 
     return fixed
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # onnx2tf colours its messages
+
+# The file onnx2tf's ``download_test_image_data`` reads from the working folder, else fetches from GitHub.
+SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def _sample_images(folder: Path) -> None:
+    """Write onnx2tf's sample-image file into ``folder`` (its working folder), generated here, so that it never
+    downloads it.
+
+    onnx2tf 1.28 (``onnx2tf.convert``, after building the model) calls ``download_test_image_data()`` whenever every
+    input of the converted model is 4-D with a fixed batch of at most 20, a fixed height and width and 3 channels
+    last as it converted them: a fixed-batch image model (e.g. [1,3,H,W], or one whose shape ``fixed_shapes`` fixed;
+    issue 25 met it with a [1,128,128,3] input), for fp32 too. No argument prevents that call —
+    ``custom_input_op_name_np_data_path`` only replaces the samples afterwards, in its dummy inference (and its
+    own int8 path, not used here, calls it again) — and the function reads ``./<SAMPLE_IMAGES>`` when it exists
+    before any request. The values only stand in for images where no calibration data was given (a non-float
+    input): 20 × 128 × 128 × 3 float32 in [0, 1), fixed by a seed."""
+    path = folder / SAMPLE_IMAGES
+    if not path.exists():
+        np.save(path, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+
+
 def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: Path) -> Path:
     """onnx2tf's SavedModel for ``onnx_path`` (inputs named in_0, ...: see ``_with_plain_names``), converted once
     per ONNX content and reused by every precision. ``calibration`` holds file-layout samples per plain name."""
@@ -110,12 +134,13 @@ def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: 
     staging = (cache_dir / f"onnx2tf-{digest}.partial").resolve()
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    # Real calibration data for every float input: without it onnx2tf downloads sample images (no network here).
+    # Real calibration data for every float input, for onnx2tf's own check of its conversion.
     samples = []
     for name, array in calibration.items():
         if array.dtype.kind == "f":
             np.save(staging / f"{name}.npy", array[:20].astype(np.float32))
             samples.append([name, str(staging / f"{name}.npy"), 0.0, 1.0])
+    _sample_images(staging)
     source = onnx_path.resolve()  # before the chdir: a relative path would resolve against the staging folder
     log = io.StringIO()
     # It also writes stray files into the working directory, hence the chdir; it prints its errors (and may call
@@ -130,8 +155,10 @@ def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: 
                 non_verbose=True,
             )
     except (SystemExit, Exception) as exc:  # noqa: BLE001 - onnx2tf exits instead of raising on some errors
-        printed = " ".join(line.strip() for line in log.getvalue().splitlines() if "ERROR" in line)[:400]
-        raise RuntimeError(f"onnx2tf failed ({type(exc).__name__}: {exc}){': ' + printed if printed else ''}") from None
+        # Every line it printed as an error, in full (the row keeps the whole text; the report shows its first lines).
+        errors = [line.rstrip() for line in _ANSI.sub("", log.getvalue()).splitlines() if "ERROR" in line]
+        detail = (":\n" + "\n".join(errors))[:4000] if errors else ""
+        raise RuntimeError(f"onnx2tf failed ({type(exc).__name__}: {exc}){detail}") from None
     (staging / "saved_model").rename(folder)
     shutil.rmtree(staging, ignore_errors=True)
     return folder
