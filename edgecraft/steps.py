@@ -14,6 +14,7 @@ from rich.progress import Progress
 
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.base import Artifact, PassContext, PassOutcome
+from edgecraft.compress.verify import verify_artifact
 from edgecraft.compress.zoo import REFERENCE_MODELS
 from edgecraft.core.results import PassRecord
 from edgecraft.step_cache import StepCache, step_key
@@ -73,6 +74,11 @@ class StepRunner:
                 outcome, seconds = cached.outcome, cached.seconds
             else:
                 outcome, seconds = self._run(model, step, entry, current.artifact, context, step_dir)
+                # Every pass's output file must load in its format's runtime before the pass counts as done
+                # (checked once: a cached step was checked before it was stored).
+                notes = verify_artifact(outcome.artifact, entry.type)
+                if notes:
+                    outcome.details["output_check"] = "; ".join(notes)
                 self.cache.store(key, outcome, step_dir, seconds)
             details = dict(outcome.details)
             control = details.pop("accuracy_control", None)  # typed in the record, not a flat fact

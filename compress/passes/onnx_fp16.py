@@ -27,8 +27,14 @@ class Fp16Conversion(Pass[Fp16Config]):
     def apply(self, artifact: Artifact, config: Fp16Config, context: PassContext) -> PassOutcome:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
 
         model = convert_float_to_float16(onnx.load(str(artifact.path)), keep_io_types=True)
+        # The converter appends the input Casts after the nodes that read them; ONNX requires topological order
+        # (ONNX Runtime loads it anyway, onnx.checker and other runtimes refuse it).
+        wrapped = OnnxModel(model)
+        wrapped.topological_sort()
+        model = wrapped.model
         output = context.work_dir / "model.onnx"
         onnx.save(model, str(output))
         return PassOutcome(Artifact("onnx", artifact.signature, path=output))

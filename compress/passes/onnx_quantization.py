@@ -18,6 +18,7 @@ from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, Pas
 from edgecraft.compress.cpu import int8_saturates
 from edgecraft.compress.qdq import without_qdq
 from edgecraft.compress.registry import register
+from edgecraft.core.errors import EdgecraftError
 
 
 def _preprocessed(source: Path, work_dir: Path) -> Path:
@@ -27,6 +28,65 @@ def _preprocessed(source: Path, work_dir: Path) -> Path:
     target = work_dir / f"{source.stem}.pre.onnx"
     quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
     return target
+
+
+# Per-channel weights give DequantizeLinear an ``axis`` attribute, which it has from opset 13 on; ONNX Runtime's
+# quantizer writes it whatever the model's opset (and bumps only models below opset 10, to 11). QDQ needs
+# opset 11 for its fusions (ONNX Runtime warns below that).
+PER_CHANNEL_OPSET = 13
+QDQ_OPSET = 11
+
+
+def default_opset(path: Path) -> int | None:
+    """The model's ONNX (default-domain) opset, read without its external weights; ``None`` if it imports none."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def with_opset(source: Path, needed: int, why: str, work_dir: Path, pass_name: str) -> tuple[Path, str | None]:
+    """``source`` at opset ``needed`` at least: upgraded with ONNX's version converter when it is older, and what
+    was done (``"12 → 13: why"``) to record with the pass; the pass fails, with the converter's reason, when the
+    model cannot be upgraded."""
+    import onnx
+    from onnx import version_converter
+
+    current = default_opset(source)
+    if current is None or current >= needed:
+        return source, None
+    try:
+        upgraded = version_converter.convert_version(onnx.load(str(source)), needed)
+    except Exception as exc:  # the converter raises many types; the pass fails with its words
+        raise EdgecraftError(
+            f"{pass_name}: the model is at ONNX opset {current}, but {why}; upgrading it to opset {needed} with "
+            f"onnx.version_converter failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    target = work_dir / f"{source.stem}.opset{needed}.onnx"
+    onnx.save(upgraded, str(target))
+    return target, f"{current} → {needed}: {why}"
+
+
+def _required_opset(per_channel: bool, qdq: bool) -> tuple[int, str] | None:
+    if per_channel:
+        return (
+            PER_CHANNEL_OPSET,
+            f"per-channel int8 gives DequantizeLinear an axis, which needs opset {PER_CHANNEL_OPSET}",
+        )
+    if qdq:
+        return QDQ_OPSET, f"ONNX Runtime fuses QDQ int8 from opset {QDQ_OPSET} on"
+    return None
+
+
+def upgraded_for(
+    source: Path, per_channel: bool, qdq: bool, work_dir: Path, pass_name: str
+) -> tuple[Path, dict[str, Any]]:
+    """``source`` at the opset the quantizer's output needs, and the ``opset_upgrade`` detail when it was raised."""
+    required = _required_opset(per_channel, qdq)
+    if required is None:
+        return source, {}
+    path, upgrade = with_opset(source, *required, work_dir, pass_name)
+    return path, ({"opset_upgrade": upgrade} if upgrade else {})
 
 
 def reduce_range(config: StaticQuantizationConfig) -> bool:
@@ -71,6 +131,7 @@ class StaticQuantization(Pass[StaticQuantizationConfig]):
         removed = without_qdq(source, context.work_dir / "float-weights.onnx")
         if removed:  # a QAT model: keep its trained weights, lay out the int8 graph the way ORT fuses it
             source = context.work_dir / "float-weights.onnx"
+        source, upgrade = upgraded_for(source, config.per_channel, True, context.work_dir, self.name)
         fmt = OnnxRuntimeInt8(_preprocessed(source, context.work_dir), samples, config)
         path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
         output = context.work_dir / "model.onnx"
@@ -82,6 +143,7 @@ class StaticQuantization(Pass[StaticQuantizationConfig]):
         }
         if removed:
             details["qdq_nodes_removed"] = removed
+        details.update(upgrade)
         if control:
             details["accuracy_control"] = control
         return PassOutcome(Artifact("onnx", artifact.signature, path=output), details)
@@ -226,10 +288,11 @@ class DynamicQuantization(Pass[DynamicQuantizationConfig]):
         if artifact.path is None:
             raise ValueError("quantize.dynamic needs an ONNX file")
         output = context.work_dir / "model.onnx"
+        source, upgrade = upgraded_for(artifact.path, config.per_channel, False, context.work_dir, self.name)
         quantize_dynamic(
-            str(_preprocessed(artifact.path, context.work_dir)),
+            str(_preprocessed(source, context.work_dir)),
             str(output),
             per_channel=config.per_channel,
             weight_type=QuantType.QInt8,
         )
-        return PassOutcome(Artifact("onnx", artifact.signature, path=output))
+        return PassOutcome(Artifact("onnx", artifact.signature, path=output), upgrade)
