@@ -11,6 +11,12 @@ Rows measured on an emulated device (``ResultRow.emulated``, e.g. qemu-user) hav
 device timings: ``RowFacts.timing_not_measured`` says why, and nothing speed-related (speed-up, "slower than fp32",
 the Pareto front, cost, operator gaps, a fastest variant) is derived from them. Renderers read that field rather than
 testing ``row.emulated`` themselves.
+
+Fidelity warnings (``FidelityWarning``): the headline metric reads one output, or summarises several, and a lossy
+row can hold it while another output is ruined (a face net's landmarks after int8, scored on its face
+probability). Every lossy row with an output whose SNR against fp32 is below ``report.min_output_snr_db``, or whose
+top-1 agreement with fp32 is far below its model's other lossy rows (``report.max_agreement_gap``), is warned
+about in the verdict, naming the output, whether or not it is recommended.
 """
 
 from __future__ import annotations
@@ -124,6 +130,16 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class FidelityWarning:
+    """A lossy row whose outputs drifted from fp32 more than its headline metric may show: ``output`` is the output
+    it names (None where it is not known), ``text`` the whole warning, one line."""
+
+    fact: RowFacts
+    output: str | None
+    text: str
+
+
+@dataclass(frozen=True)
 class PassFacts:
     """A pass record with the accuracy around its chain: before the first pass of a variant (the fp32 reference)
     and after its last (the variant's first measured row). Intermediate steps are not measured separately."""
@@ -145,6 +161,7 @@ class Analysis:
     best_size_reduction: RowFacts | None
     baseline_variants: list[str]
     operator_gaps: list[OperatorGap] = field(default_factory=list)
+    fidelity_warnings: list[FidelityWarning] = field(default_factory=list)
 
 
 def cis_overlap(a: LatencyStats, b: LatencyStats) -> bool:
@@ -382,6 +399,55 @@ def operator_gap(fact: RowFacts) -> OperatorGap | None:
     return OperatorGap(fact, profile, fp32, [], [], reason)
 
 
+def _headline_note(fact: RowFacts) -> str:
+    """What the row's headline metric says beside a fidelity warning."""
+    accuracy = fact.row.measurement.accuracy if fact.row.measurement else None
+    if accuracy is None:
+        return f" — the headline {fact.metric} was not measured"
+    if fact.within_budget:
+        return f" — the headline {fact.metric} ({100 * accuracy:.1f} %, within the budget) does not show it"
+    return f" — besides the headline {fact.metric} ({100 * accuracy:.1f} %)"
+
+
+def fidelity_warnings(results: RunResults, facts: list[RowFacts], settings: ReportSettings) -> list[FidelityWarning]:
+    """Every measured lossy row (not ``lossless``): each output with an SNR below ``settings.min_output_snr_db``,
+    and a top-1 agreement with fp32 more than ``settings.max_agreement_gap`` below the best other lossy row of the
+    same model (on any target). An exact output has no SNR (None) and is never warned about."""
+    first_output = {model.name: next(iter(model.signature.output_names), None) for model in results.models}
+    lossy = [f for f in facts if not f.row.lossless and f.row.status == "ok" and f.row.measurement is not None]
+    warnings = []
+    for fact in lossy:
+        row, fidelity = fact.row, _measurement(fact.row).fidelity
+        where = f"row {row.model} · {row.variant} on {row.target}"
+        for name, drift in fidelity.outputs.items():
+            if drift.snr_db is not None and drift.snr_db < settings.min_output_snr_db:
+                text = (
+                    f"{where}: output {name!r} SNR {drift.snr_db:.1f} dB (below {settings.min_output_snr_db:g} "
+                    f"dB){_headline_note(fact)}"
+                )
+                warnings.append(FidelityWarning(fact, name, text))
+        agreement = fidelity.top1_agreement
+        others = [
+            f
+            for f in lossy
+            if f is not fact and f.row.model == row.model and _measurement(f.row).fidelity.top1_agreement is not None
+        ]
+        if agreement is None or not others:
+            continue
+        best = max(others, key=lambda f: _known(_measurement(f.row).fidelity.top1_agreement))
+        best_agreement = _known(_measurement(best.row).fidelity.top1_agreement)
+        if best_agreement - agreement > settings.max_agreement_gap + FLOAT_SLACK:
+            output = first_output.get(row.model)
+            named = f"output {output!r} " if output else ""
+            text = (
+                f"{where}: {named}top-1 agreement with fp32 {100 * agreement:.1f} %, "
+                f"{100 * (best_agreement - agreement):.1f} pt below {best.row.variant} on {best.row.target} "
+                f"({100 * best_agreement:.1f} %){_headline_note(fact)}"
+            )
+            warnings.append(FidelityWarning(fact, output, text))
+    return warnings
+
+
 def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
     facts = _row_facts(results, settings)
     budget = [f for f in facts if f.within_budget]
@@ -398,4 +464,5 @@ def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
         best_size_reduction=max(smaller, key=lambda f: _known(f.size_reduction), default=None),
         baseline_variants=baseline_variants(results),
         operator_gaps=[gap for fact in facts if (gap := operator_gap(fact)) is not None],
+        fidelity_warnings=fidelity_warnings(results, facts, settings),
     )

@@ -56,6 +56,20 @@ class ReportSettings(_Strict):
     price_per_hour: float | None = Field(
         None, gt=0, description="Price of the target machine per hour; adds a cost-per-1M-predictions column."
     )
+    min_output_snr_db: float = Field(
+        20,
+        ge=0,
+        le=200,
+        description="A lossy row (quantized, fp16, ...) with any output whose SNR against the fp32 reference is "
+        "below this many dB gets a warning in the verdict naming the output, whatever its headline metric says.",
+    )
+    max_agreement_gap: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A lossy row whose top-1 agreement with fp32 is more than this (0.1 = 10 points) below the "
+        "best other lossy row of its model gets a warning in the verdict.",
+    )
     gate: GateThresholds = GateThresholds()
 
 

@@ -117,12 +117,25 @@ def test_synthetic_inputs_follow_dtypes_and_declared_ranges() -> None:
         ],
         outputs=[],
     )
-    made = feeds.synthetic(signature, 10, vocabulary={"input_ids": 30})
-    assert made["input_ids"].shape == (10, feeds.SYNTHETIC_SIZES["sequence"]) and made["input_ids"].dtype == np.int64
+    shapes = {name: [1, 32] for name in ("input_ids", "attention_mask", "token_type_ids")}
+    made = feeds.synthetic(signature, 10, vocabulary={"input_ids": 30}, shapes=shapes)
+    assert made["input_ids"].shape == (10, 32) and made["input_ids"].dtype == np.int64
     assert 0 <= made["input_ids"].min() and made["input_ids"].max() < 30
     assert (made["attention_mask"] == 1).all() and (made["token_type_ids"] == 0).all()
     assert made["image"].shape == (10, 3, 4, 4) and -1 <= made["image"].min() and made["image"].max() <= 1
-    assert feeds.synthetic(signature, 10, vocabulary={"input_ids": 30})["image"].tolist() == made["image"].tolist()
+    again = feeds.synthetic(signature, 10, vocabulary={"input_ids": 30}, shapes=shapes)
+    assert again["image"].tolist() == made["image"].tolist()
+
+
+def test_synthetic_inputs_never_guess_a_dynamic_axis_besides_the_batch() -> None:
+    """A recogniser measured at 16×16 pixels was reported "ok" at a fifteenth of its real latency: the size of a
+    dynamic height, width or sequence is asked for, never made up."""
+    with pytest.raises(
+        feeds.DataMismatch,
+        match=r"input 'input_ids' \[batch, sequence\] has dynamic axis 1 besides "
+        r"the batch: say the shape to measure at with --shape input_ids=1,N",
+    ):
+        feeds.synthetic(TOKENS, 4)
 
 
 # ---- evaluators --------------------------------------------------------------------------------------------------
@@ -209,3 +222,100 @@ def test_default_evaluator_is_classification_with_labels_and_agreement_without()
     assert evaluators.choose(None, outputs, np.arange(3)).type == "classification"
     assert evaluators.choose(None, outputs, None).type == "agreement"
     assert evaluators.choose(None, outputs, np.ones((3, 4), np.float32)).type == "agreement"
+
+
+# ---- which output an evaluator reads -----------------------------------------------------------------------------
+
+FACE = [
+    TensorSpec(name="boxes", shape=["batch", 4]),
+    TensorSpec(name="landmarks", shape=["batch", 10]),
+    TensorSpec(name="face_prob", shape=["batch", 2]),
+]
+
+
+@pytest.mark.parametrize(("targets", "evaluator"), [(np.arange(4), "classification"), (None, "agreement")])
+def test_several_outputs_that_could_be_class_scores_are_an_error_that_asks(targets, evaluator) -> None:
+    """A three-head face net with labels (or without: agreement is the default then): never a silent pick."""
+    spec = evaluators.choose(None, FACE, targets)
+    assert spec.type == evaluator and spec.outputs is None
+    with pytest.raises(EvaluatorMismatch) as caught:
+        evaluators.check(spec, FACE, targets)
+    assert str(caught.value) == (
+        f"evaluator '{evaluator}': the model has 3 outputs that could hold class scores (boxes [?, 4], "
+        "landmarks [?, 10], face_prob [?, 2]); say which with evaluator.outputs: [NAME] in the recipe, "
+        "or --evaluator-output NAME on bench"
+    )
+    arrays = {output.name: np.ones((4, output.shape[1]), np.float32) for output in FACE}
+    with pytest.raises(EvaluatorMismatch, match="3 outputs that could hold class scores"):
+        evaluators.evaluate(spec, arrays, arrays, targets)  # evaluate refuses to guess too
+
+
+def test_the_named_output_is_read_by_check_and_by_evaluate() -> None:
+    spec = evaluators.choose(EvaluatorSpec(type="classification", outputs=["face_prob"]), FACE, np.arange(4))
+    evaluators.check(spec, FACE, np.array([0, 1, 1, 0]))
+    reference = {
+        "boxes": np.tile([[9.0, 0, 0, 0]], (4, 1)),  # argmax 0 everywhere: 50 % if it were read
+        "landmarks": np.zeros((4, 10)),
+        "face_prob": np.eye(2)[[0, 1, 1, 0]],
+    }
+    assert evaluators.evaluate(spec, reference, reference, np.array([0, 1, 1, 0])).value == 1.0
+
+
+def test_the_one_output_declared_as_scores_is_the_choice() -> None:
+    outputs = [*FACE[:2], FACE[2].model_copy(update={"kind": "scores"})]
+    spec = evaluators.choose(None, outputs, np.arange(4))
+    assert spec.outputs == ["face_prob"]  # choose names it: evaluate reads exactly what check checked
+    evaluators.check(spec, outputs, np.array([0, 1, 1, 0]))
+    assert evaluators.read_outputs(EvaluatorSpec(type="agreement"), outputs) == [outputs[2]]
+
+
+def test_one_output_that_fits_among_several_is_read_and_named() -> None:
+    outputs = [TensorSpec(name="boxes", shape=["batch", 8, 4]), TensorSpec(name="logits", shape=["batch", 10])]
+    spec = evaluators.choose(None, outputs, None)
+    assert spec.type == "agreement" and spec.outputs == ["logits"]
+    scores = np.eye(10, dtype=np.float32)[[1, 2, 3]]
+    arrays = {"boxes": np.zeros((3, 8, 4), np.float32), "logits": scores}
+    assert evaluators.evaluate(spec, arrays, arrays, None).value == 1.0
+
+
+def test_a_single_output_model_is_read_as_before() -> None:
+    outputs = [TensorSpec(name="logits", shape=["batch", 10])]
+    spec = evaluators.choose(None, outputs, np.arange(3))
+    assert spec == EvaluatorSpec(type="classification") and spec.outputs is None  # nothing changes, cache keys too
+    assert evaluators.read_outputs(spec, outputs) == outputs
+
+
+def test_embedding_reads_the_declared_embedding_and_asks_between_two_vectors() -> None:
+    declared = [
+        TensorSpec(name="embedding", shape=["batch", 8], kind="embedding"),
+        TensorSpec(name="logits", shape=["batch", 10]),
+    ]
+    assert evaluators.choose(EvaluatorSpec(type="embedding"), declared, None).outputs == ["embedding"]
+    scores_declared = [declared[0].model_copy(update={"kind": None}), declared[1].model_copy(update={"kind": "scores"})]
+    assert evaluators.read_outputs(EvaluatorSpec(type="embedding"), scores_declared) == [scores_declared[0]]
+    undeclared = [output.model_copy(update={"kind": None}) for output in declared]
+    with pytest.raises(
+        EvaluatorMismatch, match=r"2 outputs that could hold an embedding \(embedding \[\?, 8\], logits"
+    ):
+        evaluators.check(EvaluatorSpec(type="embedding"), undeclared, None)
+
+
+def test_regression_and_a_users_function_read_every_output_without_asking() -> None:
+    for name in ("regression", "tests.helpers:mean_output"):
+        spec = evaluators.choose(EvaluatorSpec(type=name), FACE, np.arange(4))
+        assert spec.outputs is None and evaluators.read_outputs(spec, FACE) == FACE
+        evaluators.check(spec, FACE, np.arange(4))
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("missing_mod:score", "evaluator 'missing_mod:score': cannot import 'missing_mod': no module 'missing_mod'"),
+        ("tests.helpers:no_such_metric", "cannot import 'no_such_metric'"),
+        ("tests.fixtures_models:THREE_HEAD_INPUT", "is a str, not a function"),
+    ],
+)
+def test_a_users_evaluator_is_imported_and_checked_before_anything_runs(reference, message) -> None:
+    with pytest.raises(EvaluatorMismatch) as caught:
+        evaluators.check(EvaluatorSpec(type=reference), [TensorSpec(name="y", shape=["batch", 3])], None)
+    assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1

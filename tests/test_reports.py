@@ -117,6 +117,16 @@ def test_report_of_a_run_with_failed_and_skipped_rows(tmp_path: Path) -> None:
     assert summary.count("\n| net |") == len(results.rows)
 
 
+def test_results_without_per_output_fidelity_get_no_fidelity_warning() -> None:
+    """Older results (and these hand-built ones) carry no per-output SNR: nothing to warn about, and a stored
+    ``report`` section without the fidelity thresholds reads their defaults (tests/test_verdict_snr.py has more)."""
+    from edgecraft.reports.settings import report_settings
+
+    settings = report_settings({"report": {"max_accuracy_drop": 0.02}})
+    assert (settings.min_output_snr_db, settings.max_agreement_gap) == (20, 0.1)
+    assert analyse(mixed_run(), settings).fidelity_warnings == []
+
+
 def test_report_renders_results_without_samples_or_report_section(tmp_path: Path) -> None:
     """Older results.json files (no samples, no recipe ``report``) still render."""
     results = mixed_run()

@@ -15,6 +15,13 @@ class Embedding(Evaluator):
     metric = "mean cosine to fp32"
     headline = "mean_cosine"
     groups_targets = True
+    reads_kind = "embedding"
+    holds = "an embedding"
+
+    @classmethod
+    def fits(cls, output: TensorSpec) -> bool:
+        """[batch, dimensions] (or a shape not known), not declared as class scores or plain values."""
+        return output.kind not in ("scores", "values") and (output.shape is None or len(output.shape) == 2)
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         spec = outputs[0]

@@ -9,6 +9,14 @@ from edgecraft.core.signature import TensorSpec
 from edgecraft.targets.feeds import Feeds
 
 
+def _could_be_scores(output: TensorSpec) -> bool:
+    """[batch, classes ≥ 2] (or a shape not known), not declared as an embedding or plain values."""
+    if output.kind in ("embedding", "values"):
+        return False
+    shape = output.shape
+    return shape is None or (len(shape) == 2 and not (isinstance(shape[1], int) and shape[1] < 2))
+
+
 def _scores_check(name: str, outputs: list[TensorSpec]) -> None:
     """Class scores: one [batch, classes] output, not declared as an embedding or plain values."""
     spec = outputs[0]
@@ -29,6 +37,12 @@ class Classification(Evaluator):
     metric = "top-1 accuracy"
     headline = "top1"
     needs_targets = True
+    reads_kind = "scores"
+    holds = "class scores"
+
+    @classmethod
+    def fits(cls, output: TensorSpec) -> bool:
+        return _could_be_scores(output)
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         super().check(outputs, targets)
@@ -58,6 +72,12 @@ class Agreement(Evaluator):
     name = "agreement"
     metric = "top-1 agreement with fp32"
     headline = "top1_agreement"
+    reads_kind = "scores"
+    holds = "class scores"
+
+    @classmethod
+    def fits(cls, output: TensorSpec) -> bool:
+        return _could_be_scores(output)
 
     def check(self, outputs: list[TensorSpec], targets: np.ndarray | None) -> None:
         _scores_check(self.name, outputs)
