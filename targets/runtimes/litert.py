@@ -9,6 +9,7 @@ Quantized inputs and outputs are (de)quantized with their tensor's scale.
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ class LiteRtSession:
     outputs: dict[str, dict]
     nchw_inputs: frozenset[str]
     names: dict[str, str]
+    # Why the default XNNPACK delegate was not used (the file runs on the built-in kernels), or None when it was.
+    xnnpack_refused: str | None = None
 
 
 @register
@@ -46,17 +49,61 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
             return "the LiteRT GPU delegate is not part of the Python wheels; run GPU rows with a device build"
         return None
 
-    def _interpreter(self, path: Path, threads: int | None = None) -> Any:
+    def _interpreter(self, path: Path, threads: int | None = None, delegates: bool = True) -> Any:
+        """An interpreter of ``path``; ``delegates=False`` runs the built-in kernels only (no default XNNPACK)."""
         module = importlib.import_module(f"{self.python_module}.interpreter")
-        # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
-        return module.Interpreter(model_path=str(path), num_threads=threads)
+        if delegates:
+            # XNNPACK is LiteRT's default CPU delegate; num_threads sizes its thread pool.
+            return module.Interpreter(model_path=str(path), num_threads=threads)
+        return module.Interpreter(
+            model_path=str(path),
+            num_threads=threads,
+            experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+
+    def _allocated(self, path: Path, threads: int, delegates: bool) -> Any:
+        interpreter = self._interpreter(path, threads, delegates)
+        interpreter.allocate_tensors()  # where the default delegate is applied (and can fail to prepare)
+        return interpreter
 
     def load(self, path: Path, device: str, threads: int, options: NoOptions) -> LiteRtSession:
-        interpreter = self._interpreter(path, threads)
-        interpreter.allocate_tensors()
+        """The file on the default XNNPACK delegate; where XNNPACK refuses it (e.g. ``failed to create XNNPACK
+        runtime``, seen on full-integer files), on the built-in kernels only, which ``describe`` records. When
+        neither loads, the error names the op(s) the messages point at and what to try."""
+        refused = None
+        try:
+            interpreter = self._allocated(path, threads, delegates=True)
+        except Exception as delegate_error:  # noqa: BLE001 - any delegate failure: try the built-in kernels
+            refused = _one_line(delegate_error)
+            try:
+                interpreter = self._allocated(path, threads, delegates=False)
+            except Exception as builtin_error:
+                raise RuntimeError(self._load_failure(path, delegate_error, builtin_error)) from builtin_error
         names, nchw = read_io_note(path)
         inputs, outputs = _named_details(interpreter, names)
-        return LiteRtSession(interpreter, threads, inputs, outputs, frozenset(nchw), names)
+        return LiteRtSession(interpreter, threads, inputs, outputs, frozenset(nchw), names, refused)
+
+    def _load_failure(self, path: Path, delegate_error: BaseException, builtin_error: BaseException) -> str:
+        """Both loads' messages, the ops their node numbers point at, and what to do."""
+        ops = self._ops(path)
+        named = name_nodes(f"{delegate_error}\n{builtin_error}", ops)
+        where = f" {'; '.join(named)}." if named else ""
+        return (
+            f"{self._interpreter_version()} cannot load {path.name}, with the XNNPACK delegate or with its built-in "
+            f"kernels only.{where} What to do: keep the named op(s) in float (convert.tflite with quantization "
+            "dynamic or float16, or a model without that op), or try a newer ai-edge-litert if the converter wrote "
+            "an op version this interpreter does not know.\n"
+            f"With XNNPACK: {str(delegate_error).strip()}\n"
+            f"With the built-in kernels only: {str(builtin_error).strip()}"
+        )
+
+    def _ops(self, path: Path) -> list[dict]:
+        """The file's ops in node order (``_get_ops_details()`` of an interpreter without delegates, which is not
+        allocated, so a file whose kernels fail to prepare still lists them); [] when not even that builds."""
+        try:
+            return list(self._interpreter(path, delegates=False)._get_ops_details())
+        except Exception:  # noqa: BLE001 - naming the op is a courtesy; the load error is raised anyway
+            return []
 
     def run(self, session: LiteRtSession, feeds: Feeds) -> Feeds:
         interpreter = session.interpreter
@@ -125,12 +172,58 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
         package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[module]
         return f"{package} {metadata.version(package)}"
 
+    def warnings(self, runtime_info: dict[str, Any]) -> list[str]:
+        """A file XNNPACK refused ran on the built-in kernels only: its latency is not XNNPACK's."""
+        delegate = runtime_info.get("delegate")
+        if isinstance(delegate, str) and delegate.startswith(XNNPACK_REFUSED):
+            return [
+                f"XNNPACK refused this file; LiteRT ran it on its built-in kernels (slower than XNNPACK): {delegate}"
+            ]
+        return []
+
     def describe(self, session: LiteRtSession) -> dict[str, Any]:
+        refused = session.xnnpack_refused
         return {
             "interpreter": self._interpreter_version(),
             "input_dtype": ", ".join(sorted({np.dtype(d["dtype"]).name for d in session.inputs.values()})),
             "num_threads": session.threads,
+            "delegate": f"{XNNPACK_REFUSED}: {refused})" if refused is not None else "XNNPACK (default)",
         }
+
+
+# How ``describe`` begins its "delegate" fact when XNNPACK refused the file and the built-in kernels run it.
+XNNPACK_REFUSED = "none (XNNPACK refused"
+
+_NODE = re.compile(r"Node number (\d+)(?: \(([^)]*)\))?")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def name_nodes(message: str, ops: list[dict]) -> list[str]:
+    """Each ``Node number N (...)`` of an interpreter's error ``message``, said as the op it is: node N is the
+    file's op N (``ops`` is ``_get_ops_details()`` of an interpreter without delegates: node order); a number past
+    the file's ops is a node a delegate added, standing for the group of ops it took over."""
+    named: list[str] = []
+    for match in _NODE.finditer(message):
+        index, label = int(match.group(1)), match.group(2)
+        if index < len(ops):
+            op = ops[index]
+            operands = ", ".join(np.dtype(kind).name for kind in op.get("operand_types", []))
+            results = ", ".join(np.dtype(kind).name for kind in op.get("result_types", []))
+            text = f"Node {index} is op {op['op_name']} ({operands} → {results})"
+        elif ops:
+            text = (
+                f"Node {index} is {label or 'a delegate'}'s own node (the file has {len(ops)} ops, 0–{len(ops) - 1}): "
+                "the group of ops the delegate took over failed to prepare"
+            )
+        else:
+            text = f"Node {index} ({label or 'unknown op'})"
+        if text not in named:
+            named.append(text)
+    return named
 
 
 def _named_details(interpreter: Any, names: dict[str, str]) -> tuple[dict[str, dict], dict[str, dict]]:
