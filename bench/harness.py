@@ -255,11 +255,15 @@ def _memory(raws: list[dict]) -> list[MemorySnapshot]:
 
 
 def _throughput(raws: list[dict]) -> list[Throughput]:
-    """Per configuration, the median over repetitions of the runs that worked, else the error."""
+    """Per configuration, the median over repetitions of the runs that worked, else the error or why the
+    model cannot run it (a fixed batch of 1)."""
     merged = []
     for position, first in enumerate(raws[0]["throughput"]):
         ran = [raw["throughput"][position] for raw in raws if "error" not in raw["throughput"][position]]
         config = {"batch_size": first["batch_size"], "parallel": first["parallel"]}
+        if "not_measured" in first:
+            merged.append(Throughput(**config, not_measured=first["not_measured"]))
+            continue
         if not ran:
             merged.append(Throughput(**config, error=first["error"]))
             continue

@@ -109,15 +109,22 @@ def run_phase(
 
 
 def throughput(
-    target: Any, sessions: list[Any], inputs: dict[str, np.ndarray], batch_size: int, seconds: float
+    target: Any,
+    sessions: list[Any],
+    inputs: dict[str, np.ndarray],
+    batch_size: int,
+    seconds: float,
+    layout: feeds.Layout,
 ) -> dict:
     """Items per second with one thread per session, each running batches of ``batch_size`` for ``seconds``."""
     count = max(1, min(RING, feeds.count(inputs)) // batch_size)
     batches = [
-        {
-            name: np.take(array, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")
-            for name, array in inputs.items()
-        }
+        layout.to_model(
+            {
+                name: np.take(array, range(i * batch_size, (i + 1) * batch_size), axis=0, mode="wrap")
+                for name, array in inputs.items()
+            }
+        )
         for i in range(count)
     ]
     for session in sessions:  # warms each session at this batch size, and fails here if the model cannot take it
@@ -154,6 +161,7 @@ def run_job(job: dict) -> dict:
     from edgecraft.targets import registry
 
     inputs = feeds.load(Path(job["inputs"]))  # memory-mapped: only the samples used are read
+    layout = feeds.load_layout(Path(job["inputs"]))
     target = registry.get(job["runtime"])
     memory = [memory_snapshot("start")]
 
@@ -177,15 +185,28 @@ def run_job(job: dict) -> dict:
 
     # A small ring of single samples, read from the file (not through the map, whose pages would stay resident):
     # the timed loop reads memory, not the disk.
+    # Each as the model takes one call (its batch axes; a fixed batch of N holds N samples).
     ring = max(1, min(RING, RING_BYTES // max(feeds.sample_bytes(inputs), 1), feeds.count(inputs)))
-    single = [feeds.read(Path(job["inputs"]), i, i + 1) for i in range(ring)]
-    start = time.perf_counter()
-    target.run(session, single[0])
-    first_inference_ms = (time.perf_counter() - start) * 1e3
-    memory.append(memory_snapshot("first_inference"))
+    per_call = layout.max_batch if layout.exact and layout.max_batch else 1
+    single = [
+        layout.to_model(feeds.read(Path(job["inputs"]), i * per_call, (i + 1) * per_call))
+        for i in range(max(1, ring // per_call))
+    ]
+    # A stateful model runs as deployed: each step takes the state the step before returned.
+    state: dict[str, np.ndarray] = {}
 
     def infer(i: int) -> None:
-        target.run(session, single[i % len(single)])
+        fed = single[i % len(single)]
+        if layout.state_from:
+            fed = fed | {name: state[source] for name, source in layout.state_from.items() if source in state}
+            state.update(target.run(session, fed))
+        else:
+            target.run(session, fed)
+
+    start = time.perf_counter()
+    infer(0)
+    first_inference_ms = (time.perf_counter() - start) * 1e3
+    memory.append(memory_snapshot("first_inference"))
 
     # The collector would otherwise pause a timed call now and then; native benchmark tools have no such pauses.
     gc.disable()
@@ -206,19 +227,22 @@ def run_job(job: dict) -> dict:
             continue
         for batch_size in job["batch_sizes"]:
             entry = {"batch_size": batch_size, "parallel": parallel}
-            try:
-                entry |= throughput(target, sessions, inputs, batch_size, job["throughput_s"])
-            except Exception as exc:  # noqa: BLE001 - e.g. a model exported with a fixed batch of 1
-                entry["error"] = _brief(exc)
+            if layout.batch_sizes(batch_size) != batch_size:
+                entry["not_measured"] = f"not measured ({layout.limit})"
+            else:
+                try:
+                    entry |= throughput(target, sessions, inputs, batch_size, job["throughput_s"], layout)
+                except Exception as exc:  # noqa: BLE001 - the runtime refused this batch
+                    entry["error"] = _brief(exc)
             results.append(entry)
         del sessions
 
     if job["accuracy"]:
         # Accuracy in its own pass after every timed one, on the same target.run code path.
         try:
-            batches = target.run_batches(session, inputs, job["eval_batch"])
-        except Exception:  # noqa: BLE001 - a model exported with a fixed batch of 1 runs the samples one by one
-            batches = target.run_batches(session, inputs, 1)
+            batches = target.run_batches(session, inputs, job["eval_batch"], layout)
+        except Exception:  # noqa: BLE001 - a batch limit the file does not declare: the samples one by one
+            batches = target.run_batches(session, inputs, 1, layout)
         outputs: dict[str, Any] = feeds.concatenate(batches)  # Any: mypy checks ** against allow_pickle too
         np.savez(job["outputs"], **outputs)
     runtime_info = target.describe(session)

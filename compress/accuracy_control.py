@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from edgecraft.compress.base import PassConfig, Validation
+from edgecraft.compress.base import Dataset, PassConfig, Validation
 
 # Batches the validation split is run in: large enough to be quick, small enough for a 224×224 model's memory.
 _BATCH = 16
@@ -142,13 +142,13 @@ class Int8Format(ABC):
             progress(index + 1)
         return judged
 
-    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output by name for ``inputs``, in batches, on every core."""
+    def run(self, path: Path, data: Dataset) -> dict[str, np.ndarray]:
+        """Every output by name for ``data``'s inputs, in batches the model takes, on every core."""
         from edgecraft.targets import feeds, registry
 
         target = registry.get(self.target)
         session = target.load(path, "cpu", os.cpu_count() or 1, target.options_model())
-        return feeds.concatenate(target.run_batches(session, inputs, _BATCH))
+        return feeds.concatenate(target.run_batches(session, data.inputs, _BATCH, data.layout))
 
     def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
         """Median of a few single-sample runs after one warm-up, on one thread: a ratio between two models of one
@@ -182,7 +182,7 @@ def search(
         raise ValueError(
             "accuracy-aware quantization needs the recipe's evaluator and calibration split (run it from a recipe)"
         )
-    data = validation.data.inputs
+    data = validation.data
 
     def judge(path: Path) -> Judgement:
         outputs = fmt.run(path, data)
@@ -265,7 +265,7 @@ def search(
         "trials": trials,
     }
     if float_layers:
-        sample = {name: array[:1] for name, array in data.items()}
+        sample = data.head(1).samples()[0]
         record["latency_ratio"] = fmt.latency_ms(chosen, sample) / fmt.latency_ms(all_int8, sample)
     return chosen, record
 

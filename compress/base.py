@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgecraft.core.signature import Signature
+from edgecraft.targets.feeds import Layout
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Named inputs (each [samples, ...]) and optional targets ([samples, ...]: labels, boxes, pair ids)."""
+    """Named inputs (each [samples, ...], one sample per index) and optional targets ([samples, ...]: labels,
+    boxes, pair ids); ``layout`` says how the model takes them (batch axes, fixed batch, state)."""
 
     inputs: dict[str, np.ndarray]
     targets: np.ndarray | None = None
+    layout: Layout = field(default_factory=Layout)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
@@ -50,14 +53,19 @@ class Dataset:
         return Dataset(
             {name: array[indices] for name, array in self.inputs.items()},
             None if self.targets is None else self.targets[indices],
+            self.layout,
         )
 
     def head(self, count: int) -> Dataset:
         return self.subset(np.arange(min(count, len(self))))
 
     def samples(self) -> list[dict[str, np.ndarray]]:
-        """One feed per sample (batch of 1): what calibration readers hand to quantizers."""
-        return [{name: array[i : i + 1] for name, array in self.inputs.items()} for i in range(len(self))]
+        """One call's feeds per sample, as the model takes them: what calibration readers hand to quantizers."""
+        per_call = self.layout.max_batch if self.layout.exact and self.layout.max_batch else 1
+        return [
+            self.layout.to_model({name: array[i : i + per_call] for name, array in self.inputs.items()})
+            for i in range(0, len(self) - per_call + 1, per_call)
+        ]
 
 
 @dataclass

@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgecraft.bench.agent.commands import add_agent_commands
 from edgecraft.core.errors import EdgecraftError
@@ -39,8 +41,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from edgecraft.bench.settings import BenchmarkSpec
-    from edgecraft.bench_file import bench_file
+    from edgecraft.bench_file import InputOptions, bench_file
     from edgecraft.runner import bench_settings
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
@@ -56,9 +60,48 @@ def _bench(args: argparse.Namespace) -> int:
         command=args.argv[args.argv.index("bench") + 1 :],
         device=args.device,
         remote_devices=remote_devices,
+        input_options=InputOptions(
+            shapes=dict(args.shape),
+            values=dict(args.input),
+            batch_axes=dict(args.batch_axis),
+            state_from=dict(args.state),
+        ),
+        evaluator_outputs=args.evaluator_output,
+        console=Console(stderr=True),
     )
     print(run_dir / "report.html")
     return 0
+
+
+def _named_value(parse: Callable[[str], Any], form: str) -> Callable[[str], tuple[str, Any]]:
+    """An argparse type for ``NAME=VALUE`` options: a malformed one is argparse's one-line usage error."""
+
+    def named(text: str) -> tuple[str, Any]:
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
+        try:
+            return name.strip(), parse(value.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return named
+
+
+def _dims(text: str) -> list[int]:
+    dims = [int(part) for part in text.split(",")]
+    if any(dim <= 0 for dim in dims):
+        raise ValueError("every dimension must be a positive integer")
+    return dims
+
+
+def _axis(text: str) -> int | None:
+    if text.lower() in ("none", "null"):
+        return None
+    axis = int(text)
+    if axis < 0:
+        raise ValueError("an axis is 0 or more, or none")
+    return axis
 
 
 def _devices_file(path: Path | None, needed: bool) -> dict:
@@ -315,6 +358,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="classification, agreement, embedding, regression or module:function (default: "
         "classification when --inputs has class targets)",
+    )
+    bench.add_argument(
+        "--evaluator-output",
+        action="append",
+        default=[],
+        metavar="OUTPUT",
+        help="the output the evaluator reads (repeat for several); needed where several outputs could hold scores",
+    )
+    bench.add_argument(
+        "--shape",
+        action="append",
+        type=_named_value(_dims, "NAME=D1,D2,..."),
+        default=[],
+        metavar="NAME=DIMS",
+        help="an input's shape to measure at, batch (1) included, e.g. x=1,3,640,640: needed for inputs with "
+        "dynamic axes besides the batch (height, width, sequence) when there is no --inputs",
+    )
+    bench.add_argument(
+        "--input",
+        action="append",
+        type=_named_value(str, "NAME=VALUE"),
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value fed to an input on every call, e.g. sr=16000 (numbers separated by commas for a vector)",
+    )
+    bench.add_argument(
+        "--batch-axis",
+        action="append",
+        type=_named_value(_axis, "NAME=AXIS"),
+        default=[],
+        metavar="NAME=AXIS",
+        help="which axis of an input holds the batch (e.g. state=1), or none (e.g. sr=none); default: read from "
+        "the file's shapes",
+    )
+    bench.add_argument(
+        "--state",
+        action="append",
+        type=_named_value(str, "INPUT=OUTPUT"),
+        default=[],
+        metavar="INPUT=OUTPUT",
+        help="a stateful model: feed INPUT from the previous call's OUTPUT (e.g. state=stateN); samples then run "
+        "one step at a time, in order, and latency is per step",
     )
     bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
     bench.add_argument(

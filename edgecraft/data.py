@@ -71,7 +71,7 @@ def load_source(source: str, base_dir: Path, signature: Signature | None) -> Dat
             arrays = {name: archive[name] for name in archive.files}
         return _named(arrays, str(path), signature)
     if ":" in source:
-        result = call_object(source, "data.source")
+        result = call_object(source, "data.source", base_dir)
         if isinstance(result, tuple) and len(result) == 2:
             inputs, targets = result
             arrays = dict(inputs) if isinstance(inputs, dict) else {"inputs": inputs}
@@ -215,12 +215,16 @@ def _named(arrays: dict[str, Any], origin: str, signature: Signature | None) -> 
         arrays[signature.inputs[0].name] = arrays.pop("inputs")
     if not arrays:
         raise EdgecraftError(f"{origin}: no input arrays (it holds only {target_key})")
+    if signature is not None:
+        arrays = feed_tools.from_natural(arrays, signature)
     counts = {name: len(array) for name, array in arrays.items() if array.ndim}
     if targets is not None:
         assert target_key is not None  # the targets were popped from under it
         counts[target_key] = len(targets)
     if len(set(counts.values())) != 1 or len(counts) != len(arrays) + (targets is not None):
-        raise EdgecraftError(f"{origin}: every array needs the same number of samples (first dimension), got {counts}")
+        raise EdgecraftError(
+            f"{origin}: every array needs the same number of samples (on the input's batch axis), got {counts}"
+        )
     return Dataset(arrays, targets)
 
 
@@ -233,7 +237,7 @@ def conform(dataset: Dataset, signature: Signature, origin: str) -> Dataset:
         raise EdgecraftError(str(exc)) from None
     if extra:
         log.warning("%s: ignoring array(s) %s: the model's inputs are %s", origin, extra, signature.input_names)
-    return Dataset(inputs, dataset.targets)
+    return Dataset(inputs, dataset.targets, feed_tools.layout(signature, inputs))
 
 
 def _sizes(total: int, fractions: tuple[float, float, float]) -> list[int]:

@@ -38,9 +38,13 @@ def declared_signature(spec: ModelSpec) -> Signature | None:
     output names; an ONNX file's is read from its graph."""
     if spec.builtin:
         return REFERENCE_MODELS[spec.builtin].signature
+    if spec.onnx:
+        return file_signature(spec)
     outputs = list(spec.outputs or [])
     if spec.inputs:
-        return Signature(inputs=[TensorSpec(**i.model_dump()) for i in spec.inputs], outputs=outputs)
+        return Signature(
+            inputs=[TensorSpec(**i.model_dump()) for i in spec.inputs], outputs=outputs, state_from=spec.state_from
+        )
     if spec.input_shape:
         shape = ["batch", *spec.input_shape]
         return Signature(
@@ -54,11 +58,42 @@ def declared_signature(spec: ModelSpec) -> Signature | None:
             ],
             outputs=outputs,
         )
-    if spec.onnx:
-        from edgecraft.targets import registry
-
-        return registry.get("onnxruntime").signature(Path(spec.onnx))
     return None
+
+
+def file_signature(spec: ModelSpec) -> Signature:
+    """A model file's signature, its batch axes read from its shapes, then what the model entry says: an input's
+    batch axis and shape, an output's kind, the state fed from call to call."""
+    from edgecraft.targets import feeds, registry
+
+    assert spec.onnx is not None  # only called for model files
+    read = feeds.infer_batch_axes(registry.get("onnxruntime").signature(Path(spec.onnx)))
+    origin = f"model {spec.display_name!r}"
+    entries = spec.inputs or []
+    try:
+        signature = feeds.override(
+            read,
+            origin,
+            batch_axes={entry.name: entry.batch_axis for entry in entries if "batch_axis" in entry.model_fields_set},
+            shapes={entry.name: list(entry.shape) for entry in entries if entry.shape is not None},
+            state_from=spec.state_from,
+        )
+    except feeds.DataMismatch as exc:
+        raise EdgecraftError(str(exc)) from None
+    declared = {output.name: output for output in spec.outputs or []}
+    unknown = [name for name in declared if name not in signature.output_names]
+    if unknown:
+        raise EdgecraftError(
+            f"{origin}: outputs {unknown} are not the file's; its outputs are {signature.output_names}"
+        )
+    return signature.model_copy(
+        update={
+            "outputs": [
+                output.model_copy(update={"kind": declared[output.name].kind}) if output.name in declared else output
+                for output in signature.outputs
+            ]
+        }
+    )
 
 
 def data_source(spec: ModelSpec, source: str) -> str:
@@ -86,7 +121,7 @@ def load_data(spec: ModelSpec, data: DataSpec, signature: Signature | None, mode
     if data.dataset is not None:
         names = signature.input_names if signature is not None else forward_parameters(model)
         return datasets.from_torch_dataset(data.dataset, names)
-    return datasets.load_source(data_source(spec, data.source), Path("."), signature)
+    return datasets.load_source(data_source(spec, data.source), data.base_dir or Path("."), signature)
 
 
 def forward_parameters(model: Any) -> list[str]:
@@ -226,7 +261,7 @@ def factory_model(spec: ModelSpec) -> Any:
     import torch
 
     assert spec.factory is not None  # prepare_model calls this for a factory model only
-    model = call_object(spec.factory, "model.factory")
+    model = call_object(spec.factory, "model.factory", spec.base_dir)
     if not isinstance(model, torch.nn.Module):
         raise EdgecraftError(f"model.factory {spec.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if spec.weights:
@@ -271,14 +306,15 @@ def check_accepts(artifact: Artifact, sample: Dataset, origin: str) -> None:
 
             target = registry.get("onnxruntime")
             assert artifact.path is not None  # a model file's artifact carries its path
-            target.run(target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs)
+            target.run_batches(
+                target.load(artifact.path, "cpu", 1, target.options_model()), sample.inputs, 1, sample.layout
+            )
     except Exception as exc:  # noqa: BLE001 - the framework's message is the useful part
         shapes = ", ".join(
-            f"{name} {array.dtype.name} {list(array.shape[1:])}" for name, array in sample.inputs.items()
+            f"{name} {sample.inputs[name].dtype.name} {shape}"
+            for name, shape in sample.layout.call_shapes(sample.inputs).items()
         )
-        raise EdgecraftError(
-            f"the model rejects the data: {origin} gives {shapes} (plus batch): {_first_line(exc)[:300]}"
-        ) from None
+        raise EdgecraftError(f"the model rejects the data: {origin} gives {shapes}: {_first_line(exc)[:300]}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -130,7 +130,7 @@ def prepare_model(
         # A user's ONNX model: there is no PyTorch model to compare with, the file is its own reference.
         assert artifact.path is not None  # a model file's artifact carries its path
         reference = reference_outputs(
-            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, evaluation.inputs, threads=1
+            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, evaluation.inputs, 1, evaluation.layout
         )
         onnx_path = artifact.path
         parameters = None
@@ -140,7 +140,7 @@ def prepare_model(
         name=name,
         source=spec.source,
         signature=signature,
-        data_shapes=feeds.measured_shapes(evaluation.inputs),
+        data_shapes=evaluation.layout.call_shapes(evaluation.inputs),
         data_notes=data_notes(evaluation, splits.how),
         evaluation_data=datasets.fingerprint(evaluation),
         parameters=parameters,
@@ -151,7 +151,9 @@ def prepare_model(
         torch=shared if artifact.format == "torch" else None,
         onnx=Keyed(Artifact("onnx", signature, path=onnx_path), onnx_key),
         context=context,
-        evaluation=Evaluation(feeds.save(evaluation.inputs, model_dir / "evaluation-inputs"), reference, score),
+        evaluation=Evaluation(
+            feeds.save(evaluation.inputs, model_dir / "evaluation-inputs", evaluation.layout), reference, score
+        ),
         record=record,
     )
 
@@ -166,7 +168,7 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
             return predict(artifact.model, calibration.inputs, artifact.signature)
         assert artifact.path is not None  # a model file's artifact carries its path
         return reference_outputs(
-            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs, threads=1
+            target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs, 1, calibration.layout
         )
 
     def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:

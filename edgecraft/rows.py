@@ -20,7 +20,8 @@ from rich.progress import Progress
 
 from edgecraft.bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
 from edgecraft.bench.settings import BenchSettings
-from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow
+from edgecraft.core.errors import failure_text
+from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow, RunResults
 from edgecraft.devices import DeviceLink
 from edgecraft.recipe.schema import TargetEntry
 from edgecraft.targets import feeds
@@ -114,7 +115,7 @@ def export_row(
         runnable = target.export(source, fmt, out_dir)
     except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
         log.warning("%s: export failed: %s", where, brief(exc))
-        return row.model_copy(update={"status": "failed", "reason": f"export failed: {brief(exc)}"}), None
+        return row.model_copy(update={"status": "failed", "reason": f"export failed: {failure_text(exc)}"}), None
     job = MeasureJob(
         runtime=spec.runtime,
         device=spec.device,
@@ -164,6 +165,7 @@ def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchS
             rows[entry.row] = row.model_copy(update={"reason": str(outcome)})
             continue
         warnings = drift_warning(outcome.fidelity.max_abs_diff) if entry.lossless else []
+        warnings += target_registry.get(entry.job.runtime).warnings(outcome.runtime_info or {})
         rows[entry.row] = row.model_copy(
             update={"status": "ok", "measurement": outcome, "warnings": warnings + noise_warnings(outcome, settings)}
         )
@@ -176,8 +178,33 @@ def reference_outputs(
     options: dict,
     inputs: dict[str, np.ndarray],
     threads: int,
+    layout: feeds.Layout | None = None,
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Every output of a model file on ``target``, in this process, over all the inputs."""
+    """Every output of a model file on ``target``, in this process, over all the inputs (sample-major), in calls
+    the model takes (``layout``: its batch axes, fixed batch and state)."""
     session = target.load(path, device, threads, target.options_model(**options))
-    return feeds.concatenate(target.run_batches(session, inputs, batch_size))
+    return feeds.concatenate(target.run_batches(session, inputs, batch_size, layout))
+
+
+def summary_lines(results: RunResults) -> list[str]:
+    """What the console says at the end of a run: each model's measured input shapes, then each row's status and
+    p50, and what was not measured and why (a batched throughput a fixed-batch model cannot run)."""
+    lines = []
+    for model in results.models:
+        if model.data_shapes:
+            shapes = ", ".join(f"{name} [{', '.join(map(str, dims))}]" for name, dims in model.data_shapes.items())
+            lines.append(f"{model.name}: inputs measured at {shapes}")
+    for row in results.rows:
+        where = f"{row.model} · {row.variant} · {row.target}"
+        measurement = row.measurement
+        if row.status != "ok" or measurement is None:
+            lines.append(f"{row.status}: {where}: {(row.reason or '').splitlines()[0] if row.reason else ''}")
+            continue
+        lines.append(f"ok: {where}: p50 {measurement.latency_ms.p50:.3g} ms")
+        lines += [
+            f"  throughput at batch {entry.batch_size} × {entry.parallel}: {entry.not_measured}"
+            for entry in measurement.throughput
+            if entry.not_measured
+        ]
+    return lines

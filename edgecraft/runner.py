@@ -22,12 +22,12 @@ from edgecraft.bench.settings import BenchSettings, ProfileName, check_pinnable
 from edgecraft.bench.settings import resolve as resolve_benchmark
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.base import Artifact
-from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError, failure_text
 from edgecraft.core.results import ModelRecord, ResultRow, RunResults
 from edgecraft.preparation import PreparedModel, prepare_model
 from edgecraft.recipe.schema import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
 from edgecraft.reports.settings import with_overrides
-from edgecraft.rows import Pending, brief, export_row, measure_rows
+from edgecraft.rows import Pending, brief, export_row, measure_rows, summary_lines
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.step_cache import StepCache
 from edgecraft.steps import StepRunner
@@ -104,7 +104,7 @@ class RecipeRun:
                 spec, self.recipe.data, self.recipe.passes, self.run_dir, self.steps, self.progress
             )
         except Exception as exc:  # noqa: BLE001 - one model's factory, data, shared pass or export
-            reason = str(exc) if isinstance(exc, EdgecraftError) else brief(exc)
+            reason = str(exc) if isinstance(exc, EdgecraftError) else failure_text(exc)
             self.models.append(ModelRecord(name=spec.display_name, source=spec.source, failure=reason))
             self.rows += [
                 ResultRow(
@@ -138,7 +138,7 @@ class RecipeRun:
             return keyed.artifact, None
         except Exception as exc:  # noqa: BLE001 - recorded in every row of the variant
             log.warning("%s/%s: a pass failed: %s", prepared.name, variant.name, brief(exc))
-            return None, f"pass failed: {brief(exc)}"
+            return None, f"pass failed: {failure_text(exc)}"
 
     def _export(
         self,
@@ -237,6 +237,8 @@ def execute_recipe(
         if len(failed) == 1:
             raise EdgecraftError(failed[0].failure)
         raise EdgecraftError("\n".join(f"model {model.name!r}: {model.failure}" for model in failed))
+    for line in summary_lines(results):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     for model in failed:
         log.warning("model %s could not be prepared, its rows are failed: %s", model.name, model.failure)
     return report.parent, results

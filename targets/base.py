@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgecraft.core import formats
 from edgecraft.core.signature import Signature
-from edgecraft.targets.feeds import Feeds
+from edgecraft.targets.feeds import Feeds, Layout
 
 ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
@@ -114,14 +114,17 @@ class Target(ABC, Generic[Session, Options]):
         """Facts about how the loaded session actually runs (provider, precision, threads), recorded with results."""
         return {}
 
-    def run_batches(self, session: Session, inputs: Feeds, batch_size: int) -> list[Feeds]:
-        """Every output for every sample of ``inputs``, ``batch_size`` samples per ``run`` call."""
-        from edgecraft.targets import feeds
+    def warnings(self, runtime_info: dict[str, Any]) -> list[str]:
+        """What a row measured on this runtime must say about how it ran (from ``describe``), e.g. a delegate that
+        refused the file; none by default."""
+        return []
 
-        return [
-            self.run(session, feeds.take(inputs, start, start + batch_size))
-            for start in range(0, feeds.count(inputs), batch_size)
-        ]
+    def run_batches(
+        self, session: Session, inputs: Feeds, batch_size: int, layout: Layout | None = None
+    ) -> list[Feeds]:
+        """Every output for every sample of ``inputs`` (sample-major), at most ``batch_size`` samples per ``run``
+        call and as ``layout`` says the model takes them (its batch axes, its fixed batch, its state)."""
+        return (layout or Layout()).run_all(lambda fed: self.run(session, fed), inputs, batch_size)
 
     def profile(
         self, path: Path, device: str, threads: int, options: Options, feeds: list[Feeds], runs: int

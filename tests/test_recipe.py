@@ -109,7 +109,10 @@ def test_missing_model_file(tmp_path: Path) -> None:
             "recipe.yaml:4: models[0].evaluator",
         ),
         (("builtin: digits-cnn\n", "builtin: digits-cnn\n    evaluator: magic\n"), "unknown evaluator 'magic'"),
-        (("builtin: digits-cnn\n", "builtin: digits-cnn\n    outputs: [logits]\n"), "factory model's signature"),
+        (
+            ("builtin: digits-cnn\n", "builtin: digits-cnn\n    outputs: [logits]\n"),
+            "carries its own inputs and outputs",
+        ),
         (
             ("builtin: digits-cnn\n", "factory: m:f\n    input_shape: [3]\n    inputs: [{name: x, shape: [batch]}]\n"),
             "give inputs or input_shape, not both",

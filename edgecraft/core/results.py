@@ -130,7 +130,10 @@ class Throughput(StrictModel):
     items_per_s: float | None = None
     batch_latency_ms: float | None = Field(None, description="Mean wall time of one batch within one request.")
     seconds: float | None = None
-    error: str | None = Field(None, description="Why this configuration could not run (e.g. a fixed batch size).")
+    error: str | None = Field(None, description="Why this configuration failed when it ran.")
+    not_measured: str | None = Field(
+        None, description="Why the model cannot run this configuration at all, e.g. 'not measured (fixed batch 1)'."
+    )
 
 
 class OperatorTime(StrictModel):

@@ -30,11 +30,30 @@ class TensorSpec(StrictModel):
     kind: Literal["scores", "embedding", "values"] | None = Field(
         None, description="What an output holds, where declared: evaluators refuse one that does not fit."
     )
+    batch_axis: int | None = Field(
+        0,
+        ge=0,
+        description="The axis that holds the batch (a recurrent state [2, batch, 128] has it on 1), or null for "
+        "a tensor without one (a scalar sample rate, a state of fixed size): given once, fed to every call.",
+    )
 
     def describe(self) -> str:
         dims = "×".join("?" if d is None else str(d) for d in self.shape) if self.shape is not None else "?"
         layout = f" {self.layout}" if self.layout else ""
-        return f"{self.name}: {self.dtype or '?'} [{dims}]{layout}"
+        batch = (
+            ""
+            if self.batch_axis == 0
+            else " (no batch axis)"
+            if self.batch_axis is None
+            else (f" (batch on axis {self.batch_axis})")
+        )
+        return f"{self.name}: {self.dtype or '?'} [{dims}]{layout}{batch}"
+
+    def sample_shape(self) -> list[int | str | None] | None:
+        """The shape of one sample: the batch axis taken out (an unbatched tensor is one sample as it is)."""
+        if self.shape is None or self.batch_axis is None or self.batch_axis >= len(self.shape):
+            return self.shape
+        return self.shape[: self.batch_axis] + self.shape[self.batch_axis + 1 :]
 
 
 class Signature(StrictModel):
@@ -42,6 +61,11 @@ class Signature(StrictModel):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    state_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="A stateful model's inputs fed from an output of the previous call ({input: output}): "
+        "samples then run one at a time, in order, as a deployed sequence does.",
+    )
 
     @property
     def input_names(self) -> list[str]:

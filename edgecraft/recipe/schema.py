@@ -39,6 +39,7 @@ from edgecraft.core import formats
 from edgecraft.core.signature import StrictModel, TensorSpec
 from edgecraft.data import TARGET_KEYS
 from edgecraft.devices import RemoteDevice
+from edgecraft.imports import RecipeFolder
 from edgecraft.recipe.in_memory import PythonObjects, arrays_digest, as_array, torch_dataset, torch_module
 from edgecraft.recipe.yaml_loader import first_line
 from edgecraft.reports.settings import ReportSettings
@@ -149,11 +150,15 @@ else:
 
 
 class InputSpec(TensorSpec):
-    """A declared model input: a name, a dtype, a shape whose symbolic axes are names (the first is the batch)."""
+    """A declared model input: a name, a dtype, a shape whose symbolic axes are names (the batch on
+    ``batch_axis``, the first by default). For a model file (``onnx:``) an entry says only what the file cannot:
+    its ``batch_axis`` (null: none) and a ``shape`` that fixes its dynamic axes."""
 
     dtype: str = Field("float32", description="numpy dtype name: float32, int64, ...")
-    shape: list[_InputDim] = Field(
-        description="e.g. [batch, 3, 224, 224] or [batch, sequence]; names stay dynamic in exports."
+    shape: list[_InputDim] | None = Field(
+        None,
+        description="e.g. [batch, 3, 224, 224] or [batch, sequence]; names stay dynamic in exports. Required for "
+        "a factory model's inputs.",
     )
 
     @field_validator("dtype")
@@ -177,7 +182,7 @@ else:
     OutputEntry = str | OutputSpec
 
 
-class ModelSpec(PythonObjects):
+class ModelSpec(PythonObjects, RecipeFolder):
     """Exactly one of ``builtin``, ``factory``, ``onnx`` or (Python API) ``module``."""
 
     _objects = ("module",)
@@ -214,6 +219,11 @@ class ModelSpec(PythonObjects):
         description="Names of the model's outputs, in the order forward() returns them (default: 'logits' "
         "for one, output_0, output_1, ... for several); an entry may be {name, kind} with kind scores, "
         "embedding or values.",
+    )
+    state_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="A stateful model's inputs fed from its previous call's outputs, {input: output} (e.g. "
+        "{state: stateN}): samples run one at a time, in order, as a deployed stream does.",
     )
     evaluator: EvaluatorSpec | None = Field(
         None,
@@ -268,15 +278,15 @@ class ModelSpec(PythonObjects):
             raise ValueError("weights is only used with factory (load an in-memory module's weights yourself)")
         if self.inputs and self.input_shape:
             raise ValueError("give inputs or input_shape, not both")
-        if (self.inputs or self.outputs) and not (self.factory or self.module is not None):
-            raise ValueError(
-                "inputs and outputs declare a factory model's signature (or an in-memory module's); "
-                "built-in and onnx models carry their own"
-            )
+        if (self.inputs or self.outputs or self.state_from) and self.builtin:
+            raise ValueError("a built-in model carries its own inputs and outputs")
         if self.inputs:
             names = [spec.name for spec in self.inputs]
             if len(set(names)) != len(names):
                 raise ValueError(f"input names must be unique, got {names}")
+            shapeless = [spec.name for spec in self.inputs if spec.shape is None]
+            if shapeless and not self.onnx:
+                raise ValueError(f"input(s) {shapeless} need a shape: a factory model's inputs declare its signature")
         return self
 
     @property
@@ -316,7 +326,7 @@ class SplitSpec(StrictModel):
         return self
 
 
-class DataSpec(PythonObjects):
+class DataSpec(PythonObjects, RecipeFolder):
     """Where the data comes from: ``source`` (a recipe's), or in memory (Python API): ``arrays`` (+ ``targets``)
     or a torch ``dataset``."""
 

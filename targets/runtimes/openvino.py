@@ -93,10 +93,13 @@ class OpenVino(Target[OpenVinoSession, OpenVinoOptions]):
                 session.request.set_tensor(name, openvino.Tensor(buffer, shared_memory=True))
             np.copyto(buffer, value)
         session.request.infer()
-        return {
-            output.get_any_name(): as_output(session.request.get_tensor(output).data)
-            for output in session.compiled.outputs
-        }
+        # Under every name the port has: converters add names (an fp16 IR's output is both 'logits' and
+        # 'graph_output_cast_0'), and which one get_any_name() returns differs between the read and compiled model.
+        outputs: Feeds = {}
+        for output in session.compiled.outputs:
+            value = as_output(session.request.get_tensor(output).data)
+            outputs.update(dict.fromkeys(sorted(output.get_names()), value))
+        return outputs
 
     def profile(
         self, path: Path, device: str, threads: int, options: OpenVinoOptions, feeds: list[Feeds], runs: int
