@@ -241,8 +241,8 @@ def test_several_outputs_that_could_be_class_scores_are_an_error_that_asks(targe
     with pytest.raises(EvaluatorMismatch) as caught:
         evaluators.check(spec, FACE, targets)
     assert str(caught.value) == (
-        f"evaluator '{evaluator}': the model has 3 outputs that could hold class scores (boxes [?, 4], "
-        "landmarks [?, 10], face_prob [?, 2]); say which with evaluator.outputs: [NAME] in the recipe, "
+        f"evaluator '{evaluator}': the model has 3 outputs that could hold class scores (boxes [batch, 4], "
+        "landmarks [batch, 10], face_prob [batch, 2]); say which with evaluator.outputs: [NAME] in the recipe, "
         "or --evaluator-output NAME on bench"
     )
     arrays = {output.name: np.ones((4, output.shape[1]), np.float32) for output in FACE}
@@ -295,7 +295,7 @@ def test_embedding_reads_the_declared_embedding_and_asks_between_two_vectors() -
     assert evaluators.read_outputs(EvaluatorSpec(type="embedding"), scores_declared) == [scores_declared[0]]
     undeclared = [output.model_copy(update={"kind": None}) for output in declared]
     with pytest.raises(
-        EvaluatorMismatch, match=r"2 outputs that could hold an embedding \(embedding \[\?, 8\], logits"
+        EvaluatorMismatch, match=r"2 outputs that could hold an embedding \(embedding \[batch, 8\], logits"
     ):
         evaluators.check(EvaluatorSpec(type="embedding"), undeclared, None)
 

@@ -178,7 +178,7 @@ def _shape(output: TensorSpec) -> str:
     """``[?, 4]``: an output's shape as the error that asks for a choice shows it, symbolic axes as ``?``."""
     if output.shape is None:
         return "[unknown shape]"
-    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in output.shape) + "]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in output.shape) + "]"
 
 
 def _reads_all(spec: EvaluatorSpec) -> bool:
