@@ -49,10 +49,10 @@ class SyntheticFormat(Int8Format):
     def with_float(self, quantized: Path, layer: Layer, out_dir: Path) -> Path:
         return self.quantize([*quantized.read_text().split("\n"), layer.name], out_dir)
 
-    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, path: Path, data: Dataset) -> dict[str, np.ndarray]:
         floats = set(path.read_text().split("\n"))
         metric = 1.0 - sum(cost for name, cost in COST.items() if name not in floats)
-        return {"score": np.full((len(inputs["x"]), 1), metric, dtype=np.float32)}
+        return {"score": np.full((len(data), 1), metric, dtype=np.float32)}
 
     def latency_ms(self, path: Path, sample: dict[str, np.ndarray]) -> float:
         return 1.0 + 0.1 * len([name for name in path.read_text().split("\n") if name])
