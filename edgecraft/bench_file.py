@@ -99,7 +99,10 @@ class InputOptions:
 
 def _signature(path: Path, entry: TargetEntry, options: InputOptions) -> Signature:
     """The file's signature with its batch axes read from its shapes, then what the options say."""
-    read = feeds.infer_batch_axes(target_registry.get(entry.spec.runtime).signature(path))
+    try:
+        read = feeds.infer_batch_axes(target_registry.get(entry.spec.runtime).signature(path))
+    except Exception as exc:  # noqa: BLE001 - the runtime's own words say why it cannot read the file
+        raise EdgecraftError(f"{path}: {entry.label} cannot read it: {brief(exc)}") from None
     try:
         return feeds.override(read, path.name, batch_axes=options.batch_axes, state_from=options.state_from)
     except feeds.DataMismatch as exc:
@@ -203,9 +206,13 @@ def _vocabularies(path: Path) -> dict[str, int]:
 
 
 def _reference_target(entries: list[TargetEntry], fmt: str) -> TargetEntry:
-    """Where the file's own reference outputs are computed: the first target that runs here, else (every target
-    being remote) the format's CPU runtime here."""
+    """Where the file's signature is read and its own reference outputs are computed: the format's own runtime
+    (ONNX Runtime for .onnx) where it is one of the targets, else the first target that runs here, else (every
+    target being remote) the format's CPU runtime here. Another runtime that cannot read the file then fails its
+    own row, not the command."""
     local = [e for e in entries if e.spec.remote is None] or [TargetEntry(target=_default_target(fmt))]
+    own = formats.get(fmt).runtimes[0]
+    local.sort(key=lambda entry: entry.spec.runtime != own)  # stable: otherwise the order given
     for entry in local:
         if not target_registry.get(entry.spec.runtime).unavailable_reason(entry.spec.device):
             return entry

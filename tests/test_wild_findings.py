@@ -92,3 +92,64 @@ targets: [onnxruntime:cpu, openvino:cpu]
     assert [row.status for row in results.rows] == ["ok", "ok"], [row.reason for row in results.rows]
     (record,) = [record for record in results.passes if record.name == "quantize.static"]
     assert record.details["opset_upgrade"].startswith("12 → 13: per-channel int8")
+
+
+def _branching(path: Path) -> Path:
+    """x [batch, 8] → If (max(x) > 0) → MatMul in either branch: all the compute sits in subgraphs,
+    where ONNX Runtime's quantizers do not reach (silero VAD's LSTM and convolutions sit inside If branches)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+
+    def branch(name: str) -> onnx.GraphProto:
+        weight = helper.make_tensor(f"w_{name}", TensorProto.FLOAT, [8, 4], rng.standard_normal(32))
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, ["batch", 4])],
+            [weight],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+            helper.make_node("Greater", ["peak", "zero"], ["flag"]),
+            helper.make_node("If", ["flag"], ["scores"], then_branch=branch("then"), else_branch=branch("other")),
+        ],
+        "branching",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_int8_pass_that_quantizes_nothing_fails_instead_of_passing_off_the_fp32_graph(tmp_path: Path) -> None:
+    model = _branching(tmp_path / "branching.onnx")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(4).standard_normal((20, 8)).astype(np.float32))
+    (tmp_path / "recipe.yaml").write_text(
+        f"""name: branching
+models: [{{onnx: {model}}}]
+data: {{source: {tmp_path / "x.npz"}, splits: {{train: 0.0, calibration: 0.5, evaluation: 0.5}}}}
+variants:
+  - name: fp32
+  - name: int8
+    passes: [{{type: quantize.dynamic}}]
+targets: [onnxruntime:cpu]
+"""
+    )
+    completed = edgecraft("run", tmp_path / "recipe.yaml", "--quick", "--output-dir", tmp_path / "runs")
+    rows = {row.variant: row for row in load_results(_run_folder(completed)).rows}
+    assert rows["fp32"].status == "ok" and rows["int8"].status == "failed"
+    assert rows["int8"].reason == (
+        "pass failed: EdgecraftError: quantize.dynamic quantized no operator of this model: ONNX Runtime's quantizer "
+        "found nothing it quantizes; 2 of its 4 operators are inside If/Loop subgraphs, which it leaves in float. The "
+        "file would be the fp32 graph under an int8 name; use another int8 path (quantize.nncf on OpenVINO, "
+        "convert.tflite int8) or leave the variant out"
+    )
+    assert "failed: branching · int8 · onnxruntime:cpu: pass failed: EdgecraftError: quantize.dynamic quantized no" in (
+        completed.stderr
+    )

@@ -146,7 +146,45 @@ class StaticQuantization(Pass[StaticQuantizationConfig]):
         details.update(upgrade)
         if control:
             details["accuracy_control"] = control
+        require_quantized(output, self.name)
         return PassOutcome(Artifact("onnx", artifact.signature, path=output), details)
+
+
+# Ops that compute on integers in ONNX Runtime's int8 outputs: QDQ pairs (static), the dynamic quantizer's kernels.
+_INTEGER_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+
+
+def require_quantized(path: Path, pass_name: str) -> None:
+    """Refuse an "int8" model with no quantized operator: ONNX Runtime's quantizers leave what they do not support
+    (everything inside If / Loop subgraphs, an LSTM) in float without a word, and a row labelled int8 that is the
+    fp32 graph would be reported as a speed-up of 1.0 that means nothing."""
+    import onnx
+
+    graphs, integer, compute, nested = [onnx.load(str(path)).graph], 0, 0, 0
+    depth = {id(graphs[0]): 0}
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            if node.op_type in _INTEGER_OPS or node.op_type.startswith("QLinear"):
+                integer += 1
+            elif node.op_type not in ("If", "Loop", "Scan"):
+                compute += 1
+                nested += depth[id(graph)] > 0
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                    depth[id(sub)] = depth[id(graph)] + 1
+                    graphs.append(sub)
+    if integer == 0:
+        inside = (
+            f"; {nested} of its {compute} operators are inside If/Loop subgraphs, which it leaves in float"
+            if (nested)
+            else ""
+        )
+        raise EdgecraftError(
+            f"{pass_name} quantized no operator of this model: ONNX Runtime's quantizer found nothing it quantizes"
+            f"{inside}. The file would be the fp32 graph under an int8 name; use another int8 path (quantize.nncf on "
+            "OpenVINO, convert.tflite int8) or leave the variant out"
+        )
 
 
 class OnnxRuntimeInt8(Int8Format):
@@ -295,4 +333,5 @@ class DynamicQuantization(Pass[DynamicQuantizationConfig]):
             per_channel=config.per_channel,
             weight_type=QuantType.QInt8,
         )
+        require_quantized(output, self.name)
         return PassOutcome(Artifact("onnx", artifact.signature, path=output), upgrade)
