@@ -151,7 +151,7 @@ class DeviceLink:
         fmt = formats.for_path(job.model)  # the format the agent is told the runnable file is in
         if fmt is None:
             raise MeasurementFailed(f"device {self.name}: cannot send a {job.model.suffix} file")
-        if feeds.load_layout(job.inputs) != feeds.Layout():
+        if not feeds.load_layout(job.inputs).batch_first:
             # The agent protocol carries inputs batched on axis 0 only; a model fed otherwise runs here.
             raise MeasurementFailed(
                 f"device {self.name}: the agent runs models whose inputs all have the batch on axis 0 and no state; "

@@ -234,6 +234,13 @@ class Layout:
     limit: str | None = None
     state_from: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def batch_first(self) -> bool:
+        """Every input and output batched on axis 0, any batch size, no state: how models were fed before
+        layouts (and the only way the device agent feeds them)."""
+        axes = [*self.inputs.values(), *self.outputs.values()]
+        return all(axis == 0 for axis in axes) and self.max_batch is None and not self.state_from
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
