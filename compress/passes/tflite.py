@@ -3,8 +3,10 @@
 onnx2tf turns the NCHW ONNX graph into an NHWC TensorFlow SavedModel (transposes folded away rather than
 inserted around every op); TensorFlow's own TFLiteConverter then applies the quantization, calibrated on the
 recipe's calibration split. TensorFlow is used here, to convert, and never to run. Only inputs declared as NCHW
-images become NHWC; token ids, masks and other inputs keep their layout. A note beside the .tflite records the
-model's own input and output names and which inputs were transposed, for the LiteRT target.
+images become NHWC; token ids, masks, native NHWC images and other inputs keep their layout. onnx2tf may leave an
+output channels-last (an NCHW output as NHWC) and may name its signature outputs ``output_0``, ... instead of the
+graph's names. A note beside the .tflite records the model's own input and output names for the file's, which
+inputs were transposed and which outputs are channels-last, for the LiteRT target.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -48,7 +51,8 @@ def _file_layout(data: Dataset, signature: Signature) -> dict[str, np.ndarray]:
 
 
 def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
-    """Write ``onnx_path`` with its inputs and outputs renamed ``in_0``, ``out_0``, ...; return {plain: real}.
+    """Write ``onnx_path`` with its inputs and outputs renamed ``in_0``, ``out_0``, ... and its node names made
+    valid TensorFlow scope names (``_plain_node_names``); return {plain: real} for the inputs and outputs.
 
     onnx2tf mangles some tensor names, silently: an output named ``x:0`` came back holding another output's
     values, a leading ``/`` made it exit, a space made it raise. Plain names survive, and the LiteRT target
@@ -65,8 +69,119 @@ def _with_plain_names(onnx_path: Path, out_path: Path) -> dict[str, str]:
     }
     renames.update({value.name: f"out_{index}" for index, value in enumerate(graph.output)})
     rename_io(model, renames)
+    _plain_node_names(graph, set())
     onnx.save(model, str(out_path))
     return {plain: real for real, plain in renames.items()}
+
+
+# A character TensorFlow refuses in a scope name (it accepts ^[A-Za-z0-9_.\\/>-]*$); onnx2tf names each TF op
+# after its ONNX node.
+_NOT_IN_SCOPE_NAME = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
+def _plain_node_names(graph: Any, used: set[str]) -> None:
+    """Rename, in place, every node of ``graph`` and of its subgraphs (If / Loop / Scan bodies) whose name is
+    not a valid TensorFlow scope name, each character outside ``[A-Za-z0-9_.\\/>-]`` made ``_``, and name the
+    unnamed ones ``<op type>_<n>``, every name unique across the model (``used`` holds those taken).
+
+    onnx2tf passes node names to TensorFlow as op names: PaddleOCR's exporter names nodes ``Softmax@0``, which
+    TensorFlow refuses ("'Softmax@0' is not a valid scope name"). Node names are labels only (nothing refers to
+    them), so renaming changes no computation."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        base = _NOT_IN_SCOPE_NAME.sub("_", node.name) if node.name else f"{node.op_type}_{len(used)}"
+        name, suffix = base, 1
+        while name in used:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        used.add(name)
+        node.name = name
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.GRAPH:
+                _plain_node_names(attribute.g, used)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    _plain_node_names(subgraph, used)
+
+
+def _gelu_in_onnx2tf_order(graph: Any) -> int:
+    """Put each exact GELU, ``x / sqrt(2) -> Erf -> + 1 -> * 0.5 -> * x`` with its two products in either order
+    and either operand order, in the one form onnx2tf recognises (``Mul(x, Add(Erf, 1))`` then ``Mul(., 0.5)``,
+    the divisor a Constant node's output: onnx2tf 1.28 checks it with ``hasattr(divisor, "numpy")``, which an
+    initializer, a numpy array there, fails); return how many. The products commute, so the graph computes the
+    same up to rounding. Run last before onnx2tf: ONNX Runtime's constant folding (``fixed_shapes``) would make
+    the Constant node an initializer again.
+
+    onnx2tf writes a GELU it recognises as TFLite's GELU builtin, which quantizes; torch's dynamo exporter writes
+    ``Mul(0.5, .)`` before ``Mul(x, .)`` (MiniLM), which onnx2tf leaves as an Erf: replaced by its builtin
+    approximation (see PSEUDO_OPERATORS) in float, but whose ``x / (|x| + eps)`` in full-integer int8 divides by a
+    quantized zero ("div.cc data[i] != zero_point was not true ... (DIV) failed to invoke")."""
+    from onnx import helper, numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def scalar(name: str, value: float) -> bool:
+        array = constants.get(name)
+        return array is not None and array.size == 1 and bool(np.isclose(float(array.ravel()[0]), value))
+
+    def only(node: Any, op_type: str) -> Any:
+        following = consumers.get(node.output[0], [])
+        return following[0] if len(following) == 1 and following[0].op_type == op_type else None
+
+    def other(node: Any, name: str) -> str | None:
+        rest = [each for each in node.input if each != name]
+        return rest[0] if len(node.input) == 2 and len(rest) == 1 else None
+
+    rewritten = 0
+    for erf in [node for node in graph.node if node.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not scalar(div.input[1], float(np.sqrt(2))):
+            continue
+        x = div.input[0]
+        add = only(erf, "Add")
+        first = add and only(add, "Mul")
+        second = first and only(first, "Mul")
+        if not (add and first and second):
+            continue
+        one, factor = other(add, erf.output[0]), other(first, add.output[0])
+        last = other(second, first.output[0])
+        if one is None or not scalar(one, 1.0) or factor is None or last is None:
+            continue
+        if scalar(factor, 0.5) and last == x:  # Mul(0.5, .) then Mul(x, .): swap the factors
+            half = factor
+        elif factor == x and scalar(last, 0.5):  # onnx2tf's order, perhaps with operands swapped
+            half = last
+        else:
+            continue
+        del add.input[:], first.input[:], second.input[:]
+        add.input.extend([erf.output[0], one])
+        first.input.extend([x, add.output[0]])
+        second.input.extend([first.output[0], half])
+        divisor = f"{div.name or erf.output[0]}_sqrt2"
+        value = numpy_helper.from_array(constants[div.input[1]].astype(np.float32).reshape(()), divisor)
+        graph.node.insert(list(graph.node).index(div), helper.make_node("Constant", [], [divisor], value=value))
+        div.input[1] = divisor
+        rewritten += 1
+    return rewritten
+
+
+def _for_onnx2tf(onnx_path: Path, out_path: Path) -> int:
+    """Write ``onnx_path`` as onnx2tf is given it: GELUs in the form it recognises (``_gelu_in_onnx2tf_order``),
+    node names valid in TensorFlow (``_plain_node_names``: ONNX Runtime's optimisations may name new nodes);
+    return the GELUs rewritten (none: nothing written)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    rewritten = _gelu_in_onnx2tf_order(model.graph)
+    if rewritten:
+        _plain_node_names(model.graph, set())
+        onnx.save(model, str(out_path))
+    return rewritten
 
 
 def fixed_shapes(onnx_path: Path, shapes: dict[str, list[int]], out_path: Path) -> dict[str, list[int]] | None:
@@ -122,10 +237,31 @@ def _sample_images(folder: Path) -> None:
         np.save(path, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
 
 
-def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: Path) -> Path:
+# onnx2tf's replacements, built of TFLite builtins (ABS, MUL, ADD, EXP, DIV), for ONNX ops that it otherwise
+# writes as TensorFlow ops with no TFLite builtin: ``tf.Erf`` (BERT's exact GELU, e.g. MiniLM) and ``tf.Atan`` need
+# the Flex delegate ("'tf.Erf' op is neither a custom op nor a flex op ... ERROR_NEEDS_FLEX_OPS"), which the
+# converter is not allowed (builtins only: the file must run on every LiteRT build). Its Erf is Abramowitz-Stegun
+# 7.1.26 (max abs error 1.5e-7); its Atan measured 2.4e-7 on [-50, 50]. Not Asin / Acos: onnx2tf 1.28's
+# replacements return NaN at 0. A GELU that onnx2tf recognises as a pattern becomes the GELU builtin either way.
+# (onnx2tf's Python API compares these lower-case; its command line lower-cases them itself.)
+PSEUDO_OPERATORS = ["erf", "atan"]
+
+
+def saved_model(
+    onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: Path, keep_shape: list[str] | None = None
+) -> Path:
     """onnx2tf's SavedModel for ``onnx_path`` (inputs named in_0, ...: see ``_with_plain_names``), converted once
-    per ONNX content and reused by every precision. ``calibration`` holds file-layout samples per plain name."""
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    per ONNX content and options and reused by every precision. ``calibration`` holds file-layout samples per plain
+    name; ``keep_shape`` names the inputs (plain names) the file takes in the ONNX graph's own shape.
+
+    onnx2tf assumes every 3-, 4- and 5-D input is channels-first and makes the file take it channels-last: right
+    for an NCHW image, wrong for a native NHWC one (MTCNN O-Net's [N, 48, 48, 3] became [N, 48, 3, 48]) or a
+    [batch, sequence, features] tensor. Its ``keep_shape_absolutely_input_names`` keeps such an input's shape
+    as it is, and the graph computes the same: measured on an NHWC input behind a Transpose, a [N, 16, H, W]
+    feature map into a Conv and a [N, S, F] input into a MatMul, where ``keep_ncw_or_nchw_or_ncdhw_input_names``
+    and ``keep_nwc_or_nhwc_or_ndhwc_input_names`` failed the MatMul ("Dimensions must be equal")."""
+    options = {"keep_shape": sorted(keep_shape or []), "pseudo": PSEUDO_OPERATORS}
+    digest = hashlib.sha256(onnx_path.read_bytes() + json.dumps(options).encode()).hexdigest()[:16]
     folder = cache_dir / f"onnx2tf-{digest}"
     if (folder / "saved_model.pb").exists():
         return folder
@@ -152,6 +288,8 @@ def saved_model(onnx_path: Path, calibration: dict[str, np.ndarray], cache_dir: 
                 output_folder_path=str(staging / "saved_model"),
                 not_use_onnxsim=True,
                 custom_input_op_name_np_data_path=samples or None,
+                keep_shape_absolutely_input_names=keep_shape or None,
+                replace_to_pseudo_operators=PSEUDO_OPERATORS,
                 non_verbose=True,
             )
     except (SystemExit, Exception) as exc:  # noqa: BLE001 - onnx2tf exits instead of raising on some errors
@@ -215,8 +353,13 @@ class TfliteConversion(Pass[TfliteConversionConfig]):
         )
         if static:
             converted = context.work_dir / "fixed-shapes.onnx"
-        folder = saved_model(converted, calibration, context.cache_dir or context.work_dir)
+        if _for_onnx2tf(converted, context.work_dir / "onnx2tf-input.onnx"):
+            converted = context.work_dir / "onnx2tf-input.onnx"
+        # Every input but an NCHW image keeps its shape (see saved_model).
+        keep = [plain[spec.name] for spec in signature.inputs if spec.layout != "NCHW" and spec.name in plain]
+        folder = saved_model(converted, calibration, context.cache_dir or context.work_dir, keep)
         fmt = TfliteInt8(folder, calibration, config, names, _nchw_inputs(signature))
+        fmt.reference = (source, context.calibration.head(1).samples()[0])
         output = context.work_dir / "model.tflite"
         control = None
         if config.quantization == "int8" and config.accuracy_aware():
@@ -224,7 +367,7 @@ class TfliteConversion(Pass[TfliteConversionConfig]):
             shutil.copyfile(path, output)
         else:
             output.write_bytes(fmt.converter().convert())
-        write_io_note(output, names, _nchw_inputs(signature))
+        fmt.write_note(output)
         check_outputs(output, signature)
         details: dict[str, Any] = {"quantization": config.quantization, "int8_io": config.int8_io}
         if static:
@@ -267,8 +410,21 @@ class TfliteInt8(Int8Format):
         self.config = config
         self.names = names
         self.nchw_inputs = nchw_inputs
+        # The source ONNX and one sample (the model's names and layout) to tell the file's outputs by (file_io).
+        self.reference: tuple[Path, dict[str, np.ndarray]] | None = None
+        self._file_io: tuple[dict[str, str], list[str]] | None = None
         self._debugger: Any = None
         self._rows: list[dict[str, str]] | None = None
+
+    def write_note(self, path: Path) -> None:
+        """The io note beside the file at ``path``. Its names and channels-last outputs are found on the first
+        file written (``file_io``) and reused: every quantization of one SavedModel has the same signature."""
+        if self._file_io is None:
+            self._file_io = (
+                file_io(path, self.names, self.nchw_inputs, *self.reference) if self.reference else (self.names, [])
+            )
+        names, channels_last = self._file_io
+        write_io_note(path, names, self.nchw_inputs, channels_last)
 
     def converter(self) -> Any:
         """TensorFlow's converter for the SavedModel with the pass's quantization."""
@@ -324,7 +480,7 @@ class TfliteInt8(Int8Format):
         out_dir.mkdir(parents=True, exist_ok=True)
         output = out_dir / "model.tflite"
         output.write_bytes(debugger.get_nondebug_quantized_model())
-        write_io_note(output, self.names, self.nchw_inputs)
+        self.write_note(output)
         return output
 
     def layers(self, quantized: Path) -> list[Layer]:
@@ -359,6 +515,73 @@ class TfliteInt8(Int8Format):
             text.seek(0)
             self._rows = list(csv.DictReader(text))
         return self._rows
+
+
+def file_io(
+    path: Path, names: dict[str, str], nchw_inputs: list[str], reference: Path, sample: dict[str, np.ndarray]
+) -> tuple[dict[str, str], list[str]]:
+    """The note's names for the .tflite at ``path`` (file signature name → model name) and the model's outputs
+    that the file gives channels-last, found against the ONNX model ``reference`` run on ``sample``.
+
+    Names: onnx2tf names the signature's outputs after the graph's (``out_0``, ...) when ``tf.saved_model.save``
+    writes its SavedModel; where that raises (PP-OCRv4 rec), onnx2tf falls back to Keras' ``ExportArchive``
+    ("Saved artifact at ... The following endpoints are available" in its log), whose endpoint returns the
+    outputs as a list, and the signature names them ``output_0``, ``output_1``, ... in the graph's output order:
+    those are mapped back by that position.
+
+    Layout: onnx2tf computes in channels-last and leaves some outputs so (PP-OCRv4 det's [N, 1, H, W] map came
+    back [1, H, W, 1]) and not others, by how each was produced. ONNX Runtime gives the model's output shapes on
+    ``sample``; an output whose file shape fits the model's with axis 1 moved last, and not the model's own, is
+    channels-last; where both fit (e.g. C == H == W), the file runs on the sample and the closer order is taken."""
+    import onnxruntime
+
+    from edgecraft.targets import registry
+    from edgecraft.targets.base import NoOptions
+
+    target = registry.get("litert")
+    write_io_note(path, names, nchw_inputs)
+    outputs = sorted((int(plain[4:]), real) for plain, real in names.items() if plain.startswith("out_"))
+    reals = [real for _, real in outputs]
+    have = [spec.name for spec in target.signature(path).outputs]
+    if not set(reals) <= set(have) and sorted(have) == sorted(f"output_{index}" for index, _ in outputs):
+        names = {plain: real for plain, real in names.items() if not plain.startswith("out_")}
+        names.update({f"output_{index}": real for index, real in outputs})
+        write_io_note(path, names, nchw_inputs)
+    session = onnxruntime.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    wanted = {value.name for value in session.get_inputs()}
+    expected = dict(
+        zip(
+            [value.name for value in session.get_outputs()],
+            session.run(None, {name: array for name, array in sample.items() if name in wanted}),
+        )
+    )
+    channels_last, ambiguous = [], []
+    for spec in target.signature(path).outputs:
+        model = expected.get(spec.name)
+        if model is None or spec.shape is None or model.ndim < 3:
+            continue
+        moved = [model.shape[0], *model.shape[2:], model.shape[1]]
+        same, last = _fits(spec.shape, list(model.shape)), _fits(spec.shape, moved)
+        if last and not same:
+            channels_last.append(spec.name)
+        elif last and same:
+            ambiguous.append(spec.name)
+    if ambiguous:
+        results = target.run(target.load(path, "cpu", 1, NoOptions()), sample)
+        for name in ambiguous:
+            if _distance(np.moveaxis(results[name], -1, 1), expected[name]) < _distance(results[name], expected[name]):
+                channels_last.append(name)
+    return names, channels_last
+
+
+def _distance(have: np.ndarray, want: np.ndarray) -> float:
+    """The largest absolute difference of two arrays; infinite when their shapes differ."""
+    return float(np.abs(have - want).max()) if have.shape == want.shape and have.size else float("inf")
+
+
+def _fits(dims: list[int | str | None], shape: list[int]) -> bool:
+    """Whether a signature's dimensions (an int fixed, a name or None free) admit a concrete shape."""
+    return len(dims) == len(shape) and all(not isinstance(d, int) or d == n for d, n in zip(dims, shape))
 
 
 def check_outputs(path: Path, signature: Signature) -> None:

@@ -1,8 +1,10 @@
 """LiteRT (TFLite): runs .tflite files with ai-edge-litert, or the legacy tflite-runtime where only that exists.
 
 Inputs and outputs are matched by the file's signature names. A file converted by ``convert.tflite`` has a note
-beside it with the model's own names for them and the NCHW image inputs, which the file takes as NHWC: ``run``
-transposes those, so that one evaluation set serves all runtimes. A native file has no note and runs as it is.
+beside it with the model's own names for them, the NCHW image inputs, which the file takes as NHWC, and the
+outputs the file gives channels-last (an NCHW output as NHWC): ``run`` transposes those inputs and moves those
+outputs' channels back to axis 1, so that one evaluation set serves all runtimes and outputs compare with the
+model's. A native file has no note and runs as it is.
 Quantized inputs and outputs are (de)quantized with their tensor's scale.
 """
 
@@ -26,7 +28,8 @@ from edgecraft.targets.registry import register
 
 @dataclass
 class LiteRtSession:
-    """The interpreter, its inputs and outputs by name, and the inputs to transpose from NCHW."""
+    """The interpreter, its inputs and outputs by name, the inputs to transpose from NCHW and the outputs whose
+    channels go back from the last axis to axis 1."""
 
     interpreter: Any
     threads: int
@@ -34,6 +37,7 @@ class LiteRtSession:
     outputs: dict[str, dict]
     nchw_inputs: frozenset[str]
     names: dict[str, str]
+    channels_last_outputs: frozenset[str] = frozenset()
     # Why the default XNNPACK delegate was not used (the file runs on the built-in kernels), or None when it was.
     xnnpack_refused: str | None = None
 
@@ -79,9 +83,18 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
                 interpreter = self._allocated(path, threads, delegates=False)
             except Exception as builtin_error:
                 raise RuntimeError(self._load_failure(path, delegate_error, builtin_error)) from builtin_error
-        names, nchw = read_io_note(path)
-        inputs, outputs = _named_details(interpreter, names)
-        return LiteRtSession(interpreter, threads, inputs, outputs, frozenset(nchw), names, refused)
+        note = read_io_note(path)
+        inputs, outputs = _named_details(interpreter, note.names)
+        return LiteRtSession(
+            interpreter,
+            threads,
+            inputs,
+            outputs,
+            note.nchw_inputs,
+            note.names,
+            note.channels_last_outputs,
+            refused,
+        )
 
     def _load_failure(self, path: Path, delegate_error: BaseException, builtin_error: BaseException) -> str:
         """Both loads' messages, the ops their node numbers point at, and what to do."""
@@ -127,19 +140,25 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
             detail = session.inputs[name]
             interpreter.set_tensor(detail["index"], _quantize(data, detail))
         interpreter.invoke()
-        return {
-            name: _dequantize(interpreter.get_tensor(detail["index"]), detail)
-            for name, detail in session.outputs.items()
-        }
+        results = {}
+        for name, detail in session.outputs.items():
+            result = _dequantize(interpreter.get_tensor(detail["index"]), detail)
+            if name in session.channels_last_outputs:
+                result = np.ascontiguousarray(np.moveaxis(result, -1, 1))  # NHWC back to NCHW, as the model gives it
+            results[name] = result
+        return results
 
     def signature(self, path: Path) -> Signature:
         """The file's inputs and outputs by signature name; an input noted as converted from NCHW is given NCHW,
-        the way the data feeds it, and a native NHWC input stays NHWC."""
-        names, nchw = read_io_note(path)
-        inputs, outputs = _named_details(self._interpreter(path), names)
+        the way the data feeds it, and a native NHWC input stays NHWC; an output noted as channels-last is given
+        channels-first, the way ``run`` returns it."""
+        note = read_io_note(path)
+        inputs, outputs = _named_details(self._interpreter(path), note.names)
         return Signature(
-            inputs=[_spec(name, detail, name in nchw) for name, detail in inputs.items()],
-            outputs=[_spec(name, detail, False) for name, detail in outputs.items()],
+            inputs=[_spec(name, detail, name in note.nchw_inputs) for name, detail in inputs.items()],
+            outputs=[
+                _output_spec(name, detail, name in note.channels_last_outputs) for name, detail in outputs.items()
+            ],
         )
 
     def profile(
@@ -257,6 +276,17 @@ def _spec(name: str, detail: dict, nchw: bool) -> TensorSpec:
         layout = "NHWC" if image_like(dims, channels_axis=3) else None
     # A quantized input still takes real values: run() quantizes them with the tensor's scale.
     return TensorSpec(name=name, dtype="float32" if quantized else dtype.name, shape=dims, layout=layout)
+
+
+def _output_spec(name: str, detail: dict, channels_last: bool) -> TensorSpec:
+    """An output's spec; one the file gives channels-last has its last axis moved to axis 1, as ``run`` does."""
+    spec = _spec(name, detail, False)
+    if not channels_last or len(spec.shape or []) < 3:
+        return spec
+    dims = list(spec.shape or [])
+    dims = [dims[0], dims[-1], *dims[1:-1]]
+    layout: Literal["NCHW"] | None = "NCHW" if image_like(dims, channels_axis=1) else None
+    return TensorSpec(name=name, dtype=spec.dtype, shape=dims, layout=layout)
 
 
 def _quantize(data: np.ndarray, detail: dict) -> np.ndarray:
