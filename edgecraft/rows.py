@@ -52,9 +52,10 @@ class Pending:
     lossless: bool
 
 
-def brief(exc: BaseException, limit: int = 400) -> str:
-    """'Type: message' cut to its first lines: converters (MLIR, onnx2tf) raise pages of diagnostics."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+def brief(exc: BaseException, limit: int = 500) -> str:
+    """'Type: message' on one line, cut at ``limit``: converters (MLIR, onnx2tf) raise pages of diagnostics. Not cut
+    at a line count: OpenVINO's first three lines are where it failed, the failing op and why come after."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
