@@ -411,16 +411,12 @@ def from_natural(arrays: Feeds, signature: Signature) -> Feeds:
     once: list[str] = []
     for name, array in arrays.items():
         spec = specs.get(name)
-        rank = len(spec.shape) if spec is not None and spec.shape is not None else None
-        if spec is None or rank is None:
-            result[name] = array
-        elif spec.batch_axis is None and array.ndim == rank:
-            result[name] = array
+        natural = spec is not None and spec.shape is not None and array.ndim == len(spec.shape)
+        if natural and spec is not None and spec.batch_axis is None:
             once.append(name)
-        elif spec.batch_axis and array.ndim == rank:
-            result[name] = np.moveaxis(array, spec.batch_axis, 0)
-        else:
-            result[name] = array
+        elif natural and spec is not None and spec.batch_axis:
+            array = np.moveaxis(array, spec.batch_axis, 0)
+        result[name] = array
     samples = next((len(array) for name, array in result.items() if name not in once), 1)
     for name in once:
         result[name] = np.broadcast_to(result[name], (samples, *result[name].shape))
