@@ -107,3 +107,15 @@ def test_node_numbers_are_named_from_the_files_own_op_list(int8_tflite: Path) ->
     assert name_nodes("Node number 26 (TfLiteXNNPackDelegate) failed to prepare.", []) == [
         "Node 26 (TfLiteXNNPackDelegate)"
     ]
+
+
+def test_a_quantized_input_takes_real_values_in_the_range_its_integers_represent() -> None:
+    """A full-integer file's int8 input (scale 1, zero point -128: pixels) is fed real values that run() quantizes;
+    values drawn for it without data span 0-255, not [0, 1], which would all quantize to one or two integers."""
+    from edgecraft.targets.runtimes.litert import _spec
+
+    detail = {"shape_signature": np.array([1, 32, 32, 3]), "dtype": np.int8, "quantization": (1.0, -128)}
+    spec = _spec("pixels", detail, False)
+    assert (spec.dtype, spec.range, spec.layout) == ("float32", (0.0, 255.0), "NHWC")
+    plain = _spec("ids", {**detail, "dtype": np.int32, "quantization": (0.0, 0)}, False)
+    assert (plain.dtype, plain.range) == ("int32", None)

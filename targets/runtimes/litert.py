@@ -274,8 +274,14 @@ def _spec(name: str, detail: dict, nchw: bool) -> TensorSpec:
         layout = "NCHW"
     else:
         layout = "NHWC" if image_like(dims, channels_axis=3) else None
-    # A quantized input still takes real values: run() quantizes them with the tensor's scale.
-    return TensorSpec(name=name, dtype="float32" if quantized else dtype.name, shape=dims, layout=layout)
+    if not quantized:
+        return TensorSpec(name=name, dtype=dtype.name, shape=dims, layout=layout)
+    # A quantized input still takes real values: run() quantizes them with the tensor's scale. Values drawn for
+    # it span what the integers can represent (pixels 0-255 for a scale of 1 and a zero point of -128), not [0, 1].
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    real = (float(scale * (info.min - zero_point)), float(scale * (info.max - zero_point)))
+    return TensorSpec(name=name, dtype="float32", shape=dims, layout=layout, range=real)
 
 
 def _output_spec(name: str, detail: dict, channels_last: bool) -> TensorSpec:
