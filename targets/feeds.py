@@ -178,7 +178,12 @@ def infer_batch_axes(signature: Signature) -> Signature:
     # Unnamed dynamic dimensions (exporters that write none) cannot be matched by name: an input that leads
     # with a fixed size and has exactly one of them (a state [2, ?, 128]) is taken to hold the batch there.
     unnamed_batch = symbol is None and any(spec.shape and spec.shape[0] is None for spec in signature.inputs)
-    fixed = {spec.shape[0] for spec in signature.inputs if spec.shape and isinstance(spec.shape[0], int)}
+    # A fixed batch larger than 1 is read only off inputs of rank 2 or more: a vector [2] is a value, not 2 samples.
+    fixed = {
+        spec.shape[0]
+        for spec in signature.inputs
+        if spec.shape and len(spec.shape) > 1 and isinstance(spec.shape[0], int)
+    }
     any_dynamic = any(spec.shape and not isinstance(spec.shape[0], int) for spec in signature.inputs)
     fixed_batch = fixed.pop() if len(fixed) == 1 and not any_dynamic else None
 
@@ -196,7 +201,7 @@ def infer_batch_axes(signature: Signature) -> Signature:
             return shape.index(None)
         if shape[0] == 1 or shape[0] == fixed_batch:
             return 0
-        return None if (is_input or symbol is not None or fixed_batch is not None) else 0
+        return None
 
     return signature.model_copy(
         update={

@@ -119,6 +119,13 @@ def test_batch_axes_are_read_from_the_files_shapes() -> None:
     )
     layout = feeds.layout(feeds.infer_batch_axes(fixed))
     assert (layout.max_batch, layout.exact, layout.limit) == (1, True, "fixed batch 1")
+    # Vectors of fixed size are values, not samples: a model of them has no batch at all.
+    vectors = Signature(
+        inputs=[TensorSpec(name="x", dtype="float32", shape=[2]), TensorSpec(name="sr", dtype="int64", shape=[])],
+        outputs=[TensorSpec(name="y", shape=[2])],
+    )
+    read = feeds.infer_batch_axes(vectors)
+    assert [spec.batch_axis for spec in [*read.inputs, *read.outputs]] == [None, None, None]
 
 
 def test_a_sequence_of_calls_carries_the_state_and_splits_back_per_sample() -> None:
