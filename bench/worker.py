@@ -187,7 +187,7 @@ def run_job(job: dict) -> dict:
     # the timed loop reads memory, not the disk.
     # Each as the model takes one call (its batch axes; a fixed batch of N holds N samples).
     ring = max(1, min(RING, RING_BYTES // max(feeds.sample_bytes(inputs), 1), feeds.count(inputs)))
-    per_call = layout.max_batch if layout.exact and layout.max_batch else 1
+    per_call = layout.per_call
     single = [
         layout.to_model(feeds.read(Path(job["inputs"]), i * per_call, (i + 1) * per_call))
         for i in range(max(1, ring // per_call))

@@ -61,7 +61,7 @@ class Dataset:
 
     def samples(self) -> list[dict[str, np.ndarray]]:
         """One call's feeds per sample, as the model takes them: what calibration readers hand to quantizers."""
-        per_call = self.layout.max_batch if self.layout.exact and self.layout.max_batch else 1
+        per_call = self.layout.per_call
         return [
             self.layout.to_model({name: array[i : i + per_call] for name, array in self.inputs.items()})
             for i in range(0, len(self) - per_call + 1, per_call)

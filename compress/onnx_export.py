@@ -56,7 +56,7 @@ def export_torch(model: Any, signature: Signature, path: Path) -> Path:
     return path
 
 
-def _graphs(graph: Any) -> list[Any]:
+def all_graphs(graph: Any) -> list[Any]:
     """``graph`` and every subgraph inside it (the branches of ``If``, the bodies of ``Loop`` and ``Scan``, ...),
     at any depth."""
     import onnx
@@ -65,10 +65,10 @@ def _graphs(graph: Any) -> list[Any]:
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                found += _graphs(attribute.g)
+                found += all_graphs(attribute.g)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
                 for subgraph in attribute.graphs:
-                    found += _graphs(subgraph)
+                    found += all_graphs(subgraph)
     return found
 
 
@@ -85,7 +85,7 @@ def rename_io(model: Any, names: dict[str, str]) -> None:
     graph read a name nothing defines, "Nodes in a graph must be topologically sorted"). Each renaming is one
     one-to-one substitution applied to every scope alike, definitions and uses, so that a name a subgraph defines
     for itself (shadowing an outer one or not) still refers to what it did."""
-    graphs = _graphs(model.graph)
+    graphs = all_graphs(model.graph)
 
     def values(graph: Any) -> list[Any]:
         return [*graph.input, *graph.output, *graph.value_info, *graph.initializer]

@@ -240,6 +240,11 @@ class Layout:
     state_from: dict[str, str] = field(default_factory=dict)
 
     @property
+    def per_call(self) -> int:
+        """Samples in the smallest call the model takes: its fixed batch, else one."""
+        return self.max_batch if self.exact and self.max_batch else 1
+
+    @property
     def batch_first(self) -> bool:
         """Every input and output batched on axis 0, any batch size, no state: how models were fed before
         layouts (and the only way the device agent feeds them)."""
@@ -307,9 +312,7 @@ class Layout:
 
     def call_shapes(self, inputs: Feeds) -> dict[str, list[int]]:
         """Each input's shape in one call at the smallest batch the model takes: what latency is measured at."""
-        one = take(inputs, 0, 1)
-        if self.exact and self.max_batch:
-            one = {name: np.take(a, range(self.max_batch), axis=0, mode="wrap") for name, a in one.items()}
+        one = {name: np.take(a, range(self.per_call), axis=0, mode="wrap") for name, a in take(inputs, 0, 1).items()}
         return {name: list(array.shape) for name, array in self.to_model(one).items()}
 
 

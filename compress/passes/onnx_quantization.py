@@ -160,20 +160,17 @@ def require_quantized(path: Path, pass_name: str) -> None:
     fp32 graph would be reported as a speed-up of 1.0 that means nothing."""
     import onnx
 
-    graphs, integer, compute, nested = [onnx.load(str(path)).graph], 0, 0, 0
-    depth = {id(graphs[0]): 0}
-    while graphs:
-        graph = graphs.pop()
+    from edgecraft.compress.onnx_export import all_graphs
+
+    main, *subgraphs = all_graphs(onnx.load(str(path)).graph)
+    integer = compute = nested = 0
+    for graph in [main, *subgraphs]:
         for node in graph.node:
             if node.op_type in _INTEGER_OPS or node.op_type.startswith("QLinear"):
                 integer += 1
             elif node.op_type not in ("If", "Loop", "Scan"):
                 compute += 1
-                nested += depth[id(graph)] > 0
-            for attribute in node.attribute:
-                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                    depth[id(sub)] = depth[id(graph)] + 1
-                    graphs.append(sub)
+                nested += graph is not main
     if integer == 0:
         inside = (
             f"; {nested} of its {compute} operators are inside If/Loop subgraphs, which it leaves in float"

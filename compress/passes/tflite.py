@@ -87,21 +87,15 @@ def _plain_node_names(graph: Any, used: set[str]) -> None:
     onnx2tf passes node names to TensorFlow as op names: PaddleOCR's exporter names nodes ``Softmax@0``, which
     TensorFlow refuses ("'Softmax@0' is not a valid scope name"). Node names are labels only (nothing refers to
     them), so renaming changes no computation."""
-    from onnx import AttributeProto
+    from edgecraft.compress.onnx_export import all_graphs
 
-    for node in graph.node:
+    for node in (node for each in all_graphs(graph) for node in each.node):
         base = _NOT_IN_SCOPE_NAME.sub("_", node.name) if node.name else f"{node.op_type}_{len(used)}"
         name, suffix = base, 1
         while name in used:
             name, suffix = f"{base}_{suffix}", suffix + 1
         used.add(name)
         node.name = name
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.GRAPH:
-                _plain_node_names(attribute.g, used)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    _plain_node_names(subgraph, used)
 
 
 def _gelu_in_onnx2tf_order(graph: Any) -> int:
