@@ -94,11 +94,6 @@ def resolve(reference: str, field: str, base_dir: Path | str | None = None) -> A
         ) from None
 
 
-def load_object(reference: str, field: str, base_dir: Path | str | None = None) -> Any:
-    """Return the object ``reference`` names (see ``resolve``)."""
-    return resolve(reference, field, base_dir)
-
-
 def load_function(reference: str, field: str, base_dir: Path | str | None = None) -> Any:
     """The function ``reference`` names: it must exist and be callable."""
     function = resolve(reference, field, base_dir)
