@@ -175,7 +175,8 @@ def read_outputs(spec: EvaluatorSpec, outputs: list[TensorSpec]) -> list[TensorS
 
 
 def _shape(output: TensorSpec) -> str:
-    """``[?, 4]``: an output's shape as the error that asks for a choice shows it, symbolic axes as ``?``."""
+    """``[N, 4]``: an output's shape as the error that asks for a choice shows it, symbolic axes by their names
+    (``?`` where the file names none)."""
     if output.shape is None:
         return "[unknown shape]"
     return "[" + ", ".join("?" if d is None else str(d) for d in output.shape) + "]"
