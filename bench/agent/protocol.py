@@ -18,8 +18,13 @@ Every request carries ``Authorization: Bearer TOKEN``; answers are JSON (errors 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
 import re
 import zipfile
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,12 +32,14 @@ import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from edgecraft.bench.raw import WorkerRaw, problems
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core import formats
 
@@ -50,6 +57,11 @@ INPUTS_FOLDER = "inputs"
 OUTPUTS_FILE = "outputs.npz"  # where bench.harness.run_process has the worker write every output
 
 MAX_MANIFEST_BYTES = 1 << 20
+# The most a JSON answer of an agent may weigh (a description, a status, a result's raws): the client stops
+# reading there, whatever the agent says its length is.
+MAX_JSON_ANSWER_BYTES = 16 << 20
+# An agent's TLS certificate, as the agent prints it and a device entry pins it (like SSH's known hosts).
+FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 JobState = Literal["queued", "running", "done", "failed"]
 
@@ -96,11 +108,163 @@ class JobManifest(BaseModel):
 
 
 def validation_problem(exc: ValidationError) -> str:
-    """A pydantic error as 'field: problem' lines, short enough for an HTTP error."""
-    problems = [
-        f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}" for error in exc.errors(include_url=False)[:3]
-    ]
-    return "; ".join(problems)
+    """A pydantic error as 'field: problem' parts, short enough for an HTTP error."""
+    return problems(exc)
+
+
+# ----- what an agent answers: the client checks every answer against these before using a field of it
+
+
+class _Answer(BaseModel):
+    """An agent's answer is untrusted input: exact types, finite numbers; unknown keys are kept (a newer agent may
+    say more) but never read."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class AgentInfo(_Answer):
+    version: str
+    max_upload_bytes: int = Field(gt=0)
+    job_timeout_s: float = Field(gt=0)
+    limits: dict[str, float] = Field({}, description="Every other limit of the agent, by its flag's name.")
+
+
+class CpuDescription(_Answer):
+    machine: str | None = None
+    model: str | None = None
+    flags: list[str] = []
+
+
+class DeviceDescription(_Answer):
+    """``GET /v1/device``: ``bench.environment.environment()`` plus what the agent runs and its limits."""
+
+    python: str
+    platform: str
+    cpu: CpuDescription
+    packages: dict[str, str] = {}
+    warnings: list[str] = []
+    targets: dict[str, str | None] = Field(description="'runtime:device': None where it runs here, else why not.")
+    agent: AgentInfo
+    emulated: str | None = Field(None, description="Why this machine's timings are an emulator's, else None.")
+
+
+class JobStatus(_Answer):
+    job: Annotated[str, StringConstraints(pattern=JOB_ID.pattern + "$")]
+    state: JobState
+    position: int | None = Field(None, ge=1, description="Queued: 1 is next.")
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _failure_has_reason(self) -> JobStatus:
+        if self.state == "failed" and not self.reason:
+            raise ValueError("a failed job's status carries its reason")
+        return self
+
+
+class JobResult(_Answer):
+    """``GET /v1/jobs/<id>/result``: each repetition's raw numbers, checked as a local worker's are."""
+
+    raws: list[WorkerRaw] = Field(min_length=1)
+    device: DeviceDescription
+    started_at: float = Field(ge=0)
+    finished_at: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> JobResult:
+        if self.finished_at < self.started_at:
+            raise ValueError(f"the job finished ({self.finished_at}) before it started ({self.started_at})")
+        return self
+
+
+def fingerprint(certificate_der: bytes) -> str:
+    """A certificate's SHA-256 fingerprint in the form the agent prints and a device entry pins."""
+    return "sha256:" + hashlib.sha256(certificate_der).hexdigest()
+
+
+def parse_fingerprint(text: str) -> str:
+    """``text`` as ``sha256:<64 lowercase hex digits>``; colons between the bytes (as openssl prints them) and
+    upper case are accepted. ``ValueError`` otherwise."""
+    digits = text.strip().lower().removeprefix("sha256:").replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        raise ValueError(f"expected 'sha256:' and 64 hex digits, as the agent prints it; got {text!r}")
+    return f"sha256:{digits}"
+
+
+# ----- arrays sent across: bounded before a byte of their data is inflated
+
+
+@dataclass(frozen=True)
+class ArrayLimits:
+    """What one .npz may hold, checked from each array's header before its data is read: a 400 KB zip can
+    declare gigabytes."""
+
+    max_array_bytes: int
+    max_total_bytes: int
+    max_rank: int = 8
+    max_arrays: int = 256
+
+
+def read_npz(source: Path | bytes, limits: ArrayLimits, wanted: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """The named numeric arrays of an .npz (only ``wanted`` ones, if given), never unpickling and never inflating
+    more than each header declares within ``limits``; ``ValueError`` names the array and the limit."""
+    try:
+        archive = zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not an .npz file: {exc}") from None
+    with archive:
+        members = [member for member in archive.infolist() if not member.is_dir()]
+        if len(members) > limits.max_arrays:
+            raise ValueError(f"it holds {len(members)} arrays, over the limit of {limits.max_arrays}")
+        names = [member.filename.removesuffix(".npy") for member in members]
+        if len(set(names)) != len(names):
+            raise ValueError("it names an array twice")
+        arrays: dict[str, np.ndarray] = {}
+        total = 0
+        for name, member in zip(names, members):
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                with archive.open(member) as stream:
+                    shape, dtype = _header(stream)
+                    _check_header(name, shape, dtype, limits)
+                    total += math.prod(shape) * dtype.itemsize
+                    if total > limits.max_total_bytes:
+                        raise ValueError(
+                            f"{name!r}: the arrays inflate to {total} bytes or more, over the limit of "
+                            f"{limits.max_total_bytes} bytes for all of them"
+                        )
+                with archive.open(member) as stream:
+                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{name!r}: unreadable: {exc}") from None
+    return arrays
+
+
+def _header(stream: Any) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+    except ValueError as exc:
+        raise ValueError(f"not a plain .npy array: {exc}") from None
+    return tuple(shape), dtype
+
+
+def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, limits: ArrayLimits) -> None:
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"{name!r} is a {dtype} array; only numeric arrays are read (never pickles)")
+    if len(shape) > limits.max_rank:
+        raise ValueError(f"{name!r} has rank {len(shape)}, over the limit of {limits.max_rank}")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > limits.max_array_bytes:
+        raise ValueError(
+            f"{name!r} declares shape {list(shape)} of {dtype} ({declared} bytes inflated), over the limit of "
+            f"{limits.max_array_bytes} bytes per array"
+        )
 
 
 def looks_like(head: bytes) -> str:
@@ -130,18 +294,10 @@ def check_format(declared: str, files: list[Path]) -> None:
     fmt.check_companions(files)
 
 
-def read_inputs(path: Path) -> dict[str, np.ndarray]:
-    """The named input arrays of an uploaded .npz, without unpickling anything; ``ValueError`` says what is wrong."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("it is a single .npy array, not an .npz of named arrays")
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"not an .npz file: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"not an .npz of plain arrays: {exc}") from None
+def read_inputs(path: Path, limits: ArrayLimits) -> dict[str, np.ndarray]:
+    """The named input arrays of an uploaded .npz within ``limits``, without unpickling anything; ``ValueError``
+    says what is wrong."""
+    arrays = read_npz(path, limits)
     if not arrays:
         raise ValueError("the .npz holds no arrays")
     for name, array in arrays.items():
