@@ -1,6 +1,6 @@
 """The device agent over real HTTP: a real ONNX model measured by an agent that cannot import torch, TensorFlow
 or onnx; every refusal (token, size, format, pickles, path traversal); one job at a time; a crash that loses
-nothing already measured."""
+nothing already measured. What an attacker or a flaky network would try is in test_agent_security.py."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 
 from edgecraft.bench.agent.client import AgentClient, AgentError
+from edgecraft.bench.agent.limits import Limits
+from edgecraft.bench.agent.protocol import DeviceDescription
 from edgecraft.bench.agent.server import detect_emulation
-from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, start_agent
+from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, call, npz, start_agent, upload, write_token
 
-TOKEN = "test-token-0123456789"
+TOKEN = "agent-test-token-0123456789-abcdefghijklmnop"  # 288 bits as the agent counts them
 SAMPLES = 8
 # Tiny phases: a job is one worker process of a second or two.
 SETTINGS = {
@@ -75,7 +77,7 @@ def inputs() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("secret") / "token"
-    path.write_text(TOKEN + "\n")
+    write_token(path, TOKEN)
     return path
 
 
@@ -95,30 +97,9 @@ def request(
     token: str | None = TOKEN,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict]:
-    """One raw request (http.client sends the path exactly as given); the status and the JSON answer."""
-    address = urlsplit(agent.url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-    sent = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    connection.request(method, path, body=body, headers=sent | (headers or {}))
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response.status, json.loads(data) if data and response.getheader(
-        "Content-Type"
-    ) == "application/json" else {}
-
-
-def upload(agent: RunningAgent, data: bytes) -> str:
-    name = hashlib.sha256(data).hexdigest()
-    status, answer = request(agent, "PUT", f"/v1/blobs/{name}", data)
-    assert status == 200 and answer == {"sha256": name}
-    return name
-
-
-def npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    """One raw request; the status and the JSON answer."""
+    answer = call(agent, method, path, body, token=token, authorize=token is not None, headers=headers)
+    return answer.status, answer.body
 
 
 def submit(agent: RunningAgent, model: Path, inputs: dict[str, np.ndarray], **settings) -> str:
@@ -153,6 +134,7 @@ def measure(agent: RunningAgent, model: Path, inputs: dict[str, np.ndarray], on_
         model_format="onnx",
         model_files=[model],
         inputs=inputs,
+        expected_outputs={"y": np.zeros((SAMPLES, 4), np.float32)},
         settings=SETTINGS | settings,
         deadline_s=120,
         on_status=on_status,
@@ -184,6 +166,14 @@ def test_a_real_measurement_comes_back_from_an_agent_without_torch_tensorflow_on
     assert not list((agent.folder / "jobs").iterdir())  # the client deleted the job it fetched
     description = AgentClient(agent.url, TOKEN).describe()
     assert description["agent"]["max_upload_bytes"] == 1 << 20 and description["emulated"] is None
+
+
+def test_the_description_says_every_limit_by_its_flag(agent):
+    status, answer = request(agent, "GET", "/v1/device")
+    assert status == 200
+    limits = DeviceDescription.model_validate(answer).agent.limits
+    assert set(limits) == {name.replace("_", "-") for name, *_ in Limits.fields()}
+    assert limits["max-upload-mb"] == 1 and limits["max-queue"] == Limits().max_queue
 
 
 def _weights(model: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +279,8 @@ def test_concurrent_jobs_run_one_at_a_time(agent, model, inputs):
     assert not errors and len(results) == 3, (errors, agent.log())
     windows = sorted((result.started_at, result.finished_at) for result in results)
     assert all(before[1] <= after[0] for before, after in itertools.pairwise(windows)), windows
-    waiting = [(at, status) for at, status in statuses if status["state"] == "queued"]
-    assert all(status["position"] >= 1 for _, status in waiting)
+    waiting = [(at, status) for at, status in statuses if status.state == "queued"]
+    assert all(status.position and status.position >= 1 for _, status in waiting)
     assert any(start < at < end for at, status in waiting for start, end in windows), statuses
 
 
@@ -321,9 +311,9 @@ def test_a_killed_agent_loses_nothing_already_measured(tmp_path, token_file, mod
         thread = threading.Thread(target=long_job)
         thread.start()
         deadline = time.monotonic() + 60
-        while not any(status["state"] == "running" for status in started) and time.monotonic() < deadline:
+        while not any(status.state == "running" for status in started) and time.monotonic() < deadline:
             time.sleep(0.05)
-        running = next(status["job"] for status in started if status["state"] == "running")
+        running = next(status.job for status in started if status.state == "running")
         waiting = [submit(first, model, inputs) for _ in range(2)]
         time.sleep(1.0)  # the benchmark process is under way
         first.kill()

@@ -130,9 +130,16 @@ class AgentInfo(_Answer):
 
 
 class CpuDescription(_Answer):
+    """The fields of ``bench.cpu_info`` that reports and the console show."""
+
     machine: str | None = None
     model: str | None = None
     flags: list[str] = []
+    logical_cores: int | None = Field(None, ge=1)
+    usable_cores: int | None = Field(None, ge=1)
+    memory_mb: float | None = Field(None, ge=0)
+    governor: str | None = None
+    load_average: list[float] = []
 
 
 class DeviceDescription(_Answer):
@@ -193,6 +200,10 @@ def parse_fingerprint(text: str) -> str:
 # ----- arrays sent across: bounded before a byte of their data is inflated
 
 
+class OverLimit(ValueError):
+    """Arrays that are well formed but larger than a limit allows (the agent answers 413, not 400)."""
+
+
 @dataclass(frozen=True)
 class ArrayLimits:
     """What one .npz may hold, checked from each array's header before its data is read: a 400 KB zip can
@@ -214,7 +225,7 @@ def read_npz(source: Path | bytes, limits: ArrayLimits, wanted: Collection[str] 
     with archive:
         members = [member for member in archive.infolist() if not member.is_dir()]
         if len(members) > limits.max_arrays:
-            raise ValueError(f"it holds {len(members)} arrays, over the limit of {limits.max_arrays}")
+            raise OverLimit(f"it holds {len(members)} arrays, over the limit of {limits.max_arrays}")
         names = [member.filename.removesuffix(".npy") for member in members]
         if len(set(names)) != len(names):
             raise ValueError("it names an array twice")
@@ -229,7 +240,7 @@ def read_npz(source: Path | bytes, limits: ArrayLimits, wanted: Collection[str] 
                     _check_header(name, shape, dtype, limits)
                     total += math.prod(shape) * dtype.itemsize
                     if total > limits.max_total_bytes:
-                        raise ValueError(
+                        raise OverLimit(
                             f"{name!r}: the arrays inflate to {total} bytes or more, over the limit of "
                             f"{limits.max_total_bytes} bytes for all of them"
                         )
@@ -258,10 +269,10 @@ def _check_header(name: str, shape: tuple[int, ...], dtype: np.dtype, limits: Ar
     if dtype.hasobject or dtype.kind not in "biuf":
         raise ValueError(f"{name!r} is a {dtype} array; only numeric arrays are read (never pickles)")
     if len(shape) > limits.max_rank:
-        raise ValueError(f"{name!r} has rank {len(shape)}, over the limit of {limits.max_rank}")
+        raise OverLimit(f"{name!r} has rank {len(shape)}, over the limit of {limits.max_rank}")
     declared = math.prod(shape) * dtype.itemsize
     if declared > limits.max_array_bytes:
-        raise ValueError(
+        raise OverLimit(
             f"{name!r} declares shape {list(shape)} of {dtype} ({declared} bytes inflated), over the limit of "
             f"{limits.max_array_bytes} bytes per array"
         )

@@ -1,42 +1,47 @@
-"""The agent's HTTP server: uploads, a FIFO job queue measured by one worker thread, state kept on disk.
+"""The device agent: uploads, a FIFO job queue measured by one worker thread, state kept on disk, and ``serve``.
 
-Standard library only (``http.server``, ``hmac``, ``json``, ``threading``): the agent runs on an edge box that
-has numpy, pydantic and the runtimes, and a web framework there would be one more thing to install on aarch64
-and to keep secure. HTTP is plain text: the bearer token protects the agent from other users of a trusted
-network, not from someone reading its traffic (put it behind an SSH tunnel otherwise).
+Its HTTP is uvicorn (the pure-Python h11 protocol) running a small Starlette app (``bench.agent.http_app``): both
+are maintained, pure Python, so they install on any aarch64 board without a compiler, and need no ML framework.
+They parse requests and enforce their framing (a bad ``Content-Length`` is h11's 400), keep connections alive,
+bound how many there are and speak TLS, all of which the hand-written ``http.server`` layer they replace did
+badly or not at all. What they lack is added in ``bench.agent.serving`` (a deadline for a request's head) and
+``bench.agent.http_app`` (deadlines for its body; a limit on wrong tokens per address).
 
 One job runs at a time, through ``bench.harness.run_process`` as a local run does: two benchmarks at once
 would corrupt each other's timings. Every job's state is a file in its folder, written then renamed, so that an
 agent restarted after a crash serves the results it had, re-queues what was waiting and fails, with the reason,
-the job it was measuring.
+the job it was measuring. Everything a client sends is bounded by a flag of ``edgecraft agent serve``
+(``bench.agent.limits``), and each refusal is its own status with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-import hmac
-import io
 import json
 import os
 import platform
 import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from edgecraft.bench.agent import serving, tls
+from edgecraft.bench.agent.http_app import Refused, application
+from edgecraft.bench.agent.limits import MIB, Limits, in_bytes
+from edgecraft.bench.agent.onnx_files import check_no_external_data
 from edgecraft.bench.agent.protocol import (
     BLOB_NAME,
     BLOBS,
@@ -44,12 +49,13 @@ from edgecraft.bench.agent.protocol import (
     JOB_ID,
     JOBS,
     MANIFEST_FILE,
-    MAX_MANIFEST_BYTES,
     OUTPUTS_FILE,
     PREFIX,
     RESULT_FILE,
     STATE_FILE,
+    ArrayLimits,
     JobManifest,
+    OverLimit,
     check_format,
     read_inputs,
     validation_problem,
@@ -58,21 +64,13 @@ from edgecraft.bench.environment import environment
 from edgecraft.bench.harness import MeasureJob, MeasurementFailed, run_process
 from edgecraft.bench.settings import check_pinnable
 from edgecraft.core import formats
+from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.files import write_atomic
 from edgecraft.targets import feeds, registry
 from edgecraft.targets.base import ARM_MACHINES
 
-_CHUNK = 1 << 20
 _X86_VENDORS = ("GenuineIntel", "AuthenticAMD")
-
-
-class Refused(Exception):
-    """A request the agent answers with an HTTP error status and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, **extra: Any):
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
+_QUEUE_RETRY_AFTER_S = 30  # a job takes seconds to minutes: a full queue is worth asking again about that soon
 
 
 def detect_emulation(machine: str, cpuinfo: str) -> str | None:
@@ -132,20 +130,112 @@ def _stop_leftover_workers(job_folder: Path) -> None:
                 continue
 
 
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """A job's model file is its blob hard-linked (no second copy on disk); copied where links are not allowed."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
+class DiskQuota:
+    """The agent's folder against ``--max-disk-mb``: what is on disk plus what is being written to it."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._reserved = 0
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` as used until ``release``; 507 if they do not fit."""
+        with self._lock:
+            used = self._on_disk() + self._reserved
+            if used + nbytes > self.max_bytes:
+                raise Refused(
+                    HTTPStatus.INSUFFICIENT_STORAGE,
+                    f"{what} ({nbytes} bytes) would take the agent's folder to {(used + nbytes) / MIB:.1f} MiB, "
+                    f"over its --max-disk-mb of {self.max_bytes / MIB:g} MiB: delete finished jobs or raise the limit",
+                )
+            self._reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved -= nbytes
+
+    @contextlib.contextmanager
+    def reserved(self, nbytes: int, what: str) -> Iterator[None]:
+        self.reserve(nbytes, what)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+    def _on_disk(self) -> int:
+        """Bytes of every file under the folder, a hard-linked file (a blob and its job's copy) counted once."""
+        seen: dict[tuple[int, int], int] = {}
+        for path in self.folder.rglob("*"):
+            try:
+                status = path.lstat()
+            except FileNotFoundError:  # deleted while we walked
+                continue
+            if stat.S_ISREG(status.st_mode):
+                seen[status.st_dev, status.st_ino] = status.st_size
+        return sum(seen.values())
+
+
+class Upload:
+    """A blob as it arrives: hashed and written to a temporary file, then renamed to its sha256 once it is whole
+    and that sha256 is its name. Its announced length counts against the disk quota while it is written."""
+
+    def __init__(self, blobs: Path, name: str, length: int, disk: DiskQuota):
+        self.name, self.length, self.received = name, length, 0
+        self._blobs, self._disk = blobs, disk
+        self._temporary = blobs / f".upload-{uuid.uuid4().hex}"
+        self._digest = hashlib.sha256()
+        disk.reserve(length, f"uploading blob {name}")
+        try:
+            self._handle = self._temporary.open("wb")
+        except OSError:
+            disk.release(length)
+            raise
+        self._open = True
+
+    def write(self, chunk: bytes | bytearray) -> None:
+        self._digest.update(chunk)
+        self._handle.write(chunk)
+        self.received += len(chunk)
+
+    def finish(self) -> dict[str, str]:
+        self._handle.close()
+        if self._digest.hexdigest() != self.name:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"the body's sha256 is {self._digest.hexdigest()}, not {self.name}")
+        os.replace(self._temporary, self._blobs / self.name)
+        return {"sha256": self.name}
+
+    def discard(self) -> None:
+        """Close and forget what is left (nothing after ``finish``); safe to call twice."""
+        if self._open:
+            self._open = False
+            self._handle.close()
+            self._temporary.unlink(missing_ok=True)
+            self._disk.release(self.length)
+
+
 class Agent:
     """The jobs and blobs of one folder, and the single thread that measures the jobs in submission order."""
 
-    def __init__(self, folder: Path, token: str, max_upload_bytes: int, job_timeout_s: float, emulated: str | None):
+    def __init__(self, folder: Path, limits: Limits, emulated: str | None):
         self.folder = folder.resolve()
         self.blobs = self.folder / BLOBS
         self.jobs = self.folder / JOBS
-        self.token = token.encode()
-        self.max_upload_bytes = max_upload_bytes
-        self.job_timeout_s = job_timeout_s
+        self.limits = limits
         self.emulated = emulated or _emulation_here()
+        self.disk = DiskQuota(self.folder, in_bytes(limits.max_disk_mb))
         self._changed = threading.Condition()
         self._states: dict[str, dict[str, Any]] = {}
         self._queue: list[str] = []
+        self._arriving = 0  # submissions being checked, each holding a place in the queue
         self._sequence = 0
 
     # ----- start-up
@@ -180,11 +270,12 @@ class Agent:
 
     def start(self) -> None:
         threading.Thread(target=self._work, name="edgecraft-agent-worker", daemon=True).start()
+        threading.Thread(target=self._sweep_forever, name="edgecraft-agent-sweeper", daemon=True).start()
 
     # ----- what the endpoints do
 
     def describe(self) -> dict[str, Any]:
-        """This machine as a result records it, with every target and whether it runs here."""
+        """This machine as a result records it, with every target and whether it runs here, and every limit."""
         machine = environment()
         if self.emulated:  # an emulator passes the host's /proc/cpuinfo through: its CPU and flags are not this box's
             cpu = machine["cpu"]
@@ -198,8 +289,9 @@ class Agent:
             "targets": self._target_reasons,
             "agent": {
                 "version": _version(),
-                "max_upload_bytes": self.max_upload_bytes,
-                "job_timeout_s": self.job_timeout_s,
+                "max_upload_bytes": in_bytes(self.limits.max_upload_mb),
+                "job_timeout_s": self.limits.job_timeout,
+                "limits": self.limits.by_flag(),
             },
             "emulated": self.emulated,
         }
@@ -214,29 +306,15 @@ class Agent:
         }
 
     def has_blob(self, name: str) -> bool:
-        return (self.blobs / _blob_name(name)).is_file()
-
-    def put_blob(self, name: str, body: io.BufferedIOBase, length: int) -> dict[str, str]:
-        """Store ``length`` bytes of ``body`` as the blob ``name`` if their sha256 is ``name`` (both checked by
-        the caller before the body is read: the name's form and the length against the upload limit)."""
-        temporary = self.blobs / f".upload-{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
+        """Whether the blob is here; asking marks it as wanted (its --blob-ttl starts again)."""
         try:
-            with temporary.open("wb") as handle:
-                left = length
-                while left:
-                    chunk = body.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise Refused(HTTPStatus.BAD_REQUEST, f"the body ended after {length - left} of {length} bytes")
-                    digest.update(chunk)
-                    handle.write(chunk)
-                    left -= len(chunk)
-            if digest.hexdigest() != name:
-                raise Refused(HTTPStatus.BAD_REQUEST, f"the body's sha256 is {digest.hexdigest()}, not {name}")
-            os.replace(temporary, self.blobs / name)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return {"sha256": name}
+            os.utime(self.blobs / _blob_name(name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def upload(self, name: str, length: int) -> Upload:
+        return Upload(self.blobs, _blob_name(name), length, self.disk)
 
     def submit(self, body: Any) -> dict[str, Any]:
         """Check a manifest against what was uploaded and what runs here, give the job its own folder with
@@ -245,20 +323,55 @@ class Agent:
             manifest = JobManifest.model_validate(body)
         except ValidationError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, validation_problem(exc)) from None
+        with self._place_in_queue():
+            return self._admit(manifest)
+
+    @contextlib.contextmanager
+    def _place_in_queue(self) -> Iterator[None]:
+        """Hold a place in the queue while a submission is checked; 429 when every place is taken."""
+        limit = self.limits.max_queue
+        with self._changed:
+            if len(self._queue) + self._arriving >= limit:
+                raise Refused(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    f"the queue is full ({limit} jobs waiting, this agent's --max-queue): submit again once one ran",
+                    headers={"Retry-After": str(_QUEUE_RETRY_AFTER_S)},
+                    queue_limit=limit,
+                )
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._arriving -= 1
+
+    def _admit(self, manifest: JobManifest) -> dict[str, Any]:
         target = self._target(manifest)
         try:
             target.options_model(**manifest.options)
         except ValidationError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"options: {validation_problem(exc)}") from None
-        for name in [*manifest.model.files, manifest.inputs]:
+        blobs = [*manifest.model.files, manifest.inputs]
+        for name in blobs:
             if not self.has_blob(name):
                 raise Refused(HTTPStatus.BAD_REQUEST, f"blob {name} was not uploaded (PUT {PREFIX}/blobs/{name})")
+        job_id = uuid.uuid4().hex
+        model_files = [self.blobs / name for name in manifest.model.files]
         try:
-            check_format(manifest.model.format, [self.blobs / name for name in manifest.model.files])
+            check_format(manifest.model.format, model_files)
+            if manifest.model.format == "onnx":
+                check_no_external_data(model_files[0], self.jobs / job_id)
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"model: {exc}") from None
+        limits = ArrayLimits(
+            max_array_bytes=in_bytes(self.limits.max_array_mb),
+            max_total_bytes=in_bytes(self.limits.max_job_mb),
+            max_rank=self.limits.max_rank,
+        )
         try:
-            inputs = read_inputs(self.blobs / manifest.inputs)
+            inputs = read_inputs(self.blobs / manifest.inputs, limits)
+        except OverLimit as exc:
+            raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"inputs: {exc}") from None
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: {exc}") from None
         try:
@@ -266,20 +379,27 @@ class Agent:
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"settings.pin_cpus: {exc}") from None
         settings = manifest.settings.model_copy(
-            update={"timeout_s": min(manifest.settings.timeout_s, self.job_timeout_s)}
+            update={"timeout_s": min(manifest.settings.timeout_s, self.limits.job_timeout)}
         )
-        job_id = uuid.uuid4().hex
         staging = self.jobs / f".new-{job_id}"
-        staging.mkdir()
+        inflated = sum(array.nbytes for array in inputs.values())
         try:
-            for blob, file_name in zip(manifest.model.files, formats.get(manifest.model.format).file_names()):
-                shutil.copyfile(self.blobs / blob, staging / file_name)
-            feeds.save(inputs, staging / INPUTS_FOLDER)
+            with self.disk.reserved(inflated, "the job's inputs, inflated"):
+                staging.mkdir()
+                for path, file_name in zip(model_files, formats.get(manifest.model.format).file_names()):
+                    _link_or_copy(path, staging / file_name)
+                feeds.save(inputs, staging / INPUTS_FOLDER)
             if len(list((staging / INPUTS_FOLDER).glob("*.npy"))) != len(inputs):
                 raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: names that differ only in punctuation: {list(inputs)}")
             _write_json(staging / MANIFEST_FILE, manifest.model_copy(update={"settings": settings}).model_dump())
             with self._changed:
-                state = {"job": job_id, "state": "queued", "sequence": self._sequence, "submitted_at": time.time()}
+                state = {
+                    "job": job_id,
+                    "state": "queued",
+                    "sequence": self._sequence,
+                    "submitted_at": time.time(),
+                    "blobs": blobs,
+                }
                 self._sequence += 1
                 _write_json(staging / STATE_FILE, state)
                 os.replace(staging, self.jobs / job_id)
@@ -337,24 +457,58 @@ class Agent:
 
     def delete(self, job_id: str) -> dict[str, Any]:
         with self._changed:
-            state = self._states[self._known(job_id)]["state"]
-            if state == "running":
-                raise Refused(HTTPStatus.CONFLICT, f"job {job_id} is running; delete it once it is done", state=state)
-            if state == "queued":
+            state = self._states[self._known(job_id)]
+            if state["state"] == "running":
+                raise Refused(
+                    HTTPStatus.CONFLICT, f"job {job_id} is running; delete it once it is done", state=state["state"]
+                )
+            if state["state"] == "queued":
                 self._queue.remove(job_id)
             del self._states[job_id]
             # Renamed first, so that a restart never finds half a folder under a job's name.
             doomed = self.jobs / f".deleted-{job_id}"
             os.replace(self.jobs / job_id, doomed)
+            self._forget_blobs(state)
         shutil.rmtree(doomed, ignore_errors=True)
         return {"job": job_id, "deleted": True}
+
+    def _forget_blobs(self, deleted: dict[str, Any]) -> None:
+        """Delete the blobs of a deleted job that no other job uses, unless a client asked for one since the job
+        was submitted (it is about to be used again; the --blob-ttl sweep takes it otherwise). Under the lock."""
+        for name in set(deleted.get("blobs", [])) - self._blobs_in_use():
+            path = self.blobs / name
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= deleted["submitted_at"]:
+                    path.unlink()
+
+    def _blobs_in_use(self) -> set[str]:
+        return {name for state in self._states.values() for name in state.get("blobs", [])}
+
+    def sweep_blobs(self) -> None:
+        """Delete uploads that no job uses and no client asked for within --blob-ttl seconds (uploads cut off
+        midway by a crash among them)."""
+        cutoff = time.time() - self.limits.blob_ttl
+        with self._changed:
+            in_use = self._blobs_in_use()
+            for path in self.blobs.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.name not in in_use and path.stat().st_mtime < cutoff:
+                        path.unlink()
 
     def _known(self, job_id: str) -> str:
         if not JOB_ID.fullmatch(job_id) or job_id not in self._states:
             raise Refused(HTTPStatus.NOT_FOUND, f"no job {job_id!r} on this agent")
         return job_id
 
-    # ----- the worker thread
+    # ----- the worker threads
+
+    def _sweep_forever(self) -> None:
+        while True:
+            try:
+                self.sweep_blobs()
+            except OSError as exc:  # a disk problem waits for the next sweep; it must not end the sweeps
+                print(f"sweeping {self.blobs}: {exc}", file=sys.stderr, flush=True)
+            time.sleep(min(self.limits.blob_ttl, 60.0))
 
     def _set_state(self, job_id: str, **changes: Any) -> None:
         with self._changed:
@@ -399,14 +553,15 @@ class Agent:
             work_dir=folder,
         )
         device = self.describe()
-        deadline = time.monotonic() + self.job_timeout_s
+        limit_s = self.limits.job_timeout
+        deadline = time.monotonic() + limit_s
         raws = []
         started_at = time.time()
         for repetition in range(settings.repetitions):
             where = f"repetition {repetition + 1} of {settings.repetitions}: " if settings.repetitions > 1 else ""
             left = deadline - time.monotonic()
             if left <= 0:
-                raise MeasurementFailed(f"{where}the job used up this agent's limit of {self.job_timeout_s:g} s")
+                raise MeasurementFailed(f"{where}the job used up this agent's limit of {limit_s:g} s")
             capped = settings.model_copy(update={"timeout_s": min(settings.timeout_s, left)})
             try:
                 raw = run_process(job, capped, repetition)
@@ -436,119 +591,27 @@ def _version() -> str:
         return "unknown (run from a source tree that is not installed)"
 
 
-class AgentServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], agent: Agent):
-        super().__init__(address, _Handler)
-        self.agent = agent
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Routes ``/v1/...`` to the agent; every answer is JSON except a job's outputs (.npz bytes)."""
-
-    server: AgentServer
-    server_version = "edgecraft-agent"
-    timeout = 60  # seconds a connection may stay silent: a stalled client does not hold a thread for ever
-
-    def do_GET(self) -> None:
-        self._answer("GET")
-
-    def do_HEAD(self) -> None:
-        self._answer("HEAD")
-
-    def do_PUT(self) -> None:
-        self._answer("PUT")
-
-    def do_POST(self) -> None:
-        self._answer("POST")
-
-    def do_DELETE(self) -> None:
-        self._answer("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the agent logs one line per job, not one per poll."""
-
-    def _answer(self, method: str) -> None:
-        try:
-            status, body = self._handle(method)
-        except Refused as exc:
-            status, body = exc.status, {"error": str(exc), **exc.extra}
-        except Exception as exc:  # noqa: BLE001 - an agent bug answers 500 and leaves the server running
-            print(f"{method} {self.path}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"}
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(data)
-
-    def _handle(self, method: str) -> tuple[int, Any]:
-        agent = self.server.agent
-        sent = self.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(sent, b"Bearer " + agent.token):
-            raise Refused(HTTPStatus.UNAUTHORIZED, "missing or wrong token: send 'Authorization: Bearer TOKEN'")
-        path = urlsplit(self.path).path  # not unquoted: %2F stays three characters that no name may hold
-        if not path.startswith(PREFIX + "/"):
-            raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}")
-        parts = path[len(PREFIX) + 1 :].split("/")
-        routes: dict[tuple[str, ...], dict[str, Callable[..., Any]]] = {
-            ("device",): {"GET": agent.describe},
-            ("blobs", "*"): {
-                "PUT": lambda name: agent.put_blob(_blob_name(name), self.rfile, self._length(agent.max_upload_bytes)),
-                "HEAD": lambda name: self._exists(agent.has_blob(name)),
-            },
-            ("jobs",): {"POST": lambda: (HTTPStatus.ACCEPTED, agent.submit(self._json()))},
-            ("jobs", "*"): {"GET": agent.status, "DELETE": agent.delete},
-            ("jobs", "*", "result"): {"GET": lambda job: json.loads(agent.finished_file(job, RESULT_FILE).read_text())},
-            ("jobs", "*", "outputs"): {"GET": lambda job: agent.finished_file(job, OUTPUTS_FILE).read_bytes()},
-        }
-        for pattern, methods in routes.items():
-            if len(pattern) == len(parts) and all(p in ("*", part) for p, part in zip(pattern, parts)):
-                if method not in methods:
-                    raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes {', '.join(methods)}, not {method}")
-                answer = methods[method](*[part for p, part in zip(pattern, parts) if p == "*"])
-                return answer if isinstance(answer, tuple) else (HTTPStatus.OK, answer)
-        raise Refused(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}")
-
-    def _length(self, limit: int) -> int:
-        """The request's Content-Length, decided before a byte of the body is read."""
-        text = self.headers.get("Content-Length")
-        if text is None:
-            raise Refused(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length")
-        if not text.isdigit():
-            raise Refused(HTTPStatus.BAD_REQUEST, f"Content-Length {text!r} is not a byte count")
-        if int(text) > limit:
-            raise Refused(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{int(text)} bytes is over this agent's limit of {limit} bytes"
-            )
-        return int(text)
-
-    def _json(self) -> Any:
-        data = self.rfile.read(self._length(MAX_MANIFEST_BYTES))
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise Refused(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from None
-
-    @staticmethod
-    def _exists(found: bool) -> tuple[int, dict]:
-        return (HTTPStatus.OK, {}) if found else (HTTPStatus.NOT_FOUND, {})
-
-
 def serve(
-    *, host: str, port: int, folder: Path, token: str, max_upload_bytes: int, job_timeout_s: float, emulated: str | None
+    *, host: str, port: int, folder: Path, token: str, limits: Limits, use_tls: bool, emulated: str | None
 ) -> int:
-    """Run the agent until it is killed; the one line on stdout says where it listens."""
-    agent = Agent(folder, token, max_upload_bytes, job_timeout_s, emulated)
+    """Run the agent until it is stopped (SIGINT, SIGTERM). Two lines on stdout say where it listens and, with
+    TLS, the fingerprint a client pins."""
+    agent = Agent(folder, limits, emulated)
     agent.recover()
-    server = AgentServer((host, port), agent)
-    print(f"edgecraft agent listening on http://{host}:{server.server_port} (folder {agent.folder})", flush=True)
+    identity = None
+    if use_tls:
+        try:
+            identity = tls.identity(agent.folder)
+        except ValueError as exc:
+            raise EdgecraftError(str(exc)) from None
+    config = serving.configure(application(agent, token), limits, identity)
+    listener = serving.listen(host, port)
+    url_host = f"[{host}]" if ":" in host else host
+    scheme = "https" if identity else "http"
+    print(f"edgecraft agent listening on {scheme}://{url_host}:{listener.getsockname()[1]} (folder {agent.folder})")
+    if identity:
+        print(f"certificate fingerprint: {identity.fingerprint}")
+    sys.stdout.flush()
     agent.start()
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    serving.run(config, listener)
     return 0
