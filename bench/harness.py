@@ -5,7 +5,8 @@ looks the runtime up in the target registry. Every (file, target) is measured ``
 in a fresh process; each round measures every job once, in its own seeded shuffled order, so that slow drift of
 the machine (neighbours, thermal state, hypervisor steal) spreads over all jobs instead of favouring the ones
 measured first, and ratios between jobs come from the same rounds. A crash or a hang in a child becomes a
-``MeasurementFailed`` with the reason for that job alone; the other jobs go on.
+``MeasurementFailed`` with the reason for that job alone; the other jobs go on. Jobs measured on remote devices
+come after the local rounds, each device's one after another and the devices at the same time.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecraft.bench.evaluators import snr_db
+from edgecraft.bench.raw import check_raw
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.bench.stats import latency_stats
 from edgecraft.core.results import (
@@ -48,6 +51,16 @@ class MeasurementFailed(Exception):
 
 
 @dataclass(frozen=True)
+class RemoteMeasure:
+    """How a job is measured on a remote device: ``measure`` returns every repetition's raw numbers (each checked
+    as a local worker's) and writes the outputs to ``work_dir/outputs.npz`` as a local worker does. Jobs of one
+    ``device`` run one after another (its agent measures one at a time), different devices' at the same time."""
+
+    device: str
+    measure: Callable[[MeasureJob, BenchSettings], list[dict]]
+
+
+@dataclass(frozen=True)
 class MeasureJob:
     """One runnable model file on one target, with the evaluation data its quality is measured on.
 
@@ -62,9 +75,7 @@ class MeasureJob:
     reference_outputs: dict[str, np.ndarray]
     evaluate: Callable[[dict[str, np.ndarray]], Quality]
     work_dir: Path
-    # Measures every repetition somewhere else (a remote device's agent) and returns the workers' raw numbers,
-    # its outputs written to ``work_dir/outputs.npz`` as a local worker writes them; None: a local process.
-    remote: Callable[[MeasureJob, BenchSettings], list[dict]] | None = None
+    remote: RemoteMeasure | None = None  # None: a local process
 
 
 def fidelity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Fidelity:
@@ -162,23 +173,17 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
     return _read_result(Path(spec["result"]))
 
 
-# What every worker result must hold before ``aggregate`` reads it.
-_RESULT_KEYS = ("samples_ms", "memory", "throughput", "import_s", "load_s", "first_inference_ms", "runtime_info")
-
-
 def _read_result(path: Path) -> dict:
-    """A worker's result file, checked: a missing, truncated or garbage file fails this job alone."""
+    """A worker's result file, checked as an agent's raws are (``bench.raw``): a missing, truncated or garbage file,
+    or a number no measurement can have, fails this job alone."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise MeasurementFailed(f"the benchmark process left an unreadable result file {path.name}: {exc}") from None
-    missing = [key for key in _RESULT_KEYS if not isinstance(raw, dict) or key not in raw]
-    if missing:
-        raise MeasurementFailed(f"the benchmark process's result file {path.name} lacks {', '.join(missing)}")
-    samples = raw["samples_ms"]
-    if not samples or not all(isinstance(value, (int, float)) and 0 < value < float("inf") for value in samples):
-        raise MeasurementFailed(f"the benchmark process's result file {path.name} holds no valid latency samples")
-    return raw
+    try:
+        return check_raw(raw, f"the benchmark process's result file {path.name}")
+    except ValueError as exc:
+        raise MeasurementFailed(str(exc)) from None
 
 
 def measure_all(
@@ -206,16 +211,54 @@ def measure_all(
                 failures[index] = MeasurementFailed(f"{where}{exc}")
                 continue
             raws[index].append(raw | {"index": repetition, "order": position})
-    # Remote jobs after the local rounds, one at a time: a device emulated on this machine would otherwise compete
-    # with the local timings, and each agent measures one job at a time anyway.
+    for index, outcome in _measure_remote(jobs, settings, on_process).items():
+        if isinstance(outcome, MeasurementFailed):
+            failures[index] = outcome
+        else:
+            raws[index] = outcome
+    return [failures.get(index) or _aggregated(job, raws[index]) for index, job in enumerate(jobs)]
+
+
+def remote_devices(jobs: list[MeasureJob]) -> dict[str, list[int]]:
+    """The indexes of the remote jobs, by device, in the jobs' order."""
+    by_device: dict[str, list[int]] = {}
     for index, job in enumerate(jobs):
         if job.remote:
+            by_device.setdefault(job.remote.device, []).append(index)
+    return by_device
+
+
+def _measure_remote(
+    jobs: list[MeasureJob], settings: BenchSettings, on_process: Callable[[int, int], None]
+) -> dict[int, list[dict] | MeasurementFailed]:
+    """Every remote job's raws or failure, after the local rounds (a device emulated on this machine would compete
+    with the local timings): one thread per device runs its jobs one after another, so N boards take about as long
+    as the slowest of them, not their sum. ``on_process`` is called from those threads."""
+
+    def one_device(indexes: list[int]) -> dict[int, list[dict] | MeasurementFailed]:
+        outcomes: dict[int, list[dict] | MeasurementFailed] = {}
+        for index in indexes:
             on_process(index, 0)
-            try:
-                raws[index] = job.remote(job, settings)
-            except MeasurementFailed as exc:
-                failures[index] = exc
-    return [failures.get(index) or _aggregated(job, raws[index]) for index, job in enumerate(jobs)]
+            outcomes[index] = _remote_raws(jobs[index], settings)
+        return outcomes
+
+    by_device = remote_devices(jobs)
+    if not by_device:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="edgecraft-device") as pool:
+        return {
+            index: outcome for found in pool.map(one_device, by_device.values()) for index, outcome in found.items()
+        }
+
+
+def _remote_raws(job: MeasureJob, settings: BenchSettings) -> list[dict] | MeasurementFailed:
+    assert job.remote is not None  # remote_devices lists remote jobs only
+    try:
+        return job.remote.measure(job, settings)
+    except MeasurementFailed as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a bug in one device's link fails its row, not the other devices' threads
+        return MeasurementFailed(f"device {job.remote.device}: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
 
 def _aggregated(job: MeasureJob, raws: list[dict]) -> Measurement | MeasurementFailed:
@@ -240,13 +283,21 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
+def _median_given(values: list[float | None]) -> float | None:
+    """The median of the values a repetition gave; None where none did (the raw format allows leaving one out)."""
+    given = [value for value in values if value is not None]
+    return _median(given) if given else None
+
+
 def _memory(raws: list[dict]) -> list[MemorySnapshot]:
     """Per phase, each figure's median over the repetitions (a per-figure median keeps the phases' order)."""
     snapshots = []
     for position, first in enumerate(raws[0]["memory"]):
         phase = [raw["memory"][position] for raw in raws]
         values = {
-            key: _median([entry[key] for entry in phase]) if all(key in entry for entry in phase) else None
+            key: _median([entry[key] for entry in phase])
+            if all(entry.get(key) is not None for entry in phase)
+            else None
             for key in ("peak_mb", "rss_mb", "anon_mb", "file_mb")
         }
         snapshots.append(MemorySnapshot(phase=first["phase"], **values, peak_over_import_mb=0.0))
@@ -259,9 +310,9 @@ def _throughput(raws: list[dict]) -> list[Throughput]:
     model cannot run it (a fixed batch of 1)."""
     merged = []
     for position, first in enumerate(raws[0]["throughput"]):
-        ran = [raw["throughput"][position] for raw in raws if "error" not in raw["throughput"][position]]
+        ran = [raw["throughput"][position] for raw in raws if raw["throughput"][position].get("error") is None]
         config = {"batch_size": first["batch_size"], "parallel": first["parallel"]}
-        if "not_measured" in first:
+        if first.get("not_measured"):
             merged.append(Throughput(**config, not_measured=first["not_measured"]))
             continue
         if not ran:
@@ -270,7 +321,10 @@ def _throughput(raws: list[dict]) -> list[Throughput]:
         merged.append(
             Throughput(
                 **config,
-                **{key: _median([r[key] for r in ran]) for key in ("items_per_s", "batch_latency_ms", "seconds")},
+                **{
+                    key: _median_given([r.get(key) for r in ran])
+                    for key in ("items_per_s", "batch_latency_ms", "seconds")
+                },
             )
         )
     return merged

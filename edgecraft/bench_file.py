@@ -340,7 +340,7 @@ def bench_file(
 
     machine = environment()
     with progress_bar(console) as progress:
-        measure_rows(rows, pending, settings, progress)
+        parallel_devices = measure_rows(rows, pending, settings, progress)
     command_line = shlex.join(["edgecraft", "bench", *(command or [str(model)])])
     results = RunResults(
         name=f"bench-{name}",
@@ -370,6 +370,7 @@ def bench_file(
         passes=[],
         rows=rows,
         devices={name: link.description for name, link in device_links.items() if link.description},
+        parallel_devices=parallel_devices,
     )
     write_run(results, run_dir)
     if console is not None:

@@ -121,7 +121,9 @@ def _devices_file(path: Path | None, needed: bool) -> dict:
 
 def _devices(args: argparse.Namespace) -> int:
     """List each configured device: reachable or not, what it is and what it can run. Exit 1 when one is not
-    reachable (so a script can wait for its boards)."""
+    reachable (so a script can wait for its boards). What an agent says is printed on one line, without control
+    characters: it is not this program's text."""
+    from edgecraft.bench.agent.client import one_line
     from edgecraft.devices import links
 
     unreachable = 0
@@ -146,10 +148,12 @@ def _devices(args: argparse.Namespace) -> int:
         )
         runs = ", ".join(target for target, reason in description.get("targets", {}).items() if reason is None)
         print(f"{name}: reachable at {link.config.url}")
-        print(f"    machine: {machine}")
+        if link.config.fingerprint:
+            print(f"    certificate: {link.config.fingerprint} (pinned, checked)")
+        print(f"    machine: {one_line(machine)}")
         if link.emulated:
-            print(f"    emulated: {link.emulated} (its timings are not device timings)")
-        print(f"    runs: {runs or 'nothing'}")
+            print(f"    emulated: {one_line(link.emulated)} (its timings are not device timings)")
+        print(f"    runs: {one_line(runs) or 'nothing'}")
     return 1 if unreachable else 0
 
 

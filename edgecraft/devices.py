@@ -3,11 +3,13 @@
 A target written ``runtime:device@name`` is exported here and measured on the agent of device ``name``
 (``edgecraft agent serve`` on the board). The agent runs the same fresh-process worker and returns its raw
 numbers; this side aggregates them with the recipe's own evaluator and fp32 reference, so a remote row means
-exactly what a local one means. A device that cannot be reached, or that stops mid-job, fails its own rows only.
+exactly what a local one means. An agent is untrusted input: one that cannot be reached, stops mid-job or answers
+anything but the protocol fails its own rows only, with the reason, and the run goes on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgecraft.bench.agent.protocol import JobStatus, parse_fingerprint
 from edgecraft.bench.harness import MeasureJob, MeasurementFailed
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core import formats
@@ -27,32 +30,76 @@ log = logging.getLogger(__name__)
 
 
 class RemoteDevice(BaseModel):
-    """Where a device's agent listens and where its bearer token is read (never written in the recipe)."""
+    """Where a device's agent listens, its pinned certificate and where its bearer token is read (never written in
+    the recipe)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    url: str = Field(description="The agent's address, e.g. 'http://192.168.1.20:8765'.")
+    url: str = Field(description="The agent's address, e.g. 'https://192.168.1.20:8765'.")
     token_file: str | None = Field(
         None, description="A file holding the agent's bearer token (e.g. ~/.config/edgecraft/pi5.token)."
     )
     token_env: str | None = Field(None, description="An environment variable holding the agent's bearer token.")
+    fingerprint: str | None = Field(
+        None,
+        validate_default=True,
+        description="The agent's TLS certificate, 'sha256:<64 hex digits>' as the agent prints it on start; an https "
+        "URL needs it. Checked before the token is sent, like SSH's known hosts.",
+    )
     job_timeout_s: float = Field(
         3600.0, gt=0, description="How long one row may take on the device, queue included, before it fails."
+    )
+    max_outputs_mb: float = Field(
+        256.0,
+        gt=0,
+        description="The most one row's outputs may weigh as the agent sends them (each job is also bounded by a few "
+        "times its reference outputs).",
     )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http(s) URL such as 'http://192.168.1.20:8765', got {value!r}")
+            raise ValueError(f"expected an http(s) URL such as 'https://192.168.1.20:8765', got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _pinned_for_https(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pinned = None if value is None else parse_fingerprint(value)
+        url = info.data.get("url")
+        if url is None:  # the URL itself was refused: that is the error to read
+            return pinned
+        https = urlsplit(url).scheme == "https"
+        if https and pinned is None:
+            raise ValueError(
+                "an https agent needs its certificate pinned: add 'fingerprint: sha256:…' as the agent printed it on "
+                "start (or as `edgecraft agent fingerprint` prints it on the board)"
+            )
+        if pinned is not None and not https:
+            raise ValueError(f"a certificate is only checked over https: make the url https:// (it is {url!r})")
+        return pinned
 
     @model_validator(mode="after")
     def _one_token_source(self) -> RemoteDevice:
         if (self.token_file is None) == (self.token_env is None):
             raise ValueError("give exactly one of token_file and token_env (where the agent's token is read)")
         return self
+
+    def cleartext_warning(self, name: str) -> str | None:
+        """What to say when the token travels in clear text (plain HTTP to another machine), else None."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or _loopback(parts.hostname or ""):
+            return None
+        return (
+            f"devices.{name}: {self.url} is plain HTTP to another machine: its token travels in clear text; serve "
+            "the agent over TLS (its default off loopback) and pin its fingerprint, or reach it through an SSH tunnel"
+        )
 
     def token(self, name: str) -> str:
         """The bearer token; a missing or empty source raises, naming the device and the source."""
@@ -120,11 +167,21 @@ class DeviceLink:
         self._connected = True
         from edgecraft.bench.agent.client import AgentClient, AgentError
 
+        cleartext = self.config.cleartext_warning(self.name)
+        if cleartext:
+            log.warning("%s", cleartext)
         try:
-            self._client = AgentClient(self.config.url, self.config.token(self.name))
+            self._client = AgentClient(
+                self.config.url,
+                self.config.token(self.name),
+                fingerprint=self.config.fingerprint,
+                max_outputs_bytes=int(self.config.max_outputs_mb * (1 << 20)),
+            )
             self.description = self._client.describe()
-        except (AgentError, EdgecraftError) as exc:
-            self.problem = f"device {self.name} ({self.config.url}) unreachable: {exc}"
+        except (AgentError, EdgecraftError) as exc:  # each names the agent's URL or the device's field
+            self.problem = f"device {self.name}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - whatever an agent answers fails this device's rows, not the run
+            self.problem = f"device {self.name} ({self.config.url}): {_unexpected(exc)}"
         return self
 
     @property
@@ -167,23 +224,38 @@ class DeviceLink:
                 model_format=fmt.name,
                 model_files=files,
                 inputs={name: np.asarray(array) for name, array in feeds.load(job.inputs).items()},
+                expected_outputs=job.reference_outputs,
                 settings=remote_settings,
                 deadline_s=self.config.job_timeout_s,
                 on_status=self._log_queue,
             )
         except AgentError as exc:
             raise MeasurementFailed(f"device {self.name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever an agent answers fails this row, not the run
+            raise MeasurementFailed(f"device {self.name} ({self.config.url}): {_unexpected(exc)}") from None
         job.work_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(job.work_dir / "outputs.npz", **result.outputs)
+        outputs: dict[str, Any] = result.outputs  # Any: mypy checks ** against savez's allow_pickle too
+        np.savez(job.work_dir / "outputs.npz", **outputs)
         self.description = result.device
         return result.raws
 
-    def _log_queue(self, status: dict) -> None:
+    def _log_queue(self, status: JobStatus) -> None:
         """Say (with -v) when a row waits behind other jobs on the device, and where it stands."""
-        if status.get("state") == "queued" and status.get("position", 1) > 1:
-            log.info(
-                "device %s: job %s waits in the queue at position %s", self.name, status.get("job"), status["position"]
-            )
+        if status.state == "queued" and (status.position or 1) > 1:
+            log.info("device %s: job %s waits in the queue at position %s", self.name, status.job, status.position)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (plain HTTP there is read by no one else)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _unexpected(exc: Exception) -> str:
+    """An error the agent client did not foresee, on one line: a bug here, or an answer nobody imagined."""
+    return f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def links(devices: dict[str, RemoteDevice]) -> dict[str, DeviceLink]:

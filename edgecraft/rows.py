@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,14 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from edgecraft.bench.harness import MeasureJob, MeasurementFailed, measure_all, noise_warnings
+from edgecraft.bench.harness import (
+    MeasureJob,
+    MeasurementFailed,
+    RemoteMeasure,
+    measure_all,
+    noise_warnings,
+    remote_devices,
+)
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core.errors import failure_text
 from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow, RunResults
@@ -117,6 +125,7 @@ def export_row(
     except Exception as exc:  # noqa: BLE001 - a converter crash fails only this row
         log.warning("%s: export failed: %s", where, brief(exc))
         return row.model_copy(update={"status": "failed", "reason": f"export failed: {failure_text(exc)}"}), None
+    files = target.files(runnable)
     job = MeasureJob(
         runtime=spec.runtime,
         device=spec.device,
@@ -126,9 +135,9 @@ def export_row(
         reference_outputs=evaluation.reference_outputs,
         evaluate=evaluation.score,
         work_dir=out_dir / "bench",
-        remote=functools.partial(link.measure, files=target.files(runnable)) if link else None,
+        remote=RemoteMeasure(link.name, functools.partial(link.measure, files=files)) if link else None,
     )
-    return runnable_row(row, runnable, target.files(runnable), run_dir, settings), job
+    return runnable_row(row, runnable, files, run_dir, settings), job
 
 
 def drift_warning(drift: float) -> list[str]:
@@ -141,23 +150,26 @@ def drift_warning(drift: float) -> list[str]:
     return []
 
 
-def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchSettings, progress: Progress) -> None:
-    """Measure the pending rows in interleaved rounds and put each one's measurement (or failure) into ``rows``."""
-    remote = sum(1 for entry in pending if entry.job.remote)  # a remote job is one call, its repetitions included
+def measure_rows(
+    rows: list[ResultRow], pending: list[Pending], settings: BenchSettings, progress: Progress
+) -> list[str]:
+    """Measure the pending rows in interleaved rounds and put each one's measurement (or failure) into ``rows``;
+    the remote devices that were measured at the same time (none, or two or more)."""
+    jobs = [p.job for p in pending]
+    remote = sum(1 for job in jobs if job.remote)  # a remote job is one call, its repetitions included
     task = progress.add_task("measuring", total=(len(pending) - remote) * settings.repetitions + remote)
     started = 0
+    counting = threading.Lock()  # remote devices' jobs start from one thread per device
 
     def on_process(index: int, repetition: int) -> None:
         nonlocal started
         row = rows[pending[index].row]
-        progress.update(
-            task,
-            completed=started,
-            description=f"round {repetition + 1}/{settings.repetitions} · {row.model} · {row.variant} · {row.target}",
-        )
-        started += 1
+        where = f"round {repetition + 1}/{settings.repetitions} · {row.model} · {row.variant} · {row.target}"
+        with counting:
+            progress.update(task, completed=started, description=where)
+            started += 1
 
-    outcomes = measure_all([p.job for p in pending], settings, on_process)
+    outcomes = measure_all(jobs, settings, on_process)
     progress.remove_task(task)
     for entry, outcome in zip(pending, outcomes):
         row = rows[entry.row]
@@ -167,9 +179,11 @@ def measure_rows(rows: list[ResultRow], pending: list[Pending], settings: BenchS
             continue
         warnings = drift_warning(outcome.fidelity.max_abs_diff) if entry.lossless else []
         warnings += target_registry.get(entry.job.runtime).warnings(outcome.runtime_info or {})
-        rows[entry.row] = row.model_copy(
-            update={"status": "ok", "measurement": outcome, "warnings": warnings + noise_warnings(outcome, settings)}
-        )
+        if not row.emulated:  # an emulator's timings are never shown: how noisy they were means nothing
+            warnings += noise_warnings(outcome, settings)
+        rows[entry.row] = row.model_copy(update={"status": "ok", "measurement": outcome, "warnings": warnings})
+    devices = remote_devices(jobs)
+    return sorted(devices) if len(devices) > 1 else []
 
 
 def reference_outputs(

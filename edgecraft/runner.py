@@ -62,6 +62,7 @@ class RecipeRun:
         self.devices = devices.links(recipe.devices)
         self.models: list[ModelRecord] = []
         self.rows: list[ResultRow] = []
+        self.parallel_devices: list[str] = []
 
     def execute(self) -> RunResults:
         """Export every row first, then measure them all in interleaved rounds (see ``bench.harness``)."""
@@ -90,11 +91,12 @@ class RecipeRun:
             passes=self.steps.records,
             rows=self.rows,
             devices={name: link.description for name, link in self.devices.items() if link.description},
+            parallel_devices=self.parallel_devices,
         )
 
     def _measure(self, pending: list[Pending]) -> None:
         """Measure every exported row (a tune trial times this phase and holds a machine-wide lock around it)."""
-        measure_rows(self.rows, pending, self.settings, self.progress)
+        self.parallel_devices = measure_rows(self.rows, pending, self.settings, self.progress)
 
     def _prepare(self, spec: ModelSpec) -> PreparedModel | None:
         """The model ready for its variants, or None after recording why it is not: every row it would have

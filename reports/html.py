@@ -6,6 +6,7 @@ pull-request comment. Every number comes from ``reports.analysis`` / ``reports.c
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -67,6 +68,21 @@ def _reason_head(text: str | None, lines: int = 3, limit: int = 400) -> str | No
     return head if len(head) <= limit else head[: limit - 1] + "…"
 
 
+# Markdown's characters that make emphasis, code, links and table cells; '_' only where it can open or close emphasis
+# (GitHub never reads an underscore inside a word as one, so 'digits_cnn' stays readable in the file).
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]|~]|(?<!\w)_|_(?!\w)")
+
+
+def markdown_text(value: Any) -> str:
+    """A string from outside (a name, an agent's description or reason, a warning) as literal Markdown text on one
+    line: summary.md is posted as a pull-request comment, where ``<img onerror=…>``, ``[x](javascript:…)`` or a
+    ``|`` in a table cell must read as the characters they are. HTML's ``& < >`` become entities, Markdown's own
+    characters are backslash-escaped."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(lambda found: "\\" + found.group(), text)
+
+
 def _change(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:+.1f} %".replace("-", "−")
 
@@ -99,6 +115,7 @@ def _environment() -> Environment:
         timing_not_measured=timing_not_measured,
         counts=_counts,
         figures=lambda metrics: ", ".join(f"{key}={value:.4g}" for key, value in sorted(metrics.items())),
+        md=markdown_text,
     )
     return env
 

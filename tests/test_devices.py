@@ -1,8 +1,9 @@
 """Remote devices end to end: a recipe whose targets name devices runs against real agents on loopback (behind an
 import blocker: no torch, TensorFlow or onnx in them), and their rows merge into the same results and report.
 
-One agent is native, one declares itself emulated, one device points at a closed port and one lacks its token:
-the last two fail their own rows with the reason and every other row is still measured.
+One agent is native and serves TLS (its certificate pinned), one declares itself emulated, one device points at a
+closed port and one lacks its token: the last two fail their own rows with the reason and every other row is
+still measured. The devices' entries are checked when they are read: an https agent needs its pinned fingerprint.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.progress import Progress
 
+from edgecraft.bench.harness import MeasureJob
+from edgecraft.bench.settings import profile_settings
+from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.results import ResultRow
+from edgecraft.devices import RemoteDevice, load_devices
 from edgecraft.reports.results_file import load_results
-from tests.agent_helpers import RunningAgent, start_agent
+from edgecraft.rows import Pending, measure_rows
+from tests.agent_helpers import RunningAgent, start_agent, write_token
 from tests.conftest import edgecraft
+from tests.results_factory import measurement
 
 RECIPE = """\
 name: remote
@@ -29,10 +38,10 @@ variants:
     passes: [{{type: quantize.static}}]
 targets: {targets}
 devices:
-  loop: {{url: "{loop}", token_file: "{token}"}}
+  loop: {{url: "{loop}", token_file: "{token}"{loop_pin}}}
   emu: {{url: "{emu}", token_file: "{token}"}}
   down: {{url: "{down}", token_file: "{token}"}}
-  tokenless: {{url: "{loop}", token_env: EDGECRAFT_TEST_UNSET_TOKEN}}
+  tokenless: {{url: "{loop}", token_env: EDGECRAFT_TEST_UNSET_TOKEN{loop_pin}}}
 benchmark: {{profile: quick, operator_profile: false, throughput_s: 0.1}}
 """
 TARGETS = [
@@ -58,6 +67,7 @@ def _write_recipe(folder: Path, agents: dict[str, RunningAgent], token: Path, ta
         RECIPE.format(
             targets=json.dumps(targets),
             loop=agents["loop"].url,
+            loop_pin=f', fingerprint: "{agents["loop"].fingerprint}"' if agents["loop"].fingerprint else "",
             emu=agents["emu"].url,
             down=_closed_port_url(),
             token=token,
@@ -70,9 +80,9 @@ def _write_recipe(folder: Path, agents: dict[str, RunningAgent], token: Path, ta
 def agents(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("agents")
     token = folder / "token"
-    token.write_text("s3cret-for-tests\n")
+    write_token(token)
     started = {
-        "loop": start_agent(folder / "loop", token),
+        "loop": start_agent(folder / "loop", token, tls=True),
         "emu": start_agent(folder / "emu", token, "--emulated", "declared by the test (stands for qemu-user)"),
     }
     yield started, token, folder
@@ -127,7 +137,7 @@ def test_unreachable_or_tokenless_devices_fail_only_their_rows(remote_run: Path)
     results = load_results(remote_run)
     for row in results.rows:
         if row.target.endswith("@down"):
-            assert row.status == "failed" and "device down" in row.reason and "unreachable" in row.reason
+            assert row.status == "failed" and row.reason.startswith("device down: cannot reach the agent at http://")
         elif row.target.endswith("@tokenless"):
             assert row.status == "failed" and "EDGECRAFT_TEST_UNSET_TOKEN is not set" in row.reason
         else:
@@ -141,7 +151,9 @@ def test_devices_command_lists_reachability(agents, remote_run: Path) -> None:
     completed = edgecraft("devices", recipe)
     assert completed.returncode == 1, completed.stderr  # 'down' and 'tokenless' are not reachable
     out = completed.stdout
-    assert f"loop: reachable at {agents[0]['loop'].url}" in out
+    assert (
+        f"loop: reachable at {agents[0]['loop'].url}\n    certificate: {agents[0]['loop'].fingerprint} (pinned" in out
+    )
     loop = out[out.index("loop: reachable") : out.index("emu: reachable")]
     assert "machine: " in loop and "cores" in loop and "runs: " in loop and "onnxruntime:cpu" in loop
     assert "emulated: declared by the test" in out[out.index("emu: reachable") :]
@@ -164,6 +176,73 @@ def test_bench_a_file_on_a_device(agents, remote_run: Path, tmp_path: Path) -> N
     assert "Traceback" not in unknown.stderr
 
 
+PIN = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (
+            '{url: "https://192.0.2.1:8765", token_env: T}',
+            "devices.pi5.fingerprint: an https agent needs its certificate pinned: add 'fingerprint: sha256:…' as the "
+            "agent printed it on start (or as `edgecraft agent fingerprint` prints it on the board)",
+        ),
+        (
+            '{url: "https://192.0.2.1:8765", token_env: T, fingerprint: "sha256:abc"}',
+            "devices.pi5.fingerprint: expected 'sha256:' and 64 hex digits, as the agent prints it; got 'sha256:abc'",
+        ),
+        (
+            f'{{url: "http://192.0.2.1:8765", token_env: T, fingerprint: "{PIN}"}}',
+            "devices.pi5.fingerprint: a certificate is only checked over https: make the url https:// (it is "
+            "'http://192.0.2.1:8765')",
+        ),
+        (
+            '{url: "https://192.0.2.1:99999", token_env: T}',
+            "devices.pi5.url: 'https://192.0.2.1:99999': Port out of range 0-65535",
+        ),
+    ],
+)
+def test_a_device_entry_is_checked_when_it_is_read(tmp_path: Path, entry: str, problem: str) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(f"devices:\n  pi5: {entry}\n")
+    with pytest.raises(EdgecraftError) as refused:
+        load_devices(path)
+    assert str(refused.value) == f"{path}: {problem}"
+
+
+def test_a_fingerprint_is_read_as_openssl_prints_it_too(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        f'devices:\n  pi5: {{url: "https://pi5:8765", token_env: T, fingerprint: "{":".join(["AB"] * 32)}"}}\n'
+    )
+    assert load_devices(path)["pi5"].fingerprint == PIN
+
+
+def test_plain_http_to_another_machine_is_warned_about() -> None:
+    assert RemoteDevice(url="http://192.168.1.20:8765", token_env="T").cleartext_warning("pi5") == (
+        "devices.pi5: http://192.168.1.20:8765 is plain HTTP to another machine: its token travels in clear text; "
+        "serve the agent over TLS (its default off loopback) and pin its fingerprint, or reach it through an SSH tunnel"
+    )
+    for here in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"):
+        assert RemoteDevice(url=here, token_env="T").cleartext_warning("pi5") is None
+    assert RemoteDevice(url="https://pi5:8765", token_env="T", fingerprint=PIN).cleartext_warning("pi5") is None
+
+
+def test_emulated_rows_carry_no_timing_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ±20 % CI is "noisy" on a native row; on an emulated one the timings are never shown, so neither is that."""
+    noisy = measurement(1.0, 0.9, ci=0.2)
+    monkeypatch.setattr("edgecraft.rows.measure_all", lambda jobs, settings, on_process: [noisy, noisy])
+    native = ResultRow(model="net", variant="fp32", target="onnxruntime:cpu@box", status="failed", device="box")
+    table = [native, native.model_copy(update={"emulated": "qemu-user"})]
+    job = MeasureJob("onnxruntime", "cpu", {}, tmp_path / "m.onnx", tmp_path, {}, lambda outputs: None, tmp_path)
+    assert (
+        measure_rows(table, [Pending(0, job, False), Pending(1, job, False)], profile_settings("quick"), Progress())
+        == []
+    )
+    assert table[0].status == "ok" and [w.split(":")[0] for w in table[0].warnings] == ["noisy"]
+    assert table[1].status == "ok" and table[1].warnings == []
+
+
 def test_recipe_naming_an_undefined_device_is_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(
@@ -177,7 +256,7 @@ def test_recipe_naming_an_undefined_device_is_one_line(tmp_path: Path) -> None:
 
 def test_agent_killed_mid_job_fails_that_row_and_keeps_the_rest(tmp_path: Path, model_cache: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("another-secret\n")
+    write_token(token)
     agent = start_agent(tmp_path / "agent", token)
     try:
         recipe = _write_recipe(
@@ -192,7 +271,8 @@ def test_agent_killed_mid_job_fails_that_row_and_keeps_the_rest(tmp_path: Path, 
                         running = json.loads(state.read_text())["state"] == "running"
                     except (OSError, ValueError, KeyError):
                         continue
-                    if running:
+                    if running:  # the job runs as soon as it is queued: let the 202 reach the client first
+                        time.sleep(0.5)
                         agent.kill()
                         return
                 time.sleep(0.05)

@@ -16,7 +16,7 @@ from edgecraft.reports.compare import compare_runs
 from edgecraft.reports.csv_table import results_csv
 from edgecraft.reports.html import render_html, render_summary, write_comparison, write_report
 from edgecraft.reports.settings import ReportSettings
-from tests.results_factory import ok, run
+from tests.results_factory import not_measured, ok, run
 
 NATIVE = "onnxruntime:cpu"
 EMULATED = "onnxruntime:arm@box"
@@ -194,6 +194,31 @@ def test_summary_shows_no_emulated_latency() -> None:
     summary = render_summary(analyse(remote_run(), settings()))
     assert "not measured: emulated device box" in summary and "no speed verdict" in summary
     assert all(f"{p50:.3f}" not in summary for p50 in EMULATED_P50.values())
+
+
+HOSTILE = "<img src=x onerror=alert(1)> [x](javascript:alert(2)) `a|b` *c* <script>"
+
+
+def test_summary_carries_outside_strings_as_text() -> None:
+    """An agent's reason, an emulator's description and a variant name reach summary.md (a pull-request comment) as
+    literal text: no HTML, no link, no code span, and every table row keeps its columns."""
+    results = remote_run()
+    rows = [r.model_copy(update={"emulated": HOSTILE}) if r.emulated else r for r in results.rows]
+    rows.append(remote(not_measured("v|<b>", "failed", f"device box: {HOSTILE}", target=EMULATED), emulated=None))
+    results = results.model_copy(update={"rows": rows, "parallel_devices": ["box", "pi<5>"]})
+    summary = render_summary(analyse(results, settings()))
+    for raw in ("<img", "<script>", "<b>", "<5>"):
+        assert raw not in summary, raw
+    for unescaped in (r"(?<!\\)\]\(javascript:", r"(?<!\\)`a", r"(?<!\\)\*c"):
+        assert not re.search(unescaped, summary), unescaped
+    assert (
+        "&lt;img src=x onerror=alert(1)&gt; \\[x\\](javascript:alert(2)) \\`a\\|b\\` \\*c\\* &lt;script&gt;" in summary
+    )
+    assert "| net | v\\|&lt;b&gt; |" in summary
+    assert "Measured in parallel: box, pi&lt;5&gt; (one job at a time per device)." in summary
+    table = [line for line in summary.splitlines() if line.startswith("| ")]
+    columns = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+    assert len(table) == 6 and len(columns) == 1, table
 
 
 def test_csv_has_the_device_and_empty_timings_for_emulated_rows() -> None:

@@ -13,10 +13,11 @@ from pydantic import Field, model_validator
 from edgecraft.core.signature import Signature, StrictModel
 
 SCHEMA_VERSION = (
-    5  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
+    6  # 2: signatures, evaluators (quality), per-output fidelity; 3: model failure, evaluation data digest;
 )
 # 4: accuracy control (layer sensitivity, layers kept in float) on pass records, per-operator profiles on rows;
-# 5: rows measured on remote devices (device, emulated) and the devices' descriptions
+# 5: rows measured on remote devices (device, emulated) and the devices' descriptions;
+# 6: the remote devices measured at the same time (parallel_devices)
 
 
 # Prefixes of ResultRow.warnings that the compare gate acts on; whoever writes such a warning starts it with these.
@@ -381,6 +382,11 @@ class RunResults(StrictModel):
         {},
         description="Each remote device's own description, as its agent gave it: architecture, CPU model and "
         "flags, cores, memory, runtime versions, the targets it can run, whether it is emulated.",
+    )
+    parallel_devices: list[str] = Field(
+        [],
+        description="The remote devices whose rows were measured at the same time, after the local rows (one job at a "
+        "time on each device); empty when one device or none measured rows.",
     )
 
     @model_validator(mode="after")
