@@ -46,6 +46,21 @@ sys.meta_path.insert(0, Blocker())
 from edgecraft.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+# A job's benchmark settings in tests: tiny phases, a job is one worker process of a second or two.
+SETTINGS = {
+    "profile": "quick",
+    "warmup_runs": 1,
+    "warmup_s": 0.0,
+    "runs": 5,
+    "measure_s": 0.05,
+    "max_runs": 1000,
+    "max_s": 5.0,
+    "repetitions": 1,
+    "batch_sizes": [1],
+    "throughput_s": 0.0,
+    "operator_profile": False,
+    "timeout_s": 60,
+}
 
 
 def write_token(path: Path, token: str | None = None) -> str:

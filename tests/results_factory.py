@@ -161,3 +161,30 @@ def tamper(folder: Path, field: str, value: object) -> Path:
     target[last] = value
     path.write_text(json.dumps(data))
     return folder
+
+
+def worker_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 70.5, 71, 72)) -> dict:
+    """One repetition's raw numbers as ``bench.worker`` writes them (21 samples around ``p50``), for tests that
+    stand in for a worker or an agent."""
+    phases = ("start", "import", "load", "first_inference", "warmup", "end")
+    return {
+        "import_s": 0.1,
+        "load_s": 0.2,
+        "first_inference_ms": 3.0,
+        "warmup_runs": 5,
+        "warmup_s": 0.1,
+        "samples_ms": [p50 * (0.99 + 0.001 * step) for step in range(21)],
+        "measure_s": 0.2,
+        "stopped_by": "minimums",
+        "memory": [
+            {"phase": phase, "peak_mb": mb, "rss_mb": mb, "anon_mb": mb / 2, "file_mb": mb / 2}
+            for phase, mb in zip(phases, memory)
+        ],
+        "cpus": [0],
+        "steal_fraction": 0.0,
+        "runtime_info": {"fake": True},
+        "throughput": [
+            {"batch_size": 1, "parallel": 1, "items_per_s": 1000 / p50, "batch_latency_ms": p50, "seconds": 0.1},
+            {"batch_size": 8, "parallel": 1, "error": "RuntimeError: fixed batch"},
+        ],
+    }

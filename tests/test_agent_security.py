@@ -29,23 +29,9 @@ from edgecraft.bench.agent.client import AgentClient, AgentError
 from edgecraft.bench.agent.onnx_files import ExternalData, external_data
 from edgecraft.bench.agent.protocol import fingerprint
 from edgecraft.bench.agent.tokens import check_token
-from tests.agent_helpers import Answer, RunningAgent, call, npz, start_agent, upload, write_token
+from tests.agent_helpers import SETTINGS, Answer, RunningAgent, call, npz, start_agent, upload, write_token
 from tests.conftest import edgecraft
 
-SETTINGS = {
-    "profile": "quick",
-    "warmup_runs": 1,
-    "warmup_s": 0.0,
-    "runs": 5,
-    "measure_s": 0.05,
-    "max_runs": 1000,
-    "max_s": 5.0,
-    "repetitions": 1,
-    "batch_sizes": [1],
-    "throughput_s": 0.0,
-    "operator_profile": False,
-    "timeout_s": 60,
-}
 MIB = 1 << 20
 
 

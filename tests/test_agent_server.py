@@ -24,25 +24,10 @@ from edgecraft.bench.agent.client import AgentClient, AgentError
 from edgecraft.bench.agent.limits import Limits
 from edgecraft.bench.agent.protocol import DeviceDescription
 from edgecraft.bench.agent.server import detect_emulation
-from tests.agent_helpers import BLOCKED_CLI, REPO, RunningAgent, call, npz, start_agent, upload, write_token
+from tests.agent_helpers import BLOCKED_CLI, REPO, SETTINGS, RunningAgent, call, npz, start_agent, upload, write_token
 
 TOKEN = "agent-test-token-0123456789-abcdefghijklmnop"  # 288 bits as the agent counts them
 SAMPLES = 8
-# Tiny phases: a job is one worker process of a second or two.
-SETTINGS = {
-    "profile": "quick",
-    "warmup_runs": 1,
-    "warmup_s": 0.0,
-    "runs": 5,
-    "measure_s": 0.05,
-    "max_runs": 1000,
-    "max_s": 5.0,
-    "repetitions": 1,
-    "batch_sizes": [1],
-    "throughput_s": 0.0,
-    "operator_profile": False,
-    "timeout_s": 60,
-}
 
 
 @pytest.fixture(scope="module")

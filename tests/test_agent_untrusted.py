@@ -31,6 +31,7 @@ from edgecraft.bench.agent.client import AgentClient, AgentError
 from edgecraft.cli import main
 from edgecraft.reports.results_file import load_results
 from tests.conftest import edgecraft
+from tests.results_factory import worker_raw
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 WEIGHTS = (np.arange(12, dtype=np.float32).reshape(4, 3) - 6) / 10  # the model: y = x @ WEIGHTS
@@ -67,24 +68,7 @@ def description(emulated: str | None = None) -> dict:
 
 def raw() -> dict:
     """One repetition's raw numbers as a worker writes them, with ``index`` and ``order`` as the agent adds them."""
-    phases = ("start", "import", "load", "first_inference", "warmup", "end")
-    return {
-        "import_s": 0.1,
-        "load_s": 0.01,
-        "first_inference_ms": 0.5,
-        "warmup_runs": 10,
-        "warmup_s": 0.01,
-        "samples_ms": [0.01, 0.011, 0.012] * 10,
-        "measure_s": 0.1,
-        "stopped_by": "minimums",
-        "memory": [{"phase": phase, "peak_mb": 50.0 + i} for i, phase in enumerate(phases)],
-        "cpus": [0],
-        "steal_fraction": None,
-        "throughput": [{"batch_size": 1, "parallel": 1, "items_per_s": 90000.0, "batch_latency_ms": 0.011}],
-        "runtime_info": {"providers": ["CPUExecutionProvider"]},
-        "index": 0,
-        "order": 0,
-    }
+    return worker_raw(0.011) | {"index": 0, "order": 0}
 
 
 def npz(arrays: dict[str, np.ndarray]) -> bytes:

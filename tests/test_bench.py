@@ -37,7 +37,7 @@ from edgecraft.reports.analysis import analyse
 from edgecraft.reports.settings import ReportSettings
 from edgecraft.targets import feeds
 from tests.conftest import REPO, images, labels, onnx_logits
-from tests.results_factory import ok, run
+from tests.results_factory import ok, run, worker_raw
 
 THIS_CPU = sorted(os.sched_getaffinity(0))[:1]
 QUICK = profile_settings("quick", batch_sizes=[1, 4], timeout_s=120)
@@ -206,31 +206,6 @@ def test_rounds_are_seeded_shuffles() -> None:
     assert orders != round_orders(6, 4, seed=8)
 
 
-def fake_raw(p50: float, memory: tuple[float, ...] = (40, 60, 70, 70.5, 71, 72)) -> dict:
-    phases = ("start", "import", "load", "first_inference", "warmup", "end")
-    return {
-        "import_s": 0.1,
-        "load_s": 0.2,
-        "first_inference_ms": 3.0,
-        "warmup_runs": 5,
-        "warmup_s": 0.1,
-        "samples_ms": list(p50 * np.linspace(0.99, 1.01, 21)),
-        "measure_s": 0.2,
-        "stopped_by": "minimums",
-        "memory": [
-            {"phase": phase, "peak_mb": mb, "rss_mb": mb, "anon_mb": mb / 2, "file_mb": mb / 2}
-            for phase, mb in zip(phases, memory)
-        ],
-        "cpus": [0],
-        "steal_fraction": 0.0,
-        "runtime_info": {"fake": True},
-        "throughput": [
-            {"batch_size": 1, "parallel": 1, "items_per_s": 1000 / p50, "batch_latency_ms": p50, "seconds": 0.1},
-            {"batch_size": 8, "parallel": 1, "error": "RuntimeError: fixed batch"},
-        ],
-    }
-
-
 def fake_job(tmp_path: Path, name: str) -> MeasureJob:
     work_dir = tmp_path / name
     work_dir.mkdir()
@@ -257,7 +232,7 @@ def test_rounds_interleave_jobs_and_a_failed_job_is_not_retried(tmp_path: Path, 
         calls.append((job.model.name, repetition))
         if job.model.name == "crash":
             raise MeasurementFailed("benchmark process exited with code 1: boom")
-        return fake_raw({"a": 1.0, "c": 2.0}[job.model.name] + repetition)
+        return worker_raw({"a": 1.0, "c": 2.0}[job.model.name] + repetition)
 
     monkeypatch.setattr(harness, "run_process", fake_process)
     settings = profile_settings("default", repetitions=3, seed=5)
@@ -294,7 +269,7 @@ def test_remote_devices_are_measured_side_by_side_each_one_job_at_a_time(tmp_pat
                 assert running[name] == 1, f"two jobs at once on {name}"
                 if job.model.name.endswith("-1"):
                     meeting.wait()
-                return [fake_raw(1.0) | {"index": 0, "order": 0}]
+                return [worker_raw(1.0) | {"index": 0, "order": 0}]
             finally:
                 running[name] -= 1
 
@@ -318,14 +293,14 @@ def test_remote_devices_are_measured_side_by_side_each_one_job_at_a_time(tmp_pat
 
 def test_memory_is_the_median_over_repetitions_per_phase(tmp_path: Path, monkeypatch) -> None:
     memories = iter([(40, 60, 70, 75, 80, 90), (41, 62, 75, 75, 76, 77), (39, 61, 71, 72, 79, 95)])
-    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: fake_raw(1.0, next(memories)))
+    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: worker_raw(1.0, next(memories)))
     m = measure_all([fake_job(tmp_path, "a")], profile_settings("default", repetitions=3))[0]
     assert [s.peak_mb for s in m.memory] == [40, 61, 71, 75, 79, 90]
 
 
 def test_noise_warnings(tmp_path: Path, monkeypatch) -> None:
     steady = iter([1.0, 1.01, 0.99])
-    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: fake_raw(next(steady)))
+    monkeypatch.setattr(harness, "run_process", lambda job, settings, repetition: worker_raw(next(steady)))
     settings = profile_settings("default", repetitions=3)
     quiet = measure_all([fake_job(tmp_path, "a")], settings)[0]
     assert noise_warnings(quiet, settings) == []
@@ -333,7 +308,7 @@ def test_noise_warnings(tmp_path: Path, monkeypatch) -> None:
     wild = iter([1.0, 1.5, 0.7])
 
     def noisy(job, settings, repetition):
-        raw = fake_raw(next(wild))
+        raw = worker_raw(next(wild))
         return raw | {"stopped_by": "max_s", "steal_fraction": 0.1} if repetition == 2 else raw
 
     monkeypatch.setattr(harness, "run_process", noisy)
