@@ -4,7 +4,7 @@ For the slow device test and for developers without a board. Plain functions, no
 does nothing. Everything here needs root (debootstrap, chroot, mount).
 
     root = ensure_root()                       # builds it once (minutes), then only re-syncs edgecraft's source
-    proc, url = start_agent(root, root / "srv/token", 8766, root / "srv/models")
+    agent = start_agent(root, root / "srv/token", 8766, root / "srv/models")   # agent.url, agent.fingerprint
     ...                                        # AgentClient(url, token) from the host
     stop_agent(proc)
 
@@ -37,6 +37,7 @@ import tomllib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT_ENV = "EDGECRAFT_AARCH64_ROOT"
@@ -50,7 +51,8 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 QEMU_BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 COMPLETE = ".edgecraft-root-complete"  # in the root, written once debootstrap and the venv succeeded
 INSTALLED = "opt/edgecraft/.edgecraft-source-sha256"  # in the root: the hash of the tree last installed
-LISTENING = re.compile(r"edgecraft agent listening on (http://\S+)")
+LISTENING = re.compile(r"edgecraft agent listening on (https?://\S+)")
+FINGERPRINT_LINE = re.compile(r"certificate fingerprint: (sha256:[0-9a-f]{64})")
 # Under qemu, importing onnxruntime alone takes ~25 s; a cold start of the agent well under a minute.
 START_TIMEOUT_S = 300.0
 # The host's pip settings that also hold inside the root. Its find-links and file:// indexes are host folders
@@ -380,6 +382,16 @@ def _inside_path(root: Path, path: Path | str) -> str:
         raise ValueError(f"{path} is not inside the box's root {root}: the agent cannot see it") from None
 
 
+@dataclass
+class BoxAgent:
+    """An agent running in the box: its process, the URL it printed and, over TLS, its certificate's fingerprint."""
+
+    process: subprocess.Popen
+    url: str
+    fingerprint: str | None
+    output: deque[str]  # the agent's last lines, for a failing test's message
+
+
 def start_agent(
     root: Path,
     token_file: Path,
@@ -389,12 +401,15 @@ def start_agent(
     emulated: str | None = None,
     timeout_s: float = START_TIMEOUT_S,
     extra: list[str] | None = None,
-) -> tuple[subprocess.Popen, str]:
-    """Start ``edgecraft agent serve`` in the root; return the process and the URL it printed.
+    tls: bool = True,
+    host: str = "127.0.0.1",
+) -> BoxAgent:
+    """Start ``edgecraft agent serve`` in the root; return it with the URL (and fingerprint) it printed.
 
-    ``token_file`` and ``folder`` are host paths inside the root (the folder is created). ``emulated`` passes
+    ``token_file`` and ``folder`` are host paths inside the root (the folder is created). TLS by default, as on a
+    board (``--tls``: the box listens on loopback, where plain HTTP is the agent's default). ``emulated`` passes
     ``--emulated REASON``; by default the agent detects emulation itself. Raises (with the agent's output) when no
-    "listening on" line came within ``timeout_s`` or the agent exited first."""
+    "listening on" line (and, with TLS, no fingerprint line) came within ``timeout_s`` or the agent exited first."""
     root = root.resolve()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,7 +421,7 @@ def start_agent(
         "agent",
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--token-file",
@@ -414,9 +429,16 @@ def start_agent(
         "--folder",
         _inside_path(root, folder),
     ]
+    if tls:
+        command.append("--tls")
     if emulated:
         command += ["--emulated", emulated]
     command += extra or []
+    return watch_agent(command, timeout_s, tls, what=f"the agent in {root}")
+
+
+def watch_agent(command: list[str], timeout_s: float, tls: bool, what: str) -> BoxAgent:
+    """Run an agent command and wait for its "listening on" line (and its fingerprint line with TLS)."""
     proc = subprocess.Popen(
         command,
         env=_env(),
@@ -428,9 +450,8 @@ def start_agent(
     )
     lines: queue.Queue[str | None] = queue.Queue()
     tail: deque[str] = deque(maxlen=200)
-    proc.output_tail = tail  # type: ignore[attr-defined]  # for a failing test's message
 
-    def drain() -> None:  # keeps reading after the line too, so the agent never blocks on a full pipe
+    def drain() -> None:  # keeps reading after the lines too, so the agent never blocks on a full pipe
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
@@ -439,18 +460,23 @@ def start_agent(
 
     threading.Thread(target=drain, name="aarch64-agent-output", daemon=True).start()
     deadline = time.monotonic() + timeout_s
+    url: str | None = None
     while True:
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             line = ""
-        match = LISTENING.search(line or "")
-        if match:
-            return proc, match.group(1)
+        if (match := LISTENING.search(line or "")) is not None:
+            url = match.group(1)
+            if not tls:
+                return BoxAgent(proc, url, None, tail)
+        if url and (match := FINGERPRINT_LINE.search(line or "")) is not None:
+            return BoxAgent(proc, url, match.group(1), tail)
         if line is None or (line == "" and time.monotonic() >= deadline):
             stop_agent(proc)
-            why = f"exited {proc.returncode}" if line is None else f"printed no 'listening on' in {timeout_s:.0f} s"
-            raise RuntimeError(f"the agent in {root} {why}:\n" + "\n".join(tail))
+            wanted = "'listening on' and fingerprint lines" if tls else "'listening on' line"
+            why = f"exited {proc.returncode}" if line is None else f"printed no {wanted} in {timeout_s:.0f} s"
+            raise RuntimeError(f"{what} {why}:\n" + "\n".join(tail))
 
 
 def stop_agent(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
@@ -499,14 +525,18 @@ def _main(argv: list[str] | None = None) -> int:
         token_file = root / "srv/edgecraft/token"
         if not token_file.exists():
             write_token(token_file)
-        proc, url = start_agent(root, token_file, args.port, root / "srv/edgecraft/models")
-        print(f"agent (aarch64, emulated) at {url}; token in {token_file}; Ctrl-C stops it", flush=True)
+        agent = start_agent(root, token_file, args.port, root / "srv/edgecraft/models")
+        print(
+            f"agent (aarch64, emulated) at {agent.url}, fingerprint {agent.fingerprint}; token in {token_file}; "
+            "Ctrl-C stops it",
+            flush=True,
+        )
         try:
-            proc.wait()
+            agent.process.wait()
         except KeyboardInterrupt:
             pass
         finally:
-            stop_agent(proc)
+            stop_agent(agent.process)
         return 0
     print(root)
     return 0

@@ -43,7 +43,7 @@ VARIANTS = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def box_agent():
-    """The aarch64 box with this tree's edgecraft installed, its agent listening: (url, token file on the host)."""
+    """The aarch64 box with this tree's edgecraft installed, its agent listening over TLS: (agent, token file)."""
     reason = aarch64_box.why_unavailable()
     if reason:
         pytest.skip(f"no emulated aarch64 box: {reason}")
@@ -52,16 +52,17 @@ def box_agent():
     here = Path(tempfile.mkdtemp(prefix="test-agent-", dir=root / "srv"))  # the agent sees only the root
     token_file = here / "token"
     aarch64_box.write_token(token_file)
-    proc, url = aarch64_box.start_agent(root, token_file, 0, here / "folder")
+    agent = aarch64_box.start_agent(root, token_file, 0, here / "folder")
     try:
-        yield url, token_file, proc
+        yield agent, token_file
     finally:
-        aarch64_box.stop_agent(proc)
+        aarch64_box.stop_agent(agent.process)
         shutil.rmtree(here, ignore_errors=True)
 
 
 def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> None:
-    url, token_file, proc = box_agent
+    agent, token_file = box_agent
+    assert agent.url.startswith("https://") and agent.fingerprint
     recipe = tmp_path / "arm-box.yaml"
     recipe.write_text(
         textwrap.dedent("""\
@@ -79,8 +80,9 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
           splits: {{train: 0.6, calibration: 0.2, evaluation: 0.1}}   # 180 images: evaluating is emulated too
         devices:
           box:
-            url: {url}
+            url: {agent.url}
             token_file: {token_file}
+            fingerprint: {agent.fingerprint}
         benchmark:
           profile: quick
           threads: 2
@@ -97,7 +99,7 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
         """)
     )
     completed = edgecraft("run", recipe, "--output-dir", tmp_path / "runs")
-    agent_log = "\n".join(getattr(proc, "output_tail", []))
+    agent_log = "\n".join(agent.output)
     assert completed.returncode == 0, f"{completed.stderr[-4000:]}\n--- agent:\n{agent_log}"
     run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
     results = load_results(run_dir)
@@ -114,6 +116,7 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
         assert row.status == "ok", f"{key}: {row.reason}\n--- agent:\n{agent_log}"
         assert row.device == "box"
         assert row.emulated and "x86" in row.emulated, key  # detected by the agent itself: no --emulated given
+        assert not row.warnings or not any("noisy" in w or "capped" in w for w in row.warnings), row.warnings
     for key in (("fp32", "onnxruntime:cpu"), ("onnx-int8", "onnxruntime:cpu")):
         assert rows[key].status == "ok" and rows[key].device is None and rows[key].emulated is None, key
 
@@ -157,3 +160,54 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
         if recommendation.target.endswith("@box"):
             assert recommendation.choice is None and recommendation.timing_not_measured, recommendation
     assert analysis.best_speedup is None or analysis.best_speedup.row.device is None  # sizes are real: may be the box's
+
+
+def _board_commands() -> list[str]:
+    """The README's board set-up, the commands run on the board (after '# then on the board:'), comments dropped."""
+    readme = (aarch64_box.REPO / "README.md").read_text()
+    section = readme[readme.index("Set up a Raspberry-Pi-class board") :]
+    block = section[section.index("```bash\n") + len("```bash\n") :]
+    lines = block[: block.index("```")].splitlines()
+    on_board = lines[[line.strip() for line in lines].index("# then on the board:") + 1 :]
+    return [line.split("  #")[0].strip() for line in on_board if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_board_setup_gives_a_tls_agent(tmp_path: Path) -> None:
+    """The README's board commands, as written, in the aarch64 box: the agent they start speaks TLS, prints its
+    fingerprint, and a device entry pinning it reaches it (a wrong pin is refused before the token is sent)."""
+    reason = aarch64_box.why_unavailable()
+    if reason:
+        pytest.skip(f"no emulated aarch64 box: {reason}")
+    root = aarch64_box.ensure_root()
+    commands = _board_commands()
+    venv, token, serve = commands  # make the venv and install; make the token; serve
+    assert venv.startswith("python3 -m venv ~/edgecraft") and '[agent]"' in venv
+    home = Path(tempfile.mkdtemp(prefix="readme-home-", dir=root / "srv"))
+    inside_home = "/" + str(home.relative_to(root))
+    # The box has ~/edgecraft already: edgecraft[agent] from this checkout in its venv (what the first line does).
+    board = [line.replace("~/edgecraft/bin/", f"{aarch64_box.VENV}/bin/") for line in (token, serve)]
+    try:
+        aarch64_box.inside(root, "env", f"HOME={inside_home}", "sh", "-c", board[0])
+        token_file = home / ".config/edgecraft/agent.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600 and len(token_file.read_text().strip()) >= 22
+        # --port 0: the README's default port may be taken on this machine; the box shares its network.
+        command = ["chroot", str(root), "env", f"HOME={inside_home}", "sh", "-c", f"exec {board[1]} --port 0"]
+        agent = aarch64_box.watch_agent(command, aarch64_box.START_TIMEOUT_S, tls=True, what="the README's agent")
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    try:
+        assert agent.url.startswith("https://0.0.0.0:") and agent.fingerprint, agent.url
+        url = agent.url.replace("0.0.0.0", "127.0.0.1")
+        for pin, expected in ((agent.fingerprint, 0), ("sha256:" + "0" * 64, 1)):
+            devices = tmp_path / "devices.yaml"
+            devices.write_text(
+                f"devices:\n  pi5:\n    url: {url}\n    token_file: {token_file}\n    fingerprint: {pin}\n"
+            )
+            listed = edgecraft("devices", devices)
+            output = listed.stdout + listed.stderr
+            assert listed.returncode == expected, output
+            assert ("aarch64" in output) if expected == 0 else ("fingerprint" in output), output
+    finally:
+        aarch64_box.stop_agent(agent.process)
+        shutil.rmtree(home, ignore_errors=True)
