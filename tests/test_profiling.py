@@ -353,7 +353,7 @@ def test_the_panel_lists_grown_op_types_by_growth_with_shares() -> None:
     assert f"{100 * 0.8 / 3.82:.1f} %" in panel  # QuantizeLinear's share of the int8 op time
     assert "Conv ×12, Mul ×13" in panel and "DequantizeLinear ×90, QuantizeLinear ×49" in panel
     summary = render_summary(analysis)
-    assert ":mag: **net · int8** on `onnxruntime:cpu` (0.67×" in summary and "QuantizeLinear (+0.80 ms, 21 %" in summary
+    assert ":mag: **net · int8** on onnxruntime:cpu (0.67×" in summary and "QuantizeLinear (+0.80 ms, 21 %" in summary
 
 
 def test_a_runtime_without_per_op_time_says_so_in_the_panel() -> None:
