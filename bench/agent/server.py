@@ -174,13 +174,16 @@ class DiskQuota:
     def _on_disk(self) -> int:
         """Bytes of every file under the folder, a hard-linked file (a blob and its job's copy) counted once."""
         seen: dict[tuple[int, int], int] = {}
-        for path in self.folder.rglob("*"):
-            try:
-                status = path.lstat()
-            except FileNotFoundError:  # deleted while we walked
-                continue
-            if stat.S_ISREG(status.st_mode):
-                seen[status.st_dev, status.st_ino] = status.st_size
+        # os.walk, not Path.rglob: a folder renamed or deleted by another request while it walks (a job being
+        # submitted or deleted) is skipped, where rglob raises FileNotFoundError.
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                try:
+                    status = os.lstat(os.path.join(root, name))
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    seen[status.st_dev, status.st_ino] = status.st_size
         return sum(seen.values())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -25,6 +26,8 @@ class Registry(Generic[T]):
         self._package = package
         self._table: dict[str, T] = {}
         self._discovered = False
+        # Reentrant: a plug-in module may look its registry up while discovery imports it.
+        self._discovering = threading.RLock()
 
     def register(self, plugin: T) -> T:
         """Class decorator: make ``plugin`` available under its key; two plug-ins may not share one."""
@@ -36,13 +39,18 @@ class Registry(Generic[T]):
 
     def _discover(self) -> None:
         """Import every module of the package once per process (not "while the table is empty": a plug-in module
-        imported directly would otherwise fill the table and hide every other one)."""
+        imported directly would otherwise fill the table and hide every other one). Marked done only once every
+        module is in: a thread that asks meanwhile (the agent serves requests in a thread pool) waits for the whole
+        table instead of reading half of it."""
         if self._discovered:
             return
-        self._discovered = True
-        package = importlib.import_module(self._package)
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{self._package}.{module.name}")
+        with self._discovering:
+            if self._discovered:
+                return
+            package = importlib.import_module(self._package)
+            for module in pkgutil.iter_modules(package.__path__):
+                importlib.import_module(f"{self._package}.{module.name}")
+            self._discovered = True
 
     def items(self) -> dict[str, T]:
         """Every registered plug-in by name, sorted."""
