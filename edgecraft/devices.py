@@ -208,12 +208,7 @@ class DeviceLink:
         fmt = formats.for_path(job.model)  # the format the agent is told the runnable file is in
         if fmt is None:
             raise MeasurementFailed(f"device {self.name}: cannot send a {job.model.suffix} file")
-        if not feeds.load_layout(job.inputs).batch_first:
-            # The agent protocol carries inputs batched on axis 0 only; a model fed otherwise runs here.
-            raise MeasurementFailed(
-                f"device {self.name}: the agent runs models whose inputs all have the batch on axis 0 and no state; "
-                "measure this model on a local target"
-            )
+        layout = feeds.load_layout(job.inputs)
         # The device's own CPU numbering is unknown here: pinning is the agent's business.
         remote_settings = settings.model_dump(mode="json") | {"pin_cpus": None}
         try:
@@ -227,6 +222,7 @@ class DeviceLink:
                 expected_outputs=job.reference_outputs,
                 settings=remote_settings,
                 deadline_s=self.config.job_timeout_s,
+                layout=None if layout.batch_first else layout.to_json(),
                 on_status=self._log_queue,
             )
         except AgentError as exc:

@@ -5,7 +5,8 @@ different shapes (which converters may reorder), PReLU (per-channel slopes, so a
 flatten after an NCHW trunk (so a wrong NHWC ↔ NCHW transposition shows) and a softmax head.
 ``write_native_tflite`` writes a .tflite built with TensorFlow itself (not via ONNX or edgecraft), with a
 signature whose input and output names are known, as a user would bring one.
-``mobilenet_v3_small_like`` is a MobileNetV3-Small-shaped image classifier with random weights at 224×224
+``write_stateful_vad`` writes a voice-activity-style ONNX model whose state has its batch on axis 1 beside a
+scalar input. ``mobilenet_v3_small_like`` is a MobileNetV3-Small-shaped image classifier with random weights at 224×224
 (hard-swish, squeeze-excite, depthwise convolutions): the shape on which ONNX Runtime's static int8 can run
 slower than fp32, for the operator profile.
 """
@@ -259,3 +260,47 @@ def mobilenet_v3_dataset(n: int = 48, seed: int = 0) -> tuple[dict[str, np.ndarr
         crop = Image.fromarray(photo[top : top + size, left : left + size]).resize((224, 224), Image.BILINEAR)
         images[i] = (np.transpose(np.asarray(crop, dtype=np.float32), (2, 0, 1)) / 255.0 - mean) / std
     return {"image": images}, targets
+
+
+def write_stateful_vad(path: Path) -> Path:
+    """A voice-activity-style model: audio [batch, 8], a recurrent state [2, batch, 4] (batch on axis 1) and a
+    scalar int64 sample rate; outputs a probability [batch, 1] and the next state [2, batch, 4]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [8, 4], np.linspace(-1, 1, 32, dtype=np.float32))
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["projected"]),  # [batch, 4]
+        helper.make_node("Unsqueeze", ["projected", "zero"], ["lifted"]),  # [1, batch, 4]
+        helper.make_node("Add", ["state", "lifted"], ["summed"]),  # [2, batch, 4]
+        helper.make_node("Tanh", ["summed"], ["stateN"]),
+        helper.make_node("ReduceMean", ["stateN", "zero"], ["pooled"], keepdims=0),  # [batch, 4]
+        helper.make_node("Cast", ["sr"], ["rate"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["rate", "scale"], ["gain"]),
+        helper.make_node("Mul", ["pooled", "gain"], ["scaled"]),
+        helper.make_node("ReduceSum", ["scaled", "one"], ["logit"], keepdims=1),  # [batch, 1]
+        helper.make_node("Sigmoid", ["logit"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "vad",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 4]),
+        ],
+        [
+            weights,
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [16000.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path

@@ -26,6 +26,7 @@ from edgecraft.reports.results_file import load_results
 from edgecraft.rows import Pending, measure_rows
 from tests.agent_helpers import RunningAgent, start_agent, write_token
 from tests.conftest import edgecraft
+from tests.fixtures_models import write_stateful_vad
 from tests.results_factory import measurement
 
 RECIPE = """\
@@ -174,6 +175,32 @@ def test_bench_a_file_on_a_device(agents, remote_run: Path, tmp_path: Path) -> N
     unknown = edgecraft("bench", model, "--device", "nowhere", "--devices", remote_run / "recipe.yaml")
     assert unknown.returncode == 2 and "'nowhere' is not configured" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_stateful_model_with_its_batch_on_axis_1_runs_on_a_device(agents, remote_run: Path, tmp_path: Path) -> None:
+    """The agent is sent the model's layout: the state's batch on axis 1, a scalar sample rate, the state carried
+    from call to call; the device's outputs are the local ones."""
+    model = write_stateful_vad(tmp_path / "vad.onnx")
+    rows = {}
+    for where in ([], ["--device", "loop", "--devices", str(remote_run / "recipe.yaml")]):
+        completed = edgecraft(
+            "bench",
+            model,
+            "--input",
+            "sr=16000",
+            "--state",
+            "state=stateN",
+            *where,
+            "--quick",
+            "--output-dir",
+            tmp_path,
+        )
+        assert completed.returncode == 0, completed.stderr
+        (row,) = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent).rows
+        rows[row.target] = row
+    local, remote = rows["onnxruntime:cpu"], rows["onnxruntime:cpu@loop"]
+    assert remote.status == "ok" and remote.device == "loop", remote.reason
+    assert remote.measurement.fidelity.max_abs_diff == local.measurement.fidelity.max_abs_diff == 0.0
 
 
 PIN = "sha256:" + "ab" * 32

@@ -14,50 +14,7 @@ from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.reports.results_file import load_results
 from edgecraft.targets import feeds
 from tests.conftest import edgecraft
-
-
-def _stateful_vad(path: Path) -> Path:
-    """A voice-activity-style model: audio [batch, 8], a recurrent state [2, batch, 4] (batch on axis 1) and a
-    scalar int64 sample rate; outputs a probability [batch, 1] and the next state [2, batch, 4]."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [8, 4], np.linspace(-1, 1, 32, dtype=np.float32))
-    nodes = [
-        helper.make_node("MatMul", ["input", "w"], ["projected"]),  # [batch, 4]
-        helper.make_node("Unsqueeze", ["projected", "zero"], ["lifted"]),  # [1, batch, 4]
-        helper.make_node("Add", ["state", "lifted"], ["summed"]),  # [2, batch, 4]
-        helper.make_node("Tanh", ["summed"], ["stateN"]),
-        helper.make_node("ReduceMean", ["stateN", "zero"], ["pooled"], keepdims=0),  # [batch, 4]
-        helper.make_node("Cast", ["sr"], ["rate"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["rate", "scale"], ["gain"]),
-        helper.make_node("Mul", ["pooled", "gain"], ["scaled"]),
-        helper.make_node("ReduceSum", ["scaled", "one"], ["logit"], keepdims=1),  # [batch, 1]
-        helper.make_node("Sigmoid", ["logit"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "vad",
-        [
-            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
-            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
-        ],
-        [
-            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
-            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 4]),
-        ],
-        [
-            weights,
-            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("scale", TensorProto.FLOAT, [], [16000.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
+from tests.fixtures_models import write_stateful_vad
 
 
 def _image_model(path: Path, shape: list[int | str]) -> Path:
@@ -154,7 +111,7 @@ def test_a_sequence_of_calls_carries_the_state_and_splits_back_per_sample() -> N
 
 
 def test_a_stateful_model_with_a_scalar_input_runs_from_the_command_line(tmp_path: Path) -> None:
-    model = _stateful_vad(tmp_path / "vad.onnx")
+    model = write_stateful_vad(tmp_path / "vad.onnx")
     out = tmp_path / "runs"
     synthetic = edgecraft("bench", model, "--input", "sr=16000", "--quick", "--output-dir", out)
     run = _run_folder(synthetic)
@@ -183,7 +140,7 @@ def test_a_stateful_model_with_a_scalar_input_runs_from_the_command_line(tmp_pat
 
 
 def test_data_whose_shape_does_not_fit_names_the_batch_axis(tmp_path: Path) -> None:
-    model = _stateful_vad(tmp_path / "vad.onnx")
+    model = write_stateful_vad(tmp_path / "vad.onnx")
     np.savez(
         tmp_path / "wrong.npz",
         input=np.zeros((40, 8), np.float32),
@@ -229,7 +186,7 @@ def test_dynamic_height_and_width_are_asked_for_then_measured_where_said(tmp_pat
 
 
 def test_a_recipe_says_batch_axes_and_state_for_a_model_file(tmp_path: Path) -> None:
-    model = _stateful_vad(tmp_path / "vad.onnx")
+    model = write_stateful_vad(tmp_path / "vad.onnx")
     rng = np.random.default_rng(1)
     np.savez(
         tmp_path / "audio.npz",
@@ -269,7 +226,7 @@ targets: [onnxruntime:cpu]
     ],
 )
 def test_a_recipe_that_names_what_the_file_lacks_is_one_line(tmp_path: Path, entry: str, message: str) -> None:
-    model = _stateful_vad(tmp_path / "vad.onnx")
+    model = write_stateful_vad(tmp_path / "vad.onnx")
     np.savez(tmp_path / "audio.npz", input=np.zeros((10, 8), np.float32), state=np.zeros((2, 10, 4), np.float32))
     (tmp_path / "recipe.yaml").write_text(
         f"""name: vad

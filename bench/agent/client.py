@@ -173,13 +173,15 @@ class AgentClient:
         expected_outputs: Mapping[str, np.ndarray],
         settings: dict,
         deadline_s: float,
+        layout: Mapping[str, Any] | None = None,
         on_status: Callable[[JobStatus], None] = lambda status: None,
     ) -> RemoteResult:
         """Measure ``model_files`` (an OpenVINO IR: [.xml, .bin]) on the agent's ``runtime:device`` and return the
         raw results; the job is deleted from the agent once fetched. ``expected_outputs``: the reference outputs,
         whose names are the outputs read back and whose sizes bound them. ``deadline_s``: seconds from now after
         which the row stops waiting (queue, busy answers and slow reads included); ``on_status`` gets every status
-        the agent reports. ``settings``: every ``BenchSettings`` field, e.g. its model_dump()."""
+        the agent reports. ``settings``: every ``BenchSettings`` field, e.g. its model_dump(). ``layout``: how the
+        model takes the sample-major ``inputs`` (``targets.feeds.Layout.to_json()``); None: the plain one."""
         deadline = time.monotonic() + deadline_s
         limit = self._description(deadline).agent.max_upload_bytes
         archive = io.BytesIO()
@@ -194,7 +196,7 @@ class AgentClient:
             "model": {"format": model_format, "files": blobs},
             "inputs": inputs_blob,
             "settings": settings,
-        }
+        } | ({"layout": layout} if layout else {})  # an agent older than layouts still takes a plain model
         status = self._answer(JobStatus, "POST", "/jobs", deadline, json.dumps(manifest).encode())
         try:
             return self._follow(status, expected_outputs, deadline, deadline_s, on_status)

@@ -42,6 +42,7 @@ from pydantic import (
 from edgecraft.bench.raw import WorkerRaw, problems
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core import formats
+from edgecraft.targets.feeds import Layout
 
 PREFIX = "/v1"
 BLOB_NAME = re.compile(r"[0-9a-f]{64}")  # a sha256; also what keeps a client's name from walking out of the folder
@@ -105,6 +106,9 @@ class JobManifest(BaseModel):
     model: ModelFiles
     inputs: Sha256  # an .npz of named numeric arrays with the same number of samples
     settings: BenchSettings
+    # How the model takes those sample-major arrays: each input's batch axis, a fixed batch, state carried from
+    # call to call. Sent only where it is not the plain one (every batch on axis 0, any size, no state).
+    layout: Layout = Field(default_factory=Layout)
 
 
 def validation_problem(exc: ValidationError) -> str:

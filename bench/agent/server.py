@@ -377,6 +377,9 @@ class Agent:
             raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"inputs: {exc}") from None
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: {exc}") from None
+        unknown = sorted({*manifest.layout.inputs, *manifest.layout.state_from} - set(inputs))
+        if unknown:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"layout: names no input of the job: {', '.join(unknown)}")
         try:
             check_pinnable(manifest.settings.pin_cpus)
         except ValueError as exc:
@@ -391,7 +394,7 @@ class Agent:
                 staging.mkdir()
                 for path, file_name in zip(model_files, formats.get(manifest.model.format).file_names()):
                     _link_or_copy(path, staging / file_name)
-                feeds.save(inputs, staging / INPUTS_FOLDER)
+                feeds.save(inputs, staging / INPUTS_FOLDER, manifest.layout)
             if len(list((staging / INPUTS_FOLDER).glob("*.npy"))) != len(inputs):
                 raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: names that differ only in punctuation: {list(inputs)}")
             _write_json(staging / MANIFEST_FILE, manifest.model_copy(update={"settings": settings}).model_dump())
