@@ -26,6 +26,7 @@ from edgecraft.bench.evaluators import snr_db
 from edgecraft.bench.raw import check_raw
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.bench.stats import latency_stats
+from edgecraft.core.errors import brief
 from edgecraft.core.results import (
     NOISE_WARNING,
     Fidelity,
@@ -258,7 +259,7 @@ def _remote_raws(job: MeasureJob, settings: BenchSettings) -> list[dict] | Measu
     except MeasurementFailed as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - a bug in one device's link fails its row, not the other devices' threads
-        return MeasurementFailed(f"device {job.remote.device}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return MeasurementFailed(f"device {job.remote.device}: {brief(exc)}")
 
 
 def _aggregated(job: MeasureJob, raws: list[dict]) -> Measurement | MeasurementFailed:

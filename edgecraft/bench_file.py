@@ -25,12 +25,12 @@ from edgecraft.bench.environment import environment
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.compress.base import Dataset
 from edgecraft.core import formats
-from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError, brief
 from edgecraft.core.results import ModelRecord, Quality, ResultRow, RunResults
 from edgecraft.core.signature import Signature
 from edgecraft.devices import RemoteDevice
 from edgecraft.recipe.schema import TargetEntry
-from edgecraft.rows import Evaluation, Pending, brief, export_row, measure_rows, reference_outputs, summary_lines
+from edgecraft.rows import Evaluation, Pending, export_row, measure_rows, reference_outputs, summary_lines
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.runner import progress_bar
 from edgecraft.targets import feeds

@@ -23,7 +23,7 @@ from edgecraft.bench.agent.protocol import JobStatus, parse_fingerprint
 from edgecraft.bench.harness import MeasureJob, MeasurementFailed
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.core import formats
-from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError, brief
 from edgecraft.targets import feeds
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class DeviceLink:
         except (AgentError, EdgecraftError) as exc:  # each names the agent's URL or the device's field
             self.problem = f"device {self.name}: {exc}"
         except Exception as exc:  # noqa: BLE001 - whatever an agent answers fails this device's rows, not the run
-            self.problem = f"device {self.name} ({self.config.url}): {_unexpected(exc)}"
+            self.problem = f"device {self.name} ({self.config.url}): unexpected {brief(exc, 300)}"
         return self
 
     @property
@@ -228,7 +228,7 @@ class DeviceLink:
         except AgentError as exc:
             raise MeasurementFailed(f"device {self.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - whatever an agent answers fails this row, not the run
-            raise MeasurementFailed(f"device {self.name} ({self.config.url}): {_unexpected(exc)}") from None
+            raise MeasurementFailed(f"device {self.name} ({self.config.url}): unexpected {brief(exc, 300)}") from None
         job.work_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, Any] = result.outputs  # Any: mypy checks ** against savez's allow_pickle too
         np.savez(job.work_dir / "outputs.npz", **outputs)
@@ -247,11 +247,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _unexpected(exc: Exception) -> str:
-    """An error the agent client did not foresee, on one line: a bug here, or an answer nobody imagined."""
-    return f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def links(devices: dict[str, RemoteDevice]) -> dict[str, DeviceLink]:

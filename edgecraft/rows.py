@@ -28,7 +28,7 @@ from edgecraft.bench.harness import (
     remote_devices,
 )
 from edgecraft.bench.settings import BenchSettings
-from edgecraft.core.errors import failure_text
+from edgecraft.core.errors import brief, failure_text
 from edgecraft.core.results import CONVERSION_WARNING, Quality, ResultRow, RunResults
 from edgecraft.devices import DeviceLink
 from edgecraft.recipe.schema import TargetEntry
@@ -58,14 +58,6 @@ class Pending:
     row: int
     job: MeasureJob
     lossless: bool
-
-
-def brief(exc: BaseException, limit: int = 500) -> str:
-    """'Type: message' on one line, cut at ``limit``: converters (MLIR, onnx2tf) raise pages of diagnostics. Not cut
-    at a line count: OpenVINO's first three lines are where it failed, the failing op and why come after."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def sha256(*paths: Path) -> str:

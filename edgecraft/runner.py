@@ -22,12 +22,12 @@ from edgecraft.bench.settings import BenchSettings, ProfileName, check_pinnable
 from edgecraft.bench.settings import resolve as resolve_benchmark
 from edgecraft.compress import registry as pass_registry
 from edgecraft.compress.base import Artifact
-from edgecraft.core.errors import EdgecraftError, failure_text
+from edgecraft.core.errors import EdgecraftError, brief, failure_text
 from edgecraft.core.results import ModelRecord, ResultRow, RunResults
 from edgecraft.preparation import PreparedModel, prepare_model
 from edgecraft.recipe.schema import ModelSpec, Recipe, TargetEntry, VariantSpec, starts_from_torch
 from edgecraft.reports.settings import with_overrides
-from edgecraft.rows import Pending, brief, export_row, measure_rows, summary_lines
+from edgecraft.rows import Pending, export_row, measure_rows, summary_lines
 from edgecraft.run_folder import folder_name, new_run_dir, write_run
 from edgecraft.step_cache import StepCache
 from edgecraft.steps import StepRunner

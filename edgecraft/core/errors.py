@@ -1,5 +1,5 @@
 """The one exception type that the CLI turns into a one-line message and a non-zero exit, and the text a failed
-row keeps of any other exception."""
+row keeps of any other exception (whole, or on one line)."""
 
 
 class EdgecraftError(Exception):
@@ -23,3 +23,11 @@ def failure_text(exc: BaseException, cap: int = 4000) -> str:
     room = cap - len(f"… ({len(text)} more characters)")  # the note is never longer than this one
     kept = text[: max(room, 0)].rstrip()
     return f"{kept}… ({len(text) - len(kept)} more characters)"
+
+
+def brief(exc: BaseException, limit: int = 500) -> str:
+    """'Type: message' on one line, cut at ``limit``: converters (MLIR, onnx2tf) raise pages of diagnostics. Not cut
+    at a line count: OpenVINO's first three lines are where it failed, the failing op and why come after."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

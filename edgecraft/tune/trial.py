@@ -25,11 +25,11 @@ from filelock import ReadWriteLock
 from edgecraft import model_source
 from edgecraft.bench.settings import ProfileName
 from edgecraft.compress import registry as pass_registry
-from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.errors import EdgecraftError, brief
 from edgecraft.core.results import RunResults
 from edgecraft.recipe.in_memory import validation_message
 from edgecraft.recipe.schema import Recipe
-from edgecraft.rows import Pending, brief
+from edgecraft.rows import Pending
 from edgecraft.run_folder import new_run_dir, write_run
 from edgecraft.runner import RecipeRun, bench_settings, progress_bar
 from edgecraft.step_cache import StepCache
