@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -236,3 +237,14 @@ def npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def write_zip_bomb(target: Path | IO[bytes], name: str, inflated: int) -> None:
+    """An .npz whose one float32 array ``name`` of zeros inflates to ``inflated`` bytes (a few hundred KB as sent),
+    written in pieces, never whole in memory."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, np.float32)) | {"shape": (inflated // 4,)}
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(f"{name}.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, header)
+        zeros = bytes(1 << 20)
+        for _ in range(inflated // len(zeros)):
+            member.write(zeros)

@@ -29,7 +29,17 @@ from edgecraft.bench.agent.client import AgentClient, AgentError
 from edgecraft.bench.agent.onnx_files import ExternalData, external_data
 from edgecraft.bench.agent.protocol import fingerprint
 from edgecraft.bench.agent.tokens import check_token
-from tests.agent_helpers import SETTINGS, Answer, RunningAgent, call, npz, start_agent, upload, write_token
+from tests.agent_helpers import (
+    SETTINGS,
+    Answer,
+    RunningAgent,
+    call,
+    npz,
+    start_agent,
+    upload,
+    write_token,
+    write_zip_bomb,
+)
 from tests.conftest import edgecraft
 
 MIB = 1 << 20
@@ -228,19 +238,9 @@ def test_wrong_tokens_are_limited_per_address(tmp_path: Path, token_file: Path):
 # ----- 2. decompression
 
 
-def _zip_bomb(path: Path, name: str, inflated: int) -> None:
-    """An .npz whose one float32 array of zeros inflates to ``inflated`` bytes, written in pieces (never whole)."""
-    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, np.float32)) | {"shape": (inflated // 4,)}
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(f"{name}.npy", "w") as member:
-        np.lib.format.write_array_header_1_0(member, header)
-        zeros = bytes(MIB)
-        for _ in range(inflated // MIB):
-            member.write(zeros)
-
-
 def test_a_zip_bomb_is_refused_from_its_header(bounded: RunningAgent, tmp_path: Path):
     bomb = tmp_path / "bomb.npz"
-    _zip_bomb(bomb, "x", 400 * MIB)
+    write_zip_bomb(bomb, "x", 400 * MIB)
     assert bomb.stat().st_size < 1 * MIB
     assert answers(bounded)  # every runtime imported, so that the peak below is the bomb's alone
     before = peak_memory_mb(bounded)
@@ -257,7 +257,7 @@ def test_a_zip_bomb_is_refused_from_its_header(bounded: RunningAgent, tmp_path: 
 def test_arrays_over_the_job_limit_together_are_refused(bounded: RunningAgent, tmp_path: Path):
     pieces = [tmp_path / f"{name}.npz" for name in ("x", "y")]
     for piece in pieces:
-        _zip_bomb(piece, piece.stem, 40 * MIB)
+        write_zip_bomb(piece, piece.stem, 40 * MIB)
     both = tmp_path / "both.npz"
     with zipfile.ZipFile(both, "w") as archive:
         for piece in pieces:

@@ -15,7 +15,6 @@ import ssl
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +29,7 @@ from edgecraft.bench.agent import tls
 from edgecraft.bench.agent.client import AgentClient, AgentError
 from edgecraft.cli import main
 from edgecraft.reports.results_file import load_results
+from tests.agent_helpers import npz, write_zip_bomb
 from tests.conftest import edgecraft
 from tests.results_factory import worker_raw
 
@@ -71,22 +71,10 @@ def raw() -> dict:
     return worker_raw(0.011) | {"index": 0, "order": 0}
 
 
-def npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def zip_bomb(elements: int = 1 << 24) -> bytes:
+def zip_bomb() -> bytes:
     """An .npz of about 70 KB whose one array 'y' inflates to 64 MiB of float32 zeros."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("y.npy", "w") as member:
-            header = {"descr": "<f4", "fortran_order": False, "shape": (elements,)}
-            np.lib.format.write_array_header_1_0(member, header)
-            zeros = bytes(1 << 20)
-            for _ in range(elements * 4 // len(zeros)):
-                member.write(zeros)
+    write_zip_bomb(buffer, "y", 64 << 20)
     return buffer.getvalue()
 
 
