@@ -15,6 +15,7 @@ that the report's accuracy comes from.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -39,7 +40,24 @@ _EPSILON = 1e-9
 
 
 class AccuracyBudgetMissed(RuntimeError):
-    """No model within the search's limits kept the metric within ``max_drop``."""
+    """No model within the search's limits kept the metric within ``max_drop``; ``record`` is the search's
+    ``AccuracyControl`` record (every trial, the ranking), for whoever wants to see how close it came."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class FallbackIncomplete(RuntimeError):
+    """The format's model with every candidate op in float is not the fp32 model: something the search cannot
+    reach stays quantized, so no budget would be met for the right reason."""
+
+
+# An all-float model's output error against fp32 (Σ(out − ref)² / Σref²) at most this: 50 dB, far above any int8
+# model (EfficientNet-Lite0's all-int8 is ~0.008, 21 dB) and far below an fp32 runtime's own rounding (~1e-12).
+_FLOAT_ERROR = 1e-5
+# ... and its metric this close to fp32's: one sample in ten thousand, or a continuous metric's last digits.
+_FLOAT_METRIC = 1e-4
 
 
 class AccuracyAwareOptions(PassConfig):
@@ -127,6 +145,10 @@ class Int8Format(ABC):
         """``quantized`` with only ``layer`` computed in float (same calibration), for ranking."""
         raise NotImplementedError
 
+    def quantized_ops(self, path: Path) -> list[str]:
+        """The ops that still compute on int8 in the model at ``path`` (named when a fallback is incomplete)."""
+        return [f"{layer.name} ({layer.op_type})" for layer in self.layers(path)]
+
     def rank(
         self,
         quantized: Path,
@@ -199,7 +221,11 @@ def search(
     needs_search = budget is not None and baseline.metric < budget - _EPSILON
     candidates = [layer for layer in layers if layer.name not in forced]
     ranked: list[tuple[Layer, float, float | None]] = []
+    judged: Mapping[str, Judgement | LayerScore] = {}
+    all_float = None
     if needs_search or options.sensitivity:
+        progress("accuracy-aware int8: every quantized op in float (must be fp32)", 0, 1)
+        all_float = _all_float_trial(fmt, layers, judge, fp32, validation.metric, work_dir)
         judged = fmt.rank(
             start,
             candidates,
@@ -211,15 +237,20 @@ def search(
             ((layer, _score(judged[layer.name], baseline), judged[layer.name].metric) for layer in candidates),
             key=lambda item: (-item[1], -(item[2] or 0), item[0].name),
         )
+    predicts = bool(ranked) and not any(isinstance(judgement, LayerScore) for judgement in judged.values())
     chosen, final, float_layers = start, baseline.metric, list(forced)
     if needs_search:
         assert budget is not None  # needs_search implies a budget
         order = [layer.name for layer, _, _ in ranked]
+        shares = [score for _, score, _ in ranked]
 
         def attempt(count: int) -> tuple[Path, float]:
             path = fmt.quantize(forced + order[:count], work_dir / f"float-{len(forced) + count}")
             judgement = judge(path)
-            trials.append({"float_layers": len(forced) + count, "metric": judgement.metric, "error": judgement.error})
+            trial = {"float_layers": len(forced) + count, "metric": judgement.metric, "error": judgement.error}
+            if predicts:  # what the ranking expects: each float layer removes its share of the error that is left
+                trial["predicted_error"] = baseline.error * math.prod(1 - min(max(s, 0.0), 1.0) for s in shares[:count])
+            trials.append(trial)
             progress(
                 f"accuracy-aware int8: {len(forced) + count} layer(s) in float, metric {judgement.metric:.4f} "
                 f"(budget {budget:.4f})",
@@ -230,44 +261,89 @@ def search(
 
         # At least one layer stays quantized: a model with every layer in float is fp32, not an int8 answer.
         found = _fewest(attempt, len(order) - 1, budget, options.max_trials - 1)
-        if found is None:
-            raise AccuracyBudgetMissed(
-                f"no int8 model (at least one layer quantized) met max_drop={options.max_drop} "
-                f"({validation.metric} on the calibration split: fp32 "
-                f"{fp32:.4f}, int8 {baseline.metric:.4f}; with the most sensitive layers in float: "
-                + ", ".join(f"{t['float_layers']} → {t['metric']:.4f}" for t in trials[1:])
-                + f"; {len(trials)} of max_trials={options.max_trials} models tried). Most sensitive layers: "
-                + ", ".join(f"{layer.name} ({layer.op_type})" for layer, _, _ in ranked[:5])
-            )
-        count, chosen, final = found
-        float_layers += order[:count]
-    record = {
-        "metric": validation.metric,
-        "max_drop": options.max_drop,
-        "measure": fmt.measure,
-        "fp32": fp32,
-        "all_int8": trials[0]["metric"] if not forced else judge(all_int8).metric,
-        "final": final,
-        "met": budget is None or final >= budget - _EPSILON,
-        "layers": len(layers),
-        "float_layers": float_layers,
-        "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
-        "sensitivity": [
-            {
-                "layer": layer.name,
-                "op_type": layer.op_type,
-                "score": score,
-                "metric": metric,
-                "gain": None if metric is None else metric - baseline.metric,
-            }
-            for layer, score, metric in ranked
-        ],
-        "trials": trials,
-    }
+        if found is not None:
+            count, chosen, final = found
+            float_layers += order[:count]
+
+    def outcome() -> dict[str, Any]:
+        return {
+            "metric": validation.metric,
+            "max_drop": options.max_drop,
+            "measure": fmt.measure,
+            "fp32": fp32,
+            "all_int8": trials[0]["metric"] if not forced else judge(all_int8).metric,
+            "final": final,
+            "final_interval": validation.interval(fmt.run(chosen, data)),
+            "met": budget is None or final >= budget - _EPSILON,
+            "layers": len(layers),
+            "float_layers": float_layers,
+            "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
+            "sensitivity": [
+                {
+                    "layer": layer.name,
+                    "op_type": layer.op_type,
+                    "score": score,
+                    "metric": metric,
+                    "gain": None if metric is None else metric - baseline.metric,
+                }
+                for layer, score, metric in ranked
+            ],
+            "trials": trials,
+            "all_float": all_float,
+            "ranking_agreement": _ranking_agreement(trials),
+        }
+
+    record = outcome()
+    if not record["met"] and needs_search:
+        raise AccuracyBudgetMissed(
+            f"no int8 model (at least one layer quantized) met max_drop={options.max_drop} "
+            f"({validation.metric} on the calibration split: fp32 "
+            f"{fp32:.4f}, int8 {baseline.metric:.4f}; with the most sensitive layers in float: "
+            + ", ".join(f"{t['float_layers']} → {t['metric']:.4f}" for t in trials[1:])
+            + f", all {len(layers)} → {fp32:.4f} (= fp32); {len(trials)} of max_trials={options.max_trials} "
+            "models tried). Most sensitive layers: "
+            + ", ".join(f"{layer.name} ({layer.op_type})" for layer, _, _ in ranked[:5]),
+            record,
+        )
     if float_layers:
         sample = data.head(1).samples()[0]
         record["latency_ratio"] = fmt.latency_ms(chosen, sample) / fmt.latency_ms(all_int8, sample)
     return chosen, record
+
+
+def _all_float_trial(
+    fmt: Int8Format,
+    layers: list[Layer],
+    judge: Callable[[Path], Judgement],
+    fp32: float,
+    metric: str,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """The format's model with every candidate op in float, which must be the fp32 model: if it is not, a
+    quantizer the search cannot reach (a residual Add's, a pooling's, the graph input's) carries error that no
+    number of float layers removes, and the search would climb towards the wrong ceiling. Fails naming them."""
+    path = fmt.quantize([layer.name for layer in layers], work_dir / "all-float")
+    judgement = judge(path)
+    if abs(judgement.metric - fp32) > _FLOAT_METRIC or judgement.error > _FLOAT_ERROR:
+        left = fmt.quantized_ops(path)
+        raise FallbackIncomplete(
+            f"{fmt.target}: with all {len(layers)} quantized ops kept in float the model is not fp32 ({metric} "
+            f"{judgement.metric:.4f} against {fp32:.4f}, output error {judgement.error:.2e} against at most "
+            f"{_FLOAT_ERROR:g}); still quantized: " + (", ".join(left[:10]) or "no op the format reports")
+        )
+    return {"float_layers": len(layers), "metric": judgement.metric, "error": judgement.error}
+
+
+def _ranking_agreement(trials: list[dict[str, Any]]) -> float | None:
+    """Spearman's rank correlation between the errors the ranking predicted for the trials and those measured:
+    1 when more float layers lowered the error as the ranking said. None with fewer than three predictions."""
+    pairs = [(trial["predicted_error"], trial["error"]) for trial in trials if "predicted_error" in trial]
+    if len(pairs) < 3:
+        return None
+    predicted, measured = (np.argsort(np.argsort(values)).astype(float) for values in zip(*pairs, strict=True))
+    if predicted.std() == 0 or measured.std() == 0:
+        return None
+    return float(np.corrcoef(predicted, measured)[0, 1])
 
 
 def _score(judgement: Judgement | LayerScore, baseline: Judgement) -> float:

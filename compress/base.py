@@ -79,7 +79,8 @@ class Validation:
     data: Dataset
     metric: str
     reference_fn: Callable[[], dict[str, np.ndarray]]
-    score_fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], float]
+    # The headline metric of (outputs, fp32 reference, targets) for the same samples.
+    score_fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None], float]
 
     @functools.cached_property
     def reference(self) -> dict[str, np.ndarray]:
@@ -87,7 +88,32 @@ class Validation:
 
     def score(self, outputs: dict[str, np.ndarray]) -> float:
         """The evaluator's headline metric of ``outputs`` (every output by name, for ``data``'s samples)."""
-        return float(self.score_fn(outputs, self.reference))
+        return float(self.score_fn(outputs, self.reference, self.data.targets))
+
+    def interval(
+        self, outputs: dict[str, np.ndarray], resamples: int = 200, seed: int = 0
+    ) -> tuple[float, float] | None:
+        """A 95 % bootstrap interval of ``score(outputs)`` over the split's samples: how far a metric measured on a
+        hundred samples can be trusted (a budget of one point is one sample in a hundred). None where an output
+        does not hold one row per sample (a model fed off axis 0, a stateful one): no resampling is honest there."""
+        count = len(self.data)
+        arrays = [*outputs.values(), *self.reference.values()]
+        if count < 2 or any(array.ndim == 0 or len(array) != count for array in arrays):
+            return None
+        rng = np.random.default_rng(seed)
+        targets = self.data.targets
+        values = []
+        for _ in range(resamples):
+            pick = rng.integers(0, count, count)
+            values.append(
+                self.score_fn(
+                    {name: array[pick] for name, array in outputs.items()},
+                    {name: array[pick] for name, array in self.reference.items()},
+                    None if targets is None else targets[pick],
+                )
+            )
+        low, high = np.percentile(values, [2.5, 97.5])
+        return float(low), float(high)
 
 
 @dataclass

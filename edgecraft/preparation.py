@@ -171,8 +171,8 @@ def validation_for(evaluator: EvaluatorSpec, artifact: Artifact, calibration: Da
             target_registry.get("onnxruntime"), artifact.path, "cpu", {}, calibration.inputs, 1, calibration.layout
         )
 
-    def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
-        value = evaluators.evaluate(evaluator, outputs, expected, calibration.targets).value
+    def score(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray], targets: np.ndarray | None) -> float:
+        value = evaluators.evaluate(evaluator, outputs, expected, targets).value
         assert value is not None  # evaluate() always measures the headline (only not_measured() leaves it out)
         return value
 

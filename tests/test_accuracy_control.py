@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from edgecraft.compress import registry
-from edgecraft.compress.accuracy_control import AccuracyAwareOptions, AccuracyBudgetMissed, Int8Format, Layer, search
+from edgecraft.compress.accuracy_control import (
+    AccuracyAwareOptions,
+    AccuracyBudgetMissed,
+    FallbackIncomplete,
+    Int8Format,
+    Layer,
+    search,
+)
 from edgecraft.compress.base import Dataset, PassContext, Validation
 from edgecraft.core.results import AccuracyControl
 
@@ -64,7 +71,7 @@ def synthetic_validation() -> Validation:
         data=data,
         metric="synthetic",
         reference_fn=lambda: {"score": np.ones((4, 1), np.float32)},
-        score_fn=lambda outputs, reference: float(outputs["score"].mean()),
+        score_fn=lambda outputs, reference, targets: float(outputs["score"].mean()),
     )
 
 
@@ -95,6 +102,81 @@ def test_search_bisects_down_after_overshooting(tmp_path: Path) -> None:
     control = AccuracyControl.model_validate(record)
     assert [trial.float_layers for trial in control.trials] == [0, 1, 2, 4, 3]
     assert control.float_layers == ["layer5", "layer2", "layer1"]
+    assert control.ranking_agreement == pytest.approx(1.0)  # each added float layer lowered the error as ranked
+
+
+def test_the_search_checks_that_every_op_in_float_is_fp32_and_records_how_well_the_ranking_predicted(
+    tmp_path: Path,
+) -> None:
+    _, record = search(SyntheticFormat(), synthetic_validation(), options(max_drop=0.01), tmp_path, lambda *_: None)
+    control = AccuracyControl.model_validate(record)
+    assert control.all_float is not None
+    assert control.all_float.float_layers == len(LAYERS) and control.all_float.metric == pytest.approx(1.0)
+    # Every search trial carries the error the ranking expected: less the more of the ranked layers are float.
+    predicted = [trial.predicted_error for trial in control.trials[1:]]
+    assert all(value is not None for value in predicted) and predicted == sorted(predicted, reverse=True)
+    low, high = control.final_interval or (None, None)
+    assert low == high == pytest.approx(control.final)  # every sample scores the same: no spread to resample
+
+
+class HiddenQuantizer(SyntheticFormat):
+    """A format with a quantizer outside its layer list (a residual Add's), which no float layer removes."""
+
+    def run(self, path: Path, data: Dataset) -> dict[str, np.ndarray]:
+        outputs = super().run(path, data)
+        return {"score": outputs["score"] - 0.03}
+
+    def quantized_ops(self, path: Path) -> list[str]:
+        return ["residual_add (Add)"]
+
+
+def test_a_fallback_that_cannot_reach_fp32_fails_naming_what_stayed_quantized(tmp_path: Path) -> None:
+    with pytest.raises(
+        FallbackIncomplete,
+        match=r"all 8 quantized ops kept in float.*0\.9700 against 1\.0000.*"
+        r"still quantized: residual_add \(Add\)",
+    ):
+        search(HiddenQuantizer(), synthetic_validation(), options(max_drop=0.01), tmp_path, lambda *_: None)
+
+
+def test_the_bootstrap_interval_spans_the_metric_of_a_split_that_disagrees_in_places() -> None:
+    from edgecraft.bench.evaluators import EvaluatorSpec
+    from edgecraft.preparation import validation_for
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 10)).astype(np.float32)
+    data = Dataset({"x": np.arange(200, dtype=np.float32)[:, None]})  # each sample's input is its index
+    validation = validation_for(EvaluatorSpec(type="agreement"), _FixedOutputs(logits), data)
+    flipped = logits.copy()
+    flipped[:20] = -flipped[:20]  # 20 of 200 samples (10 %) now disagree with fp32's top-1
+    score = validation.score({"logits": flipped})
+    low, high = validation.interval({"logits": flipped}) or (0.0, 0.0)
+    assert score == pytest.approx(0.9, abs=0.005) and low < score < high
+    assert 0.02 < high - low < 0.15  # ±√(p(1−p)/n) ≈ ±2 points at 95 %
+
+
+class _FixedOutputs:
+    """An artifact stand-in whose reference outputs are fixed logits (validation_for reads format and model)."""
+
+    format = "torch"
+
+    def __init__(self, logits: np.ndarray) -> None:
+        from edgecraft.core.signature import Signature, TensorSpec
+
+        self.signature = Signature(
+            inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 1])], outputs=[TensorSpec(name="logits")]
+        )
+        self.model = _Constant(logits)
+
+
+def _Constant(logits: np.ndarray):
+    import torch
+
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(logits)[x[:, 0].long()]
+
+    return Constant()
 
 
 def test_a_budget_nothing_meets_fails_with_the_trials_and_the_culprits(tmp_path: Path) -> None:

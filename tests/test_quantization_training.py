@@ -158,7 +158,7 @@ def test_autotune_that_misses_its_tolerance_fails_naming_the_trials(digits_cnn: 
         data=calibration,
         metric="closeness",
         reference_fn=lambda: digits_cnn["context"].validation.reference,
-        score_fn=lambda out, ref: 1 / (1 + 1e3 * float(np.abs(out["logits"] - ref["logits"][:64]).max())),
+        score_fn=lambda out, ref, targets: 1 / (1 + 1e3 * float(np.abs(out["logits"] - ref["logits"][:64]).max())),
     )
     context = {**vars(digits_cnn["context"]), "validation": strict}
     with pytest.raises(NoSchemeFound, match=r"closeness.*tolerable_loss=0\.01.*1 of max_trials=1 trial"):

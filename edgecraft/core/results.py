@@ -293,6 +293,11 @@ class AccuracyTrial(StrictModel):
     float_layers: int = Field(description="How many of the most sensitive layers it kept in float.")
     metric: float = Field(description="The evaluator's headline metric on the validation split.")
     error: float | None = Field(None, description="Output error against fp32: Σ(out − ref)² / Σref².")
+    predicted_error: float | None = Field(
+        None,
+        description="The error the ranking predicted for this trial (all-int8 error × Π(1 − share) over its float "
+        "layers); None where the ranking is a debugger's score, not a share of the error.",
+    )
 
 
 class AccuracyControl(StrictModel):
@@ -316,6 +321,21 @@ class AccuracyControl(StrictModel):
     )
     sensitivity: list[LayerSensitivity] = Field([], description="Every layer ranked, the most sensitive first.")
     trials: list[AccuracyTrial] = Field([])
+    all_float: AccuracyTrial | None = Field(
+        None,
+        description="The model with every quantized op in float, checked to equal fp32 before the search (the pass "
+        "fails, naming what stayed quantized, when it does not); None when no search or ranking ran.",
+    )
+    ranking_agreement: float | None = Field(
+        None,
+        description="Spearman correlation between the trials' predicted and measured errors: 1 when keeping more "
+        "of the ranked layers in float lowered the error as the ranking said; None below three predictions.",
+    )
+    final_interval: tuple[float, float] | None = Field(
+        None,
+        description="95 % bootstrap interval of the final metric over the calibration samples: a budget met on a "
+        "hundred samples is met within this much.",
+    )
 
 
 class PassRecord(StrictModel):
