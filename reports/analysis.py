@@ -448,6 +448,32 @@ def fidelity_warnings(results: RunResults, facts: list[RowFacts], settings: Repo
     return warnings
 
 
+def budget_warnings(results: RunResults, facts: list[RowFacts]) -> list[FidelityWarning]:
+    """Rows of an accuracy-aware int8 pass that met ``max_drop`` on the calibration split, where the search chose
+    its float layers, but not on the evaluation split: the choice fitted a hundred samples, and the row says so
+    with both figures."""
+    warnings = []
+    for record in results.passes:
+        control = record.accuracy_control
+        if control is None or control.max_drop is None or not control.met:
+            continue
+        interval = control.final_interval
+        spread = f" (95 % interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f} %)" if interval else ""
+        for fact in facts:
+            row = fact.row
+            if (row.model, row.variant) != (record.model, record.variant) or fact.accuracy_drop is None:
+                continue
+            if fact.accuracy_drop > control.max_drop + FLOAT_SLACK:
+                text = (
+                    f"row {row.model} · {row.variant} on {row.target}: {record.name} met its budget of "
+                    f"{100 * control.max_drop:g} pt on the calibration split ({control.metric} "
+                    f"{100 * control.final:.1f} %{spread}, fp32 {100 * control.fp32:.1f} %) but not on the "
+                    f"evaluation split: {100 * fact.accuracy_drop:.1f} pt below fp32"
+                )
+                warnings.append(FidelityWarning(fact, None, text))
+    return warnings
+
+
 def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
     facts = _row_facts(results, settings)
     budget = [f for f in facts if f.within_budget]
@@ -464,5 +490,5 @@ def analyse(results: RunResults, settings: ReportSettings) -> Analysis:
         best_size_reduction=max(smaller, key=lambda f: _known(f.size_reduction), default=None),
         baseline_variants=baseline_variants(results),
         operator_gaps=[gap for fact in facts if (gap := operator_gap(fact)) is not None],
-        fidelity_warnings=fidelity_warnings(results, facts, settings),
+        fidelity_warnings=fidelity_warnings(results, facts, settings) + budget_warnings(results, facts),
     )

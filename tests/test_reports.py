@@ -268,3 +268,42 @@ def test_each_target_is_compared_with_its_own_lossless_baseline() -> None:
     assert facts["tflite-int8"].baseline is tflite_fp32
     assert facts["tflite-int8"].speedup == 4.0 and facts["tflite-int8"].size_reduction == 4.0
     assert facts["fp32"].baseline.variant == "fp32" and facts["tflite-fp32"].speedup is None
+
+
+def _controlled(final: float, interval: tuple[float, float] | None = (0.97, 1.0)):
+    from edgecraft.core.results import AccuracyControl, PassRecord
+
+    control = AccuracyControl(
+        metric="top-1 agreement with fp32",
+        max_drop=0.01,
+        measure="share of the output error",
+        fp32=0.98,
+        all_int8=0.9,
+        final=final,
+        final_interval=interval,
+        met=True,
+        layers=60,
+        float_layers=["conv_stem"],
+    )
+    return PassRecord(
+        model="net", variant="int8", name="quantize.static", config={}, seconds=1.0, accuracy_control=control
+    )
+
+
+def test_a_budget_met_on_calibration_but_missed_on_evaluation_is_flagged_with_both_figures(tmp_path: Path) -> None:
+    results = run([ok("fp32", 10, 0.98, 100), ok("int8", 5, 0.95, 30)])  # 3 pt below fp32 on evaluation
+    results.passes = [_controlled(final=0.975)]
+    warnings = [w.text for w in analyse(results, ReportSettings()).fidelity_warnings]
+    assert warnings == [
+        "row net · int8 on onnxruntime:cpu: quantize.static met its budget of 1 pt on the calibration split "
+        "(top-1 agreement with fp32 97.5 % (95 % interval 97.0–100.0 %), fp32 98.0 %) but not on the evaluation "
+        "split: 3.0 pt below fp32"
+    ]
+    report = write_report(results, tmp_path, ReportSettings()).read_text()
+    assert "but not on the evaluation split" in report and "97.00 % – 100.00 %" in report
+
+
+def test_a_budget_met_on_both_splits_is_not_flagged() -> None:
+    results = run([ok("fp32", 10, 0.98, 100), ok("int8", 5, 0.975, 30)])
+    results.passes = [_controlled(final=0.975, interval=None)]
+    assert analyse(results, ReportSettings()).fidelity_warnings == []
