@@ -304,3 +304,36 @@ def test_the_cli_records_sensitivity_and_fails_a_missed_budget_with_its_reason(t
     assert "accuracy_control" not in ranked["details"]
     report = (run_dir / "report.html").read_text()
     assert control.sensitivity[0].layer in report  # the most sensitive layer is named in the panel
+
+
+@pytest.mark.slow  # NNCF's search validates the model a dozen times or more: minutes on 2 cores
+def test_nncf_own_accuracy_control_meets_the_budget_with_the_same_evaluator_and_record(
+    digits_cnn, tmp_path: Path
+) -> None:
+    step = registry.get("quantize.nncf")
+    validation = relative_error_validation(digits_cnn)
+    context = PassContext(
+        train=digits_cnn["splits"].train,
+        calibration=digits_cnn["splits"].calibration,
+        evaluation=EvaluationSplit(),
+        work_dir=tmp_path,
+        validation=validation,
+    )
+    plain = step.apply(digits_cnn["onnx"], step.config_model(type="quantize.nncf", sensitivity=True), context)
+    ranked = AccuracyControl.model_validate(plain.details["accuracy_control"])
+    max_drop = (ranked.fp32 - ranked.all_int8) / 2  # half-way: NNCF must revert some, not all, quantizers
+    context.work_dir = tmp_path / "nncf"
+    context.work_dir.mkdir()
+    outcome = step.apply(
+        digits_cnn["onnx"], step.config_model(type="quantize.nncf", max_drop=max_drop, search="nncf"), context
+    )
+    control = AccuracyControl.model_validate(outcome.details["accuracy_control"])
+    assert control.met and control.final >= control.fp32 - max_drop - 1e-9 and control.all_int8 < control.final
+    assert 0 < len(control.float_layers) < control.layers and control.measure.startswith("NNCF")
+
+
+def test_nncf_search_needs_a_budget() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="search: nncf is NNCF's accuracy-aware quantization: it needs max_drop"):
+        registry.get("quantize.nncf").config_model(type="quantize.nncf", search="nncf")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+import numpy as np
+from pydantic import Field, model_validator
 
 from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
-from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, Validation
 from edgecraft.compress.cpu import int8_saturates
 from edgecraft.compress.registry import register
 
@@ -96,6 +98,19 @@ class NncfQuantizationConfig(AccuracyAwareOptions):
             return self.overflow_fix
         return "enable" if int8_saturates() else "first_layer_only"
 
+    search: Literal["edgecraft", "nncf"] = Field(
+        "edgecraft",
+        description="With max_drop: 'edgecraft', the search every int8 pass shares (one ranking and record for "
+        "all runtimes); 'nncf', NNCF's own quantize_with_accuracy_control (it reverts groups of quantizers, "
+        "residual Adds included, ranked by its own measure), judged by the same evaluator on the calibration split.",
+    )
+
+    @model_validator(mode="after")
+    def _nncf_search_needs_a_budget(self) -> NncfQuantizationConfig:
+        if self.search == "nncf" and self.max_drop is None:
+            raise ValueError("search: nncf is NNCF's accuracy-aware quantization: it needs max_drop")
+        return self
+
     fast_bias_correction: bool = Field(
         True,
         description=(
@@ -119,7 +134,11 @@ class NncfQuantization(Pass[NncfQuantizationConfig]):
     def apply(self, artifact: Artifact, config: NncfQuantizationConfig, context: PassContext) -> PassOutcome:
         samples = context.calibration.head(config.calibration_samples).samples()
         fmt = OpenVinoInt8(artifact, samples, config)
-        path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
+        control: dict[str, Any] | None
+        if config.search == "nncf":
+            path, control = fmt.nncf_search(context.validation, context.work_dir)
+        else:
+            path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
         output = context.work_dir / "model.xml"
         for source, target in ((path, output), (path.with_suffix(".bin"), output.with_suffix(".bin"))):
             shutil.copyfile(source, target)
@@ -174,6 +193,68 @@ class OpenVinoInt8(Int8Format):
         out_dir.mkdir(parents=True, exist_ok=True)
         return _save(quantized, out_dir / "model.xml", compress_to_fp16=False)
 
+    def nncf_search(self, validation: Validation | None, work_dir: Path) -> tuple[Path, dict[str, Any]]:
+        """NNCF's ``quantize_with_accuracy_control`` with the recipe's evaluator on the calibration split, and the
+        same record as the shared search (its float layers: those the all-int8 model quantizes and it does not)."""
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        if validation is None:
+            raise ValueError("search: nncf needs the recipe's evaluator and calibration split (run it from a recipe)")
+        config = self.config
+        data = validation.data
+
+        feeds = data.samples()
+        per_call = data.layout.per_call
+        position = {_content(feed): index for index, feed in enumerate(feeds)}
+
+        def validate(compiled: Any, samples: Any) -> tuple[float, None]:
+            """NNCF validates on subsets while it ranks: score the samples it passed against their own rows."""
+            given = list(samples)
+            rows = np.concatenate([np.arange(per_call) + per_call * position[_content(feed)] for feed in given])
+            reference = {name: array[rows] for name, array in validation.reference.items()}
+            targets = None if data.targets is None else data.targets[rows]
+            return float(validation.score_fn(_run_compiled(compiled, given), reference, targets)), None
+
+        nncf.set_log_level(logging.WARNING)
+        quantized = nncf.quantize_with_accuracy_control(
+            _read(self.artifact),
+            nncf.Dataset(self.samples),
+            nncf.Dataset(feeds),
+            validate,
+            max_drop=config.max_drop or 0.0,
+            preset=nncf.QuantizationPreset(config.preset),
+            subset_size=len(self.samples),
+            fast_bias_correction=config.fast_bias_correction,
+            advanced_quantization_parameters=AdvancedQuantizationParameters(
+                overflow_fix=OverflowFix(config.overflow())
+            ),
+            **({"model_type": nncf.ModelType.TRANSFORMER} if config.model_type == "transformer" else {}),
+        )
+        out_dir = work_dir / "nncf-accuracy-control"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = _save(quantized, out_dir / "model.xml", compress_to_fp16=False)
+        all_int8 = self.quantize([], work_dir / "all-int8")
+        layers = self.layers(all_int8)
+        still = {layer.name for layer in self.layers(path)}
+        float_layers = [layer for layer in layers if layer.name not in still]
+        fp32 = validation.score(validation.reference)
+        final_outputs = self.run(path, data)
+        final = validation.score(final_outputs)
+        return path, {
+            "metric": validation.metric,
+            "max_drop": config.max_drop,
+            "measure": "NNCF quantize_with_accuracy_control's own ranking (not recorded per layer)",
+            "fp32": fp32,
+            "all_int8": validation.score(self.run(all_int8, data)),
+            "final": final,
+            "final_interval": validation.interval(final_outputs),
+            "met": final >= fp32 - (config.max_drop or 0.0) - 1e-9,
+            "layers": len(layers),
+            "float_layers": [layer.name for layer in float_layers],
+            "float_op_types": dict(Counter(layer.op_type for layer in float_layers)),
+        }
+
     def layers(self, quantized: Path) -> list[Layer]:
         """Every operation that reads a FakeQuantize output or int8 weights: the plugin runs it in int8."""
         return [
@@ -212,6 +293,23 @@ class OpenVinoInt8(Int8Format):
         if self._float_ops is None:
             self._float_ops = {op.get_friendly_name(): op for op in _read(self.artifact).get_ordered_ops()}
         return self._float_ops.get(name)
+
+
+def _content(feed: dict[str, Any]) -> bytes:
+    """A feed's identity by content (NNCF hands back the feeds, not their indices)."""
+    return b"".join(name.encode() + feed[name].tobytes() for name in sorted(feed))
+
+
+def _run_compiled(compiled: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every output by name of an OpenVINO compiled model over ``samples`` (one call each), joined on axis 0: what
+    NNCF hands its validation function, run the way the evaluator expects outputs."""
+    request = compiled.create_infer_request()
+    per_output: dict[str, list[Any]] = {}
+    for sample in samples:
+        result = request.infer(sample)
+        for port, value in result.items():
+            per_output.setdefault(port.get_any_name(), []).append(np.array(value))
+    return {name: np.concatenate(values) for name, values in per_output.items()}
 
 
 # Operations that only move data: NNCF quantizes the operation that reads them (e.g. the MatMul after a Reshape)
