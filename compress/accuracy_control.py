@@ -127,6 +127,8 @@ class Int8Format(ABC):
     runs it (models run through the same ``targets`` code as the benchmark)."""
 
     target: str
+    # What the layers kept in float compute in (f32 unless the format runs them in bf16 or fp16).
+    float_precision: str = "f32"
     # How ``rank`` scores a layer, in words, for the report (a higher score: a more sensitive layer).
     measure: str = (
         "share of the int8 model's output error (relative L2², against fp32) removed by keeping only "
@@ -277,6 +279,7 @@ def search(
             "met": budget is None or final >= budget - _EPSILON,
             "layers": len(layers),
             "float_layers": float_layers,
+            "float_precision": fmt.float_precision,
             "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
             "sensitivity": [
                 {

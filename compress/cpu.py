@@ -19,3 +19,16 @@ def int8_saturates() -> bool:
 
     info = cpu_info()
     return info["machine"].lower() in ("x86_64", "amd64") and not VNNI_FLAGS & set(info.get("flags", []))
+
+
+# bf16 arithmetic in hardware: AMX or AVX-512 BF16 on x86, the BF16 extension on Arm (OpenVINO's CPU plugin runs
+# bf16 only there and silently computes in f32 elsewhere).
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+@cache
+def has_bf16() -> bool:
+    """True where the CPU computes bf16 natively, so that float layers kept in bf16 are faster than in f32."""
+    from edgecraft.core.cpu import cpu_info
+
+    return bool(BF16_FLAGS & set(cpu_info().get("flags", [])))

@@ -337,3 +337,33 @@ def test_nncf_search_needs_a_budget() -> None:
 
     with pytest.raises(ValidationError, match="search: nncf is NNCF's accuracy-aware quantization: it needs max_drop"):
         registry.get("quantize.nncf").config_model(type="quantize.nncf", search="nncf")
+
+
+def test_layers_kept_in_float_run_in_bf16_where_the_cpu_computes_it(digits_cnn, tmp_path: Path) -> None:
+    """float_precision: bf16 judges every trial in bf16 and names bf16 in the IR, so the row runs what was judged;
+    on a CPU without bf16 the pass refuses in one line instead of measuring f32 under a bf16 label."""
+    from edgecraft.compress.cpu import has_bf16
+    from edgecraft.core.errors import EdgecraftError
+    from edgecraft.targets import registry as targets
+
+    step = registry.get("quantize.nncf")
+    context = PassContext(
+        train=digits_cnn["splits"].train,
+        calibration=digits_cnn["splits"].calibration,
+        evaluation=EvaluationSplit(),
+        work_dir=tmp_path,
+        validation=relative_error_validation(digits_cnn),
+    )
+    config = step.config_model(type="quantize.nncf", first_last_float=True, float_precision="bf16")
+    if not has_bf16():
+        with pytest.raises(EdgecraftError, match="float_precision: bf16 needs a CPU that computes bf16"):
+            step.apply(digits_cnn["onnx"], config, context)
+        return
+    outcome = step.apply(digits_cnn["onnx"], config, context)
+    control = AccuracyControl.model_validate(outcome.details["accuracy_control"])
+    assert control.float_precision == "bf16" and len(control.float_layers) == 2
+    target = targets.get("openvino")
+    session = target.load(outcome.artifact.path, "cpu", 1, target.options_model())
+    assert str(session.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+    explicit = target.load(outcome.artifact.path, "cpu", 1, target.options_model(inference_precision="f32"))
+    assert str(explicit.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"

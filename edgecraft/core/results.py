@@ -313,6 +313,7 @@ class AccuracyControl(StrictModel):
     met: bool = Field(description="Whether final ≥ fp32 − max_drop.")
     layers: int = Field(description="Quantizable layers in the model.")
     float_layers: list[str] = Field([], description="Layers kept in float in the returned model.")
+    float_precision: str = Field("f32", description="What the layers kept in float compute in: f32, or bf16.")
     float_op_types: dict[str, int] = Field({}, description="Op types of the layers kept in float, counted.")
     latency_ratio: float | None = Field(
         None,

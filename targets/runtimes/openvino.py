@@ -19,10 +19,12 @@ PLUGINS = {"cpu": "CPU", "arm": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 class OpenVinoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inference_precision: Literal["f32", "bf16", "f16", "plugin-default"] = Field(
-        "f32",
-        description="INFERENCE_PRECISION_HINT. f32 by default so that fp32 rows are fp32: on CPUs with AMX the "
-        "CPU plugin otherwise runs fp32 IR in bf16. The precision that actually ran is recorded.",
+    inference_precision: Literal["f32", "bf16", "f16", "plugin-default"] | None = Field(
+        None,
+        description="INFERENCE_PRECISION_HINT. Unset: f32, so that fp32 rows are fp32 (on CPUs with AMX or AVX-512 "
+        "BF16 the CPU plugin otherwise runs fp32 IR in bf16), unless the IR names its own precision in its runtime "
+        "options (quantize.nncf with float_precision: bf16 does, for the layers it keeps in float). The precision "
+        "that actually ran is recorded.",
     )
 
 
@@ -78,9 +80,12 @@ class OpenVino(Target[OpenVinoSession, OpenVinoOptions]):
             config["PERF_COUNT"] = True
         if PLUGINS[device] == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
-        if options.inference_precision != "plugin-default":
-            config["INFERENCE_PRECISION_HINT"] = options.inference_precision
-        compiled = openvino.Core().compile_model(str(path), PLUGINS[device], config)
+        core = openvino.Core()
+        model = core.read_model(str(path))
+        precision = options.inference_precision or declared_precision(model) or "f32"
+        if precision != "plugin-default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        compiled = core.compile_model(model, PLUGINS[device], config)
         return OpenVinoSession(compiled, compiled.create_infer_request())
 
     def run(self, session: OpenVinoSession, feeds: Feeds) -> Feeds:
@@ -145,6 +150,16 @@ class OpenVino(Target[OpenVinoSession, OpenVinoOptions]):
 
 _INTEGER = ("i8", "u8", "i4", "u4", "int8", "uint8")
 _FLOAT = ("f32", "fp32", "bf16", "f16", "fp16")
+
+
+# Where an IR names the precision its float ops should run in (OpenVINO reads it as a compile option).
+PRECISION_RT_INFO = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+
+
+def declared_precision(model: Any) -> str | None:
+    """The inference precision an IR's runtime options name, e.g. bf16 for an int8 model whose float layers were
+    chosen to run in bf16; None when it names none."""
+    return model.get_rt_info(PRECISION_RT_INFO).astype(str) if model.has_rt_info(PRECISION_RT_INFO) else None
 
 
 def exec_precision(exec_type: str) -> str | None:
