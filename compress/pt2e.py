@@ -23,10 +23,17 @@ from edgecraft.core.signature import Signature
 def capture(model: Any, signature: Signature) -> Any:
     """``model`` as an exported graph module with its symbolic axes dynamic (what PT2E quantizers take)."""
     import torch
+    from torch.export import Dim
 
     from edgecraft.compress.torch_io import dynamic_shapes, example_inputs
 
-    program = torch.export.export(model, example_inputs(signature), dynamic_shapes=dynamic_shapes(model, signature))
+    # Only the batch axis keeps the exporter's range: the model's own limits bound the others (MiniLM's 512
+    # positions contradict a fixed maximum of 4096, and torch.export refuses the model for it).
+    shapes = {
+        argument: {axis: dim if axis == 0 else Dim.DYNAMIC for axis, dim in axes.items()}
+        for argument, axes in dynamic_shapes(model, signature).items()
+    }
+    program = torch.export.export(model, example_inputs(signature), dynamic_shapes=shapes)
     return program.module()
 
 

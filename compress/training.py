@@ -1,4 +1,4 @@
-"""The supervised training loop shared by the reference models and every training-based pass."""
+"""The training loop shared by the reference models and every training-based pass."""
 
 from __future__ import annotations
 
@@ -74,29 +74,47 @@ def fit(
     loss_fn: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], torch.Tensor],
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """The shared loop: ``loss_fn(scores, inputs, labels)`` lets distillation add its teacher term."""
+    """The supervised loop: ``loss_fn(scores, inputs, labels)`` lets distillation add its teacher term."""
+    inputs, labels = tensors(data.inputs, signature), torch.from_numpy(np.asarray(data.targets)).long()
+
+    def batch_loss(batch: list[torch.Tensor]) -> torch.Tensor:
+        *xb, yb = batch
+        return loss_fn(first_output(model, xb, signature), xb, yb)
+
+    return optimise(model, [*inputs, labels], config, batch_loss, on_epoch)
+
+
+def optimise(
+    model: nn.Module,
+    arrays: list[torch.Tensor],
+    config: TrainingConfig,
+    batch_loss: Callable[[list[torch.Tensor]], torch.Tensor],
+    on_epoch: Callable[[int, float], bool | None] | None = None,
+) -> nn.Module:
+    """The shared loop over ``arrays`` (sample-aligned: inputs, and labels where a loss needs them), shuffled
+    together each epoch; ``on_epoch(epoch, mean loss)`` returning True stops early (it may evaluate the model:
+    training mode is set again at each epoch's start)."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    inputs, labels = tensors(data.inputs, signature), torch.from_numpy(np.asarray(data.targets)).long()
+    count = len(arrays[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    steps_per_epoch = math.ceil(count / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch)
     )
-    model.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
+        model.train()
+        order = torch.randperm(count, generator=generator)
         total = 0.0
-        for start in range(0, len(labels), config.batch_size):
+        for start in range(0, count, config.batch_size):
             idx = order[start : start + config.batch_size]
-            batch, yb = [tensor[idx] for tensor in inputs], labels[idx]
-            loss = loss_fn(first_output(model, batch, signature), batch, yb)
+            loss = batch_loss([array[idx] for array in arrays])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += loss.item() * len(idx)
-        if on_epoch:
-            on_epoch(epoch + 1, total / len(labels))
+        if on_epoch and on_epoch(epoch + 1, total / count):
+            break
     model.eval()
     return model
