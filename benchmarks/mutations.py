@@ -76,6 +76,33 @@ MUTATIONS = (
         "        step.name,\n",
         ("tests/test_step_cache_safety.py",),
     ),
+    Mutation(
+        "float-layers-read-rounded",
+        "ONNX Runtime's layers kept in float still read their producers' rounded int8 outputs",
+        "compress/passes/onnx_quantization.py",
+        "            _read_float_inputs(output, float_layers)\n",
+        "            pass\n",
+        ("tests/test_accuracy_control.py::test_an_onnxruntime_layer_kept_in_float_reads_unrounded_inputs",),
+    ),
+    Mutation(
+        "all-float-unchecked",
+        "an accuracy-aware search that never checks that every op in float is fp32",
+        "compress/accuracy_control.py",
+        "    if abs(judgement.metric - fp32) > _FLOAT_METRIC or judgement.error > _FLOAT_ERROR:\n",
+        "    if False:\n",
+        ("tests/test_accuracy_control.py::test_a_fallback_that_cannot_reach_fp32_fails_naming_what_stayed_quantized",),
+    ),
+    Mutation(
+        "qat-untrained",
+        "QAT that never trains (the fake-quantized model is converted as prepared)",
+        "compress/passes/qat.py",
+        "        optimise(prepared, [*inputs, *teacher_arrays, *labels], training, batch_loss, after_epoch)\n",
+        "        pass\n",
+        (
+            "tests/test_qat_distillation.py::"
+            "test_self_distillation_recovers_what_static_ptq_loses_on_a_two_output_model_without_labels",
+        ),
+    ),
 )
 
 
