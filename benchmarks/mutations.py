@@ -93,6 +93,14 @@ MUTATIONS = (
         ("tests/test_accuracy_control.py::test_a_fallback_that_cannot_reach_fp32_fails_naming_what_stayed_quantized",),
     ),
     Mutation(
+        "rounding-not-learned",
+        "weight rounding that ignores what it learned (round to nearest)",
+        "compress/passes/weight_rounding.py",
+        "    return torch.where(pinned, scaled.round().clamp(-qmax, qmax), learned)\n",
+        "    return scaled.round().clamp(-qmax, qmax)\n",
+        ("tests/test_weight_rounding.py::test_learned_rounding_lowers_the_output_error_of_a_trained_layer",),
+    ),
+    Mutation(
         "qat-untrained",
         "QAT that never trains (the fake-quantized model is converted as prepared)",
         "compress/passes/qat.py",
