@@ -102,10 +102,10 @@ MUTATIONS = (
     ),
     Mutation(
         "qat-untrained",
-        "QAT that never trains (the fake-quantized model is converted as prepared)",
+        "QAT whose optimiser does not move the weights (learning rate 1e-12)",
         "compress/passes/qat.py",
-        "        optimise(prepared, [*inputs, *teacher_arrays, *labels], training, batch_loss, after_epoch)\n",
-        "        pass\n",
+        "TrainingConfig(epochs=config.epochs, lr=config.lr,",
+        "TrainingConfig(epochs=config.epochs, lr=1e-12,",
         (
             "tests/test_qat_distillation.py::"
             "test_self_distillation_recovers_what_static_ptq_loses_on_a_two_output_model_without_labels",

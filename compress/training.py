@@ -90,10 +90,12 @@ def optimise(
     config: TrainingConfig,
     batch_loss: Callable[[list[torch.Tensor]], torch.Tensor],
     on_epoch: Callable[[int, float], bool | None] | None = None,
+    train_mode: bool = True,
 ) -> nn.Module:
     """The shared loop over ``arrays`` (sample-aligned: inputs, and labels where a loss needs them), shuffled
     together each epoch; ``on_epoch(epoch, mean loss)`` returning True stops early (it may evaluate the model:
-    training mode is set again at each epoch's start)."""
+    the mode is set again at each epoch's start). ``train_mode`` False learns in eval mode: BatchNorm keeps its
+    running statistics and dropout stays off."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     count = len(arrays[0])
@@ -103,7 +105,7 @@ def optimise(
         optimizer, max_lr=config.lr, total_steps=max(1, config.epochs * steps_per_epoch)
     )
     for epoch in range(config.epochs):
-        model.train()
+        model.train(train_mode)
         order = torch.randperm(count, generator=generator)
         total = 0.0
         for start in range(0, count, config.batch_size):

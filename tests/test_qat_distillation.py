@@ -206,6 +206,7 @@ def test_early_stopping_records_every_epoch_and_keeps_the_best(digits_cnn: dict,
     assert written > details["metric_per_epoch"][0] + 0.2
 
 
+@pytest.mark.slow  # a whole QAT run (a minute on 2 cores) for one branch of the early stopping
 def test_without_an_evaluator_it_stops_on_the_distillation_loss_and_says_so(digits_cnn: dict, tmp_path) -> None:
     context = unlabelled(digits_cnn, digits_cnn["torch"], None)
     outcome = apply("quantize.qat", digits_cnn["torch"], {"context": context}, tmp_path, epochs=2, lr=0.5, patience=1)
