@@ -166,11 +166,15 @@ class Int8Format(ABC):
             progress(index + 1)
         return judged
 
-    def run(self, path: Path, data: Dataset) -> dict[str, np.ndarray]:
+    # The float model handed to the format (what every op in float must reproduce) and the target that runs it:
+    # after weight rounding or bias correction it is not the recipe's fp32 model. None: the recipe's fp32 model.
+    float_source: tuple[Path, str] | None = None
+
+    def run(self, path: Path, data: Dataset, target_name: str | None = None) -> dict[str, np.ndarray]:
         """Every output by name for ``data``'s inputs, in batches the model takes, on every core."""
         from edgecraft.targets import feeds, registry
 
-        target = registry.get(self.target)
+        target = registry.get(target_name or self.target)
         session = target.load(path, "cpu", os.cpu_count() or 1, target.options_model())
         return feeds.concatenate(target.run_batches(session, data.inputs, _BATCH, data.layout))
 
@@ -227,7 +231,7 @@ def search(
     all_float = None
     if needs_search or options.sensitivity:
         progress("accuracy-aware int8: every quantized op in float (must be fp32)", 0, 1)
-        all_float = _all_float_trial(fmt, layers, judge, fp32, validation.metric, work_dir)
+        all_float = _all_float_trial(fmt, layers, validation, work_dir)
         judged = fmt.rank(
             start,
             candidates,
@@ -314,27 +318,30 @@ def search(
     return chosen, record
 
 
-def _all_float_trial(
-    fmt: Int8Format,
-    layers: list[Layer],
-    judge: Callable[[Path], Judgement],
-    fp32: float,
-    metric: str,
-    work_dir: Path,
-) -> dict[str, Any]:
-    """The format's model with every candidate op in float, which must be the fp32 model: if it is not, a
-    quantizer the search cannot reach (a residual Add's, a pooling's, the graph input's) carries error that no
-    number of float layers removes, and the search would climb towards the wrong ceiling. Fails naming them."""
+def _all_float_trial(fmt: Int8Format, layers: list[Layer], validation: Validation, work_dir: Path) -> dict[str, Any]:
+    """The format's model with every candidate op in float, which must be the float model the pass was handed: if
+    it is not, a quantizer the search cannot reach (a residual Add's, a pooling's, the graph input's) carries error
+    that no number of float layers removes, and the search would climb towards the wrong ceiling. Fails naming
+    them. The trial's metric and error are against fp32, like every trial's."""
     path = fmt.quantize([layer.name for layer in layers], work_dir / "all-float")
-    judgement = judge(path)
-    if abs(judgement.metric - fp32) > _FLOAT_METRIC or judgement.error > _FLOAT_ERROR:
+    outputs = fmt.run(path, validation.data)
+    if fmt.float_source is None:
+        ceiling, handed = validation.reference, "fp32"
+    else:
+        ceiling, handed = (
+            fmt.run(fmt.float_source[0], validation.data, fmt.float_source[1]),
+            "the float model handed in",
+        )
+    metric, expected = validation.score(outputs), validation.score(ceiling)
+    error = output_error(outputs, ceiling)
+    if abs(metric - expected) > _FLOAT_METRIC or error > _FLOAT_ERROR:
         left = fmt.quantized_ops(path)
         raise FallbackIncomplete(
-            f"{fmt.target}: with all {len(layers)} quantized ops kept in float the model is not fp32 ({metric} "
-            f"{judgement.metric:.4f} against {fp32:.4f}, output error {judgement.error:.2e} against at most "
+            f"{fmt.target}: with all {len(layers)} quantized ops kept in float the model is not {handed} "
+            f"({validation.metric} {metric:.4f} against {expected:.4f}, output error {error:.2e} against at most "
             f"{_FLOAT_ERROR:g}); still quantized: " + (", ".join(left[:10]) or "no op the format reports")
         )
-    return {"float_layers": len(layers), "metric": judgement.metric, "error": judgement.error}
+    return {"float_layers": len(layers), "metric": metric, "error": output_error(outputs, validation.reference)}
 
 
 def _ranking_agreement(trials: list[dict[str, Any]]) -> float | None:

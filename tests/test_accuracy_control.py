@@ -139,6 +139,23 @@ def test_a_fallback_that_cannot_reach_fp32_fails_naming_what_stayed_quantized(tm
         search(HiddenQuantizer(), synthetic_validation(), options(max_drop=0.01), tmp_path, lambda *_: None)
 
 
+class CorrectedFloat(SyntheticFormat):
+    """A format handed a float model that is not the recipe's fp32 (bias-corrected before the pass): every model it
+    makes, the all-float one included, sits 0.03 below fp32, and that is its ceiling, not a hidden quantizer."""
+
+    def run(self, path: Path, data: Dataset, target_name: str | None = None) -> dict[str, np.ndarray]:
+        return {"score": super().run(path, data)["score"] - 0.03}
+
+
+def test_the_all_float_model_is_checked_against_the_float_model_the_pass_was_handed(tmp_path: Path) -> None:
+    fmt = CorrectedFloat()
+    fmt.float_source = (fmt.quantize([layer.name for layer in LAYERS], tmp_path / "handed"), "none")
+    _, record = search(fmt, synthetic_validation(), options(max_drop=0.1), tmp_path, lambda *_: None)
+    control = AccuracyControl.model_validate(record)
+    assert control.all_float is not None and control.all_float.metric == pytest.approx(0.97)
+    assert control.met and control.trials[-1].metric >= 0.9
+
+
 def test_the_bootstrap_interval_spans_the_metric_of_a_split_that_disagrees_in_places() -> None:
     from edgecraft.bench.evaluators import EvaluatorSpec
     from edgecraft.preparation import validation_for

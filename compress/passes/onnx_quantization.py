@@ -197,6 +197,7 @@ class OnnxRuntimeInt8(Int8Format):
         self, float_model: Path, samples: list[dict[str, np.ndarray]], config: StaticQuantizationConfig
     ) -> None:
         self.float_model = float_model
+        self.float_source = (float_model, "onnxruntime")
         self.samples = samples
         self.config = config
         self._quantized: tuple[Path, Any] | None = None

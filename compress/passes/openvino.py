@@ -181,6 +181,7 @@ class OpenVinoInt8(Int8Format):
     def __init__(self, artifact: Artifact, samples: list[dict], config: NncfQuantizationConfig) -> None:
         self.float_precision = config.float_precision
         self.artifact = artifact
+        self.float_source = (artifact.path, "openvino") if artifact.path else None
         self.samples = samples
         self.config = config
         self._float_ops: dict[str, Any] | None = None
@@ -237,7 +238,8 @@ class OpenVinoInt8(Int8Format):
             rows = np.concatenate([np.arange(per_call) + per_call * position[_content(feed)] for feed in given])
             reference = {name: array[rows] for name, array in validation.reference.items()}
             targets = None if data.targets is None else data.targets[rows]
-            return float(validation.score_fn(_run_compiled(compiled, given), reference, targets)), None
+            outputs = _run_compiled(compiled, given, set(reference))
+            return float(validation.score_fn(outputs, reference, targets)), None
 
         nncf.set_log_level(logging.WARNING)
         quantized = nncf.quantize_with_accuracy_control(
@@ -324,15 +326,16 @@ def _content(feed: dict[str, Any]) -> bytes:
     return b"".join(name.encode() + feed[name].tobytes() for name in sorted(feed))
 
 
-def _run_compiled(compiled: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every output by name of an OpenVINO compiled model over ``samples`` (one call each), joined on axis 0: what
-    NNCF hands its validation function, run the way the evaluator expects outputs."""
+def _run_compiled(compiled: Any, samples: list[dict[str, Any]], names: set[str]) -> dict[str, Any]:
+    """Every output of an OpenVINO compiled model over ``samples`` (one call each), joined on axis 0 and named by
+    the one of its port's names in ``names`` (a port has several, and get_any_name() may pick another)."""
     request = compiled.create_infer_request()
     per_output: dict[str, list[Any]] = {}
     for sample in samples:
         result = request.infer(sample)
         for port, value in result.items():
-            per_output.setdefault(port.get_any_name(), []).append(np.array(value))
+            name = next((name for name in port.get_names() if name in names), port.get_any_name())
+            per_output.setdefault(name, []).append(np.array(value))
     return {name: np.concatenate(values) for name, values in per_output.items()}
 
 

@@ -354,6 +354,7 @@ class TfliteConversion(Pass[TfliteConversionConfig]):
         folder = saved_model(converted, calibration, context.cache_dir or context.work_dir, keep)
         fmt = TfliteInt8(folder, calibration, config, names, _nchw_inputs(signature))
         fmt.reference = (source, context.calibration.head(1).samples()[0])
+        fmt.float_source = (source, "onnxruntime")
         output = context.work_dir / "model.tflite"
         control = None
         if config.quantization == "int8" and config.accuracy_aware():
@@ -479,6 +480,20 @@ class TfliteInt8(Int8Format):
 
     def layers(self, quantized: Path) -> list[Layer]:
         return [Layer(row["tensor_name"], row["op_name"]) for row in self._statistics()]
+
+    def quantized_ops(self, path: Path) -> list[str]:
+        """The ops of the file at ``path`` that read an int8 tensor (the debugger's layer list is the all-int8
+        model's, whatever file is asked about)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        dtypes = {detail["index"]: detail["dtype"] for detail in interpreter.get_tensor_details()}
+        return [
+            f"{op['op_name']} #{op['index']}"
+            for op in interpreter._get_ops_details()
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+            and any(dtypes.get(index) in (np.int8, np.uint8) for index in op["inputs"] if index >= 0)
+        ]
 
     def rank(
         self,
