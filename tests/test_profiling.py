@@ -413,10 +413,10 @@ def test_the_sensitivity_panel_lists_the_most_sensitive_layers_and_what_stayed_f
     assert panel.count('<tr><td class="num">') == 10  # the ten most sensitive, in rank order
     assert panel.index("/features/conv-0<") < panel.index("/features/conv-9<") and "/features/conv-10<" not in panel
     assert "4 less sensitive layer(s) not shown" in panel
-    assert "Kept in float: <code>/features/conv-0</code>, <code>/features/conv-1</code>" in panel
+    assert "Kept in float (f32): <code>/features/conv-0</code>, <code>/features/conv-1</code>" in panel
     assert "0 in float → 90.00 % · 2 in float → 96.50 %" in panel
     history = page[page.index('id="passes"') : page.index('id="sensitivity"')]
-    assert "2 of 14 (Conv ×1, Gemm ×1)" in history and "speed cost 1.15× the all-int8 latency" in history
+    assert "2 of 14 in f32 (Conv ×1, Gemm ×1)" in history and "speed cost 1.15× the all-int8 latency" in history
     check_results(results, "controlled")
 
 
