@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs (--inputs) or synthetic ones drawn from its signature, and write a run folder with "
         "results.json and report.html.",
     )
-    bench.add_argument("model", type=Path, help="model file: .onnx, .xml (OpenVINO IR, .bin beside it) or .tflite")
+    bench.add_argument(
+        "model", type=Path, help="model file: .onnx, .xml (OpenVINO IR, .bin beside it), .tflite or .pte (ExecuTorch)"
+    )
     bench.add_argument(
         "--target",
         action="append",

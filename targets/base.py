@@ -96,6 +96,10 @@ class Target(ABC, Generic[Session, Options]):
             raise ValueError(f"{runnable.name}: not a model file edgecraft knows ({', '.join(formats.suffixes())})")
         return fmt.files(runnable)
 
+    def verify(self, path: Path) -> None:
+        """Raise ``ValueError`` when the file fails the runtime's own check of its structure (the agent refuses
+        such an upload before queueing it); runtimes without a check of their own accept every file."""
+
     @abstractmethod
     def load(self, path: Path, device: str, threads: int, options: Options) -> Session:
         """Load (and compile) the model for ``device`` with ``threads`` intra-op threads."""

@@ -364,6 +364,7 @@ class Agent:
             check_format(manifest.model.format, model_files)
             if manifest.model.format == "onnx":
                 check_no_external_data(model_files[0], self.jobs / job_id)
+            target.verify(model_files[0])
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"model: {exc}") from None
         limits = ArrayLimits(
