@@ -1,0 +1,257 @@
+"""PyTorch → ExecuTorch: one ``.pte`` program whose supported ops run in the XNNPACK delegate, in fp32, fp16 or int8.
+
+``torch.export`` captures the model with every symbolic axis dynamic up to an upper bound, and ExecuTorch plans
+each tensor's memory for the elements those bounds allow: a call whose tensor holds more fails, while one past an
+axis's bound whose tensor still fits (a longer sequence in a smaller batch) runs. The note beside the program
+(``write_note``) records the signature and the bounds for the runtime target. int8 goes through torchao's PT2E
+flow with XNNPACK's own quantizer (``prepare_pt2e`` → calibrate → ``convert_pt2e``), which annotates what
+XNNPACK's int8 kernels take.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from edgecraft.compress.base import Artifact, Dataset, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.registry import register
+from edgecraft.core.errors import EdgecraftError
+from edgecraft.core.formats.executorch import write_note
+from edgecraft.core.signature import Signature, TensorSpec
+
+# Samples per calibration call (at most ``max_batch``: the captured graph refuses more).
+CALIBRATION_BATCH = 32
+# Namespace of the quantize / dequantize ops around each int8 op: bookkeeping, not compute.
+QDQ_NAMESPACE = "quantized_decomposed."
+
+
+class ExecuTorchConfig(PassConfig):
+    """What the program computes in, and the largest inputs it takes (ExecuTorch plans its memory for them)."""
+
+    type: Literal["convert.executorch"] = "convert.executorch"
+    quantization: Literal["none", "fp16", "int8", "dynamic-int8"] = Field(
+        "none",
+        description="'none': fp32; 'fp16': fp16 compute, float32 inputs and outputs (XNNPACK keeps convolution "
+        "weights float32 in the file and converts them when loading: a conv net's file shrinks little); 'int8': "
+        "int8 per-channel weights and per-tensor activations calibrated on the calibration split (XNNPACK "
+        "quantizer); 'dynamic-int8': int8 per-channel weights, activations quantized at each call (XNNPACK "
+        "quantizer): for transformers' Linear layers.",
+    )
+    calibration_samples: int = Field(200, gt=0, description="With 'int8': calibration-split samples observed.")
+    max_batch: int = Field(
+        64, gt=0, description="The batch axis's upper bound: a call with more samples fails (memory is planned for it)."
+    )
+    upper_bounds: dict[str, PositiveInt] = Field(
+        {},
+        description="An upper bound per other symbolic axis, by name (e.g. {sequence: 128}). An axis not named "
+        "here gets the largest size it has in the data splits.",
+    )
+
+    @field_validator("upper_bounds")
+    @classmethod
+    def _batch_is_max_batch(cls, bounds: dict[str, int]) -> dict[str, int]:
+        if "batch" in bounds:
+            raise ValueError("the batch axis's bound is max_batch, not upper_bounds")
+        return bounds
+
+
+@register
+class ExecuTorchConversion(Pass[ExecuTorchConfig]):
+    config_model = ExecuTorchConfig
+    input_formats = ("torch",)
+    output_format = "executorch"
+    libraries = ("executorch", "torchao", "torch")
+
+    def is_lossless(self, config: ExecuTorchConfig) -> bool:
+        return config.quantization == "none"
+
+    def apply(self, artifact: Artifact, config: ExecuTorchConfig, context: PassContext) -> PassOutcome:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        signature = artifact.signature
+        bounds = upper_bounds(signature, config, [context.train, context.calibration, context.evaluation])
+        examples, shapes = _examples_and_shapes(signature, bounds)
+        model = artifact.model.eval()
+        details: dict[str, Any] = {"quantization": config.quantization, "upper_bounds": bounds}
+        if config.quantization == "fp16":
+            model = _in_fp16(model)
+        program = _export(model, examples, shapes)
+        if config.quantization in ("int8", "dynamic-int8"):
+            # dynamic-int8 observes only the weights, which one sample runs through.
+            count = config.calibration_samples if config.quantization == "int8" else 1
+            calibration = context.calibration.head(count)
+            program = _export(_quantized(program, config, calibration, signature), examples, shapes)
+            if config.quantization == "int8":
+                details["calibration_samples"] = len(calibration)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(configs=_partitioner_configs())])
+        details.update(delegation(lowered.exported_program().graph_module))
+        path = context.work_dir / "model.pte"
+        path.write_bytes(lowered.to_executorch().buffer)
+        write_note(path, signature, bounds)
+        details["size_bytes"] = path.stat().st_size
+        return PassOutcome(Artifact("executorch", signature, path=path), details)
+
+
+def _axis_in_data(spec: TensorSpec, axis: int) -> int:
+    """Where the model's ``axis`` of input ``spec`` is in the data's arrays, which hold one sample per index on
+    axis 0 (the model's batch axis, wherever it is)."""
+    return 1 + [index for index in range(len(spec.shape or [])) if index != spec.batch_axis].index(axis)
+
+
+def upper_bounds(signature: Signature, config: ExecuTorchConfig, splits: list[Dataset]) -> dict[str, int]:
+    """Every symbolic axis's upper bound by name: ``max_batch`` for the batch axis, else the recipe's, else the
+    largest size the axis has in the data. A bound below the data's would refuse the recipe's own samples."""
+    from edgecraft.compress.torch_io import symbolic_axes
+
+    axes = {name for spec in signature.inputs for name in symbolic_axes(spec).values()}
+    unknown = sorted(config.upper_bounds.keys() - axes)
+    if unknown:
+        raise ValueError(
+            f"convert.executorch upper_bounds: unknown axis {unknown}; the inputs' axes are {sorted(axes)}"
+        )
+    bounds: dict[str, int] = {}
+    for spec in signature.inputs:
+        for axis, name in symbolic_axes(spec).items():
+            if axis == spec.batch_axis:
+                bounds[name] = config.max_batch
+                continue
+            seen = [
+                split.inputs[spec.name].shape[_axis_in_data(spec, axis)]
+                for split in splits
+                if spec.name in split.inputs
+            ]
+            largest = max([*seen, bounds.get(name, 0)])
+            bound = config.upper_bounds.get(name, largest)
+            if not bound:
+                raise ValueError(
+                    f"convert.executorch: axis {name!r} of input {spec.name!r} has no upper bound: no data split "
+                    f"holds the input; set upper_bounds: {{{name}: N}}"
+                )
+            if bound < largest:
+                raise ValueError(
+                    f"convert.executorch upper_bounds: {name} {bound} is below the {largest} the data holds: the "
+                    "program would refuse the recipe's own samples"
+                )
+            bounds[name] = bound
+    return bounds
+
+
+def _examples_and_shapes(signature: Signature, bounds: dict[str, int]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Example inputs with every symbolic axis at its upper bound, and ``torch.export``'s dynamic shapes (one per
+    input, by position: ``forward`` takes the signature's inputs positionally, whatever it calls its arguments).
+
+    At the bound, not below it: lowering re-runs ops on the symbolic shapes and narrows an axis's range to what its
+    example size satisfies (the fake convolution's CPU backend choice, ``batch >= 16``, made a batch bound of 64
+    a planned 15 at an example batch of 2), and a range that keeps the bound keeps the memory planned for it. An
+    axis whose bound is 1 stays fixed (torch.export specialises size 1)."""
+    from torch.export import Dim
+
+    from edgecraft.compress.torch_io import example_inputs, symbolic_axes
+
+    dims = {name: Dim(re.sub(r"\W", "_", name), max=bound) for name, bound in bounds.items() if bound > 1}
+    shapes = tuple(
+        {axis: dims[name] for axis, name in symbolic_axes(spec).items() if name in dims} for spec in signature.inputs
+    )
+    at_bounds = []
+    for spec in signature.inputs:
+        names = symbolic_axes(spec)
+        shape = [bounds[names[axis]] if axis in names else dim for axis, dim in enumerate(spec.shape or [])]
+        at_bounds.append(spec.model_copy(update={"shape": shape}))
+    return example_inputs(signature.model_copy(update={"inputs": at_bounds})), shapes
+
+
+def _export(model: Any, examples: tuple[Any, ...], shapes: tuple[Any, ...]) -> Any:
+    """``torch.export.export``, its refusal said in one line with what to do."""
+    import torch
+
+    try:
+        return torch.export.export(model, examples, dynamic_shapes=shapes)
+    except Exception as exc:  # torch.export raises many types; the pass fails with its first line
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise EdgecraftError(
+            f"convert.executorch: torch.export could not capture the model ({type(exc).__name__}: {first[:300]}). "
+            "A branch or a shape that depends on input values needs torch.cond or a fixed shape; an axis the model "
+            "limits needs upper_bounds at most that limit (or a fixed size in the signature)"
+        ) from exc
+
+
+def _partitioner_configs() -> list[Any]:
+    """XNNPACK's partitioner configs, with PReLU delegated on 4-D (image) inputs only.
+
+    executorch 1.5.1's XNNPACK lowering assumes a PReLU's input can be made channels-last: a PReLU after a Linear
+    (a [batch, features] input, MTCNN's heads) fails the whole lowering ("Attempting to convert non-NHWC compatible
+    node to NHWC" in ChannelsLastTaggedReshapePass). Such a PReLU runs on the portable kernels instead (as
+    ``gt`` + ``where``); every other op is partitioned as XNNPACK's defaults say."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.node_configs import PreluConfig
+
+    class ImagePreluConfig(PreluConfig):
+        def check_constraints(self, node: Any, ep: Any) -> bool:
+            value = node.all_input_nodes[0].meta.get("val")
+            return value is not None and value.dim() == 4 and super().check_constraints(node, ep)
+
+    return [ImagePreluConfig if config is PreluConfig else config for config in ALL_PARTITIONER_CONFIGS]
+
+
+def _in_fp16(model: Any) -> Any:
+    """A half copy of ``model`` that takes and returns float32: float inputs are cast to half on the way in and
+    float outputs back to float32 on the way out, so the program's interface is the fp32 model's."""
+    import copy
+
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def cast(dtype: Any) -> Any:
+        return lambda value: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    half = copy.deepcopy(model).half()
+    half.register_forward_pre_hook(lambda module, inputs: tree_map(cast(torch.float16), inputs))
+    half.register_forward_hook(lambda module, inputs, outputs: tree_map(cast(torch.float32), outputs))
+    return half
+
+
+def _quantized(program: Any, config: ExecuTorchConfig, calibration: Dataset, signature: Signature) -> Any:
+    """The captured model with XNNPACK's int8 annotations, observed on ``calibration`` and converted."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgecraft.compress.torch_io import predict
+
+    if not len(calibration):
+        raise ValueError(f"convert.executorch quantization {config.quantization} needs calibration samples: none")
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=config.quantization == "dynamic-int8")
+    )
+    prepared = prepare_pt2e(program.module(), quantizer)
+    predict(prepared, calibration.inputs, signature, batch_size=min(CALIBRATION_BATCH, config.max_batch))
+    return convert_pt2e(prepared)
+
+
+def delegation(graph_module: Any) -> dict[str, Any]:
+    """What runs where in a lowered program: its XNNPACK calls, the compute ops inside them (quantize / dequantize
+    not counted) and the ops left to ExecuTorch's portable kernels, by name (size arithmetic, which the runtime
+    does itself, is no kernel)."""
+    from executorch.exir.dialects.edge._ops import EdgeOpOverload
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    def kernels(graph: Any) -> list[str]:
+        return [str(node.target.__name__) for node in graph.nodes if isinstance(node.target, EdgeOpOverload)]
+
+    lowered = [module for module in graph_module.children() if isinstance(module, LoweredBackendModule)]
+    delegated = [
+        name
+        for module in lowered
+        for name in kernels(module.original_module.graph)
+        if not name.startswith(QDQ_NAMESPACE)
+    ]
+    return {
+        "delegate_calls": len(lowered),
+        "delegated_ops": len(delegated),
+        "portable_ops": sorted(set(kernels(graph_module.graph))),
+    }
