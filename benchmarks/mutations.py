@@ -111,6 +111,14 @@ MUTATIONS = (
             "test_self_distillation_recovers_what_static_ptq_loses_on_a_two_output_model_without_labels",
         ),
     ),
+    Mutation(
+        "executorch-relu6-unfused",
+        "convert.executorch int8 with XNNPACK's quantizer alone (a ReLU6 shares its convolution's observer)",
+        "compress/passes/executorch.py",
+        "quantizer = (XNNPACKQuantizer() if dynamic else _clamp_fusing_quantizer())",
+        "quantizer = (XNNPACKQuantizer() if dynamic else XNNPACKQuantizer())",
+        ("tests/test_executorch_pass.py::test_int8_quantizes_a_convolution_and_its_relu6_as_one_op",),
+    ),
 )
 
 

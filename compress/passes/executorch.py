@@ -225,12 +225,57 @@ def _quantized(program: Any, config: ExecuTorchConfig, calibration: Dataset, sig
 
     if not len(calibration):
         raise ValueError(f"convert.executorch quantization {config.quantization} needs calibration samples: none")
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=config.quantization == "dynamic-int8")
+    dynamic = config.quantization == "dynamic-int8"
+    quantizer = (XNNPACKQuantizer() if dynamic else _clamp_fusing_quantizer()).set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     )
     prepared = prepare_pt2e(program.module(), quantizer)
     predict(prepared, calibration.inputs, signature, batch_size=min(CALIBRATION_BATCH, config.max_batch))
     return convert_pt2e(prepared)
+
+
+def _clamp_fusing_quantizer() -> Any:
+    """XNNPACK's quantizer, with a convolution followed by a clamp (ReLU6, ``hardtanh``) quantized as one op.
+
+    XNNPACK's quantizer fuses only ReLU into a convolution; a ReLU6 shares the convolution's observer, so the
+    convolution's output is quantized over its whole pre-clamp range (on EfficientNet-Lite0, tens of units) and the
+    [0, 6] the next layer reads gets a few dozen of the 256 steps: its int8 program agreed with fp32 on 34 % of
+    the evaluation crops. Quantized like a ReLU (the convolution's output unobserved, the clamp's observed), it
+    agreed on 94 %; XNNPACK's lowering fuses the clamp into the int8 convolution as it does a ReLU. The
+    annotation mirrors the quantizer's own ``conv_relu`` annotator, which the library hard-codes to ReLU."""
+    import torch
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torch.fx import Node
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+    class ClampFusingQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: Any) -> Any:
+            config = self.global_config
+            for clamp in model.graph.nodes:
+                if clamp.op != "call_function" or clamp.target not in clamps:
+                    continue
+                conv = clamp.args[0]
+                if not isinstance(conv, Node) or not utils._is_conv_node(conv) or len(conv.users) > 1:
+                    continue
+                weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+                partition = [clamp, conv, weight, *([bias] if isinstance(bias, Node) else [])]
+                if utils._is_annotated(partition):
+                    continue
+                inputs = {conv.args[0]: utils.get_input_act_qspec(config), weight: utils.get_weight_qspec(config)}
+                if isinstance(bias, Node):
+                    inputs[bias] = utils.get_bias_qspec(config)
+                conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+                clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                    output_qspec=utils.get_output_act_qspec(config), _annotated=True
+                )
+                utils._mark_nodes_as_annotated(partition)
+            return super().annotate(model)
+
+    return ClampFusingQuantizer()
 
 
 def delegation(graph_module: Any) -> dict[str, Any]:

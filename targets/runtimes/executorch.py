@@ -61,7 +61,8 @@ class ExecuTorchSession:
 class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
     runtime = "executorch"
     devices = ("cpu", "arm")
-    python_modules = ("executorch",)
+    # The bindings' module, not the package: the worker imports it (libtorch with it) before it measures the load.
+    python_modules = ("executorch.runtime",)
 
     def device_reason(self, device: str) -> str | None:
         try:
