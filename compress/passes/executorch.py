@@ -250,7 +250,7 @@ def _clamp_fusing_quantizer() -> Any:
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default, torch.ops.aten.relu6.default)
 
     class ClampFusingQuantizer(XNNPACKQuantizer):
         def annotate(self, model: Any) -> Any:
