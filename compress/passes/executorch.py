@@ -68,6 +68,17 @@ class ExecuTorchConversion(Pass[ExecuTorchConfig]):
         return config.quantization == "none"
 
     def apply(self, artifact: Artifact, config: ExecuTorchConfig, context: PassContext) -> PassOutcome:
+        import warnings
+
+        with warnings.catch_warnings():
+            # torch's and executorch's notices about their own internals (pytree's LeafSpec, importlib.resources'
+            # read_text, the bindings' "experimental API"), dozens per conversion: nothing a user can act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="This API is experimental")
+            return self._convert(artifact, config, context)
+
+    def _convert(self, artifact: Artifact, config: ExecuTorchConfig, context: PassContext) -> PassOutcome:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 

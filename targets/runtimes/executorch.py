@@ -13,8 +13,12 @@ the C++ runtime on a device does not carry (README, "ExecuTorch").
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,7 +85,8 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
         from executorch.runtime import Runtime, Verification
 
         try:
-            Runtime.get().load_program(path, verification=Verification.InternalConsistency)
+            with _runtime_log():
+                Runtime.get().load_program(path, verification=Verification.InternalConsistency)
         except RuntimeError as exc:
             raise ValueError(f"ExecuTorch refuses the program ({_one_line(exc)}): truncated or corrupt") from None
 
@@ -91,8 +96,9 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
 
         # The XNNPACK delegate's thread pool is the process's: sized here as the other runtimes size their intra-op
         # threads (the benchmark loads one session per process).
-        portable_lib._unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
+        with _runtime_log():
+            portable_lib._unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
         if METHOD not in program.method_names:
             raise ValueError(f"{path.name} has no method {METHOD!r} (it has {', '.join(sorted(program.method_names))})")
         method = program.load_method(METHOD)
@@ -128,7 +134,8 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
     def signature(self, path: Path) -> Signature:
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(path).load_method(METHOD)
+        with _runtime_log():
+            method = Runtime.get().load_program(path).load_method(METHOD)
         return self._signature(path, method.metadata, read_note(path))
 
     def _signature(self, path: Path, meta: Any, note: ProgramNote) -> Signature:
@@ -176,8 +183,9 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
         from executorch.devtools import Inspector
         from executorch.extension.pybindings import portable_lib
 
-        portable_lib._unsafe_reset_threadpool(threads)
-        module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
+        with _runtime_log():
+            portable_lib._unsafe_reset_threadpool(threads)
+            module = portable_lib._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
         session = self.load(path, "cpu", threads, NoOptions())
         session.method = _TracedMethod(module)
         for i in range(PROFILE_WARMUP + runs):
@@ -298,6 +306,29 @@ def _program_ops(path: Path) -> dict[str, dict[str, int]]:
                 label = operator.name + (f".{operator.overload}" if operator.overload else "")
                 kernels[label] = kernels.get(label, 0) + 1
     return {"delegates": delegates, "kernels": kernels}
+
+
+@contextlib.contextmanager
+def _runtime_log() -> Iterator[None]:
+    """ExecuTorch's C++ log lines (its CPU probe, "Resetting threadpool to 1 threads") held back from the
+    terminal: the runtime writes them to the process's stderr at its Info level, which its Python bindings cannot
+    lower. They are written out after all when the block fails, where they may say why."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _one_line(exc: BaseException) -> str:
