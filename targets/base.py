@@ -64,7 +64,7 @@ class Target(ABC, Generic[Session, Options]):
     @property
     def python_module(self) -> str | None:
         """The first of ``python_modules`` installed here (a runtime may have a maintained and a legacy package)."""
-        return next((name for name in self.python_modules if importlib.util.find_spec(name)), None)
+        return next((name for name in self.python_modules if _installed(name)), None)
 
     def unavailable_reason(self, device: str) -> str | None:
         """``None`` when ``device`` can run here, else why not (shown as the row's 'skipped' reason)."""
@@ -140,6 +140,15 @@ class Target(ABC, Generic[Session, Options]):
         runs ``PROFILE_WARMUP`` untimed inferences, then ``runs`` profiled ones cycling through ``feeds``.
         A runtime without a per-operator profiler says so in ``not_measured``."""
         return {"source": self.runtime, "not_measured": f"edgecraft has no operator profiler for {self.runtime}"}
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported; a submodule (``executorch.runtime``) of a package that is not installed
+    is not, where ``find_spec`` raises."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def as_output(array: Any) -> np.ndarray:

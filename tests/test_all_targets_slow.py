@@ -31,6 +31,7 @@ def test_every_format_within_one_point_and_fp32_exports_agree(all_targets: RunRe
         "onnxruntime:cpu": ("fp32", "onnx-fp16", "onnx-int8"),
         "openvino:cpu": ("ov-fp32", "ov-fp16", "ov-int8", "fp32", "onnx-int8"),
         "litert:cpu": ("tflite-fp32", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8"),
+        "executorch:cpu": ("et-fp32", "et-fp16", "et-int8"),
     }.items():
         assert {(v, runtime) for v in variants} <= measured
     for row in rows:
@@ -38,5 +39,5 @@ def test_every_format_within_one_point_and_fp32_exports_agree(all_targets: RunRe
         if row.status == "ok":
             assert row.measurement.accuracy >= reference - 0.01, (row.variant, row.target)
             assert not [w for w in row.warnings if w.startswith("conversion bug?")], row.warnings
-        if row.variant in ("fp32", "ov-fp32", "tflite-fp32") and row.status == "ok":
+        if row.variant in ("fp32", "ov-fp32", "tflite-fp32", "et-fp32") and row.status == "ok":
             assert row.measurement.fidelity.max_abs_diff <= 1e-4, (row.variant, row.target)

@@ -201,3 +201,14 @@ def test_the_agent_refuses_a_corrupt_program_and_says_when_torch_is_missing(digi
         assert status == 400 and "edgecraft[agent-executorch]" in answer["error"], answer
     finally:
         plain.stop()
+
+
+def test_a_machine_without_executorch_says_which_extra_installs_it(monkeypatch) -> None:
+    from edgecraft.targets import registry
+
+    target = registry.get("executorch")
+    monkeypatch.setattr(type(target), "python_modules", ("no_such_package.runtime",))
+    assert target.unavailable_reason("cpu") == (
+        "executorch is not installed (edgecraft[executorch]; on a device agent, edgecraft[agent-executorch])"
+    )
+    assert "has no device" in (target.unavailable_reason("gpu") or "")

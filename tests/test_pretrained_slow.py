@@ -17,7 +17,7 @@ from tests.conftest import edgecraft
 
 pytestmark = pytest.mark.slow
 
-RUNTIMES = ("onnxruntime:cpu", "openvino:cpu", "litert:cpu")
+RUNTIMES = ("onnxruntime:cpu", "openvino:cpu", "litert:cpu", "executorch:cpu")
 
 
 def run(recipe: str, tmp_path: Path) -> tuple[RunResults, Path]:

@@ -68,6 +68,11 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
     # The bindings' module, not the package: the worker imports it (libtorch with it) before it measures the load.
     python_modules = ("executorch.runtime",)
 
+    def unavailable_reason(self, device: str) -> str | None:
+        if device in self.devices and self.python_module is None:
+            return "executorch is not installed (edgecraft[executorch]; on a device agent, edgecraft[agent-executorch])"
+        return super().unavailable_reason(device)
+
     def device_reason(self, device: str) -> str | None:
         try:
             torch_found = importlib.util.find_spec("torch") is not None
