@@ -65,12 +65,13 @@ def program(outcome: PassOutcome) -> Path:
     return outcome.artifact.path
 
 
-def run(outcome: PassOutcome, feeds: dict[str, np.ndarray], batch: int = 64) -> dict[str, np.ndarray]:
+def run(outcome: PassOutcome, feeds: dict[str, np.ndarray], batch: int | None = None) -> dict[str, np.ndarray]:
     """Every output of the program by the signature's names, from ExecuTorch's runtime (inputs in signature order),
     in calls of at most ``batch`` samples."""
     from executorch.runtime import Runtime
 
     signature = outcome.artifact.signature
+    batch = batch or outcome.details["upper_bounds"]["batch"]
     method = Runtime.get().load_program(str(program(outcome))).load_method("forward")
     count = len(feeds[signature.input_names[0]])
     calls = [
@@ -92,7 +93,8 @@ def two_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Pa
     torch.manual_seed(0)
     model = ScoresAndFeatures().eval()
     signature = signature_of(model, [IMAGE], ["scores", "features"])
-    return model, convert(model, signature, Dataset({"image": images(20)}), tmp_path_factory.mktemp("fp32"))
+    data = Dataset({"image": images(20)})
+    return model, convert(model, signature, data, tmp_path_factory.mktemp("fp32"), max_batch=64)
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -170,7 +172,7 @@ def test_dynamic_int8_quantizes_the_linear_layer_of_a_token_model(tmp_path: Path
     outcome = convert(
         model, signature, token_split(), tmp_path, quantization="dynamic-int8", upper_bounds={"sequence": 32}
     )
-    assert outcome.details["upper_bounds"] == {"batch": 64, "sequence": 32}
+    assert outcome.details["upper_bounds"] == {"batch": 8, "sequence": 32}
     feeds = tokens(20)  # longer than any sample in the data: within the bound asked for
     expected = predict(model, feeds, signature)["embedding"]
     got = run(outcome, feeds)["embedding"]
@@ -279,7 +281,7 @@ def test_int8_quantizes_a_convolution_and_its_relu6_as_one_op(tmp_path: Path) ->
     )
     library = fused.artifact.path.with_name("library.pte")
     library.write_bytes(lowered.to_executorch().buffer)
-    library_outcome = PassOutcome(Artifact("executorch", signature, path=library), {})
+    library_outcome = PassOutcome(Artifact("executorch", signature, path=library), {"upper_bounds": {"batch": 64}})
 
     def error(outcome: PassOutcome) -> float:
         outputs = run(outcome, data.inputs)["features"]

@@ -28,7 +28,7 @@ import numpy as np
 from edgecraft.core.formats.executorch import ProgramNote, read_note
 from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, NoOptions, Target, as_output, image_like, summarize
-from edgecraft.targets.feeds import Feeds
+from edgecraft.targets.feeds import Feeds, Layout
 from edgecraft.targets.registry import register
 
 METHOD = "forward"
@@ -58,6 +58,8 @@ class ExecuTorchSession:
     output_names: list[str]
     threads: int
     bounds: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # The most samples one call takes (the batch axis's bound), None where the program does not say.
+    batch_bound: int | None = None
     program: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,9 +117,18 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             [spec.dtype or "float32" for spec in signature.inputs],
             signature.output_names,
             threads,
-            _bounds(signature, note),
-            _program_ops(path),
+            bounds=_bounds(signature, note),
+            batch_bound=_batch_bound(signature, note),
+            program=_program_ops(path),
         )
+
+    def run_batches(
+        self, session: ExecuTorchSession, inputs: Feeds, batch_size: int, layout: Layout | None = None
+    ) -> list[Feeds]:
+        """As every runtime does, in calls of at most the program's batch bound: the accuracy pass's batch (64 by
+        default) is no reason to plan a program's memory for it."""
+        bound = session.batch_bound
+        return super().run_batches(session, inputs, min(batch_size, bound) if bound else batch_size, layout)
 
     def run(self, session: ExecuTorchSession, feeds: Feeds) -> Feeds:
         import torch
@@ -282,6 +293,16 @@ def _bounds(signature: Signature, note: ProgramNote) -> dict[tuple[str, int], tu
             if isinstance(dim, str) and dim in note.upper_bounds:
                 bounds[(spec.name, axis)] = (dim, note.upper_bounds[dim])
     return bounds
+
+
+def _batch_bound(signature: Signature, note: ProgramNote) -> int | None:
+    names = {
+        str(spec.shape[spec.batch_axis])
+        for spec in signature.inputs
+        if spec.shape and spec.batch_axis is not None and spec.batch_axis < len(spec.shape)
+    }
+    bounds = [note.upper_bounds[name] for name in names if name in note.upper_bounds]
+    return min(bounds) if bounds else None
 
 
 def _program_ops(path: Path) -> dict[str, dict[str, int]]:
