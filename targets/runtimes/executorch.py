@@ -7,8 +7,8 @@ which ExecuTorch planned its memory for. A program without a note runs with posi
 ``output_0``, ...) and the sizes its method declares.
 
 The Python bindings link libtorch (``executorch.extension.pybindings`` imports torch first to load it), so this
-target, unlike the others, brings torch into the benchmark process: its memory phases include libtorch's, which
-the C++ runtime on a device does not carry (README, "ExecuTorch").
+target, unlike the others, brings torch into the benchmark process: its runtime import holds libtorch's memory
+(324 MB here), which the C++ runtime on a device does not carry (README, "ExecuTorch").
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ExecuTorchSession:
     bounds: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     # The most samples one call takes (the batch axis's bound), None where the program does not say.
     batch_bound: int | None = None
-    program: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # read again (its instructions) only after the timed phases, by ``describe``
 
 
 @register
@@ -119,7 +119,7 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             threads,
             bounds=_bounds(signature, note),
             batch_bound=_batch_bound(signature, note),
-            program=_program_ops(path),
+            path=path,
         )
 
     def run_batches(
@@ -175,7 +175,7 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
         return {
             "executorch": metadata.version("executorch"),
             "threads": session.threads,
-            "delegates": ", ".join(f"{name} x{count}" for name, count in session.program.get("delegates", {}).items())
+            "delegates": ", ".join(f"{name} x{count}" for name, count in _delegates(session).items())
             or "none (portable kernels only)",
         }
 
@@ -231,7 +231,7 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             quantized=quantized,
             qdq_nodes={"Convert": converts} if quantized else {},
             qdq_types=[node.op_type for node in nodes if node.op_type.startswith("Convert")],
-            notes=[_instructions_note(session.program)],
+            notes=[_instructions_note(_program_ops(path))],
         )
 
     def _instructions(self, path: Path, reason: str) -> dict[str, Any]:
@@ -293,6 +293,10 @@ def _bounds(signature: Signature, note: ProgramNote) -> dict[tuple[str, int], tu
             if isinstance(dim, str) and dim in note.upper_bounds:
                 bounds[(spec.name, axis)] = (dim, note.upper_bounds[dim])
     return bounds
+
+
+def _delegates(session: ExecuTorchSession) -> dict[str, int]:
+    return _program_ops(session.path).get("delegates", {}) if session.path is not None else {}
 
 
 def _batch_bound(signature: Signature, note: ProgramNote) -> int | None:
