@@ -58,7 +58,7 @@ def test_unavailable_device_gives_a_reason() -> None:
 
 def test_unknown_device_and_runtime_are_reported() -> None:
     assert "no device 'tpu'" in registry.get("onnxruntime").unavailable_reason("tpu")
-    with pytest.raises(KeyError, match="known runtimes: litert, onnxruntime, openvino"):
+    with pytest.raises(KeyError, match="known runtimes: executorch, litert, onnxruntime, openvino"):
         registry.get("tensorrt")
 
 

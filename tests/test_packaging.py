@@ -116,4 +116,4 @@ def test_the_wheel_installs_only_edgecraft_at_the_top_level(tmp_path: Path) -> N
     assert completed.returncode == 0, completed.stderr[-2000:]
     where, passes, runtimes, *rest = completed.stdout.strip().split(maxsplit=3)
     assert Path(where).is_relative_to(site) and int(passes) >= 10 and int(runtimes) >= 3, completed.stdout
-    assert rest == ["['onnx', 'openvino', 'tflite'] []"], completed.stdout
+    assert rest == ["['executorch', 'onnx', 'openvino', 'tflite'] []"], completed.stdout
