@@ -90,6 +90,24 @@ def test_a_pte_through_bench_is_named_by_its_note(digits_run: tuple, tmp_path: P
     assert model.signature.output_names == results.models[0].signature.output_names
 
 
+def test_a_pte_without_a_note_runs_with_positional_names_at_its_declared_sizes(
+    digits_run: tuple, tmp_path: Path
+) -> None:
+    """A program as a user brings it (no note): named input_0 / output_0, measured at the sizes its method says."""
+    results, run_dir = digits_run
+    row = next(row for row in results.rows if row.variant == "et-fp32")
+    program = tmp_path / "theirs.pte"
+    program.write_bytes((run_dir / row.artifact).read_bytes())
+    completed = edgecraft("bench", program, "--quick", "--output-dir", tmp_path / "runs")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    bench = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent)
+    (measured,) = bench.rows
+    assert measured.status == "ok", measured.reason
+    signature = bench.models[0].signature
+    assert signature.input_names == ["input_0"] and signature.output_names == ["output_0"]
+    assert signature.inputs[0].shape == [8, 1, 32, 32]  # the batch bound the program was planned for
+
+
 def test_a_program_past_its_batch_bound_says_which_option_sets_it(digits_run: tuple) -> None:
     from edgecraft.targets import registry
 
