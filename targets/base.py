@@ -151,6 +151,11 @@ def _installed(module: str) -> bool:
         return False
 
 
+def one_line(exc: BaseException) -> str:
+    """A runtime's error message on one line (its lines joined), or the exception's type where it says nothing."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def as_output(array: Any) -> np.ndarray:
     """A runtime's output as an owned numpy array, floats as float32 (fp16 models compare with fp32 ones)."""
     array = np.array(array, copy=True)

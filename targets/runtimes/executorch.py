@@ -27,7 +27,16 @@ import numpy as np
 
 from edgecraft.core.formats.executorch import ProgramNote, read_note
 from edgecraft.core.signature import Signature, TensorSpec
-from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, NoOptions, Target, as_output, image_like, summarize
+from edgecraft.targets.base import (
+    PROFILE_WARMUP,
+    NodeTime,
+    NoOptions,
+    Target,
+    as_output,
+    image_like,
+    one_line,
+    summarize,
+)
 from edgecraft.targets.feeds import Feeds, Layout
 from edgecraft.targets.registry import register
 
@@ -95,7 +104,7 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             with _runtime_log():
                 Runtime.get().load_program(path, verification=Verification.InternalConsistency)
         except RuntimeError as exc:
-            raise ValueError(f"ExecuTorch refuses the program ({_one_line(exc)}): truncated or corrupt") from None
+            raise ValueError(f"ExecuTorch refuses the program ({one_line(exc)}): truncated or corrupt") from None
 
     def load(self, path: Path, device: str, threads: int, options: NoOptions) -> ExecuTorchSession:
         from executorch.extension.pybindings import portable_lib
@@ -189,7 +198,7 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             return self._traced(path, threads, feeds, runs)
         except Exception as exc:  # noqa: BLE001 - the untimed op view still says what ran where
             return self._instructions(
-                path, f"per-op time not measured: ExecuTorch's event tracer failed ({_one_line(exc)})"
+                path, f"per-op time not measured: ExecuTorch's event tracer failed ({one_line(exc)})"
             )
 
     def _traced(self, path: Path, threads: int, feeds: list[Feeds], runs: int) -> dict[str, Any]:
@@ -359,7 +368,3 @@ def _runtime_log() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__

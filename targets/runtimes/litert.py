@@ -21,7 +21,16 @@ import numpy as np
 
 from edgecraft.core.formats.tflite import read_io_note
 from edgecraft.core.signature import Signature, TensorSpec
-from edgecraft.targets.base import PROFILE_WARMUP, NodeTime, NoOptions, Target, as_output, image_like, summarize
+from edgecraft.targets.base import (
+    PROFILE_WARMUP,
+    NodeTime,
+    NoOptions,
+    Target,
+    as_output,
+    image_like,
+    one_line,
+    summarize,
+)
 from edgecraft.targets.feeds import Feeds
 from edgecraft.targets.registry import register
 
@@ -78,7 +87,7 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
         try:
             interpreter = self._allocated(path, threads, delegates=True)
         except Exception as delegate_error:  # noqa: BLE001 - any delegate failure: try the built-in kernels
-            refused = _one_line(delegate_error)
+            refused = one_line(delegate_error)
             try:
                 interpreter = self._allocated(path, threads, delegates=False)
             except Exception as builtin_error:
@@ -214,11 +223,6 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
 XNNPACK_REFUSED = "none (XNNPACK refused"
 
 _NODE = re.compile(r"Node number (\d+)(?: \(([^)]*)\))?")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return text or type(exc).__name__
 
 
 def name_nodes(message: str, ops: list[dict]) -> list[str]:
