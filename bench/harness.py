@@ -36,6 +36,7 @@ from edgecraft.core.results import (
     OutputFidelity,
     Quality,
     Repetition,
+    ScenarioResult,
     Throughput,
 )
 
@@ -135,6 +136,18 @@ def run_process(job: MeasureJob, settings: BenchSettings, repetition: int) -> di
         "accuracy": repetition == 0,
         "operator_profile": repetition == 0 and settings.operator_profile,
         "operator_profile_runs": settings.operator_profile_runs,
+        "scenarios": settings.scenarios if repetition == 0 else [],
+        "scenario_settings": {
+            "min_duration_s": settings.scenario_min_duration_s,
+            "min_queries": settings.scenario_min_queries,
+            "seed": settings.seed,
+            "sessions": max(settings.parallel_requests),
+            "multi_stream_samples_per_query": settings.multi_stream.samples_per_query,
+            "server_target_latency_ms": settings.server.target_latency_ms,
+            "server_percentile": settings.server.percentile,
+            "server_search_runs": settings.server.search_runs,
+        },
+        "loadgen_dir": str(job.work_dir / "loadgen"),
         **settings.model_dump(
             include={
                 "threads",
@@ -394,6 +407,7 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         memory=memory,
         throughput=_throughput(raws),
         operator_profile=_operator_profile(raws),
+        scenarios=[ScenarioResult.model_validate(entry) for entry in raws[0].get("scenarios") or []],
     )
 
 

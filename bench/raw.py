@@ -60,6 +60,7 @@ class WorkerRaw(_Raw):
     throughput: list[RawThroughput]
     runtime_info: dict[str, Any]
     operator_profile: dict[str, Any] | None = None
+    scenarios: list[dict[str, Any]] | None = None  # checked as ScenarioResult when the row is aggregated
     index: int = Field(0, ge=0)
     order: int = Field(0, ge=0)
 

@@ -28,6 +28,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_s": 5.0,
         "repetitions": 1,
         "throughput_s": 0.1,
+        "scenario_min_duration_s": 1.0,
+        "scenario_min_queries": 1,
     },
     "default": {
         "warmup_runs": 20,
@@ -38,8 +40,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_s": 30.0,
         "repetitions": 3,
         "throughput_s": 0.5,
+        "scenario_min_duration_s": 10.0,
+        "scenario_min_queries": 100,
     },
-    # For numbers that get published: longer phases and five interleaved process repetitions.
+    # For numbers that get published: longer phases and five interleaved process repetitions; LoadGen's scenarios
+    # for MLPerf's minimum duration (600 s) and SingleStream's minimum query count (1024).
     "rigorous": {
         "warmup_runs": 50,
         "warmup_s": 2.0,
@@ -49,6 +54,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_s": 60.0,
         "repetitions": 5,
         "throughput_s": 2.0,
+        "scenario_min_duration_s": 600.0,
+        "scenario_min_queries": 1024,
     },
 }
 
@@ -59,6 +66,27 @@ _MAX_COUNT = 10_000_000  # inferences of one phase; the worker keeps every sampl
 _MAX_PHASE_S = 3_600.0
 _MAX_THREADS = 1_024
 _MAX_BATCH = 65_536
+
+
+ScenarioName = Literal["single_stream", "multi_stream", "offline", "server"]
+
+
+class ServerSettings(BaseModel):
+    """MLPerf's Server scenario: the latency bound its QPS is found at."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    target_latency_ms: float = Field(15.0, gt=0, le=_MAX_PHASE_S * 1000, description="The latency bound (ms).")
+    percentile: float = Field(99.0, gt=0, lt=100, description="The percentile of latencies held to the bound.")
+    search_runs: int = Field(
+        5, ge=1, le=50, description="LoadGen runs of the bisection that finds the highest VALID QPS."
+    )
+
+
+class MultiStreamSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples_per_query: int = Field(8, ge=1, le=_MAX_BATCH, description="Samples per query (cameras, streams).")
 
 
 class BenchSettings(BaseModel):
@@ -106,6 +134,22 @@ class BenchSettings(BaseModel):
         10, gt=0, le=10_000, description="Profiled inferences per row (after 3 untimed ones)."
     )
     timeout_s: float = Field(300, gt=0, le=86_400, description="A benchmark process running longer fails its row.")
+    scenarios: list[ScenarioName] = Field(
+        [],
+        description="MLPerf scenarios run through LoadGen on every row, in the first repetition's process after its "
+        "timed phases (opt-in: minutes). Server and Offline run max(parallel_requests) sessions, each on a thread.",
+    )
+    scenario_min_duration_s: float = Field(
+        ge=0, le=_MAX_PHASE_S, description="LoadGen's minimum duration of each scenario run (s)."
+    )
+    scenario_min_queries: int = Field(
+        ge=1,
+        le=_MAX_COUNT,
+        description="LoadGen's minimum query count (raised to what early stopping needs: 64 for SingleStream, "
+        "662 for MultiStream).",
+    )
+    server: ServerSettings = Field(ServerSettings(), description="The Server scenario's latency bound and search.")
+    multi_stream: MultiStreamSettings = Field(MultiStreamSettings(), description="The MultiStream scenario's query.")
 
     @model_validator(mode="after")
     def _caps_above_minimums(self) -> BenchSettings:

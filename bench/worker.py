@@ -237,6 +237,11 @@ def run_job(job: dict) -> dict:
             results.append(entry)
         del sessions
 
+    scenario_results = None
+    if job.get("scenarios"):
+        latency_ms = float(np.median(samples)) / 1e6
+        scenario_results = _scenarios(job, target, [session], load, layout, latency_ms, results)
+
     if job["accuracy"]:
         # Accuracy in its own pass after every timed one, on the same target.run code path.
         try:
@@ -272,7 +277,51 @@ def run_job(job: dict) -> dict:
         "throughput": results,
         "runtime_info": runtime_info,
         "operator_profile": operator_profile,
+        "scenarios": scenario_results,
     }
+
+
+def _scenarios(
+    job: dict,
+    target: Any,
+    sessions: list[Any],
+    load: Callable[[], Any],
+    layout: feeds.Layout,
+    latency_ms: float,
+    throughput_results: list[dict],
+) -> list[dict]:
+    """MLPerf's scenarios through LoadGen (``bench.scenarios``) on this process's sessions, after the timed phases;
+    a scenario that cannot run here is "not measured" with the reason."""
+    from edgecraft.bench import scenarios
+
+    reason = scenarios.loadgen_missing()
+    if layout.state_from:
+        reason = "a stateful model runs one stream in order, and LoadGen's queries are independent samples"
+    elif layout.per_call != 1:
+        reason = f"the model takes exactly {layout.per_call} samples per call, and LoadGen's queries hold any number"
+    if reason:
+        return [{"scenario": name, "not_measured": f"not measured ({reason})"} for name in job["scenarios"]]
+    path = Path(job["inputs"])
+    data = feeds.read(path, 0, min(RING, feeds.count(feeds.load(path))))
+    batch = max([size for size in job["batch_sizes"] if layout.batch_sizes(size) == size] or [1])
+
+    def make_infer(index: int) -> scenarios.Infer:
+        """Session ``index``'s runner (one per SUT thread, loaded on first use and kept for later tests)."""
+        while len(sessions) <= index:
+            sessions.append(load())
+        session = sessions[index]
+
+        def infer(indices: list[int]) -> None:
+            for start in range(0, len(indices), batch):
+                chunk = indices[start : start + batch]
+                target.run(session, layout.to_model({name: array[chunk] for name, array in data.items()}))
+
+        return infer
+
+    measured = [entry["items_per_s"] for entry in throughput_results if entry.get("items_per_s")]
+    items_per_s = max(measured, default=1000 / latency_ms)
+    run = scenarios.LoadGenRun(make_infer, feeds.count(data), batch, job["scenario_settings"], Path(job["loadgen_dir"]))
+    return run.run(job["scenarios"], latency_ms, items_per_s)
 
 
 def _brief(exc: BaseException) -> str:

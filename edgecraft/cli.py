@@ -48,6 +48,8 @@ def _bench(args: argparse.Namespace) -> int:
     from edgecraft.runner import bench_settings
 
     settings = bench_settings(BenchmarkSpec(), args.profile, args.pin, args.threads)
+    if args.scenario:
+        settings = settings.model_copy(update={"scenarios": list(dict.fromkeys(args.scenario))})
     remote_devices = _devices_file(args.devices, needed=args.device is not None or any("@" in t for t in args.target))
     run_dir = bench_file(
         args.model,
@@ -408,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         "one step at a time, in order, and latency is per step",
     )
     bench.add_argument("--threads", type=int, choices=range(1, 257), metavar="N", help="intra-op threads (default 1)")
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=["single_stream", "multi_stream", "offline", "server"],
+        default=[],
+        help="also run this MLPerf scenario through LoadGen (repeatable; minutes each under the default profile)",
+    )
     bench.add_argument(
         "--device",
         metavar="NAME",

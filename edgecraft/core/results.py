@@ -137,6 +137,38 @@ class Throughput(StrictModel):
     )
 
 
+class ServerProbe(StrictModel):
+    """One LoadGen run of the Server search: the rate offered and what came of it."""
+
+    target_qps: float
+    valid: bool
+    scheduled_qps: float | None = None
+    percentiles_ms: dict[str, float] = Field({}, description="Latency percentiles at this rate ('p50', 'p99', ...).")
+
+
+class ScenarioResult(StrictModel):
+    """One MLPerf scenario as LoadGen ran and judged it on this row (``bench.scenarios``)."""
+
+    scenario: Literal["single_stream", "multi_stream", "offline", "server"]
+    valid: bool | None = Field(None, description="LoadGen's VALID / INVALID; None where it did not run.")
+    invalid_reason: str | None = Field(None, description="Why LoadGen said INVALID, from its own log.")
+    headline: str | None = Field(
+        None,
+        description="MLPerf's headline: p90 latency (SingleStream), p99 per-query latency (MultiStream), samples/s "
+        "(Offline), scheduled QPS at the latency bound (Server).",
+    )
+    value: float | None = None
+    unit: str | None = None
+    queries: int | None = None
+    percentiles_ms: dict[str, float] = Field({})
+    early_stopping: str | None = Field(None, description="LoadGen's early-stopping estimates, its own words.")
+    log_dir: str | None = Field(None, description="LoadGen's summary and detail logs, in the run folder.")
+    target_qps: float | None = Field(None, description="Server: the highest rate LoadGen found VALID.")
+    probes: list[ServerProbe] = Field([], description="Server: every rate the search tried.")
+    search: str | None = Field(None, description="Server: how the rate was searched.")
+    not_measured: str | None = Field(None, description="Why the scenario did not run, e.g. LoadGen not installed.")
+
+
 class OperatorTime(StrictModel):
     """One op type of an operator profile: how many nodes of it ran per inference and the time they took."""
 
@@ -231,6 +263,9 @@ class Measurement(StrictModel):
         None,
         description="Per-operator profile, from the first repetition's process (None when profiling is off "
         "or in older results).",
+    )
+    scenarios: list[ScenarioResult] = Field(
+        [], description="MLPerf scenarios through LoadGen, from the first repetition's process (when asked for)."
     )
 
     @property

@@ -1,0 +1,263 @@
+"""MLPerf's four inference scenarios, driven by MLPerf's own load generator (``mlperf_loadgen``) on any target.
+
+LoadGen generates the traffic (one query after another for SingleStream and MultiStream, a Poisson stream for
+Server, one query of everything for Offline), applies MLPerf's validity rules (minimum duration and query count,
+early stopping for tail latencies, the Server latency bound) and writes the summary and detail logs that MLPerf
+results are judged on. What is ours is only the system under test: sessions of the row's target, each on a thread
+of its own, taking samples from the ring the worker already holds in memory (LoadGen's query sample library). The
+Server's highest VALID rate is found by a bisection over LoadGen runs (LoadGen's own peak search,
+``find_peak_performance`` mode, needs a submission-length run per step).
+
+Runs inside the benchmark worker's fresh process, after its timed phases; imports no ML framework.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = ("single_stream", "multi_stream", "offline", "server")
+_LOADGEN_NAMES = {
+    "single_stream": "SingleStream",
+    "multi_stream": "MultiStream",
+    "offline": "Offline",
+    "server": "Server",
+}
+# Queries LoadGen's early stopping needs before it can state a tail-latency estimate (its own minimums, read from
+# its logs: "Processed at least 64 queries" at the 90th percentile, 662 at the 99th).
+EARLY_STOPPING_QUERIES = {"single_stream": 64, "multi_stream": 662, "server": 0, "offline": 1}
+
+# ``infer(indices)``: run these ring samples on one session. ``MakeInfer(i)``: the runner of SUT thread i's session.
+Infer = Callable[[list[int]], None]
+MakeInfer = Callable[[int], Infer]
+
+
+def loadgen_missing() -> str | None:
+    """Why LoadGen cannot run here (a row's "not measured" reason), or None."""
+    try:
+        import mlperf_loadgen  # noqa: F401
+    except ImportError:
+        return "LoadGen not installed (pip install mlcommons-loadgen; edgecraft[loadgen])"
+    return None
+
+
+class _Pool:
+    """``sessions`` threads, each with its own ``infer``, completing LoadGen's queries in the order they come."""
+
+    def __init__(self, make_infer: MakeInfer, sessions: int) -> None:
+        import mlperf_loadgen as lg
+
+        self._lg = lg
+        self._work: queue.Queue[list[Any] | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(make_infer(index),), daemon=True) for index in range(sessions)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, infer: Infer) -> None:
+        while (samples := self._work.get()) is not None:
+            infer([sample.index for sample in samples])
+            self._lg.QuerySamplesComplete([self._lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
+
+    def submit(self, samples: list[Any]) -> None:
+        self._work.put(samples)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def read_detail_log(path: Path) -> dict[str, Any]:
+    """LoadGen's detail log (``:::MLLOG {json}`` lines) as key → value, the last value of a key winning."""
+    values: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith(":::MLLOG "):
+            entry = json.loads(line[len(":::MLLOG ") :])
+            values[entry["key"]] = entry["value"]
+    return values
+
+
+def _headline(scenario: str, log: dict[str, Any], percentile: float) -> tuple[str, float | None, str]:
+    """(name, value, unit) of the scenario's MLPerf headline."""
+    if scenario == "single_stream":
+        value = log.get(f"result_{percentile:.2f}_percentile_latency_ns")
+        return f"p{percentile:g} latency", value / 1e6 if value else None, "ms"
+    if scenario == "multi_stream":
+        value = log.get(f"result_{percentile:.2f}_percentile_per_query_latency_ns")
+        return f"p{percentile:g} per-query latency", value / 1e6 if value else None, "ms"
+    if scenario == "offline":
+        return "samples/s", log.get("result_samples_per_second"), "samples/s"
+    return "scheduled QPS", log.get("result_scheduled_samples_per_sec"), "queries/s"
+
+
+def _percentiles_ms(log: dict[str, Any]) -> dict[str, float]:
+    per_query = any("per_query_latency" in key for key in log)
+    found = {}
+    for key, value in log.items():
+        if key.startswith("result_") and key.endswith(
+            "_percentile_per_query_latency_ns" if per_query else "_percentile_latency_ns"
+        ):
+            found[f"p{float(key.split('_')[1]):g}"] = value / 1e6
+    return found
+
+
+class LoadGenRun:
+    """One row's LoadGen tests: the ring of ``samples`` samples, ``make_infer`` building one session's runner (called
+    once per SUT thread), the batch size multi-sample queries are run in, and the folder the logs go to."""
+
+    def __init__(
+        self, make_infer: MakeInfer, samples: int, batch: int, settings: dict[str, Any], log_dir: Path
+    ) -> None:
+        self.make_infer = make_infer
+        self.samples = samples
+        self.batch = batch
+        self.settings = settings
+        self.log_dir = log_dir
+
+    def run(self, scenarios: list[str], latency_ms: float, items_per_s: float) -> list[dict[str, Any]]:
+        """Every scenario's result, with LoadGen's expectations set from the row's own timed phase (``latency_ms``,
+        its median) and throughput pass (``items_per_s``): LoadGen pre-generates its queries from them."""
+        results = []
+        for scenario in scenarios:
+            if scenario == "server":
+                results.append(self._server(latency_ms))
+            else:
+                results.append(self._test(scenario, latency_ms, items_per_s))
+        return results
+
+    def _settings(self, scenario: str, latency_ms: float, items_per_s: float, target_qps: float | None) -> Any:
+        import mlperf_loadgen as lg
+
+        options = self.settings
+        settings = lg.TestSettings()
+        settings.scenario = getattr(lg.TestScenario, _LOADGEN_NAMES[scenario])
+        settings.mode = lg.TestMode.PerformanceOnly
+        settings.min_duration_ms = int(options["min_duration_s"] * 1000)
+        settings.min_query_count = max(options["min_queries"], EARLY_STOPPING_QUERIES[scenario])
+        settings.qsl_rng_seed = settings.sample_index_rng_seed = settings.schedule_rng_seed = options["seed"]
+        per_query = options["multi_stream_samples_per_query"]
+        settings.single_stream_expected_latency_ns = max(1, int(latency_ms * 1e6))
+        settings.multi_stream_samples_per_query = per_query
+        settings.multi_stream_expected_latency_ns = max(1, int(latency_ms * 1e6 * per_query))
+        settings.offline_expected_qps = max(1.0, items_per_s)
+        settings.server_target_latency_ns = int(options["server_target_latency_ms"] * 1e6)
+        settings.server_target_latency_percentile = options["server_percentile"] / 100
+        if target_qps is not None:
+            settings.server_target_qps = target_qps
+        return settings
+
+    def _start(self, scenario: str, settings: Any, folder: Path) -> dict[str, Any]:
+        """One LoadGen test; its detail log's values."""
+        import mlperf_loadgen as lg
+
+        folder.mkdir(parents=True, exist_ok=True)
+        output = lg.LogOutputSettings()
+        output.outdir = str(folder)
+        output.copy_summary_to_stdout = False
+        logging = lg.LogSettings()
+        logging.log_output = output
+        logging.enable_trace = False
+        inline = self.make_infer(0) if scenario in ("single_stream", "multi_stream") else None
+        pool = None if inline else _Pool(self.make_infer, self.settings["sessions"])
+
+        def issue(samples: list[Any]) -> None:
+            # SingleStream and MultiStream issue one query and wait for it: run it here, as one batch.
+            if inline is not None:
+                inline([sample.index for sample in samples])
+                lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
+                return
+            assert pool is not None
+            for start in range(0, len(samples), self.batch):
+                pool.submit(samples[start : start + self.batch])
+
+        sut = lg.ConstructSUT(issue, lambda: None)
+        # The ring is already in the worker's memory: nothing to load or unload per sample.
+        qsl = lg.ConstructQSL(self.samples, self.samples, lambda indices: None, lambda indices: None)
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, logging)
+        finally:
+            if pool is not None:
+                pool.close()
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+        return read_detail_log(folder / "mlperf_log_detail.txt")
+
+    def _result(self, scenario: str, log: dict[str, Any], folder: Path) -> dict[str, Any]:
+        percentile = {
+            "single_stream": 90.0,
+            "multi_stream": 99.0,
+            "server": self.settings["server_percentile"],
+            "offline": 90.0,
+        }[scenario]
+        name, value, unit = _headline(scenario, log, percentile)
+        valid = log.get("result_validity") == "VALID"
+        reasons = [
+            text
+            for met, text in (
+                (log.get("result_min_duration_met"), "minimum duration not met"),
+                (log.get("result_min_queries_met"), "minimum query count not met"),
+                (log.get("early_stopping_met"), "early stopping not satisfied"),
+                (log.get("result_perf_constraints_met", True), "latency bound not met"),
+            )
+            if met is False
+        ]
+        reason = (log.get("result_invalid_reason") or "").strip()
+        return {
+            "scenario": scenario,
+            "valid": valid,
+            "invalid_reason": None if valid else "; ".join(filter(None, [*reasons, reason])) or "LoadGen said INVALID",
+            "headline": name,
+            "value": value,
+            "unit": unit,
+            "queries": log.get("result_query_count"),
+            "percentiles_ms": _percentiles_ms(log),
+            "early_stopping": (log.get("early_stopping_result") or "").strip() or None,
+            "log_dir": str(folder),
+        }
+
+    def _test(self, scenario: str, latency_ms: float, items_per_s: float) -> dict[str, Any]:
+        folder = self.log_dir / scenario
+        log = self._start(scenario, self._settings(scenario, latency_ms, items_per_s, None), folder)
+        return self._result(scenario, log, folder)
+
+    def _server(self, latency_ms: float) -> dict[str, Any]:
+        """The highest target QPS LoadGen finds VALID at the latency bound: the sessions' capacity first, then a
+        bisection between the highest VALID and the lowest INVALID rate tried, ``server_search_runs`` runs in all."""
+        capacity = self.settings["sessions"] * 1000 / latency_ms
+        low, high = 0.0, capacity
+        probe = capacity * 0.9
+        best: dict[str, Any] | None = None
+        result: dict[str, Any] = {}
+        probes = []
+        for step in range(self.settings["server_search_runs"]):
+            folder = self.log_dir / "server" / f"run-{step}"
+            log = self._start("server", self._settings("server", latency_ms, 0, probe), folder)
+            result = self._result("server", log, folder)
+            probes.append(
+                {
+                    "target_qps": probe,
+                    "valid": result["valid"],
+                    "scheduled_qps": result["value"],
+                    "percentiles_ms": result["percentiles_ms"],
+                }
+            )
+            if result["valid"]:
+                low, best = probe, result | {"target_qps": probe}
+            else:
+                high = probe
+            probe = (low + high) / 2
+        if best is None:  # nothing VALID: the last (lowest) rate tried, with its reason
+            best = result | {"target_qps": probes[-1]["target_qps"]}
+        best["probes"] = probes
+        best["search"] = (
+            f"bisection over {len(probes)} LoadGen runs from the sessions' capacity ({capacity:.1f} QPS at the "
+            "timed median)"
+        )
+        return best
