@@ -115,8 +115,8 @@ MUTATIONS = (
         "executorch-relu6-unfused",
         "convert.executorch int8 with XNNPACK's quantizer alone (a ReLU6 shares its convolution's observer)",
         "compress/passes/executorch.py",
-        "quantizer = (XNNPACKQuantizer() if dynamic else _clamp_fusing_quantizer())",
-        "quantizer = (XNNPACKQuantizer() if dynamic else XNNPACKQuantizer())",
+        "base = XNNPACKQuantizer if dynamic else _clamp_fusing_quantizer()",
+        "base = XNNPACKQuantizer if dynamic else XNNPACKQuantizer",
         ("tests/test_executorch_pass.py::test_int8_quantizes_a_convolution_and_its_relu6_as_one_op",),
     ),
 )

@@ -11,11 +11,14 @@ XNNPACK's int8 kernels take.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from edgecraft.compress.base import Artifact, Dataset, Pass, PassConfig, PassContext, PassOutcome
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Judgement, Layer, output_error, search
+from edgecraft.compress.base import Artifact, Dataset, Pass, PassContext, PassOutcome, Validation
 from edgecraft.compress.registry import register
 from edgecraft.core.errors import EdgecraftError
 from edgecraft.core.formats.executorch import write_note
@@ -27,8 +30,9 @@ CALIBRATION_BATCH = 32
 QDQ_NAMESPACE = "quantized_decomposed."
 
 
-class ExecuTorchConfig(PassConfig):
-    """What the program computes in, and the largest inputs it takes (ExecuTorch plans its memory for them)."""
+class ExecuTorchConfig(AccuracyAwareOptions):
+    """What the program computes in, and the largest inputs it takes (ExecuTorch plans its memory for them); with
+    ``max_drop``, the most sensitive ops stay in float (left out of the XNNPACK quantizer's annotations)."""
 
     type: Literal["convert.executorch"] = "convert.executorch"
     quantization: Literal["none", "fp16", "int8", "dynamic-int8"] = Field(
@@ -52,6 +56,12 @@ class ExecuTorchConfig(PassConfig):
         description="An upper bound per other symbolic axis, by name (e.g. {sequence: 128}). An axis not named "
         "here gets the largest size it has in the data splits.",
     )
+
+    @model_validator(mode="after")
+    def _accuracy_options_need_int8(self) -> ExecuTorchConfig:
+        if self.accuracy_aware() and self.quantization not in ("int8", "dynamic-int8"):
+            raise ValueError("max_drop, sensitivity and first_last_float apply to quantization int8 or dynamic-int8")
+        return self
 
     @field_validator("upper_bounds")
     @classmethod
@@ -83,31 +93,210 @@ class ExecuTorchConversion(Pass[ExecuTorchConfig]):
             return self._convert(artifact, config, context)
 
     def _convert(self, artifact: Artifact, config: ExecuTorchConfig, context: PassContext) -> PassOutcome:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
         signature = artifact.signature
         bounds = upper_bounds(signature, config, [context.train, context.calibration, context.evaluation])
         examples, shapes = _examples_and_shapes(signature, bounds)
         model = artifact.model.eval()
-        details: dict[str, Any] = {"quantization": config.quantization, "upper_bounds": bounds}
         if config.quantization == "fp16":
             model = _in_fp16(model)
-        program = _export(model, examples, shapes)
+        program = Captured(_export(model, examples, shapes), examples, shapes, signature, bounds)
+        details: dict[str, Any] = {"quantization": config.quantization, "upper_bounds": bounds}
+        output = context.work_dir / "model.pte"
         if config.quantization in ("int8", "dynamic-int8"):
             # dynamic-int8 observes only the weights, which one sample runs through.
             count = config.calibration_samples if config.quantization == "int8" else 1
             calibration = context.calibration.head(count)
-            program = _export(_quantized(program, config, calibration, signature), examples, shapes)
+            if not len(calibration):
+                raise ValueError(f"convert.executorch quantization {config.quantization} needs calibration samples")
+            fmt = ExecuTorchInt8(program, calibration, config, context.validation)
+            path, control = search(fmt, context.validation, config, context.work_dir, context.progress)
+            output.write_bytes(path.read_bytes())
+            write_note(output, signature, bounds)
+            details.update(fmt.lowered[path])
             if config.quantization == "int8":
                 details["calibration_samples"] = len(calibration)
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(configs=_partitioner_configs())])
-        details.update(delegation(lowered.exported_program().graph_module))
-        path = context.work_dir / "model.pte"
+            if control:
+                details["accuracy_control"] = control
+        else:
+            details.update(program.lower(program.exported, output))
+        details["size_bytes"] = output.stat().st_size
+        return PassOutcome(Artifact("executorch", signature, path=output), details)
+
+
+class Captured:
+    """A model captured by ``torch.export`` at its bounds, and what lowering any version of it to a ``.pte`` needs."""
+
+    def __init__(
+        self, exported: Any, examples: tuple[Any, ...], shapes: tuple[Any, ...], signature: Signature, bounds: dict
+    ) -> None:
+        self.exported = exported
+        self.examples = examples
+        self.shapes = shapes
+        self.signature = signature
+        self.bounds = bounds
+
+    def lower(self, exported: Any, path: Path) -> dict[str, Any]:
+        """``exported`` lowered to XNNPACK and written to ``path`` with its note; what was delegated."""
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        lowered = to_edge_transform_and_lower(
+            exported, partitioner=[XnnpackPartitioner(configs=_partitioner_configs())]
+        )
+        delegated = delegation(lowered.exported_program().graph_module)  # before to_executorch rewrites its ops
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(lowered.to_executorch().buffer)
-        write_note(path, signature, bounds)
-        details["size_bytes"] = path.stat().st_size
-        return PassOutcome(Artifact("executorch", signature, path=path), details)
+        write_note(path, self.signature, self.bounds)
+        return delegated
+
+
+class ExecuTorchInt8(Int8Format):
+    """PT2E int8 with XNNPACK's quantizer, with ops kept in float by leaving them out of the quantizer's annotations.
+
+    Every annotated op is a candidate (convolutions and linears, and also the residual adds, pooling, concatenations
+    and clamps whose outputs the quantizer observes), so with all of them left out the program is the fp32 one.
+    Each trial is a full quantize → export → lower (about a minute for EfficientNet-Lite0 on 2 cores), so ranking
+    lowers nothing: it judges PT2E's reference model (the converted graph run by PyTorch, quantize / dequantize
+    around float ops) calibrated once, with one op's inputs taken before their observers."""
+
+    target = "executorch"
+    measure = (
+        "share of the int8 model's output error (relative L2², against fp32) removed by keeping only this op in "
+        "float, judged on PT2E's reference model of the int8 program (run by PyTorch)"
+    )
+
+    def __init__(
+        self, program: Captured, calibration: Dataset, config: ExecuTorchConfig, validation: Validation | None
+    ) -> None:
+        self.program = program
+        self.calibration = calibration
+        self.config = config
+        self.validation = validation  # what ranking judges by (the search judges its trials by the same)
+        # Per .pte written: the ops left in float, the ops that read int8 (dequantized) inputs, what was delegated.
+        self.float_of: dict[Path, list[str]] = {}
+        self.int8_ops: dict[Path, list[str]] = {}
+        self.lowered: dict[Path, dict[str, Any]] = {}
+        self._candidates: list[Layer] | None = None
+
+    def quantize(self, float_layers: list[str], out_dir: Path) -> Path:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        converted = convert_pt2e(self._calibrated(float_layers))
+        path = out_dir / "model.pte"
+        self.float_of[path] = list(float_layers)
+        self.int8_ops[path] = _reading_int8(converted.graph)
+        self.lowered[path] = self.program.lower(_export(converted, self.program.examples, self.program.shapes), path)
+        return path
+
+    def layers(self, quantized: Path) -> list[Layer]:
+        """The ops XNNPACK's quantizer annotates on the captured model, in graph order, named by node and module."""
+        if self._candidates is None:
+            from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+            # Prepared, not only annotated: preparing folds batch norms into their convolutions before annotating.
+            module = prepare_pt2e(self.program.exported.module(), self._quantizer(set()))
+            self._candidates = [
+                Layer(_layer_name(node), _op_name(node))
+                for node in module.graph.nodes
+                if node.op == "call_function" and _annotated(node)
+            ]
+        return self._candidates
+
+    def quantized_ops(self, path: Path) -> list[str]:
+        return self.int8_ops[path]
+
+    def rank(
+        self,
+        quantized: Path,
+        layers: list[Layer],
+        judge: Callable[[Path], Judgement],
+        work_dir: Path,
+        progress: Callable[[int], None],
+    ) -> dict[str, Judgement]:
+        import copy
+
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        from edgecraft.compress.torch_io import predict
+
+        validation = self.validation
+        assert validation is not None  # the search ranks only with a validation split
+        calibrated = self._calibrated(self.float_of[quantized])
+        judged = {}
+        for index, layer in enumerate(layers):
+            model = copy.deepcopy(calibrated)
+            _read_before_observers(model, _node_name(layer.name))
+            outputs = predict(convert_pt2e(model), validation.data.inputs, self.program.signature, self._batch())
+            judged[layer.name] = Judgement(validation.score(outputs), output_error(outputs, validation.reference))
+            progress(index + 1)
+        return judged
+
+    def _batch(self) -> int:
+        return min(CALIBRATION_BATCH, self.config.max_batch)
+
+    def _quantizer(self, float_nodes: set[str]) -> Any:
+        return _quantizer(self.config.quantization == "dynamic-int8", float_nodes)
+
+    def _calibrated(self, float_layers: list[str]) -> Any:
+        """The captured model prepared with ``float_layers`` unannotated, observed on the calibration samples."""
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+        from edgecraft.compress.torch_io import predict
+
+        prepared = prepare_pt2e(self.program.exported.module(), self._quantizer({_node_name(n) for n in float_layers}))
+        predict(prepared, self.calibration.inputs, self.program.signature, batch_size=self._batch())
+        return prepared
+
+
+def _layer_name(node: Any) -> str:
+    """``module.path/node``: the module tells a reader where the op is, the node which one it is."""
+    stack = node.meta.get("nn_module_stack") or {}
+    module = next(reversed(stack.values()))[0] if stack else ""
+    return f"{module}/{node.name}" if module else node.name
+
+
+def _node_name(layer: str) -> str:
+    return layer.rsplit("/", 1)[-1]
+
+
+def _op_name(node: Any) -> str:
+    return str(getattr(node.target, "__name__", node.target)).split(".")[0]
+
+
+def _annotated(node: Any) -> bool:
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    annotation = node.meta.get(Q_ANNOTATION_KEY)
+    return annotation is not None and bool(annotation.input_qspec_map or annotation.output_qspec)
+
+
+def _reading_int8(graph: Any) -> list[str]:
+    """The compute ops of a converted graph that read a dequantized (int8) tensor, named as layers are."""
+    names = []
+    for node in graph.nodes:
+        if (
+            node.op == "call_function"
+            and str(node.target).startswith(QDQ_NAMESPACE)
+            and "dequantize" in str(node.target)
+        ):
+            names += [_layer_name(user) for user in node.users if not str(user.target).startswith(QDQ_NAMESPACE)]
+    return list(dict.fromkeys(names))
+
+
+def _read_before_observers(model: Any, node_name: str) -> None:
+    """Node ``node_name`` of a prepared model reads its inputs (activations and weights) before their observers, so
+    that conversion leaves its inputs in float; an observer nothing else reads is removed."""
+    from torchao.quantization.pt2e.observer import _is_activation_post_process
+
+    node = next((node for node in model.graph.nodes if node.name == node_name), None)
+    if node is None:
+        raise EdgecraftError(f"convert.executorch: the prepared model has no op {node_name!r} to keep in float")
+    for argument in list(node.all_input_nodes):
+        if argument.op == "call_module" and _is_activation_post_process(model.get_submodule(str(argument.target))):
+            node.replace_input_with(argument, argument.args[0])
+            if not argument.users:
+                model.graph.erase_node(argument)
+    model.recompile()
 
 
 def _axis_in_data(spec: TensorSpec, axis: int) -> int:
@@ -228,29 +417,30 @@ def _in_fp16(model: Any) -> Any:
     return half
 
 
-def _quantized(program: Any, config: ExecuTorchConfig, calibration: Dataset, signature: Signature) -> Any:
-    """The captured model with XNNPACK's int8 annotations, observed on ``calibration`` and converted."""
+def _quantizer(dynamic: bool, float_nodes: set[str]) -> Any:
+    """XNNPACK's quantizer (static int8 with convolution + clamp fused, or dynamic int8), annotating nothing on the
+    nodes named in ``float_nodes``: those stay float, and so do their inputs unless another int8 op reads them."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    from edgecraft.compress.torch_io import predict
+    base = XNNPACKQuantizer if dynamic else _clamp_fusing_quantizer()
 
-    if not len(calibration):
-        raise ValueError(f"convert.executorch quantization {config.quantization} needs calibration samples: none")
-    dynamic = config.quantization == "dynamic-int8"
-    quantizer = (XNNPACKQuantizer() if dynamic else _clamp_fusing_quantizer()).set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
-    )
-    prepared = prepare_pt2e(program.module(), quantizer)
-    predict(prepared, calibration.inputs, signature, batch_size=min(CALIBRATION_BATCH, config.max_batch))
-    return convert_pt2e(prepared)
+    class LeavingInFloat(base):  # type: ignore[misc, valid-type]
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.name in float_nodes:
+                    node.meta.pop(Q_ANNOTATION_KEY, None)
+            return model
+
+    return LeavingInFloat().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
 
 
-def _clamp_fusing_quantizer() -> Any:
-    """XNNPACK's quantizer, with a convolution followed by a clamp (ReLU6, ``hardtanh``) quantized as one op.
+def _clamp_fusing_quantizer() -> type:
+    """XNNPACK's quantizer class, with a convolution followed by a clamp (ReLU6, ``hardtanh``) quantized as one op.
 
     XNNPACK's quantizer fuses only ReLU into a convolution; a ReLU6 shares the convolution's observer, so the
     convolution's output is quantized over its whole pre-clamp range (on EfficientNet-Lite0, tens of units) and the
@@ -290,7 +480,7 @@ def _clamp_fusing_quantizer() -> Any:
                 utils._mark_nodes_as_annotated(partition)
             return super().annotate(model)
 
-    return ClampFusingQuantizer()
+    return ClampFusingQuantizer
 
 
 def delegation(graph_module: Any) -> dict[str, Any]:
