@@ -225,3 +225,27 @@ def test_a_lossless_variant_that_drifts_is_flagged_as_a_conversion_bug() -> None
     assert "conversion bug?" in drift_warning(float("nan"))[0]  # nan > tolerance is false: NaN must still be flagged
     assert not lossless(int8, f32)  # quantization is expected to drift
     assert not lossless(fp32, bf16)  # the user asked for bf16
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert"])
+def test_a_bound_call_returns_what_run_returns_and_run_still_works_after_it(
+    runtime: str, digits_cnn: dict, convert, tmp_path
+) -> None:
+    """The benchmark's timed loop calls ``bind``'s calls (inputs handed to the runtime once): the same outputs as
+    ``run`` for each sample, whichever ran before (OpenVINO's request and LiteRT's interpreter are shared)."""
+    path, source = (
+        (convert("convert.tflite", quantization="int8").artifact.path, "tflite")
+        if runtime == "litert"
+        else (digits_cnn["onnx"].path, "onnx")
+    )
+    target = registry.get(runtime)
+    session = target.load(target.export(path, source, tmp_path), "cpu", 1, target.options_model())
+    x = images(digits_cnn["splits"], 3)
+    samples = [{"input": x[i : i + 1]} for i in range(3)]
+    expected = [target.run(session, sample)["logits"] for sample in samples]
+    calls = [target.bind(session, sample) for sample in samples]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        for i in order:
+            np.testing.assert_array_equal(calls[i]()["logits"], expected[i])
+            np.testing.assert_array_equal(target.run(session, samples[(i + 1) % 3])["logits"], expected[(i + 1) % 3])
+    assert len({float(e.max()) for e in expected}) == 3  # three different samples, so a stale input would show

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,12 +129,19 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
             return []
 
     def run(self, session: LiteRtSession, feeds: Feeds) -> Feeds:
+        return self._invoke(session, _in_file_layout(session, feeds))
+
+    def bind(self, session: LiteRtSession, feeds: Feeds) -> Callable[[], Feeds]:
+        """The inputs in the file's layout and dtype (channels last, quantized) once, as a deployed caller holds
+        them: each call sets them (a copy into the interpreter's buffers) and invokes."""
+        converted = _in_file_layout(session, feeds)
+        return lambda: self._invoke(session, converted)
+
+    def _invoke(self, session: LiteRtSession, converted: Feeds) -> Feeds:
         interpreter = session.interpreter
         resized = False
-        prepared = {}
-        for name, value in feeds.items():
+        for name, data in converted.items():
             detail = session.inputs[name]
-            data = np.transpose(value, (0, 2, 3, 1)) if name in session.nchw_inputs else value
             if tuple(detail["shape"]) != data.shape:
                 fixed = [int(d) for d in detail["shape_signature"]]
                 if len(fixed) != data.ndim or any(f > 0 and f != n for f, n in zip(fixed, data.shape)):
@@ -141,13 +149,11 @@ class LiteRt(Target[LiteRtSession, NoOptions]):
                     raise ValueError(f"input {name!r} has a fixed shape {fixed} in this file; got {list(data.shape)}")
                 interpreter.resize_tensor_input(detail["index"], list(data.shape))
                 resized = True
-            prepared[name] = data
         if resized:
             interpreter.allocate_tensors()
             session.inputs, session.outputs = _named_details(interpreter, session.names)
-        for name, data in prepared.items():
-            detail = session.inputs[name]
-            interpreter.set_tensor(detail["index"], _quantize(data, detail))
+        for name, data in converted.items():
+            interpreter.set_tensor(session.inputs[name]["index"], data)
         interpreter.invoke()
         results = {}
         for name, detail in session.outputs.items():
@@ -297,6 +303,16 @@ def _output_spec(name: str, detail: dict, channels_last: bool) -> TensorSpec:
     dims = [dims[0], dims[-1], *dims[1:-1]]
     layout: Literal["NCHW"] | None = "NCHW" if image_like(dims, channels_axis=1) else None
     return TensorSpec(name=name, dtype=spec.dtype, shape=dims, layout=layout)
+
+
+def _in_file_layout(session: LiteRtSession, feeds: Feeds) -> Feeds:
+    """The feeds as the file takes them: NCHW images channels last, quantized where its inputs are integers (a
+    resize keeps an input's dtype and quantization, so these stand for any batch size)."""
+    converted = {}
+    for name, value in feeds.items():
+        data = np.transpose(value, (0, 2, 3, 1)) if name in session.nchw_inputs else value
+        converted[name] = _quantize(data, session.inputs[name])
+    return converted
 
 
 def _quantize(data: np.ndarray, detail: dict) -> np.ndarray:
