@@ -30,6 +30,7 @@ from edgecraft.core.errors import brief
 from edgecraft.core.results import (
     NOISE_WARNING,
     Fidelity,
+    LengthBucket,
     Measurement,
     MemorySnapshot,
     OperatorProfile,
@@ -363,10 +364,12 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
     """Turn the repetitions' raw numbers into one ``Measurement``: statistics over every raw sample, timings and
     memory as medians over repetitions, and the accuracy pass of the first repetition."""
     stats = latency_stats([np.array(raw["samples_ms"]) for raw in raws])
+    padded = [np.array(raw["padded_samples_ms"]) for raw in raws if raw.get("padded_samples_ms")]
     memory = _memory(raws)
     by_phase = {snapshot.phase: snapshot for snapshot in memory}
     with np.load(job.work_dir / "outputs.npz") as archive:
         outputs = {name: archive[name] for name in archive.files}
+    quality = job.evaluate(outputs)
     repetitions = [
         Repetition(
             p50_ms=float(np.median(raw["samples_ms"])),
@@ -399,7 +402,7 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         model_memory_mb=by_phase["end"].peak_mb - by_phase["import"].peak_mb,
         runtime_import_mb=by_phase["import"].peak_mb - by_phase["start"].peak_mb,
         process_peak_mb=by_phase["end"].peak_mb,
-        quality=job.evaluate(outputs),
+        quality=quality,
         fidelity=fidelity(outputs, job.reference_outputs),
         runtime_info=raws[0]["runtime_info"],
         samples_ms=[round(sample, 6) for raw in raws for sample in raw["samples_ms"]],
@@ -407,8 +410,64 @@ def aggregate(job: MeasureJob, raws: list[dict]) -> Measurement:
         memory=memory,
         throughput=_throughput(raws),
         operator_profile=_operator_profile(raws),
-        scenarios=[ScenarioResult.model_validate(entry) for entry in raws[0].get("scenarios") or []],
+        scenarios=_scenarios(job, raws[0].get("scenarios") or [], quality),
+        padded_latency_ms=latency_stats(padded) if padded else None,
+        padded_length=raws[0].get("padded_length"),
+        latency_by_length=_length_buckets(raws),
     )
+
+
+def _scored(result: ScenarioResult, job: MeasureJob, quality: Quality) -> ScenarioResult:
+    assert result.log_dir is not None  # the worker names the accuracy run's folder
+    with np.load(Path(result.log_dir) / "outputs.npz") as archive:
+        scored = job.evaluate({name: archive[name] for name in archive.files})
+    return result.model_copy(
+        update={
+            "headline": scored.metric,
+            "value": scored.value,
+            "harness_value": quality.value,
+            "not_measured": scored.not_measured,
+        }
+    )
+
+
+def _length_buckets(raws: list[dict]) -> list[LengthBucket]:
+    """Each timed call's latency by its sample's own length (the worker's ring, cycled in order), in buckets
+    1–16, 17–32, 33–64, ... tokens."""
+    by_bucket: dict[int, list[float]] = {}
+    for raw in raws:
+        lengths = raw.get("ring_lengths")
+        if not lengths:
+            continue
+        for index, sample in enumerate(raw["samples_ms"]):
+            length = lengths[index % len(lengths)]
+            by_bucket.setdefault(max(16, 1 << (length - 1).bit_length()), []).append(sample)
+    return [
+        LengthBucket(
+            shortest=1 if top == 16 else top // 2 + 1, longest=top, calls=len(samples), p50_ms=float(np.median(samples))
+        )
+        for top, samples in sorted(by_bucket.items())
+    ]
+
+
+def _scenarios(job: MeasureJob, entries: list[dict], quality: Quality) -> list[ScenarioResult]:
+    """The first repetition's LoadGen results, its accuracy run scored by the row's evaluator beside the harness's
+    own accuracy; a remote device's say that they ran there (its logs stay on it)."""
+    results = [ScenarioResult.model_validate(entry) for entry in entries]
+    if job.remote is None:
+        return [_scored(result, job, quality) if result.scenario == "accuracy" else result for result in results]
+    where = f"on device {job.remote.device}"
+    return [
+        result.model_copy(
+            update={
+                "log_dir": result.log_dir and f"{where}: {result.log_dir}",
+                "not_measured": f"not measured (LoadGen's accuracy log stays {where})"
+                if result.scenario == "accuracy" and not result.not_measured
+                else result.not_measured and result.not_measured.replace("not installed", f"not installed {where}", 1),
+            }
+        )
+        for result in results
+    ]
 
 
 def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[str]:

@@ -61,6 +61,10 @@ class WorkerRaw(_Raw):
     runtime_info: dict[str, Any]
     operator_profile: dict[str, Any] | None = None
     scenarios: list[dict[str, Any]] | None = None  # checked as ScenarioResult when the row is aggregated
+    # Token inputs timed at their own lengths: each ring sample's length, the padded length, the padded phase.
+    ring_lengths: list[Annotated[int, Field(ge=1)]] | None = None
+    padded_length: int | None = Field(None, ge=1)
+    padded_samples_ms: list[Milliseconds] | None = None
     index: int = Field(0, ge=0)
     order: int = Field(0, ge=0)
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SCENARIOS = ("single_stream", "multi_stream", "offline", "server")
 _LOADGEN_NAMES = {
     "single_stream": "SingleStream",
@@ -27,13 +29,21 @@ _LOADGEN_NAMES = {
     "offline": "Offline",
     "server": "Server",
 }
-# Queries LoadGen's early stopping needs before it can state a tail-latency estimate (its own minimums, read from
-# its logs: "Processed at least 64 queries" at the 90th percentile, 662 at the 99th).
-EARLY_STOPPING_QUERIES = {"single_stream": 64, "multi_stream": 662, "server": 0, "offline": 1}
+# Queries LoadGen's early stopping needs before it can state a tail-latency estimate with no query over the
+# bound (its own minimums, read from its logs: "Processed at least 64 queries" at the 90th percentile, 662 at the
+# 99th; a Server run of fewer is INVALID whatever its latencies).
+EARLY_STOPPING_QUERIES = {"single_stream": 64, "multi_stream": 662, "server": 662, "offline": 1}
+# Offline issues one query of expected QPS × minimum duration samples: a run faster than expected ends before the
+# minimum duration and is INVALID, so it is told twice the throughput pass's best rate.
+OFFLINE_HEADROOM = 2.0
 
 # ``infer(indices)``: run these ring samples on one session. ``MakeInfer(i)``: the runner of SUT thread i's session.
 Infer = Callable[[list[int]], None]
 MakeInfer = Callable[[int], Infer]
+
+
+class ScenarioFailed(RuntimeError):
+    """A scenario's inference raised: the row fails with this reason (its other figures are not kept)."""
 
 
 def loadgen_missing() -> str | None:
@@ -45,13 +55,29 @@ def loadgen_missing() -> str | None:
     return None
 
 
+class _Failures:
+    """Runs queries and completes them whatever happens: LoadGen waits for every query it issued, so a query whose
+    inference raised is still completed (the test ends), and the first error fails the scenario afterwards."""
+
+    def __init__(self) -> None:
+        self.first: BaseException | None = None
+
+    def run(self, infer: Infer, samples: list[Any]) -> None:
+        import mlperf_loadgen as lg
+
+        try:
+            if self.first is None:
+                infer([sample.index for sample in samples])
+        except Exception as exc:  # noqa: BLE001 - re-raised after LoadGen's test ends (see ``LoadGenRun._start``)
+            self.first = exc
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
+
+
 class _Pool:
     """``sessions`` threads, each with its own ``infer``, completing LoadGen's queries in the order they come."""
 
-    def __init__(self, make_infer: MakeInfer, sessions: int) -> None:
-        import mlperf_loadgen as lg
-
-        self._lg = lg
+    def __init__(self, make_infer: MakeInfer, sessions: int, failures: _Failures) -> None:
+        self.failures = failures
         self._work: queue.Queue[list[Any] | None] = queue.Queue()
         self._threads = [
             threading.Thread(target=self._serve, args=(make_infer(index),), daemon=True) for index in range(sessions)
@@ -61,8 +87,7 @@ class _Pool:
 
     def _serve(self, infer: Infer) -> None:
         while (samples := self._work.get()) is not None:
-            infer([sample.index for sample in samples])
-            self._lg.QuerySamplesComplete([self._lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
+            self.failures.run(infer, samples)
 
     def submit(self, samples: list[Any]) -> None:
         self._work.put(samples)
@@ -121,6 +146,54 @@ class LoadGenRun:
         self.settings = settings
         self.log_dir = log_dir
 
+    def accuracy(self, answer: Callable[[list[int]], list[bytes]], total: int) -> dict[int, bytes]:
+        """LoadGen's accuracy run (Offline, ``AccuracyOnly``) over all ``total`` samples: ``answer(indices)`` gives
+        each sample's outputs as bytes, LoadGen writes them to its accuracy log, and what is returned (sample index
+        → bytes) is read back from that log, so what gets scored is what LoadGen recorded."""
+        import mlperf_loadgen as lg
+
+        folder = self.log_dir / "accuracy"
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = self._settings("offline", 1.0, 1.0, None)
+        settings.mode = lg.TestMode.AccuracyOnly
+        output = lg.LogOutputSettings()
+        output.outdir = str(folder)
+        output.copy_summary_to_stdout = False
+        logging = lg.LogSettings()
+        logging.log_output = output
+        logging.enable_trace = False
+        failures: list[BaseException] = []
+
+        def issue(samples: list[Any]) -> None:
+            for start in range(0, len(samples), self.batch):
+                chunk = samples[start : start + self.batch]
+                try:
+                    buffers = [np.frombuffer(data, np.uint8) for data in answer([sample.index for sample in chunk])]
+                except Exception as exc:  # noqa: BLE001 - re-raised once LoadGen's test has ended
+                    failures.append(exc)
+                    buffers = [np.zeros(1, np.uint8) for _ in chunk]
+                # LoadGen copies each response's bytes into its log before QuerySamplesComplete returns.
+                lg.QuerySamplesComplete(
+                    [
+                        lg.QuerySampleResponse(sample.id, buffer.ctypes.data, buffer.nbytes)
+                        for sample, buffer in zip(chunk, buffers, strict=True)
+                    ]
+                )
+
+        sut = lg.ConstructSUT(issue, lambda: None)
+        qsl = lg.ConstructQSL(total, min(total, self.samples), lambda indices: None, lambda indices: None)
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, logging)
+        finally:
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+        if failures:
+            raise ScenarioFailed(
+                f"accuracy run: the system under test failed: {type(failures[0]).__name__}: {failures[0]}"
+            )
+        logged = json.loads((folder / "mlperf_log_accuracy.json").read_text())
+        return {int(entry["qsl_idx"]): bytes.fromhex(entry["data"]) for entry in logged}
+
     def run(self, scenarios: list[str], latency_ms: float, items_per_s: float) -> list[dict[str, Any]]:
         """Every scenario's result, with LoadGen's expectations set from the row's own timed phase (``latency_ms``,
         its median) and throughput pass (``items_per_s``): LoadGen pre-generates its queries from them."""
@@ -146,7 +219,7 @@ class LoadGenRun:
         settings.single_stream_expected_latency_ns = max(1, int(latency_ms * 1e6))
         settings.multi_stream_samples_per_query = per_query
         settings.multi_stream_expected_latency_ns = max(1, int(latency_ms * 1e6 * per_query))
-        settings.offline_expected_qps = max(1.0, items_per_s)
+        settings.offline_expected_qps = max(1.0, items_per_s * OFFLINE_HEADROOM)
         settings.server_target_latency_ns = int(options["server_target_latency_ms"] * 1e6)
         settings.server_target_latency_percentile = options["server_percentile"] / 100
         if target_qps is not None:
@@ -164,14 +237,14 @@ class LoadGenRun:
         logging = lg.LogSettings()
         logging.log_output = output
         logging.enable_trace = False
+        failures = _Failures()
         inline = self.make_infer(0) if scenario in ("single_stream", "multi_stream") else None
-        pool = None if inline else _Pool(self.make_infer, self.settings["sessions"])
+        pool = None if inline else _Pool(self.make_infer, self.settings["sessions"], failures)
 
         def issue(samples: list[Any]) -> None:
             # SingleStream and MultiStream issue one query and wait for it: run it here, as one batch.
             if inline is not None:
-                inline([sample.index for sample in samples])
-                lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
+                failures.run(inline, samples)
                 return
             assert pool is not None
             for start in range(0, len(samples), self.batch):
@@ -187,6 +260,10 @@ class LoadGenRun:
                 pool.close()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
+        if failures.first is not None:
+            raise ScenarioFailed(
+                f"{scenario}: the system under test failed: {type(failures.first).__name__}: {failures.first}"
+            ) from failures.first
         return read_detail_log(folder / "mlperf_log_detail.txt")
 
     def _result(self, scenario: str, log: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -225,6 +302,14 @@ class LoadGenRun:
     def _test(self, scenario: str, latency_ms: float, items_per_s: float) -> dict[str, Any]:
         folder = self.log_dir / scenario
         log = self._start(scenario, self._settings(scenario, latency_ms, items_per_s, None), folder)
+        if (
+            scenario == "offline"
+            and log.get("result_min_duration_met") is False
+            and log.get("result_samples_per_second")
+        ):
+            # Faster than the throughput pass said: once more, from the rate LoadGen itself just measured.
+            rate = log["result_samples_per_second"]
+            log = self._start(scenario, self._settings(scenario, latency_ms, rate, None), folder)
         return self._result(scenario, log, folder)
 
     def _server(self, latency_ms: float) -> dict[str, Any]:

@@ -188,20 +188,30 @@ def run_job(job: dict) -> dict:
     # Each as the model takes one call (its batch axes; a fixed batch of N holds N samples).
     ring = max(1, min(RING, RING_BYTES // max(feeds.sample_bytes(inputs), 1), feeds.count(inputs)))
     per_call = layout.per_call
-    single = [
-        layout.to_model(feeds.read(Path(job["inputs"]), i * per_call, (i + 1) * per_call))
-        for i in range(max(1, ring // per_call))
-    ]
+    read = [feeds.read(Path(job["inputs"]), i * per_call, (i + 1) * per_call) for i in range(max(1, ring // per_call))]
+    padded = [layout.to_model(sample) for sample in read]
+    # Token inputs padded to the longest sample run at their own lengths, as deployed; the padded figure is kept
+    # beside (a timed phase of its own, after the memory readings).
+    lengths = [layout.own_length(sample) or 0 for sample in read] if layout.lengths and per_call == 1 else []
+    single = [layout.to_model(layout.cut(sample, n)) for sample, n in zip(read, lengths)] if lengths else padded
     # A stateful model runs as deployed: each step takes the state the step before returned.
     state: dict[str, np.ndarray] = {}
 
-    def infer(i: int) -> None:
-        fed = single[i % len(single)]
+    def infer_from(ring: list[dict[str, np.ndarray]]) -> Callable[[int], object]:
         if layout.state_from:
-            fed = fed | {name: state[source] for name, source in layout.state_from.items() if source in state}
-            state.update(target.run(session, fed))
-        else:
-            target.run(session, fed)
+
+            def infer(i: int) -> None:
+                fed = ring[i % len(ring)]
+                fed = fed | {name: state[source] for name, source in layout.state_from.items() if source in state}
+                state.update(target.run(session, fed))
+
+            return infer
+        # Each sample bound to the session once (in the runtime's layout and buffers, ``Target.bind``): the timed
+        # span holds the runtime's call and the reading of its outputs, as a deployed caller's does.
+        calls = [target.bind(session, fed) for fed in ring]
+        return lambda i: calls[i % len(calls)]()
+
+    infer = infer_from(single)
 
     start = time.perf_counter()
     infer(0)
@@ -217,6 +227,14 @@ def run_job(job: dict) -> dict:
     steal = steal_fraction(ticks, cpu_ticks(cpus))
     gc.enable()
     memory.append(memory_snapshot("end"))
+
+    padded_samples: list[int] = []
+    if lengths:
+        gc.disable()
+        padded_infer = infer_from(padded)
+        run_phase(padded_infer, job["warmup_runs"], job["warmup_s"], job["max_runs"], job["max_s"])
+        padded_samples, _, _ = run_phase(padded_infer, job["runs"], job["measure_s"], job["max_runs"], job["max_s"])
+        gc.enable()
 
     results = []
     for parallel in job["parallel_requests"]:
@@ -278,6 +296,9 @@ def run_job(job: dict) -> dict:
         "runtime_info": runtime_info,
         "operator_profile": operator_profile,
         "scenarios": scenario_results,
+        "ring_lengths": lengths or None,
+        "padded_length": next(read[0][name].shape[axis] for name, axis in layout.lengths.items()) if lengths else None,
+        "padded_samples_ms": [sample / 1e6 for sample in padded_samples] or None,
     }
 
 
@@ -304,6 +325,8 @@ def _scenarios(
     path = Path(job["inputs"])
     data = feeds.read(path, 0, min(RING, feeds.count(feeds.load(path))))
     batch = max([size for size in job["batch_sizes"] if layout.batch_sizes(size) == size] or [1])
+    # Token inputs at their own lengths: a query's batch is cut to its longest sample, as a server pads per batch.
+    own = [layout.own_length(feeds.take(data, i, i + 1)) for i in range(feeds.count(data))]
 
     def make_infer(index: int) -> scenarios.Infer:
         """Session ``index``'s runner (one per SUT thread, loaded on first use and kept for later tests)."""
@@ -314,14 +337,55 @@ def _scenarios(
         def infer(indices: list[int]) -> None:
             for start in range(0, len(indices), batch):
                 chunk = indices[start : start + batch]
-                target.run(session, layout.to_model({name: array[chunk] for name, array in data.items()}))
+                fed = {name: array[chunk] for name, array in data.items()}
+                if layout.lengths:
+                    fed = layout.cut(fed, max(own[i] or 1 for i in chunk))
+                target.run(session, layout.to_model(fed))
 
         return infer
 
     measured = [entry["items_per_s"] for entry in throughput_results if entry.get("items_per_s")]
     items_per_s = max(measured, default=1000 / latency_ms)
     run = scenarios.LoadGenRun(make_infer, feeds.count(data), batch, job["scenario_settings"], Path(job["loadgen_dir"]))
-    return run.run(job["scenarios"], latency_ms, items_per_s)
+    results = run.run(job["scenarios"], latency_ms, items_per_s)
+    if job["accuracy"]:
+        results.append(_loadgen_accuracy(run, target, sessions[0], layout, path))
+    return results
+
+
+def _loadgen_accuracy(run: Any, target: Any, session: Any, layout: feeds.Layout, path: Path) -> dict[str, Any]:
+    """LoadGen's accuracy run over every evaluation sample (as given, like the accuracy pass), its logged outputs
+    decoded and saved for the harness to score with the row's evaluator."""
+    data = feeds.load(path)  # memory-mapped: after every timed phase, so its pages count in no figure
+    specs: list[tuple[str, np.dtype, tuple[int, ...]]] = []
+
+    def answer(indices: list[int]) -> list[bytes]:
+        fed = {name: np.asarray(array[indices]) for name, array in data.items()}
+        outputs = layout.from_model(target.run(session, layout.to_model(fed)), len(indices))
+        if not specs:
+            specs.extend((name, value.dtype, value.shape[1:]) for name, value in outputs.items())
+        return [
+            b"".join(np.ascontiguousarray(outputs[name][i]).tobytes() for name, _, _ in specs)
+            for i in range(len(indices))
+        ]
+
+    total = feeds.count(data)
+    logged = run.accuracy(answer, total)
+    decoded: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in specs}
+    for index in range(total):
+        if index not in logged:
+            raise RuntimeError(f"LoadGen's accuracy log has no sample {index} of {total}")
+        offset = 0
+        for name, dtype, shape in specs:
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            decoded[name].append(
+                np.frombuffer(logged[index], dtype, count=size // dtype.itemsize, offset=offset).reshape(shape)
+            )
+            offset += size
+    folder = Path(run.log_dir) / "accuracy"
+    arrays: dict[str, Any] = {name: np.stack(values) for name, values in decoded.items()}  # Any: see np.savez below
+    np.savez(folder / "outputs.npz", **arrays)
+    return {"scenario": "accuracy", "valid": True, "queries": total, "log_dir": str(folder)}
 
 
 def _brief(exc: BaseException) -> str:

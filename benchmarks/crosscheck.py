@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import subprocess
 import sys
@@ -144,9 +145,10 @@ def cv(args: argparse.Namespace) -> int:
 
 
 def overhead(args: argparse.Namespace) -> int:
-    """The harness's timed loop (the worker's ``run_phase`` around ``Target.run``) against a bare loop on the same
-    session, alternating short blocks; medians within 5 %. Bare means ``session.run(None, feed)`` for ONNX
-    Runtime, ``request.infer()`` on an input tensor set once for OpenVINO (which also reports the request's own
+    """The harness's timed loop (the worker's ``run_phase`` around ``Target.bind``'s calls) against a bare loop on
+    the same session, alternating short blocks; medians within 5 %. Bare means ``session.run(None, feed)`` for ONNX
+    Runtime, the interpreter's ``set_tensor`` + ``invoke`` + ``get_tensor`` for LiteRT, ``request.infer()`` on an
+    input tensor set once for OpenVINO (which also reports the request's own
     ``latency``, the figure benchmark_app prints)."""
     reference = build(args.model, args.folder, [args.variant])[args.variant]
     target = registry.get(reference.runtime)
@@ -157,6 +159,27 @@ def overhead(args: argparse.Namespace) -> int:
 
         def bare_call(i: int) -> None:
             session.run(None, singles[i % len(singles)])
+    elif reference.runtime == "litert":
+        # What a caller of the bare interpreter does: its inputs already in the file's layout (channels last),
+        # set, invoke, read every output.
+        interpreter = session.interpreter
+        inputs = [
+            {
+                detail["index"]: np.ascontiguousarray(
+                    np.transpose(single[name], (0, 2, 3, 1)) if name in session.nchw_inputs else single[name]
+                )
+                for name, detail in session.inputs.items()
+            }
+            for single in singles
+        ]
+        outputs = [detail["index"] for detail in session.outputs.values()]
+
+        def bare_call(i: int) -> None:
+            for index, value in inputs[i % len(inputs)].items():
+                interpreter.set_tensor(index, value)
+            interpreter.invoke()
+            for index in outputs:
+                interpreter.get_tensor(index)
     else:
         target.run(session, singles[0])  # sets the request's input tensor
 
@@ -164,10 +187,10 @@ def overhead(args: argparse.Namespace) -> int:
             session.request.infer()
             runtime_latency.append(session.request.latency)
 
+    bound = [target.bind(session, single) for single in singles]  # as the worker's timed loop binds its ring
+
     def harness_block() -> list[int]:
-        samples, _, _ = run_phase(
-            lambda i: target.run(session, singles[i % len(singles)]), args.runs, 0, args.runs, 1e9
-        )
+        samples, _, _ = run_phase(lambda i: bound[i % len(bound)](), args.runs, 0, args.runs, 1e9)
         return samples
 
     def bare_block() -> list[int]:
@@ -188,7 +211,9 @@ def overhead(args: argparse.Namespace) -> int:
     gc.enable()
     ratio = float(np.median(ours) / np.median(bare))
     ok = abs(ratio - 1) <= 0.05
-    what = "session.run" if reference.runtime == "onnxruntime" else "request.infer()"
+    what = {"onnxruntime": "session.run", "litert": "set_tensor + invoke + get_tensor"}.get(
+        reference.runtime, "request.infer()"
+    )
     print(
         f"{args.model} {args.variant}: harness median {np.median(ours) / 1e3:.2f} µs, bare {what} median "
         f"{np.median(bare) / 1e3:.2f} µs over {args.rounds} × {args.runs} alternating runs each: overhead "
@@ -200,6 +225,99 @@ def overhead(args: argparse.Namespace) -> int:
             f"call takes {np.median(bare) / 1e3 - 1e3 * np.median(runtime_latency):.1f} µs more than it reports"
         )
     return 0 if ok else 1
+
+
+def loadgen(args: argparse.Namespace) -> int:
+    """LoadGen's scenarios against the harness's own figures for the same row, in the same process: SingleStream's
+    90th percentile against the timed phase's p90, Offline's samples/s against the best batched throughput of the
+    throughput pass (same sessions, same batch sizes); each within 10 %."""
+    settings = profile_settings(
+        "default",
+        repetitions=1,
+        threads=args.threads,
+        batch_sizes=[1, 8],
+        throughput_s=args.seconds,
+        measure_s=args.seconds,
+        operator_profile=False,
+        scenarios=["single_stream", "offline"],
+        scenario_min_duration_s=args.seconds,
+    )
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, reference in build(args.model, args.folder, args.variants).items():
+            measured = measure(_job(reference, Path(tmp) / name), settings)
+            scenarios = {result.scenario: result for result in measured.scenarios}
+            single, offline = scenarios["single_stream"], scenarios["offline"]
+            batched = max(t.items_per_s or 0 for t in measured.throughput)
+            pairs = [
+                ("SingleStream p90 / harness p90", single.value, measured.latency_ms.p90, "ms"),
+                ("Offline / best batched throughput", offline.value, batched, "samples/s"),
+            ]
+            valid = bool(single.valid and offline.valid)
+            for what, theirs, ours, unit in pairs:
+                ratio = (theirs or 0) / ours
+                ok = abs(ratio - 1) <= 0.10 and valid
+                failed |= not ok
+                print(
+                    f"{args.model} {name}: {what} = {theirs:.4g} / {ours:.4g} {unit} = {ratio:.3f} "
+                    f"({'ok' if ok else 'OUTSIDE'} ±10 %; LoadGen {'VALID' if valid else 'INVALID'})"
+                )
+    return 1 if failed else 0
+
+
+def _benchmark_app_throughput(xml: Path, shape: tuple[int, ...], seconds: float) -> tuple[float, int]:
+    """benchmark_app's throughput mode (``-hint throughput``, asynchronous, its own stream count): FPS, streams."""
+    command = [
+        str(Path(sys.executable).with_name("benchmark_app")),
+        "-m",
+        str(xml),
+        "-d",
+        "CPU",
+        "-hint",
+        "throughput",
+        "-data_shape",
+        str(list(shape)).replace(" ", ""),
+        "-t",
+        f"{seconds:g}",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", completed.stdout)
+    streams = re.search(r"NUM_STREAMS:\s+(\d+)", completed.stdout)
+    if completed.returncode != 0 or not fps or not streams:
+        sys.exit(f"benchmark_app failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}")
+    return float(fps.group(1)), int(streams.group(1))
+
+
+def offline_vs_benchmark_app(args: argparse.Namespace) -> int:
+    """LoadGen's Offline samples/s on the IR against OpenVINO's benchmark_app in throughput mode on the same IR
+    (its own streams and threads, asynchronous requests). edgecraft's Offline runs as many synchronous sessions,
+    each with the latency hint and cores / streams threads, on Python threads: the ratio says what that costs."""
+    failed = False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, reference in build(args.model, args.folder, ["ov-fp32", "ov-int8"]).items():
+            shape = (1, *reference.evaluation_inputs.shape[1:])
+            fps, streams = _benchmark_app_throughput(reference.path, shape, args.seconds)
+            settings = profile_settings(
+                "default",
+                repetitions=1,
+                threads=max(1, cores // streams),
+                parallel_requests=[streams],
+                batch_sizes=[1],
+                throughput_s=args.seconds,
+                operator_profile=False,
+                scenarios=["offline"],
+                scenario_min_duration_s=args.seconds,
+            )
+            (offline,) = measure(_job(reference, Path(tmp) / name), settings).scenarios
+            ratio = (offline.value or 0) / fps
+            failed |= not offline.valid
+            print(
+                f"{args.model} {name}: LoadGen Offline {offline.value:.1f} samples/s ({streams} sessions × "
+                f"{max(1, cores // streams)} threads) / benchmark_app -hint throughput {fps:.1f} FPS ({streams} "
+                f"streams) = {ratio:.3f}"
+            )
+    return 1 if failed else 0
 
 
 def profiling(args: argparse.Namespace) -> int:
@@ -340,7 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     repeat.add_argument("--profile", choices=("quick", "default", "rigorous"), default="default")
     repeat.set_defaults(handler=cv)
     cost = checks.add_parser("overhead", help="harness median vs a bare session.run loop")
-    cost.add_argument("--variant", default="onnx-fp32", choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8"))
+    cost.add_argument(
+        "--variant",
+        default="onnx-fp32",
+        choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"),
+    )
     cost.add_argument("--runs", type=int, default=100, help="runs per block (short blocks: drift hits both alike)")
     cost.add_argument("--rounds", type=int, default=200, help="alternating blocks of each")
     cost.set_defaults(handler=overhead)
@@ -357,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     profiled.add_argument("--seconds", type=float, default=1.0, help="timed seconds per bench")
     profiled.add_argument("--rounds", type=int, default=6, help="alternating rounds (on, off / off, on)")
     profiled.set_defaults(handler=profiling)
+    scenario = checks.add_parser("loadgen", help="LoadGen SingleStream p90 and Offline vs the harness's own figures")
+    scenario.add_argument("--variants", nargs="+", default=["onnx-fp32", "ov-fp32"])
+    scenario.add_argument("--seconds", type=float, default=5.0, help="timed seconds and LoadGen's minimum duration")
+    scenario.set_defaults(handler=loadgen)
+    offline = checks.add_parser("offline", help="LoadGen Offline vs benchmark_app -hint throughput on the IR")
+    offline.add_argument("--seconds", type=float, default=10.0, help="seconds of each")
+    offline.set_defaults(handler=offline_vs_benchmark_app)
     args = parser.parse_args(argv)
     return args.handler(args)
 

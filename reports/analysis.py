@@ -180,6 +180,13 @@ def baseline_variants(results: RunResults) -> list[str]:
     return list(dict.fromkeys(row.variant for row in results.rows if row.lossless))
 
 
+def served_rate(measurement: Measurement) -> float:
+    """The rate a row's cost is priced at: the Server scenario's VALID QPS where LoadGen found one (what a service
+    sustains within its latency bound), else single-stream throughput."""
+    server = next((s for s in measurement.scenarios if s.scenario == "server" and s.valid and s.value), None)
+    return server.value if server and server.value else measurement.throughput_per_s
+
+
 def cost_per_million(price_per_hour: float | None, throughput_per_s: float | None) -> float | None:
     """What a million predictions at ``throughput_per_s`` cost on a machine billed ``price_per_hour``."""
     if price_per_hour is None or not throughput_per_s:
@@ -267,7 +274,7 @@ def _row_facts(results: RunResults, settings: ReportSettings) -> list[RowFacts]:
                 speedup=_ratio(base_timed.latency_ms.p50, timed.latency_ms.p50) if timed and base_timed else None,
                 size_reduction=_ratio(compared.size_bytes, row.size_bytes) if compared else None,
                 slower_than_fp32=slower,
-                cost_per_million=cost_per_million(settings.price_per_hour, timed.throughput_per_s) if timed else None,
+                cost_per_million=cost_per_million(settings.price_per_hour, served_rate(timed)) if timed else None,
                 on_front=id(row) in front,
                 throughput=[
                     ThroughputFacts(t, cost_per_million(settings.price_per_hour, t.items_per_s))

@@ -329,6 +329,55 @@ def memory_per_target(analysis: Analysis) -> str:
         return _svg(figure)
 
 
+def server_searched(analysis: Analysis) -> list[RowFacts]:
+    """The timed rows whose Server scenario tried at least one rate."""
+    return [
+        f
+        for f in _timed(analysis.facts)
+        if f.row.measurement and any(s.scenario == "server" and s.probes for s in f.row.measurement.scenarios)
+    ]
+
+
+def latency_vs_offered_qps(analysis: Analysis) -> str:
+    """Per target, each row's Server search: p50 and p99 latency at every rate LoadGen was offered (filled: VALID,
+    hollow: INVALID), the latency bound dashed. Where the p99 line crosses the bound is the row's Server QPS."""
+    by_target = _by(server_searched(analysis), lambda r: r.target)
+    bound = (analysis.results.benchmark or {}).get("server", {}).get("target_latency_ms")
+    with _style("server"):
+        figure, axes = _figure(6.5 * len(by_target), 3.2, len(by_target))
+        for axis, (target, facts) in zip(axes, by_target.items()):
+            for index, fact in enumerate(facts):
+                assert fact.row.measurement is not None  # server_searched keeps measured rows only
+                server = next(s for s in fact.row.measurement.scenarios if s.scenario == "server")
+                probes = sorted(server.probes, key=lambda probe: probe.target_qps)
+                color = f"C{index}"
+                for percentile, style in (("p50", ":"), ("p99", "-")):
+                    points = [
+                        (p.target_qps, p.percentiles_ms[percentile], p.valid)
+                        for p in probes
+                        if percentile in p.percentiles_ms
+                    ]
+                    if not points:
+                        continue
+                    axis.plot(
+                        [x for x, _, _ in points],
+                        [y for _, y, _ in points],
+                        style,
+                        color=color,
+                        label=_plain(f"{fact.row.variant} {percentile}"),
+                    )
+                    for x, y, valid in points:
+                        axis.plot(x, y, "o", color=color, markerfacecolor=color if valid else "white", markersize=4)
+            if bound:
+                axis.axhline(bound, linestyle="--", color=STATUS_COLORS["failed"], linewidth=1, label="latency bound")
+            axis.set_yscale("log")
+            axis.set_title(_plain(target))
+            axis.set_xlabel("offered rate (queries / s)")
+            axis.set_ylabel("latency (ms, log)")
+            axis.legend(fontsize=7)
+        return _svg(figure)
+
+
 def latency_change(comparison: Comparison) -> str:
     """Per row, the baseline's and the candidate's p50 with their 95 % CIs: overlap at a glance."""
     rows = comparison.rows

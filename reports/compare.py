@@ -27,7 +27,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from edgecraft.core.results import CONVERSION_WARNING, NOISE_WARNING, LatencyStats, ModelRecord, ResultRow, RunResults
+from edgecraft.core.results import (
+    CONVERSION_WARNING,
+    NOISE_WARNING,
+    LatencyStats,
+    ModelRecord,
+    ResultRow,
+    RunResults,
+    ScenarioResult,
+)
 from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.reports.analysis import FLOAT_SLACK, cis_overlap
 from edgecraft.reports.results_file import ResultsError, check_results
@@ -251,6 +259,8 @@ def _diff(
                         f"{100 * cm.accuracy:.2f} %) exceeds −{100 * gate.max_accuracy_drop:g} pt",
                     )
                 )
+    if bm and cm and not emulated:
+        findings.extend(_scenario_findings(bm.scenarios, cm.scenarios, gate.max_latency_increase, allow_missing))
     base_size, cand_size = (base.size_bytes if base else None), (cand.size_bytes if cand else None)
     size = _relative(cand_size, base_size)
     if size is not None and size > gate.max_size_increase + FLOAT_SLACK:
@@ -268,6 +278,43 @@ def _diff(
             if warning.startswith(CONVERSION_WARNING)
         )
     return RowDiff(*key, base, cand, latency, overlap, size, accuracy, findings, untimed)
+
+
+def _scenario_findings(
+    baseline: list[ScenarioResult], candidate: list[ScenarioResult], limit: float, allow_missing: bool
+) -> list[Finding]:
+    """A LoadGen scenario fails the gate when the candidate's is INVALID, missing where the baseline ran it, or its
+    headline worse than the baseline's beyond the latency threshold (a latency risen, a rate fallen). LoadGen's
+    validity rules are the headline's confidence: there is no CI to overlap."""
+    findings = []
+    before = {result.scenario: result for result in baseline}
+    for result in candidate:
+        if result.valid is False:
+            findings.append(Finding("regression", f"{result.scenario}: LoadGen said INVALID ({result.invalid_reason})"))
+    for name, old in before.items():
+        if name == "accuracy":  # the row's accuracy is gated by max_accuracy_drop already
+            continue
+        new = next((result for result in candidate if result.scenario == name), None)
+        if new is None or new.value is None:
+            if old.value is not None:
+                reason = new.not_measured if new else "not run"
+                findings.append(
+                    Finding("missing", f"{name}: measured in the baseline, {reason} in the candidate", allow_missing)
+                )
+            continue
+        change = _relative(new.value, old.value)
+        if old.value is None or change is None or not new.valid:
+            continue
+        worse = change if new.unit == "ms" else -change
+        if worse > limit + FLOAT_SLACK:
+            findings.append(
+                Finding(
+                    "regression",
+                    f"{name} {new.headline} {old.value:.4g} → {new.value:.4g} {new.unit} ({100 * change:+.1f} %) "
+                    f"is worse than the {100 * limit:g} % threshold",
+                )
+            )
+    return findings
 
 
 def _describe(signature: Signature) -> str:

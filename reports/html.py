@@ -153,6 +153,11 @@ def render_html(analysis: Analysis) -> str:
             "size": charts.draw(charts.size_per_variant, analysis),
             "latency": charts.draw(charts.latency_distributions, analysis),
             "memory": charts.draw(charts.memory_per_target, analysis),
+            **(
+                {"server": charts.draw(charts.latency_vs_offered_qps, analysis)}
+                if charts.server_searched(analysis)
+                else {}
+            ),
         },
         **_run_context(analysis.results),
     )

@@ -238,6 +238,29 @@ class Layout:
     exact: bool = False
     limit: str | None = None
     state_from: dict[str, str] = field(default_factory=dict)
+    # Integer inputs (token ids, masks) with one open axis besides the batch, the same for all of them: that axis
+    # in the data (sample-major). Data pads them to the longest sample; a deployed model gets each at its length.
+    lengths: dict[str, int] = field(default_factory=dict)
+
+    def own_length(self, sample: Feeds) -> int | None:
+        """How long one sample (axis 0 of size 1) is along its sequence axis: up to the last position where any
+        integer input holds a non-zero value (padding is zeros: ids and mask alike); None without such axes."""
+        if not self.lengths:
+            return None
+        length = 1
+        for name, axis in self.lengths.items():
+            positions = np.moveaxis(np.asarray(sample[name]), axis, -1)
+            used = np.flatnonzero(positions.reshape(-1, positions.shape[-1]).any(axis=0))
+            length = max(length, int(used[-1]) + 1 if used.size else 1)
+        return length
+
+    def cut(self, batch: Feeds, length: int) -> Feeds:
+        """``batch`` (sample-major) with its sequence inputs cut to ``length`` positions: for a batch of samples
+        of different lengths, cut to the longest, the padding a deployment adds per batch."""
+        return {
+            name: np.take(array, np.arange(length), axis=self.lengths[name]) if name in self.lengths else array
+            for name, array in batch.items()
+        }
 
     @property
     def per_call(self) -> int:
@@ -341,7 +364,25 @@ def layout(signature: Signature, inputs: Feeds | None = None) -> Layout:
         exact=fixed is not None and smallest is not None and smallest[0] == fixed,
         limit=smallest[1] if smallest else None,
         state_from=dict(signature.state_from),
+        lengths=_sequence_axes(signature),
     )
+
+
+def _sequence_axes(signature: Signature) -> dict[str, int]:
+    """Each integer input's one open non-batch axis, in the data's sample-major layout, when every such input has
+    one and they share its name (``sequence``); else none: lengths are not guessed across different axes."""
+    found: dict[str, tuple[int, str]] = {}
+    for spec in signature.inputs:
+        if spec.batch_axis is None or not (spec.dtype or "").startswith(("int", "uint")):
+            continue
+        open_axes = dynamic_axes(spec)
+        if len(open_axes) != 1:
+            return {}
+        axis = open_axes[0]
+        found[spec.name] = (axis + (axis < spec.batch_axis), str((spec.shape or [])[axis]))
+    if len({name for _, name in found.values()}) != 1:
+        return {}
+    return {name: axis for name, (axis, _) in found.items()}
 
 
 def dynamic_axes(spec: TensorSpec) -> list[int]:

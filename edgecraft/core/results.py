@@ -137,6 +137,16 @@ class Throughput(StrictModel):
     )
 
 
+class LengthBucket(StrictModel):
+    """Latency of the timed calls whose input length fell in ``shortest``–``longest`` (token inputs at their own
+    lengths): a model with a dynamic sequence is as fast as the texts it gets."""
+
+    shortest: int
+    longest: int
+    calls: int = Field(description="Timed calls in the bucket, over every repetition.")
+    p50_ms: float
+
+
 class ServerProbe(StrictModel):
     """One LoadGen run of the Server search: the rate offered and what came of it."""
 
@@ -147,9 +157,10 @@ class ServerProbe(StrictModel):
 
 
 class ScenarioResult(StrictModel):
-    """One MLPerf scenario as LoadGen ran and judged it on this row (``bench.scenarios``)."""
+    """One MLPerf scenario as LoadGen ran and judged it on this row (``bench.scenarios``); ``accuracy``: LoadGen's
+    accuracy run over every evaluation sample, its logged outputs scored by the row's evaluator."""
 
-    scenario: Literal["single_stream", "multi_stream", "offline", "server"]
+    scenario: Literal["single_stream", "multi_stream", "offline", "server", "accuracy"]
     valid: bool | None = Field(None, description="LoadGen's VALID / INVALID; None where it did not run.")
     invalid_reason: str | None = Field(None, description="Why LoadGen said INVALID, from its own log.")
     headline: str | None = Field(
@@ -167,6 +178,9 @@ class ScenarioResult(StrictModel):
     probes: list[ServerProbe] = Field([], description="Server: every rate the search tried.")
     search: str | None = Field(None, description="Server: how the rate was searched.")
     not_measured: str | None = Field(None, description="Why the scenario did not run, e.g. LoadGen not installed.")
+    harness_value: float | None = Field(
+        None, description="accuracy: the harness's own accuracy pass on the same samples, for comparison."
+    )
 
 
 class OperatorTime(StrictModel):
@@ -266,6 +280,15 @@ class Measurement(StrictModel):
     )
     scenarios: list[ScenarioResult] = Field(
         [], description="MLPerf scenarios through LoadGen, from the first repetition's process (when asked for)."
+    )
+    padded_latency_ms: LatencyStats | None = Field(
+        None,
+        description="Token inputs: the same timed protocol with every sample padded to padded_length (how the data "
+        "holds them); latency_ms is at each sample's own length. None for other models.",
+    )
+    padded_length: int | None = Field(None, description="The sequence length padded_latency_ms was measured at.")
+    latency_by_length: list[LengthBucket] = Field(
+        [], description="Token inputs: the timed calls' latency by their own input length, in power-of-two buckets."
     )
 
     @property
