@@ -99,6 +99,28 @@ class _Pool:
             thread.join()
 
 
+def _run_test(issue: Callable[[list[Any]], None], total: int, performance: int, settings: Any, folder: Path) -> None:
+    """One LoadGen test of a system under test whose queries ``issue`` handles, over ``total`` samples
+    (``performance`` of them in a performance run), its logs in ``folder`` (no trace, nothing on stdout)."""
+    import mlperf_loadgen as lg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    output = lg.LogOutputSettings()
+    output.outdir = str(folder)
+    output.copy_summary_to_stdout = False
+    logging = lg.LogSettings()
+    logging.log_output = output
+    logging.enable_trace = False
+    sut = lg.ConstructSUT(issue, lambda: None)
+    # The samples are already in the worker's memory (or mapped): nothing to load or unload per sample.
+    qsl = lg.ConstructQSL(total, performance, lambda indices: None, lambda indices: None)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, logging)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+
+
 def read_detail_log(path: Path) -> dict[str, Any]:
     """LoadGen's detail log (``:::MLLOG {json}`` lines) as key → value, the last value of a key winning."""
     values: dict[str, Any] = {}
@@ -153,15 +175,8 @@ class LoadGenRun:
         import mlperf_loadgen as lg
 
         folder = self.log_dir / "accuracy"
-        folder.mkdir(parents=True, exist_ok=True)
         settings = self._settings("offline", 1.0, 1.0, None)
         settings.mode = lg.TestMode.AccuracyOnly
-        output = lg.LogOutputSettings()
-        output.outdir = str(folder)
-        output.copy_summary_to_stdout = False
-        logging = lg.LogSettings()
-        logging.log_output = output
-        logging.enable_trace = False
         failures: list[BaseException] = []
 
         def issue(samples: list[Any]) -> None:
@@ -180,13 +195,7 @@ class LoadGenRun:
                     ]
                 )
 
-        sut = lg.ConstructSUT(issue, lambda: None)
-        qsl = lg.ConstructQSL(total, min(total, self.samples), lambda indices: None, lambda indices: None)
-        try:
-            lg.StartTestWithLogSettings(sut, qsl, settings, logging)
-        finally:
-            lg.DestroyQSL(qsl)
-            lg.DestroySUT(sut)
+        _run_test(issue, total, min(total, self.samples), settings, folder)
         if failures:
             raise ScenarioFailed(
                 f"accuracy run: the system under test failed: {type(failures[0]).__name__}: {failures[0]}"
@@ -228,15 +237,6 @@ class LoadGenRun:
 
     def _start(self, scenario: str, settings: Any, folder: Path) -> dict[str, Any]:
         """One LoadGen test; its detail log's values."""
-        import mlperf_loadgen as lg
-
-        folder.mkdir(parents=True, exist_ok=True)
-        output = lg.LogOutputSettings()
-        output.outdir = str(folder)
-        output.copy_summary_to_stdout = False
-        logging = lg.LogSettings()
-        logging.log_output = output
-        logging.enable_trace = False
         failures = _Failures()
         inline = self.make_infer(0) if scenario in ("single_stream", "multi_stream") else None
         pool = None if inline else _Pool(self.make_infer, self.settings["sessions"], failures)
@@ -250,16 +250,11 @@ class LoadGenRun:
             for start in range(0, len(samples), self.batch):
                 pool.submit(samples[start : start + self.batch])
 
-        sut = lg.ConstructSUT(issue, lambda: None)
-        # The ring is already in the worker's memory: nothing to load or unload per sample.
-        qsl = lg.ConstructQSL(self.samples, self.samples, lambda indices: None, lambda indices: None)
         try:
-            lg.StartTestWithLogSettings(sut, qsl, settings, logging)
+            _run_test(issue, self.samples, self.samples, settings, folder)
         finally:
             if pool is not None:
                 pool.close()
-            lg.DestroyQSL(qsl)
-            lg.DestroySUT(sut)
         if failures.first is not None:
             raise ScenarioFailed(
                 f"{scenario}: the system under test failed: {type(failures.first).__name__}: {failures.first}"
