@@ -25,6 +25,7 @@ PACKAGES = (
     "tensorflow-cpu",
     "ai-edge-litert",
     "tflite-runtime",
+    "executorch",
     "neural-compressor",
     "numpy",
 )

@@ -8,11 +8,21 @@ does nothing. Everything here needs root (debootstrap, chroot, mount).
     ...                                        # AgentClient(url, token) from the host
     stop_agent(proc)
 
-Or from a shell: ``sudo .venv/bin/python tests/aarch64_box.py serve --port 8766`` (prints the URL and the token file).
+Or from a shell: ``sudo .venv/bin/python tests/aarch64_box.py serve --port 8766`` (prints the URL and the token file;
+``--executorch`` serves from the venv with ExecuTorch).
 
 Inside the root: Debian bookworm arm64 (minbase, python3 3.11), ``/opt/edgecraft`` (a venv with
 ``edgecraft[agent]`` installed from ``/src/edgecraft``, a copy of this working tree). ``/proc`` is mounted; the
-host's ``/sys`` never is: onnxruntime's cpuinfo segfaults under qemu when it can read it.
+host's ``/sys`` never is: onnxruntime's cpuinfo segfaults under qemu when it can read it. The root's ``/sys`` holds
+only copies of the host's two CPU lists, ``devices/system/cpu/possible`` and ``present``: without them cpuinfo
+cannot count the processors, so ExecuTorch's XNNPACK delegate fails to initialise ("XNNPACK status: 0x5",
+unsupported hardware) and refuses every lowered program; with them it runs, and onnxruntime and LiteRT still do.
+qemu emulates its "max" CPU without SME (``QEMU_CPU``: qemu 7.2 computes XNNPACK's SME int8 kernels wrong).
+
+On demand (``ensure_root(venv=EXECUTORCH_VENV)``, ``start_agent(..., venv=EXECUTORCH_VENV)``), a second venv,
+``/opt/edgecraft-executorch``, with ``edgecraft[agent-executorch]`` from the same copy: ExecuTorch's Python
+bindings link libtorch, so a board that runs ``.pte`` jobs carries torch, and that venv is where it lives. The
+first venv stays what the plain ``agent`` extra installs, free of torch (the arm slow test checks it).
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import argparse
 import fcntl
 import fnmatch
 import hashlib
+import http.client
+import io
+import json
 import os
 import platform
 import queue
@@ -29,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -45,16 +59,30 @@ REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("python3", "python3-venv", "python3-pip")
-VENV = "/opt/edgecraft"  # inside the root
-SOURCE = "/src/edgecraft"  # inside the root: the copy of the working tree that VENV is installed from
+VENV = "/opt/edgecraft"  # inside the root: edgecraft[agent], no torch
+# inside the root: edgecraft[agent-executorch] (torch and executorch on top of the agent), built only when asked for
+EXECUTORCH_VENV = "/opt/edgecraft-executorch"
+EXTRAS = {VENV: "agent", EXECUTORCH_VENV: "agent-executorch"}  # each venv of the root and the extra it installs
+SOURCE = "/src/edgecraft"  # inside the root: the copy of the working tree that the venvs are installed from
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 QEMU_BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 COMPLETE = ".edgecraft-root-complete"  # in the root, written once debootstrap and the venv succeeded
-INSTALLED = "opt/edgecraft/.edgecraft-source-sha256"  # in the root: the hash of the tree last installed
+MARKER = ".edgecraft-source-sha256"  # in each venv: the hash of the tree last installed there
+INSTALLED = f"{VENV.lstrip('/')}/{MARKER}"  # in the root: the [agent] venv's
 LISTENING = re.compile(r"edgecraft agent listening on (https?://\S+)")
 FINGERPRINT_LINE = re.compile(r"certificate fingerprint: (sha256:[0-9a-f]{64})")
 # Under qemu, importing onnxruntime alone takes ~25 s; a cold start of the agent well under a minute.
 START_TIMEOUT_S = 300.0
+# Under qemu, on a busy 2-core host, importing ExecuTorch's bindings (torch with them) took 30-65 s (measured:
+# torch 23 s, executorch.runtime 30-45 s more; the first import after installing also compiles their modules).
+WARM_TIMEOUT_S = 600.0
+# The CPU qemu-user emulates (qemu reads QEMU_CPU from the environment of each program it starts): its "max" CPU
+# without SME. qemu 7.2 (Debian bookworm's) advertises SME in "max", XNNPACK then picks its SME int8 kernels
+# (KleidiAI's), and qemu computes them wrong: the arm recipe's et-int8 program agreed with the reference on 9% of
+# the digits (chance) and was off by up to 28 in the logits, where the same program with sme=off (or on
+# cortex-a76, a Raspberry Pi 5's core) gave bit for bit the x86 host's outputs (measured). fp32 programs, ONNX
+# Runtime and LiteRT were right either way. The host's QEMU_CPU, where set, wins (e.g. cortex-a76).
+QEMU_CPU = "max,sme=off"
 # The host's pip settings that also hold inside the root. Its find-links and file:// indexes are host folders
 # (x86 wheels only) and are not carried.
 _CARRIED_ENV = (
@@ -102,8 +130,8 @@ def _reachable(host: str, port: int, timeout: float = 5.0) -> bool:
         return False
 
 
-def why_unavailable(root: Path | None = None) -> str | None:
-    """Why this machine cannot build or run the box (a reason to skip with), or None when it can."""
+def why_unavailable(root: Path | None = None, venv: str = VENV) -> str | None:
+    """Why this machine cannot build or run the box with ``venv`` (a reason to skip with), or None when it can."""
     if sys.platform != "linux":
         return f"needs Linux (chroot, binfmt_misc), this is {sys.platform}"
     if os.geteuid() != 0:
@@ -122,7 +150,8 @@ def why_unavailable(root: Path | None = None) -> str | None:
         if not os.environ.get("http_proxy") and not _reachable("deb.debian.org", 80):
             return f"the box is not built at {root} and deb.debian.org is unreachable"
     proxied = os.environ.get("https_proxy") or os.environ.get("PIP_INDEX_URL")
-    if _installed_hash(root) != source_hash() and not proxied and not _reachable("pypi.org", 443):
+    stale = {_installed_hash(root, VENV), _installed_hash(root, venv)} != {source_hash()}
+    if stale and not proxied and not _reachable("pypi.org", 443):
         return "edgecraft must be (re)installed in the box and pypi.org is unreachable"
     return None
 
@@ -175,9 +204,9 @@ def source_hash(repo: Path = REPO) -> str:
     return digest.hexdigest()
 
 
-def _installed_hash(root: Path) -> str | None:
+def _installed_hash(root: Path, venv: str = VENV) -> str | None:
     try:
-        return (root / INSTALLED).read_text().strip()
+        return (root / venv.lstrip("/") / MARKER).read_text().strip()
     except OSError:
         return None
 
@@ -186,13 +215,15 @@ def _installed_hash(root: Path) -> str | None:
 
 
 def _env() -> dict[str, str]:
-    """A clean environment for the root: the host's PIP_FIND_LINKS and the like name host folders."""
+    """A clean environment for the root: the host's PIP_FIND_LINKS and the like name host folders. With the CPU
+    qemu emulates (``QEMU_CPU``)."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "QEMU_CPU": os.environ.get("QEMU_CPU") or QEMU_CPU,
     }
     env.update(
         {
@@ -218,15 +249,38 @@ def inside(root: Path, *command: str, log: Log | None = _stderr, check: bool = T
 
 
 def mount_proc(root: Path) -> None:
-    """Mount /proc in the root (idempotent). Never the host's /sys: onnxruntime's cpuinfo segfaults under qemu."""
+    """Mount /proc in the root (idempotent). Never the host's /sys: onnxruntime's cpuinfo segfaults under qemu;
+    only its CPU lists are copied (``_cpu_lists``)."""
     target = root / "proc"
     target.mkdir(exist_ok=True)
     if not os.path.ismount(target):
         subprocess.run(["mount", "-t", "proc", "proc", str(target)], check=True)
+    _cpu_lists(root)
     shm = root / "dev/shm"  # POSIX semaphores (multiprocessing) need it; debootstrap leaves a plain folder
     shm.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(shm):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(shm)], check=True)
+
+
+def _cpu_lists(root: Path) -> None:
+    """Copy the host's ``/sys/devices/system/cpu/{possible,present}`` into the root's (otherwise empty) ``/sys``.
+
+    cpuinfo's ARM Linux code (in XNNPACK, which ExecuTorch's delegate initialises on the first lowered program)
+    counts processors from these lists only and gives up without them: "failed to parse both lists of possible
+    and present processors", then "XNNPACK status: 0x5" and "Backend XnnpackBackend is not available". Every
+    other figure it reads (MIDR, frequencies, topology) is optional and stays absent, as the host's would be
+    wrong for the emulated CPU; the core count is the host's, which is what qemu-user runs the threads on."""
+    folder = root / "sys/devices/system/cpu"
+    for name in ("possible", "present"):
+        host = Path("/sys/devices/system/cpu") / name
+        target = folder / name
+        try:
+            wanted = host.read_text()
+        except OSError:  # a host without sysfs: its processors, as the list's range syntax writes them
+            wanted = f"0-{(os.cpu_count() or 1) - 1}\n"
+        if not target.exists() or target.read_text() != wanted:
+            folder.mkdir(parents=True, exist_ok=True)
+            target.write_text(wanted)
 
 
 def unmount(root: Path) -> None:
@@ -333,12 +387,16 @@ def _sync_source(root: Path, repo: Path) -> None:
         shutil.copy2(repo / name, target / name)
 
 
-def ensure_root(root: Path | None = None, *, repo: Path = REPO, log: Log = _stderr) -> Path:
+def ensure_root(root: Path | None = None, *, repo: Path = REPO, log: Log = _stderr, venv: str = VENV) -> Path:
     """The box at ``root`` (default ``default_root()``), built if missing, with this working tree's edgecraft
-    installed. Idempotent: when the hash of the packaged files matches the installed one it only mounts /proc
-    (well under a second); when they changed it re-copies them and reinstalls edgecraft (~30 s under qemu; its
-    dependencies stay)."""
-    reason = why_unavailable(root)
+    installed in ``VENV`` and, when ``venv`` names another of ``EXTRAS``, in that one too (created on first use).
+    Idempotent: when the hash of the packaged files matches a venv's installed one it only mounts /proc (well
+    under a second); when they changed it re-copies them and reinstalls edgecraft (~30 s under qemu; its
+    dependencies stay). The first install of ``EXECUTORCH_VENV`` took ~5 min and fills 4.8 GB: PyPI's aarch64
+    torch 2.13 is a CUDA build, which brings triton and ~3 GB of nvidia-* packages (no CUDA ever runs here)."""
+    if venv not in EXTRAS:
+        raise ValueError(f"{venv} is none of the box's venvs ({', '.join(EXTRAS)})")
+    reason = why_unavailable(root, venv)
     if reason:
         raise RuntimeError(f"cannot build the aarch64 box: {reason}")
     root = (root or default_root()).resolve()
@@ -350,23 +408,33 @@ def ensure_root(root: Path | None = None, *, repo: Path = REPO, log: Log = _stde
             _configure(root)  # the host's resolver or certificates may have changed
         mount_proc(root)
         wanted = source_hash(repo)
-        if _installed_hash(root) == wanted:
-            return root
-        first = not (root / VENV.lstrip("/") / "bin/edgecraft").exists()
-        _sync_source(root, repo)
-        pip = f"{VENV}/bin/pip"
-        if first:
-            inside(root, pip, "install", "--upgrade", "pip", log=log)
-        # pip always reinstalls a project from a local folder; its installed requirements stay unless they no
-        # longer satisfy it.
-        inside(root, pip, "install", f"{SOURCE}[agent]", log=log)
-        (root / INSTALLED).write_text(wanted + "\n")
+        # The [agent] venv always (the root's own: the other one does not replace it), first.
+        stale = [each for each in dict.fromkeys((VENV, venv)) if _installed_hash(root, each) != wanted]
+        if stale:
+            _sync_source(root, repo)
+        for each in stale:
+            _install(root, each, wanted, log)
         return root
 
 
-def versions(root: Path) -> dict[str, str]:
-    """The versions pip installed in the box's venv (name → version)."""
-    done = inside(root, f"{VENV}/bin/pip", "list", "--format=freeze", log=None)
+def _install(root: Path, venv: str, wanted: str, log: Log) -> None:
+    """Install ``SOURCE`` with the venv's extra into ``venv`` (made on first use) and mark it with ``wanted``."""
+    if not (root / venv.lstrip("/") / "bin/python").exists():
+        inside(root, "python3", "-m", "venv", venv, log=log)
+    pip = f"{venv}/bin/pip"
+    if not (root / venv.lstrip("/") / "bin/edgecraft").exists():
+        inside(root, pip, "install", "--upgrade", "pip", log=log)
+    # pip always reinstalls a project from a local folder; its installed requirements stay unless they no longer
+    # satisfy it. --no-compile for torch's venv: pip would byte-compile every module of torch, sympy and pandas
+    # under qemu (thousands), where the agent's imports compile (and cache) only the modules they load.
+    options = ["--no-compile"] if venv != VENV else []
+    inside(root, pip, "install", *options, f"{SOURCE}[{EXTRAS[venv]}]", log=log)
+    (root / venv.lstrip("/") / MARKER).write_text(wanted + "\n")
+
+
+def versions(root: Path, venv: str = VENV) -> dict[str, str]:
+    """The versions pip installed in one of the box's venvs (name → version)."""
+    done = inside(root, f"{venv}/bin/pip", "list", "--format=freeze", log=None)
     return dict(line.split("==", 1) for line in done.stdout.splitlines() if "==" in line)
 
 
@@ -403,13 +471,16 @@ def start_agent(
     extra: list[str] | None = None,
     tls: bool = True,
     host: str = "127.0.0.1",
+    venv: str = VENV,
 ) -> BoxAgent:
     """Start ``edgecraft agent serve`` in the root; return it with the URL (and fingerprint) it printed.
 
     ``token_file`` and ``folder`` are host paths inside the root (the folder is created). TLS by default, as on a
     board (``--tls``: the box listens on loopback, where plain HTTP is the agent's default). ``emulated`` passes
-    ``--emulated REASON``; by default the agent detects emulation itself. Raises (with the agent's output) when no
-    "listening on" line (and, with TLS, no fingerprint line) came within ``timeout_s`` or the agent exited first."""
+    ``--emulated REASON``; by default the agent detects emulation itself. ``venv``: which of the root's venvs runs
+    it (``EXECUTORCH_VENV`` for ``.pte`` jobs; ``ensure_root(venv=...)`` installs it). Raises (with the agent's
+    output) when no "listening on" line (and, with TLS, no fingerprint line) came within ``timeout_s`` or the agent
+    exited first."""
     root = root.resolve()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -417,7 +488,7 @@ def start_agent(
     command = [
         "chroot",
         str(root),
-        f"{VENV}/bin/edgecraft",
+        f"{venv}/bin/edgecraft",
         "agent",
         "serve",
         "--host",
@@ -434,7 +505,75 @@ def start_agent(
     if emulated:
         command += ["--emulated", emulated]
     command += extra or []
-    return watch_agent(command, timeout_s, tls, what=f"the agent in {root}")
+    agent = watch_agent(command, timeout_s, tls, what=f"the agent of {venv} in {root}")
+    if venv == EXECUTORCH_VENV:
+        try:
+            warm_executorch(agent, token_file)
+        except BaseException:
+            stop_agent(agent.process)
+            raise
+    return agent
+
+
+def warm_executorch(agent: BoxAgent, token_file: Path, timeout_s: float = WARM_TIMEOUT_S) -> None:
+    """Have the agent import ExecuTorch's bindings before the first real job, with a program it refuses.
+
+    The agent checks a program when a job is submitted (ExecuTorch's own structural check), inside the request,
+    and the first check imports ``executorch.runtime`` and torch with it: under qemu that took 30-65 s, longer than
+    the 30 s of silence an ``AgentClient`` waits for, so the first ``.pte`` row failed with "cannot reach the
+    agent: The read operation timed out" (a board imports them in seconds). A submission whose
+    program is the file identifier and nothing else costs that import once, here, and is refused ("truncated or
+    corrupt"); the agent keeps no job. The certificate is checked against the agent's printed fingerprint."""
+    import numpy as np
+
+    from edgecraft.bench.settings import profile_settings
+
+    token = token_file.read_text().strip()
+
+    def request(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        address = agent.url.split("://", 1)[1]
+        host, port = address.rsplit(":", 1)
+        connection: http.client.HTTPConnection
+        if agent.url.startswith("https://"):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # pinned below instead
+            connection = http.client.HTTPSConnection(host, int(port), timeout=timeout_s, context=context)
+            connection.connect()
+            certificate = connection.sock.getpeercert(binary_form=True) or b""
+            if f"sha256:{hashlib.sha256(certificate).hexdigest()}" != agent.fingerprint:
+                connection.close()
+                raise RuntimeError(f"the agent at {agent.url} presented another certificate than it printed")
+        else:
+            connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+        try:
+            connection.request(method, f"/v1{path}", body=body, headers={"Authorization": f"Bearer {token}"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def blob(data: bytes) -> str:
+        name = hashlib.sha256(data).hexdigest()
+        status, answer = request("PUT", f"/blobs/{name}", data)
+        if status != 200:
+            raise RuntimeError(f"the agent at {agent.url} refused a blob: {status} {answer[-400:]!r}")
+        return name
+
+    program = b"\0\0\0\0ET12" + bytes(56)  # a program's file identifier (after its root offset), and nothing
+    inputs = io.BytesIO()
+    np.savez(inputs, input=np.zeros((1, 1), np.float32))
+    manifest = {
+        "runtime": "executorch",
+        "device": "arm",
+        "model": {"format": "executorch", "files": [blob(program)]},
+        "inputs": blob(inputs.getvalue()),
+        "settings": profile_settings("quick").model_dump(mode="json"),
+    }
+    started = time.monotonic()
+    status, answer = request("POST", "/jobs", json.dumps(manifest).encode())
+    if status != 400 or b"ExecuTorch refuses the program" not in answer:
+        raise RuntimeError(f"the agent at {agent.url} did not load ExecuTorch: {status} {answer[-2000:]!r}")
+    _stderr(f"the agent imported ExecuTorch's bindings: {time.monotonic() - started:.1f} s")
 
 
 def watch_agent(command: list[str], timeout_s: float, tls: bool, what: str) -> BoxAgent:
@@ -511,21 +650,27 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["ensure", "serve", "versions", "unmount"])
     parser.add_argument("--root", type=Path, default=None, help=f"default: ${ROOT_ENV} or {default_root()}")
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument(
+        "--executorch",
+        action="store_true",
+        help=f"{EXECUTORCH_VENV} (edgecraft[agent-executorch], with torch) rather than {VENV}",
+    )
     args = parser.parse_args(argv)
+    venv = EXECUTORCH_VENV if args.executorch else VENV
     root = (args.root or default_root()).resolve()
     if args.command == "unmount":
         unmount(root)
         return 0
-    root = ensure_root(root)
+    root = ensure_root(root, venv=venv)
     if args.command == "versions":
-        for name, version in sorted(versions(root).items()):
+        for name, version in sorted(versions(root, venv).items()):
             print(f"{name}=={version}")
         return 0
     if args.command == "serve":
         token_file = root / "srv/edgecraft/token"
         if not token_file.exists():
             write_token(token_file)
-        agent = start_agent(root, token_file, args.port, root / "srv/edgecraft/models")
+        agent = start_agent(root, token_file, args.port, root / "srv/edgecraft/models", venv=venv)
         print(
             f"agent (aarch64, emulated) at {agent.url}, fingerprint {agent.fingerprint}; token in {token_file}; "
             "Ctrl-C stops it",
