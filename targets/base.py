@@ -96,6 +96,10 @@ class Target(ABC, Generic[Session, Options]):
             raise ValueError(f"{runnable.name}: not a model file edgecraft knows ({', '.join(formats.suffixes())})")
         return fmt.files(runnable)
 
+    def warm_up(self) -> None:
+        """Import what ``verify`` and ``load`` need, ahead of the first job: the device agent calls it once, in the
+        background, when it starts. Nothing by default; a runtime whose import takes long overrides it."""
+
     def verify(self, path: Path) -> None:
         """Raise ``ValueError`` when the file fails the runtime's own check of its structure (the agent refuses
         such an upload before queueing it); runtimes without a check of their own accept every file."""

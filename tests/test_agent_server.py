@@ -397,3 +397,21 @@ def test_a_tflite_model_may_bring_its_input_output_note(tmp_path):
     note.write_bytes(pickle.dumps({"inputs": []}))
     with pytest.raises(ValueError, match="not a JSON object"):
         check_format("tflite", [model, note])
+
+
+def test_the_agent_warms_up_each_runtime_that_runs_here_before_the_first_upload(tmp_path: Path, monkeypatch) -> None:
+    """ExecuTorch's bindings import torch (30-65 s on an emulated board): an upload's check must not pay for it."""
+    from edgecraft.bench.agent.server import Agent, Limits
+    from edgecraft.targets import registry
+
+    warmed = []
+    for runtime, cls in registry.runtimes().items():
+        monkeypatch.setattr(cls, "warm_up", lambda self, runtime=runtime: warmed.append(runtime))
+    agent = Agent(tmp_path / "agent", Limits(), None)
+    agent._warm_up()
+    runs_here = {
+        runtime
+        for runtime, cls in registry.runtimes().items()
+        if any(cls().unavailable_reason(device) is None for device in cls.devices)
+    }
+    assert warmed and set(warmed) == runs_here and "executorch" in warmed

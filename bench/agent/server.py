@@ -274,6 +274,16 @@ class Agent:
     def start(self) -> None:
         threading.Thread(target=self._work, name="edgecraft-agent-worker", daemon=True).start()
         threading.Thread(target=self._sweep_forever, name="edgecraft-agent-sweeper", daemon=True).start()
+        threading.Thread(target=self._warm_up, name="edgecraft-agent-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Each runtime that runs here imports what checking an upload needs, once, before the first upload asks."""
+        for runtime, cls in registry.runtimes().items():
+            if any(self._target_reasons[f"{runtime}:{device}"] is None for device in cls.devices):
+                try:
+                    cls().warm_up()
+                except Exception as exc:  # noqa: BLE001 - the upload's own check will say what is wrong
+                    print(f"warming up {runtime} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
     # ----- what the endpoints do
 

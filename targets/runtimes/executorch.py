@@ -95,6 +95,11 @@ class ExecuTorch(Target[ExecuTorchSession, NoOptions]):
             )
         return None
 
+    def warm_up(self) -> None:
+        """The bindings import torch: 30-65 s on an emulated aarch64 board (measured), which the agent's first
+        ``verify``, inside an upload's request, would otherwise pay past a client's request timeout."""
+        import executorch.runtime  # noqa: F401
+
     def verify(self, path: Path) -> None:
         """ExecuTorch's own check of a program's structure (``Verification.InternalConsistency``: every offset
         and index within the file), without loading a method."""
