@@ -26,6 +26,7 @@ PACKAGES = (
     "ai-edge-litert",
     "tflite-runtime",
     "executorch",
+    "mlcommons-loadgen",
     "neural-compressor",
     "numpy",
 )
