@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from edgecraft.cli import main
-from edgecraft.core.results import CONVERSION_WARNING, ModelRecord, ResultRow, RunResults
+from edgecraft.core.results import CONVERSION_WARNING, ModelRecord, ResultRow, RunResults, ScenarioResult
 from edgecraft.core.signature import Signature, TensorSpec
 from edgecraft.reports.compare import compare_runs
 from edgecraft.reports.results_file import ResultsError
@@ -419,3 +419,35 @@ def test_caveats_name_every_condition_that_differs_between_the_runs() -> None:
     assert any(c.startswith("only 20 timed runs per row") for c in caveats), caveats
     alike = compare_runs(run(BASE, name="a"), run(BASE, name="b")).caveats
     assert not any(c.startswith(("different CPUs", "benchmark.", "onnxruntime ")) for c in alike), alike
+
+
+def with_scenarios(row: ResultRow, *scenarios: ScenarioResult) -> ResultRow:
+    assert row.measurement is not None
+    return row.model_copy(update={"measurement": row.measurement.model_copy(update={"scenarios": list(scenarios)})})
+
+
+def server(qps: float, valid: bool = True) -> ScenarioResult:
+    reason = None if valid else "latency bound not met"
+    return ScenarioResult(
+        scenario="server", valid=valid, invalid_reason=reason, headline="scheduled QPS", value=qps, unit="queries/s"
+    )
+
+
+def single_stream(p90: float) -> ScenarioResult:
+    return ScenarioResult(scenario="single_stream", valid=True, headline="p90 latency", value=p90, unit="ms")
+
+
+def test_a_scenario_headline_worse_beyond_the_latency_threshold_fails_the_gate(gate) -> None:
+    """A rate fallen or a latency risen by more than max_latency_increase; LoadGen's rules stand in for a CI."""
+    base = run([with_scenarios(BASE[0], server(100.0), single_stream(1.0)), BASE[1]])
+    within = gate(base, run([with_scenarios(BASE[0], server(95.0), single_stream(1.05)), BASE[1]]))
+    assert within.code == 0, within.out
+    worse = gate(base, run([with_scenarios(BASE[0], server(80.0), single_stream(1.2)), BASE[1]]))
+    assert worse.code == 1
+    reasons = "\n".join(worse.why("regression"))
+    assert (
+        "server scheduled QPS 100 → 80 queries/s (-20.0 %)" in reasons
+        and "single_stream p90 latency 1 → 1.2 ms" in reasons
+    )
+    gone = gate(base, run([with_scenarios(BASE[0], single_stream(1.0)), BASE[1]]))
+    assert gone.code == 1 and "server: measured in the baseline, not run in the candidate" in gone.out
