@@ -242,6 +242,7 @@ def test_a_bound_call_returns_what_run_returns_and_run_still_works_after_it(
     session = target.load(target.export(path, source, tmp_path), "cpu", 1, target.options_model())
     x = images(digits_cnn["splits"], 3)
     samples = [{"input": x[i : i + 1]} for i in range(3)]
+    samples[0]["input"].flags.writeable = False  # as a memory-mapped sample is
     expected = [target.run(session, sample)["logits"] for sample in samples]
     calls = [target.bind(session, sample) for sample in samples]
     for order in ([0, 1, 2], [2, 0, 1]):

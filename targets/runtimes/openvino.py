@@ -107,7 +107,9 @@ class OpenVino(Target[OpenVinoSession, OpenVinoOptions]):
         the timed requests); each call hands them to the request and runs it."""
         import openvino
 
-        arrays = {name: np.ascontiguousarray(value) for name, value in feeds.items()}  # the closure keeps them
+        # Contiguous and writeable (a shared tensor needs both; a memory-mapped sample is read-only), kept alive
+        # by the closure.
+        arrays = {name: np.require(value, requirements=["C", "W"]) for name, value in feeds.items()}
         tensors = {name: openvino.Tensor(array, shared_memory=True) for name, array in arrays.items()}
         request = session.request
 
