@@ -313,7 +313,8 @@ def offline_vs_benchmark_app(args: argparse.Namespace) -> int:
                 scenarios=["offline"],
                 scenario_min_duration_s=args.seconds,
             )
-            (offline,) = measure(_job(reference, Path(tmp) / name), settings).scenarios
+            measured = measure(_job(reference, Path(tmp) / name), settings)
+            offline = next(result for result in measured.scenarios if result.scenario == "offline")
             ratio = (offline.value or 0) / fps
             failed |= not offline.valid
             print(
