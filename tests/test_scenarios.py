@@ -165,7 +165,9 @@ def test_a_remote_rows_scenarios_say_they_ran_on_the_device(tmp_path: Path) -> N
     from edgecraft.core.results import Quality
 
     remote = RemoteMeasure("box", lambda job, settings: [])
-    job = MeasureJob("onnxruntime", "arm", {}, tmp_path / "m.onnx", tmp_path, {}, lambda outputs: None, tmp_path, remote)
+    job = MeasureJob(
+        "onnxruntime", "arm", {}, tmp_path / "m.onnx", tmp_path, {}, lambda outputs: None, tmp_path, remote
+    )
     missing = {"scenario": "offline", "not_measured": "not measured (LoadGen not installed (pip install x))"}
     ran = {"scenario": "server", "valid": True, "value": 10.0, "log_dir": "/srv/jobs/1/loadgen/server/run-0"}
     accuracy = {"scenario": "accuracy", "valid": True, "log_dir": "/srv/jobs/1/loadgen/accuracy"}
