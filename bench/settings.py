@@ -139,10 +139,13 @@ class BenchSettings(BaseModel):
         description="MLPerf scenarios run through LoadGen on every row, in the first repetition's process after its "
         "timed phases (opt-in: minutes). Server and Offline run max(parallel_requests) sessions, each on a thread.",
     )
+    # Defaults (the default profile's) where other settings have none: settings written before scenarios existed
+    # (an older client's job, a saved results file) stay valid.
     scenario_min_duration_s: float = Field(
-        ge=0, le=_MAX_PHASE_S, description="LoadGen's minimum duration of each scenario run (s)."
+        10.0, ge=0, le=_MAX_PHASE_S, description="LoadGen's minimum duration of each scenario run (s)."
     )
     scenario_min_queries: int = Field(
+        100,
         ge=1,
         le=_MAX_COUNT,
         description="LoadGen's minimum query count (raised to what early stopping needs: 64 for SingleStream, "
