@@ -49,6 +49,20 @@ def _job(reference: Reference, work_dir: Path) -> MeasureJob:
     )
 
 
+def _run_benchmark_app(xml: Path, shape: tuple[int, ...], seconds: float, *options: str) -> str:
+    """OpenVINO's benchmark_app on ``xml`` on the CPU at input ``shape`` for ``seconds``, with ``options``; what it
+    printed (the check exits, with its output, when it fails)."""
+    command = [
+        str(Path(sys.executable).with_name("benchmark_app")),
+        *("-m", str(xml), "-d", "CPU", *options),
+        *("-data_shape", str(list(shape)).replace(" ", ""), "-t", f"{seconds:g}"),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        sys.exit(f"benchmark_app failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}")
+    return completed.stdout
+
+
 def _benchmark_app_median_ms(xml: Path, shape: tuple[int, ...], threads: int, seconds: float, folder: Path) -> float:
     """benchmark_app's median latency with the settings the OpenVINO target compiles with: latency hint, one
     stream, ``threads`` inference threads, f32 precision, one synchronous request."""
@@ -65,25 +79,10 @@ def _benchmark_app_median_ms(xml: Path, shape: tuple[int, ...], threads: int, se
             }
         )
     )
-    command = [
-        str(Path(sys.executable).with_name("benchmark_app")),
-        "-m",
-        str(xml),
-        "-d",
-        "CPU",
-        "-api",
-        "sync",
-        "-load_config",
-        str(config),
-        "-data_shape",
-        str(list(shape)).replace(" ", ""),
-        "-t",
-        f"{seconds:g}",
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    match = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", completed.stdout)
-    if completed.returncode != 0 or not match:
-        sys.exit(f"benchmark_app failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}")
+    output = _run_benchmark_app(xml, shape, seconds, "-api", "sync", "-load_config", str(config))
+    match = re.search(r"Median:\s+([\d.]+)\s+(ms|us)", output)
+    if not match:
+        sys.exit(f"benchmark_app printed no median: {output[-800:]}")
     value, unit = float(match.group(1)), match.group(2)
     return value / 1000 if unit == "us" else value
 
@@ -271,24 +270,11 @@ def loadgen(args: argparse.Namespace) -> int:
 
 def _benchmark_app_throughput(xml: Path, shape: tuple[int, ...], seconds: float) -> tuple[float, int]:
     """benchmark_app's throughput mode (``-hint throughput``, asynchronous, its own stream count): FPS, streams."""
-    command = [
-        str(Path(sys.executable).with_name("benchmark_app")),
-        "-m",
-        str(xml),
-        "-d",
-        "CPU",
-        "-hint",
-        "throughput",
-        "-data_shape",
-        str(list(shape)).replace(" ", ""),
-        "-t",
-        f"{seconds:g}",
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", completed.stdout)
-    streams = re.search(r"NUM_STREAMS:\s+(\d+)", completed.stdout)
-    if completed.returncode != 0 or not fps or not streams:
-        sys.exit(f"benchmark_app failed ({completed.returncode}): {(completed.stdout + completed.stderr)[-800:]}")
+    output = _run_benchmark_app(xml, shape, seconds, "-hint", "throughput")
+    fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", output)
+    streams = re.search(r"NUM_STREAMS:\s+(\d+)", output)
+    if not fps or not streams:
+        sys.exit(f"benchmark_app printed no throughput or stream count: {output[-800:]}")
     return float(fps.group(1)), int(streams.group(1))
 
 
