@@ -3,10 +3,11 @@
 LoadGen generates the traffic (one query after another for SingleStream and MultiStream, a Poisson stream for
 Server, one query of everything for Offline), applies MLPerf's validity rules (minimum duration and query count,
 early stopping for tail latencies, the Server latency bound) and writes the summary and detail logs that MLPerf
-results are judged on. What is ours is only the system under test: sessions of the row's target, each on a thread
-of its own, taking samples from the ring the worker already holds in memory (LoadGen's query sample library). The
-Server's highest VALID rate is found by a bisection over LoadGen runs (LoadGen's own peak search,
-``find_peak_performance`` mode, needs a submission-length run per step).
+results are judged on. What is ours is only the system under test: the row's session, run inline for the
+one-query-at-a-time scenarios, and the target's requests in flight side by side for Server and Offline (its runtime's
+own asynchronous API where it has one, else sessions on threads), taking samples from the ring the worker already
+holds in memory (LoadGen's query sample library). The Server's highest VALID rate is found by a bisection over
+LoadGen runs (LoadGen's own peak search, ``find_peak_performance`` mode, needs a submission-length run per step).
 
 Runs inside the benchmark worker's fresh process, after its timed phases; imports no ML framework.
 """
@@ -14,13 +15,14 @@ Runs inside the benchmark worker's fresh process, after its timed phases; import
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgecraft.targets.base import Requests
+from edgecraft.targets.feeds import Feeds
 
 SCENARIOS = ("single_stream", "multi_stream", "offline", "server")
 _LOADGEN_NAMES = {
@@ -37,9 +39,9 @@ EARLY_STOPPING_QUERIES = {"single_stream": 64, "multi_stream": 662, "server": 66
 # minimum duration and is INVALID, so it is told twice the throughput pass's best rate.
 OFFLINE_HEADROOM = 2.0
 
-# ``infer(indices)``: run these ring samples on one session. ``MakeInfer(i)``: the runner of SUT thread i's session.
-Infer = Callable[[list[int]], None]
-MakeInfer = Callable[[int], Infer]
+# ``feed(indices)``: those ring samples as one batch in the model's own layout; ``infer(feeds)``: run it inline.
+Feed = Callable[[list[int]], Feeds]
+Infer = Callable[[Feeds], object]
 
 
 class ScenarioFailed(RuntimeError):
@@ -55,48 +57,44 @@ def loadgen_missing() -> str | None:
     return None
 
 
-class _Failures:
-    """Runs queries and completes them whatever happens: LoadGen waits for every query it issued, so a query whose
-    inference raised is still completed (the test ends), and the first error fails the scenario afterwards."""
+class _Queries:
+    """Completes LoadGen's queries whatever happens: LoadGen waits for every query it issued, so a query whose
+    inference raised is still completed (the test ends), and the first error fails the scenario afterwards. Once
+    one has failed, later queries are completed without running."""
 
     def __init__(self) -> None:
         self.first: BaseException | None = None
 
-    def run(self, infer: Infer, samples: list[Any]) -> None:
+    @staticmethod
+    def complete(samples: list[Any]) -> None:
         import mlperf_loadgen as lg
 
-        try:
-            if self.first is None:
-                infer([sample.index for sample in samples])
-        except Exception as exc:  # noqa: BLE001 - re-raised after LoadGen's test ends (see ``LoadGenRun._start``)
-            self.first = exc
         lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0) for sample in samples])
 
+    def ended(self, samples: list[Any], error: BaseException | None) -> None:
+        if error is not None and self.first is None:
+            self.first = error
+        self.complete(samples)
 
-class _Pool:
-    """``sessions`` threads, each with its own ``infer``, completing LoadGen's queries in the order they come."""
+    def run(self, call: Callable[[], object], samples: list[Any]) -> None:
+        """Run ``call`` here and complete ``samples``."""
+        error = None
+        if self.first is None:
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - re-raised after LoadGen's test ends (see ``LoadGenRun._start``)
+                error = exc
+        self.ended(samples, error)
 
-    def __init__(self, make_infer: MakeInfer, sessions: int, failures: _Failures) -> None:
-        self.failures = failures
-        self._work: queue.Queue[list[Any] | None] = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._serve, args=(make_infer(index),), daemon=True) for index in range(sessions)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _serve(self, infer: Infer) -> None:
-        while (samples := self._work.get()) is not None:
-            self.failures.run(infer, samples)
-
-    def submit(self, samples: list[Any]) -> None:
-        self._work.put(samples)
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._work.put(None)
-        for thread in self._threads:
-            thread.join()
+    def start(self, requests: Requests, feed: Feed, samples: list[Any]) -> None:
+        """Start ``samples`` (as ``feed`` makes them a batch) on ``requests``; they are completed when it ends."""
+        if self.first is not None:
+            self.complete(samples)
+            return
+        try:
+            requests.start(feed([sample.index for sample in samples]), lambda error: self.ended(samples, error))
+        except Exception as exc:  # noqa: BLE001 - as in ``run``
+            self.ended(samples, exc)
 
 
 def _run_test(issue: Callable[[list[Any]], None], total: int, performance: int, settings: Any, folder: Path) -> None:
@@ -156,13 +154,25 @@ def _percentiles_ms(log: dict[str, Any]) -> dict[str, float]:
 
 
 class LoadGenRun:
-    """One row's LoadGen tests: the ring of ``samples`` samples, ``make_infer`` building one session's runner (called
-    once per SUT thread), the batch size multi-sample queries are run in, and the folder the logs go to."""
+    """One row's LoadGen tests on the ring of ``samples`` samples: ``feed`` makes a batch of them, ``infer`` runs one
+    inline (SingleStream and MultiStream), ``open_requests`` gives the target's requests in flight side by side
+    (Server and Offline; opened on first use, kept for every later test); the batch size multi-sample queries are
+    run in, and the folder the logs go to."""
 
     def __init__(
-        self, make_infer: MakeInfer, samples: int, batch: int, settings: dict[str, Any], log_dir: Path
+        self,
+        feed: Feed,
+        infer: Infer,
+        open_requests: Callable[[], Requests],
+        samples: int,
+        batch: int,
+        settings: dict[str, Any],
+        log_dir: Path,
     ) -> None:
-        self.make_infer = make_infer
+        self.feed = feed
+        self.infer = infer
+        self.open_requests = open_requests
+        self._requests: Requests | None = None
         self.samples = samples
         self.batch = batch
         self.settings = settings
@@ -207,11 +217,16 @@ class LoadGenRun:
         """Every scenario's result, with LoadGen's expectations set from the row's own timed phase (``latency_ms``,
         its median) and throughput pass (``items_per_s``): LoadGen pre-generates its queries from them."""
         results = []
-        for scenario in scenarios:
-            if scenario == "server":
-                results.append(self._server(latency_ms))
-            else:
-                results.append(self._test(scenario, latency_ms, items_per_s))
+        try:
+            for scenario in scenarios:
+                if scenario == "server":
+                    results.append(self._server(latency_ms))
+                else:
+                    results.append(self._test(scenario, latency_ms, items_per_s))
+        finally:
+            if self._requests is not None:
+                self._requests.close()
+                self._requests = None
         return results
 
     def _settings(self, scenario: str, latency_ms: float, items_per_s: float, target_qps: float | None) -> Any:
@@ -237,28 +252,27 @@ class LoadGenRun:
 
     def _start(self, scenario: str, settings: Any, folder: Path) -> dict[str, Any]:
         """One LoadGen test; its detail log's values."""
-        failures = _Failures()
-        inline = self.make_infer(0) if scenario in ("single_stream", "multi_stream") else None
-        pool = None if inline else _Pool(self.make_infer, self.settings["sessions"], failures)
+        queries = _Queries()
+        if scenario in ("single_stream", "multi_stream"):
+            # One query at a time, LoadGen waiting for it: run it here, as one batch.
+            def issue(samples: list[Any]) -> None:
+                queries.run(lambda: self.infer(self.feed([sample.index for sample in samples])), samples)
 
-        def issue(samples: list[Any]) -> None:
-            # SingleStream and MultiStream issue one query and wait for it: run it here, as one batch.
-            if inline is not None:
-                failures.run(inline, samples)
-                return
-            assert pool is not None
-            for start in range(0, len(samples), self.batch):
-                pool.submit(samples[start : start + self.batch])
+        else:
+            if self._requests is None:
+                self._requests = self.open_requests()
+            requests = self._requests
 
-        try:
-            _run_test(issue, self.samples, self.samples, settings, folder)
-        finally:
-            if pool is not None:
-                pool.close()
-        if failures.first is not None:
+            def issue(samples: list[Any]) -> None:
+                for start in range(0, len(samples), self.batch):
+                    chunk = samples[start : start + self.batch]
+                    queries.start(requests, self.feed, chunk)
+
+        _run_test(issue, self.samples, self.samples, settings, folder)
+        if queries.first is not None:
             raise ScenarioFailed(
-                f"{scenario}: the system under test failed: {type(failures.first).__name__}: {failures.first}"
-            ) from failures.first
+                f"{scenario}: the system under test failed: {type(queries.first).__name__}: {queries.first}"
+            ) from queries.first
         return read_detail_log(folder / "mlperf_log_detail.txt")
 
     def _result(self, scenario: str, log: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -120,7 +120,10 @@ class BenchSettings(BaseModel):
         [1, 8], min_length=1, description="Throughput pass: batch sizes."
     )
     parallel_requests: list[Annotated[int, Field(gt=0, le=_MAX_THREADS)]] = Field(
-        [1], min_length=1, description="Throughput pass: concurrent requests, each on its own session and thread."
+        [1],
+        min_length=1,
+        description="Throughput pass: requests in flight at once (more than one: the target's "
+        "own multi-request API where it has one, OpenVINO's AsyncInferQueue, else a session and thread each).",
     )
     throughput_s: float = Field(ge=0, le=_MAX_PHASE_S, description="Duration of each throughput configuration (s).")
     eval_batch: int = Field(64, gt=0, le=_MAX_BATCH, description="Batch size of the accuracy pass (not timed).")
@@ -137,7 +140,7 @@ class BenchSettings(BaseModel):
     scenarios: list[ScenarioName] = Field(
         [],
         description="MLPerf scenarios run through LoadGen on every row, in the first repetition's process after its "
-        "timed phases (opt-in: minutes). Server and Offline run max(parallel_requests) sessions, each on a thread.",
+        "timed phases (opt-in: minutes). Server and Offline keep max(parallel_requests) requests in flight.",
     )
     # Defaults (the default profile's) where other settings have none: settings written before scenarios existed
     # (an older client's job, a saved results file) stay valid.

@@ -110,13 +110,16 @@ def run_phase(
 
 def throughput(
     target: Any,
-    sessions: list[Any],
+    session: Any,
+    requests: Any,
+    parallel: int,
     inputs: dict[str, np.ndarray],
     batch_size: int,
     seconds: float,
     layout: feeds.Layout,
 ) -> dict:
-    """Items per second with one thread per session, each running batches of ``batch_size`` for ``seconds``."""
+    """Items per second running batches of ``batch_size`` for ``seconds``: one request, ``session`` called in a
+    loop; several, ``requests`` (the target's, in flight side by side) kept ``parallel`` deep."""
     count = max(1, min(RING, feeds.count(inputs)) // batch_size)
     batches = [
         layout.to_model(
@@ -127,29 +130,55 @@ def throughput(
         )
         for i in range(count)
     ]
-    for session in sessions:  # warms each session at this batch size, and fails here if the model cannot take it
-        target.run(session, batches[0])
-    done = [0] * len(sessions)
-    busy = [0.0] * len(sessions)
-    deadline = time.perf_counter() + seconds
-
-    def loop(slot: int) -> None:
+    target.run(session, batches[0])  # fails here if the model cannot take this batch
+    if parallel == 1:
+        done = 0
         start = time.perf_counter()
-        while time.perf_counter() < deadline or done[slot] == 0:
-            target.run(sessions[slot], batches[done[slot] % count])
-            done[slot] += 1
-        busy[slot] = time.perf_counter() - start
+        deadline = start + seconds
+        while time.perf_counter() < deadline or done == 0:
+            target.run(session, batches[done % count])
+            done += 1
+        wall = time.perf_counter() - start
+        return {"items_per_s": done * batch_size / wall, "batch_latency_ms": 1e3 * wall / done, "seconds": wall}
 
+    free = threading.Semaphore(parallel)
+    spans: list[float] = []
+    errors: list[BaseException] = []
+
+    def keep(began: float) -> Callable[[BaseException | None], None]:
+        def ended(error: BaseException | None) -> None:
+            spans.append(time.perf_counter() - began)
+            if error is not None:
+                errors.append(error)
+            free.release()
+
+        return ended
+
+    def drain() -> None:
+        for _ in range(parallel):
+            free.acquire()
+        for _ in range(parallel):
+            free.release()
+        if errors:
+            raise errors[0]
+
+    for i in range(2 * parallel):  # warms every request at this batch size
+        free.acquire()
+        requests.start(batches[i % count], keep(time.perf_counter()))
+    drain()
+    spans.clear()
+    started = 0
     start = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(slot,)) for slot in range(len(sessions))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    deadline = start + seconds
+    while time.perf_counter() < deadline and not errors:
+        free.acquire()
+        requests.start(batches[started % count], keep(time.perf_counter()))
+        started += 1
+    drain()
     wall = time.perf_counter() - start
     return {
-        "items_per_s": sum(done) * batch_size / wall,
-        "batch_latency_ms": 1e3 * sum(b / n for b, n in zip(busy, done)) / len(sessions),
+        "items_per_s": started * batch_size / wall,
+        "batch_latency_ms": 1e3 * sum(spans) / len(spans),
         "seconds": wall,
     }
 
@@ -239,7 +268,7 @@ def run_job(job: dict) -> dict:
     results = []
     for parallel in job["parallel_requests"]:
         try:
-            sessions = [session] + [load() for _ in range(parallel - 1)]
+            requests = target.requests(session, parallel, load) if parallel > 1 else None
         except Exception as exc:  # noqa: BLE001 - recorded for every batch size of this configuration
             results += [{"batch_size": b, "parallel": parallel, "error": _brief(exc)} for b in job["batch_sizes"]]
             continue
@@ -249,16 +278,19 @@ def run_job(job: dict) -> dict:
                 entry["not_measured"] = f"not measured ({layout.limit})"
             else:
                 try:
-                    entry |= throughput(target, sessions, inputs, batch_size, job["throughput_s"], layout)
+                    entry |= throughput(
+                        target, session, requests, parallel, inputs, batch_size, job["throughput_s"], layout
+                    )
                 except Exception as exc:  # noqa: BLE001 - the runtime refused this batch
                     entry["error"] = _brief(exc)
             results.append(entry)
-        del sessions
+        if requests is not None:
+            requests.close()
 
     scenario_results = None
     if job.get("scenarios"):
         latency_ms = float(np.median(samples)) / 1e6
-        scenario_results = _scenarios(job, target, [session], load, layout, latency_ms, results)
+        scenario_results = _scenarios(job, target, session, load, layout, latency_ms, results)
 
     if job["accuracy"]:
         # Accuracy in its own pass after every timed one, on the same target.run code path.
@@ -305,13 +337,14 @@ def run_job(job: dict) -> dict:
 def _scenarios(
     job: dict,
     target: Any,
-    sessions: list[Any],
+    session: Any,
     load: Callable[[], Any],
     layout: feeds.Layout,
     latency_ms: float,
     throughput_results: list[dict],
 ) -> list[dict]:
-    """MLPerf's scenarios through LoadGen (``bench.scenarios``) on this process's sessions, after the timed phases;
+    """MLPerf's scenarios through LoadGen (``bench.scenarios``) on this process's session (and the target's
+    requests from it), after the timed phases;
     a scenario that cannot run here is "not measured" with the reason."""
     from edgecraft.bench import scenarios
 
@@ -328,28 +361,27 @@ def _scenarios(
     # Token inputs at their own lengths: a query's batch is cut to its longest sample, as a server pads per batch.
     own = [layout.own_length(feeds.take(data, i, i + 1)) for i in range(feeds.count(data))]
 
-    def make_infer(index: int) -> scenarios.Infer:
-        """Session ``index``'s runner (one per SUT thread, loaded on first use and kept for later tests)."""
-        while len(sessions) <= index:
-            sessions.append(load())
-        session = sessions[index]
+    def feed(indices: list[int]) -> feeds.Feeds:
+        fed = {name: array[indices] for name, array in data.items()}
+        if layout.lengths:
+            fed = layout.cut(fed, max(own[i] or 1 for i in indices))
+        return layout.to_model(fed)
 
-        def infer(indices: list[int]) -> None:
-            for start in range(0, len(indices), batch):
-                chunk = indices[start : start + batch]
-                fed = {name: array[chunk] for name, array in data.items()}
-                if layout.lengths:
-                    fed = layout.cut(fed, max(own[i] or 1 for i in chunk))
-                target.run(session, layout.to_model(fed))
-
-        return infer
-
+    count = job["scenario_settings"]["sessions"]
     measured = [entry["items_per_s"] for entry in throughput_results if entry.get("items_per_s")]
     items_per_s = max(measured, default=1000 / latency_ms)
-    run = scenarios.LoadGenRun(make_infer, feeds.count(data), batch, job["scenario_settings"], Path(job["loadgen_dir"]))
+    run = scenarios.LoadGenRun(
+        feed,
+        lambda fed: target.run(session, fed),
+        lambda: target.requests(session, count, load),
+        feeds.count(data),
+        batch,
+        job["scenario_settings"],
+        Path(job["loadgen_dir"]),
+    )
     results = run.run(job["scenarios"], latency_ms, items_per_s)
     if job["accuracy"]:
-        results.append(_loadgen_accuracy(run, target, sessions[0], layout, path))
+        results.append(_loadgen_accuracy(run, target, session, layout, path))
     return results
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import queue
 import shutil
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -120,6 +122,13 @@ class Target(ABC, Generic[Session, Options]):
         times holds the runtime's call, not the harness's data handling. The default binds nothing."""
         return lambda: self.run(session, feeds)
 
+    def requests(self, session: Session, count: int, load: Callable[[], Session]) -> Requests:
+        """``count`` inference requests of the model ``session`` runs, in flight side by side: the system under test
+        of the throughput pass's parallel requests and of LoadGen's Server and Offline scenarios. A runtime with an
+        asynchronous multi-request API of its own overrides this with it (OpenVINO's ``AsyncInferQueue``); the
+        default is ``session`` and ``count - 1`` more from ``load``, each run by a thread of its own."""
+        return ThreadedRequests(self.run, [session, *(load() for _ in range(count - 1))])
+
     @abstractmethod
     def signature(self, path: Path) -> Signature:
         """The model file's named inputs and outputs as ``run`` takes and returns them."""
@@ -150,6 +159,55 @@ class Target(ABC, Generic[Session, Options]):
         runs ``PROFILE_WARMUP`` untimed inferences, then ``runs`` profiled ones cycling through ``feeds``.
         A runtime without a per-operator profiler says so in ``not_measured``."""
         return {"source": self.runtime, "not_measured": f"edgecraft has no operator profiler for {self.runtime}"}
+
+
+# Called once a started inference has ended: with None, or with the error it raised.
+Done = Callable[[BaseException | None], None]
+
+
+class Requests(ABC):
+    """Inferences of one model started without waiting for them, as many at once as there are requests."""
+
+    @abstractmethod
+    def start(self, feeds: Feeds, done: Done) -> None:
+        """Begin one inference of ``feeds`` (its outputs are not read back); ``done`` is called when it has ended, on
+        whichever thread ran it. Returns without waiting for it, or at most until a request is free."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Wait for every started inference to end, then release the requests."""
+
+
+class ThreadedRequests(Requests):
+    """Sessions of a runtime without an asynchronous API, one thread each, taking inferences in the order they were
+    started. Written here because the work is a queue and a loop: ONNX Runtime, LiteRT and ExecuTorch release the
+    GIL while they run, so the threads run side by side, and LiteRT asks for an interpreter per thread anyway."""
+
+    def __init__(self, run: Callable[[Any, Feeds], Feeds], sessions: list[Any]) -> None:
+        self._run = run
+        self._work: queue.Queue[tuple[Feeds, Done] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._serve, args=(session,), daemon=True) for session in sessions]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, session: Any) -> None:
+        while (work := self._work.get()) is not None:
+            feeds, done = work
+            try:
+                self._run(session, feeds)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's ``done``, which decides
+                done(exc)
+            else:
+                done(None)
+
+    def start(self, feeds: Feeds, done: Done) -> None:
+        self._work.put((feeds, done))
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def _installed(module: str) -> bool:

@@ -250,3 +250,27 @@ def test_a_bound_call_returns_what_run_returns_and_run_still_works_after_it(
             np.testing.assert_array_equal(calls[i]()["logits"], expected[i])
             np.testing.assert_array_equal(target.run(session, samples[(i + 1) % 3])["logits"], expected[(i + 1) % 3])
     assert len({float(e.max()) for e in expected}) == 3  # three different samples, so a stale input would show
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert"])
+def test_requests_end_every_inference_they_start_once_and_hand_a_refused_one_its_error(
+    runtime: str, digits_cnn: dict, convert, tmp_path
+) -> None:
+    """The throughput pass's parallel requests and LoadGen's Server and Offline system under test: each started
+    inference ends exactly once, an input the runtime refuses ends with its error instead of raising (LoadGen would
+    wait for its query for ever), and ``close`` returns once every one has ended."""
+    tflite = runtime == "litert"
+    path, source = (convert("convert.tflite").artifact.path, "tflite") if tflite else (digits_cnn["onnx"].path, "onnx")
+    target = registry.get(runtime)
+    runnable = target.export(path, source, tmp_path)
+    options = target.options_model()
+    session = target.load(runnable, "cpu", 1, options)
+    requests = target.requests(session, 2, lambda: target.load(runnable, "cpu", 1, options))
+    x = images(digits_cnn["splits"], 1)
+    ended: list[BaseException | None] = []
+    for i in range(7):
+        sample = {"input": x if i != 3 else np.zeros((1, 5), np.float32)}
+        requests.start(sample, ended.append)
+    requests.close()
+    assert len(ended) == 7
+    assert sum(error is not None for error in ended) == 1
