@@ -222,7 +222,8 @@ class DeviceLink:
                 expected_outputs=job.reference_outputs,
                 settings=remote_settings,
                 deadline_s=self.config.job_timeout_s,
-                layout=None if layout.batch_first else layout.to_json(),
+                # Sent where it is not the plain one, or where token inputs are timed at their own lengths.
+                layout=None if layout.batch_first and not layout.lengths else layout.to_json(),
                 on_status=self._log_queue,
             )
         except AgentError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,6 +61,28 @@ def token_data() -> dict[str, np.ndarray]:
     lengths = np.repeat(rng.integers(6, 13, size=60), 2)
     mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
     return {"input_ids": ids * mask, "attention_mask": mask, "targets": np.arange(120) // 2}
+
+
+def write_token_pooler(folder: Path) -> tuple[Path, Path]:
+    """``token_pooler`` as ONNX with dynamic batch and sequence, and 32 texts padded to 40 tokens beside it: the
+    first 16 of 8 tokens, the last 16 of 30 (a benchmark's ring cycles them in order). (model, inputs .npz)"""
+    model = folder / "pooler.onnx"
+    data = token_data()
+    torch.onnx.export(
+        token_pooler().eval(),
+        (torch.from_numpy(data["input_ids"][:2]), torch.from_numpy(data["attention_mask"][:2])),
+        str(model),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["embedding"],
+        dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask")},
+        dynamo=False,
+    )
+    lengths = np.array([8] * 16 + [30] * 16)
+    mask = (np.arange(40)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = np.random.default_rng(0).integers(1, 50, size=(32, 40)) * mask
+    inputs = folder / "tokens.npz"
+    np.savez(inputs, input_ids=ids, attention_mask=mask)
+    return model, inputs
 
 
 def wide_classifier() -> nn.Module:

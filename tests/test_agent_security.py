@@ -90,7 +90,7 @@ def model_bytes(weights_location: str | None = None) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
-def manifest(model: str, inputs: str) -> bytes:
+def manifest(model: str, inputs: str, layout: dict | None = None) -> bytes:
     return json.dumps(
         {
             "runtime": "onnxruntime",
@@ -99,11 +99,13 @@ def manifest(model: str, inputs: str) -> bytes:
             "inputs": inputs,
             "settings": SETTINGS,
         }
+        | ({"layout": layout} if layout else {})
     ).encode()
 
 
-def submit(agent: RunningAgent, inputs: bytes, model: bytes | None = None) -> Answer:
-    return call(agent, "POST", "/v1/jobs", manifest(upload(agent, model or model_bytes()), upload(agent, inputs)))
+def submit(agent: RunningAgent, inputs: bytes, model: bytes | None = None, layout: dict | None = None) -> Answer:
+    body = manifest(upload(agent, model or model_bytes()), upload(agent, inputs), layout)
+    return call(agent, "POST", "/v1/jobs", body)
 
 
 GOOD_INPUTS = npz({"x": np.ones((4, 16), np.float32)})
@@ -289,6 +291,20 @@ def test_a_huge_declared_shape_is_refused_before_reading(bounded: RunningAgent):
 def test_an_array_of_too_many_dimensions_is_refused(bounded: RunningAgent):
     refused = submit(bounded, npz({"x": np.zeros((1, 1, 1, 1), np.float32)}))
     assert (refused.status, refused.body["error"]) == (413, "inputs: 'x' has rank 4, over the limit of 3")
+    assert answers(bounded)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "line"),
+    [
+        ({"ids": 1}, "layout: names no input of the job: ids"),
+        ({"x": 2}, "layout.lengths.x: no sequence axis 2 in its samples"),
+        ({"x": 0}, "layout.lengths.x: no sequence axis 0 in its samples"),
+    ],
+)
+def test_a_sequence_axis_the_inputs_do_not_have_is_refused(bounded: RunningAgent, lengths: dict, line: str):
+    refused = submit(bounded, GOOD_INPUTS, layout={"lengths": lengths})
+    assert (refused.status, refused.body) == (400, {"error": line})
     assert answers(bounded)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgecraft.reports.results_file import load_results
 from edgecraft.targets import feeds
 from tests.conftest import edgecraft
-from tests.helpers import token_data, token_pooler
+from tests.helpers import write_token_pooler
 
 
 def test_own_length_is_the_last_position_any_token_input_uses() -> None:
@@ -30,23 +29,7 @@ def test_own_length_is_the_last_position_any_token_input_uses() -> None:
 
 
 def test_bench_times_token_inputs_at_their_own_lengths_with_the_padded_figure_beside(tmp_path: Path) -> None:
-    model = tmp_path / "pooler.onnx"
-    data = token_data()  # padded to 12, own lengths 6–12
-    torch.onnx.export(
-        token_pooler().eval(),
-        (torch.from_numpy(data["input_ids"][:2]), torch.from_numpy(data["attention_mask"][:2])),
-        str(model),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["embedding"],
-        dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask")},
-        dynamo=False,
-    )
-    # 32 texts padded to 40 tokens: the first 16 of 8 tokens, the last 16 of 30 (the ring cycles them in order).
-    lengths = np.array([8] * 16 + [30] * 16)
-    mask = (np.arange(40)[None, :] < lengths[:, None]).astype(np.int64)
-    ids = np.random.default_rng(0).integers(1, 50, size=(32, 40)) * mask
-    inputs = tmp_path / "tokens.npz"
-    np.savez(inputs, input_ids=ids, attention_mask=mask)
+    model, inputs = write_token_pooler(tmp_path)  # 32 texts padded to 40: 16 of 8 tokens, then 16 of 30
     completed = edgecraft("bench", model, "--inputs", inputs, "--quick", "--output-dir", tmp_path)
     assert completed.returncode == 0, completed.stderr
     run_dir = Path(completed.stdout.strip()).parent

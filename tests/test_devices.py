@@ -27,6 +27,7 @@ from edgecraft.rows import Pending, measure_rows
 from tests.agent_helpers import RunningAgent, start_agent, write_token
 from tests.conftest import edgecraft
 from tests.fixtures_models import write_stateful_vad
+from tests.helpers import write_token_pooler
 from tests.results_factory import measurement
 
 RECIPE = """\
@@ -201,6 +202,31 @@ def test_a_stateful_model_with_its_batch_on_axis_1_runs_on_a_device(agents, remo
     local, remote = rows["onnxruntime:cpu"], rows["onnxruntime:cpu@loop"]
     assert remote.status == "ok" and remote.device == "loop", remote.reason
     assert remote.measurement.fidelity.max_abs_diff == local.measurement.fidelity.max_abs_diff == 0.0
+
+
+def test_token_inputs_are_timed_at_their_own_lengths_on_a_device_too(agents, remote_run: Path, tmp_path: Path) -> None:
+    """The agent is sent the token inputs' sequence axis (a layout otherwise plain): its ring holds each text at
+    its own length, with the padded figure and the latency by length beside, as a local row has them."""
+    model, inputs = write_token_pooler(tmp_path)
+    completed = edgecraft(
+        "bench",
+        model,
+        "--inputs",
+        inputs,
+        "--device",
+        "loop",
+        "--devices",
+        remote_run / "recipe.yaml",
+        "--quick",
+        "--output-dir",
+        tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    (row,) = load_results(Path(completed.stdout.strip().splitlines()[-1]).parent).rows
+    assert row.status == "ok" and row.target == "onnxruntime:cpu@loop", row.reason
+    measured = row.measurement
+    assert measured.padded_length == 40 and measured.padded_latency_ms is not None
+    assert [(b.shortest, b.longest) for b in measured.latency_by_length] == [(1, 16), (17, 32)]
 
 
 PIN = "sha256:" + "ab" * 32

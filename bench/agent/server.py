@@ -388,9 +388,13 @@ class Agent:
             raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"inputs: {exc}") from None
         except ValueError as exc:
             raise Refused(HTTPStatus.BAD_REQUEST, f"inputs: {exc}") from None
-        unknown = sorted({*manifest.layout.inputs, *manifest.layout.state_from} - set(inputs))
+        layout = manifest.layout
+        unknown = sorted({*layout.inputs, *layout.state_from, *layout.lengths} - set(inputs))
         if unknown:
             raise Refused(HTTPStatus.BAD_REQUEST, f"layout: names no input of the job: {', '.join(unknown)}")
+        for name, axis in layout.lengths.items():
+            if not 0 < axis < inputs[name].ndim:
+                raise Refused(HTTPStatus.BAD_REQUEST, f"layout.lengths.{name}: no sequence axis {axis} in its samples")
         try:
             check_pinnable(manifest.settings.pin_cpus)
         except ValueError as exc:
