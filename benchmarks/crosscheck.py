@@ -6,6 +6,7 @@ of bounds. Run from the repository root, pinned to a quiet CPU (``taskset -c 1``
     python -m benchmarks.crosscheck overhead        # harness median / bare session.run (or infer()) loop median
     python -m benchmarks.crosscheck memory          # our model memory + runtime import / a bare process's peak
     python -m benchmarks.crosscheck profiling       # harness median with the operator profile on / off
+    python -m benchmarks.crosscheck resolution      # how fine an agreement budget the evaluation data resolves
 
 The models are the built-in reference variants (``benchmarks.reference``), built on first use.
 """
@@ -436,6 +437,52 @@ def memory(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def resolution(args: argparse.Namespace) -> int:
+    """How fine a top-1 agreement budget a built-in's evaluation data can resolve, for a model judged by agreement
+    with its fp32 self: fp32's margin between its first and second score per sample, then the agreement of the
+    fp32 IR run in bf16 (no int8 at all; where the CPU has bf16), of the int8 variants, and of the fp32 scores
+    with Gaussian noise of a few sizes added. A budget finer than bf16's own disagreement is one no int8 model can
+    be shown to meet on that data. Prints, and exits 0: a description of the data, not a check."""
+    from edgecraft import data
+    from edgecraft.compress.cpu import has_bf16
+    from edgecraft.compress.zoo import REFERENCE_MODELS
+    from edgecraft.rows import reference_outputs
+
+    references = build(args.model, args.folder, ["ov-fp32", "onnx-int8", "ov-int8"])
+    # Every sample the built-in has (not only the reference split's evaluation part): the finest resolution it has.
+    reference = REFERENCE_MODELS[args.model]
+    source = data.load_source(reference.data, Path("."), reference.signature)
+    inputs = data.conform(source, reference.signature, f"model {args.model!r}").inputs
+    outputs = reference_outputs(registry.get("onnxruntime"), references["ov-fp32"].fp32, "cpu", {}, inputs, threads=1)
+    fp32 = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+    ordered = np.sort(fp32, axis=1)
+    margin = ordered[:, -1] - ordered[:, -2]
+    print(
+        f"{args.model}: {len(fp32)} samples (all the built-in has); fp32's top-1 − top-2 score margin: "
+        + ", ".join(f"p{q:g} {np.percentile(margin, q):.3f}" for q in (5, 10, 25, 50))
+    )
+
+    def agreement(scores: np.ndarray) -> float:
+        return float(np.mean(np.argmax(scores, axis=1) == np.argmax(fp32, axis=1)))
+
+    runs = [("onnx-int8", {}), ("ov-int8", {})]
+    if has_bf16():
+        runs.insert(0, ("ov-fp32", {"inference_precision": "bf16"}))
+    for name, options in runs:
+        reference = references[name]
+        target = registry.get(reference.runtime)
+        session = target.load(reference.path, "cpu", args.threads, target.options_model(**options))
+        scores = np.concatenate([next(iter(out.values())) for out in target.run_batches(session, inputs, 32)])
+        label = f"{name} in {options['inference_precision']}" if options else name
+        error = np.median(np.abs(scores - fp32).max(axis=1))
+        print(f"{args.model} {label}: agreement {agreement(scores):.3f} (median largest score error {error:.3f})")
+    rng = np.random.default_rng(0)
+    for sigma in (0.01, 0.02, 0.05, 0.1, 0.2):
+        noisy = fp32 + rng.normal(0, sigma, fp32.shape)
+        print(f"{args.model} fp32 + N(0, {sigma:g}) on every score: agreement {agreement(noisy):.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.crosscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="digits-cnn", help="built-in model (default digits-cnn)")
@@ -480,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     offline = checks.add_parser("offline", help="LoadGen Offline vs benchmark_app -hint throughput on the IR")
     offline.add_argument("--seconds", type=float, default=10.0, help="seconds of each")
     offline.set_defaults(handler=offline_vs_benchmark_app)
+    resolves = checks.add_parser("resolution", help="how fine an agreement budget the evaluation data resolves")
+    resolves.set_defaults(handler=resolution)
     args = parser.parse_args(argv)
     return args.handler(args)
 
