@@ -217,7 +217,6 @@ def search(
         return Judgement(validation.score(outputs), output_error(outputs, validation.reference))
 
     layers = fmt.layers(all_int8)
-    by_name = {layer.name: layer for layer in layers}
     forced = [layers[0].name, layers[-1].name] if options.first_last_float and len(layers) > 1 else []
     start = fmt.quantize(forced, work_dir / "first-last-float") if forced else all_int8
     fp32 = validation.score(validation.reference)
@@ -244,7 +243,7 @@ def search(
             key=lambda item: (-item[1], -(item[2] or 0), item[0].name),
         )
     predicts = bool(ranked) and not any(isinstance(judgement, LayerScore) for judgement in judged.values())
-    chosen, final, float_layers = start, baseline.metric, list(forced)
+    chosen, float_layers = start, list(forced)
     if needs_search:
         assert budget is not None  # needs_search implies a budget
         order = [layer.name for layer, _, _ in ranked]
@@ -268,39 +267,25 @@ def search(
         # At least one layer stays quantized: a model with every layer in float is fp32, not an int8 answer.
         found = _fewest(attempt, len(order) - 1, budget, options.max_trials - 1)
         if found is not None:
-            count, chosen, final = found
+            count, chosen, _ = found
             float_layers += order[:count]
 
-    def outcome() -> dict[str, Any]:
-        return {
-            "metric": validation.metric,
-            "max_drop": options.max_drop,
-            "measure": fmt.measure,
-            "fp32": fp32,
-            "all_int8": trials[0]["metric"] if not forced else judge(all_int8).metric,
-            "final": final,
-            "final_interval": validation.interval(fmt.run(chosen, data)),
-            "met": budget is None or final >= budget - _EPSILON,
-            "layers": len(layers),
-            "float_layers": float_layers,
-            "float_precision": fmt.float_precision,
-            "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
-            "sensitivity": [
-                {
-                    "layer": layer.name,
-                    "op_type": layer.op_type,
-                    "score": score,
-                    "metric": metric,
-                    "gain": None if metric is None else metric - baseline.metric,
-                }
-                for layer, score, metric in ranked
-            ],
-            "trials": trials,
-            "all_float": all_float,
-            "ranking_agreement": _ranking_agreement(trials),
-        }
-
-    record = outcome()
+    all_int8_metric = trials[0]["metric"] if not forced else judge(all_int8).metric
+    record = outcome(fmt, validation, chosen, layers, float_layers, options.max_drop, all_int8_metric) | {
+        "sensitivity": [
+            {
+                "layer": layer.name,
+                "op_type": layer.op_type,
+                "score": score,
+                "metric": metric,
+                "gain": None if metric is None else metric - baseline.metric,
+            }
+            for layer, score, metric in ranked
+        ],
+        "trials": trials,
+        "all_float": all_float,
+        "ranking_agreement": _ranking_agreement(trials),
+    }
     if not record["met"] and needs_search:
         raise AccuracyBudgetMissed(
             f"no int8 model (at least one layer quantized) met max_drop={options.max_drop} "
@@ -316,6 +301,40 @@ def search(
         sample = data.head(1).samples()[0]
         record["latency_ratio"] = fmt.latency_ms(chosen, sample) / fmt.latency_ms(all_int8, sample)
     return chosen, record
+
+
+def outcome(
+    fmt: Int8Format,
+    validation: Validation,
+    chosen: Path,
+    layers: list[Layer],
+    float_layers: list[str],
+    max_drop: float | None,
+    all_int8: float,
+    measure: str | None = None,
+) -> dict[str, Any]:
+    """The part of the ``AccuracyControl`` record every search writes, ours or a library's: the model ``chosen``
+    re-run and scored on the calibration split (with its bootstrap interval) against fp32 and the budget, and the
+    ``float_layers`` (names of ``layers``) it keeps in float; ``measure``: how layers were ranked, where not by the
+    format's own measure."""
+    outputs = fmt.run(chosen, validation.data)
+    final = validation.score(outputs)
+    fp32 = validation.score(validation.reference)
+    by_name = {layer.name: layer for layer in layers}
+    return {
+        "metric": validation.metric,
+        "max_drop": max_drop,
+        "measure": measure or fmt.measure,
+        "fp32": fp32,
+        "all_int8": all_int8,
+        "final": final,
+        "final_interval": validation.interval(outputs),
+        "met": max_drop is None or final >= fp32 - max_drop - _EPSILON,
+        "layers": len(layers),
+        "float_layers": float_layers,
+        "float_precision": fmt.float_precision,
+        "float_op_types": dict(Counter(by_name[name].op_type for name in float_layers)),
+    }
 
 
 def _all_float_trial(fmt: Int8Format, layers: list[Layer], validation: Validation, work_dir: Path) -> dict[str, Any]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, search
+from edgecraft.compress.accuracy_control import AccuracyAwareOptions, Int8Format, Layer, outcome, search
 from edgecraft.compress.base import Artifact, Pass, PassConfig, PassContext, PassOutcome, Validation
 from edgecraft.compress.cpu import has_bf16, int8_saturates
 from edgecraft.compress.registry import register
@@ -262,24 +261,16 @@ class OpenVinoInt8(Int8Format):
         all_int8 = self.quantize([], work_dir / "all-int8")
         layers = self.layers(all_int8)
         still = {layer.name for layer in self.layers(path)}
-        float_layers = [layer for layer in layers if layer.name not in still]
-        fp32 = validation.score(validation.reference)
-        final_outputs = self.run(path, data)
-        final = validation.score(final_outputs)
-        return path, {
-            "metric": validation.metric,
-            "max_drop": config.max_drop,
-            "measure": "NNCF quantize_with_accuracy_control's own ranking (not recorded per layer)",
-            "fp32": fp32,
-            "all_int8": validation.score(self.run(all_int8, data)),
-            "final": final,
-            "final_interval": validation.interval(final_outputs),
-            "met": final >= fp32 - (config.max_drop or 0.0) - 1e-9,
-            "layers": len(layers),
-            "float_layers": [layer.name for layer in float_layers],
-            "float_precision": config.float_precision,
-            "float_op_types": dict(Counter(layer.op_type for layer in float_layers)),
-        }
+        return path, outcome(
+            self,
+            validation,
+            path,
+            layers,
+            [layer.name for layer in layers if layer.name not in still],
+            config.max_drop or 0.0,
+            validation.score(self.run(all_int8, data)),
+            measure="NNCF quantize_with_accuracy_control's own ranking (not recorded per layer)",
+        )
 
     def layers(self, quantized: Path) -> list[Layer]:
         """Every operation that reads a FakeQuantize output or int8 weights: the plugin runs it in int8."""
