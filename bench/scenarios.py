@@ -322,7 +322,7 @@ class LoadGenRun:
         return self._result(scenario, log, folder)
 
     def _server(self, latency_ms: float) -> dict[str, Any]:
-        """The highest target QPS LoadGen finds VALID at the latency bound: the sessions' capacity first, then a
+        """The highest target QPS LoadGen finds VALID at the latency bound: the requests' capacity first, then a
         bisection between the highest VALID and the lowest INVALID rate tried, ``server_search_runs`` runs in all."""
         capacity = self.settings["sessions"] * 1000 / latency_ms
         low, high = 0.0, capacity
@@ -351,7 +351,7 @@ class LoadGenRun:
             best = result | {"target_qps": probes[-1]["target_qps"]}
         best["probes"] = probes
         best["search"] = (
-            f"bisection over {len(probes)} LoadGen runs from the sessions' capacity ({capacity:.1f} QPS at the "
+            f"bisection over {len(probes)} LoadGen runs from the requests' capacity ({capacity:.1f} QPS at the "
             "timed median)"
         )
         return best

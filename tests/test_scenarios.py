@@ -61,7 +61,7 @@ def test_every_scenario_runs_through_loadgen_on_two_runtimes_with_its_logs(digit
         assert by_name["multi_stream"].queries >= 662 and by_name["multi_stream"].headline.startswith("p99")
         assert by_name["single_stream"].headline.startswith("p90")
         assert log_setting(by_name["multi_stream"].log_dir, "effective_samples_per_query") == 8
-        # Server: the highest VALID rate the bisection tried, at or below the sessions' capacity.
+        # Server: the highest VALID rate the bisection tried, at or below the requests' capacity.
         server = by_name["server"]
         assert server.probes and server.target_qps == max(probe.target_qps for probe in server.probes if probe.valid)
         assert log_setting(server.log_dir, "effective_target_latency_ns") == 15_000_000
