@@ -24,6 +24,7 @@ import numpy as np
 
 from edgecraft.bench.evaluators import snr_db
 from edgecraft.bench.raw import check_raw
+from edgecraft.bench.scenarios import LOG_FILES
 from edgecraft.bench.settings import BenchSettings
 from edgecraft.bench.stats import latency_stats
 from edgecraft.core.errors import brief
@@ -452,22 +453,39 @@ def _length_buckets(raws: list[dict]) -> list[LengthBucket]:
 
 def _scenarios(job: MeasureJob, entries: list[dict], quality: Quality) -> list[ScenarioResult]:
     """The first repetition's LoadGen results, its accuracy run scored by the row's evaluator beside the harness's
-    own accuracy; a remote device's say that they ran there (its logs stay on it)."""
-    results = [ScenarioResult.model_validate(entry) for entry in entries]
+    own accuracy. A remote device's come with their summary and detail logs, written into this row's folder (the
+    agent deletes the job's folder once its results are fetched); its accuracy run is not scored here."""
     if job.remote is None:
+        results = [ScenarioResult.model_validate(entry) for entry in entries]
         return [_scored(result, job, quality) if result.scenario == "accuracy" else result for result in results]
     where = f"on device {job.remote.device}"
-    return [
-        result.model_copy(
-            update={
-                "log_dir": result.log_dir and f"{where}: {result.log_dir}",
-                "not_measured": f"not measured (LoadGen's accuracy log stays {where})"
-                if result.scenario == "accuracy" and not result.not_measured
-                else result.not_measured and result.not_measured.replace("not installed", f"not installed {where}", 1),
-            }
+    remote = []
+    for entry in entries:
+        result = ScenarioResult.model_validate({key: value for key, value in entry.items() if key != "logs"})
+        folder = job.work_dir / "loadgen" / result.scenario
+        logs = entry.get("logs")
+        # The agent's answer is untrusted: only the two log names, as text, inside this row's folder.
+        kept = (
+            {name: text for name, text in logs.items() if name in LOG_FILES and isinstance(text, str)}
+            if isinstance(logs, dict)
+            else {}
         )
-        for result in results
-    ]
+        if kept:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in kept.items():
+                (folder / name).write_text(text)
+        remote.append(
+            result.model_copy(
+                update={
+                    "log_dir": str(folder) if kept else result.log_dir and f"{where}: {result.log_dir}",
+                    "not_measured": f"not measured (LoadGen's accuracy run {where} is not scored here)"
+                    if result.scenario == "accuracy" and not result.not_measured
+                    else result.not_measured
+                    and result.not_measured.replace("not installed", f"not installed {where}", 1),
+                }
+            )
+        )
+    return remote
 
 
 def noise_warnings(measurement: Measurement, settings: BenchSettings) -> list[str]:

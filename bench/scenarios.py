@@ -39,6 +39,10 @@ EARLY_STOPPING_QUERIES = {"single_stream": 64, "multi_stream": 662, "server": 66
 # minimum duration and is INVALID, so it is told twice the throughput pass's best rate.
 OFFLINE_HEADROOM = 2.0
 
+# A scenario's logs that travel with a device's results (its job folder, and they with it, is deleted once the
+# client has them): small text files. The accuracy run's logged outputs (megabytes) do not.
+LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
+
 # ``feed(indices)``: those ring samples as one batch in the model's own layout; ``infer(feeds)``: run it inline.
 Feed = Callable[[list[int]], Feeds]
 Infer = Callable[[Feeds], object]
@@ -117,6 +121,14 @@ def _run_test(issue: Callable[[list[Any]], None], total: int, performance: int, 
     finally:
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+
+
+def read_logs(log_dir: str | None, within: Path) -> dict[str, str]:
+    """The ``LOG_FILES`` of one scenario's ``log_dir`` by name, if that folder is inside ``within``."""
+    if not log_dir or not Path(log_dir).resolve().is_relative_to(within.resolve()):
+        return {}
+    folder = Path(log_dir)
+    return {name: (folder / name).read_text(errors="replace") for name in LOG_FILES if (folder / name).is_file()}
 
 
 def read_detail_log(path: Path) -> dict[str, Any]:

@@ -204,6 +204,24 @@ def test_a_stateful_model_with_its_batch_on_axis_1_runs_on_a_device(agents, remo
     assert remote.measurement.fidelity.max_abs_diff == local.measurement.fidelity.max_abs_diff == 0.0
 
 
+def test_a_devices_scenarios_bring_their_loadgen_logs_into_the_run_folder(
+    agents, remote_run: Path, tmp_path: Path
+) -> None:
+    """The agent deletes a job's folder once its results are fetched: LoadGen's summary and detail logs come back
+    with the results, into the row's folder, and the row's log folder is that one."""
+    model = next(remote_run.glob("models/digits-cnn/fp32/onnxruntime-cpu/*.onnx"))
+    devices = ["--device", "loop", "--devices", str(remote_run / "recipe.yaml")]
+    completed = edgecraft("bench", model, *devices, "--scenario", "single_stream", "--quick", "--output-dir", tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    run_dir = Path(completed.stdout.strip().splitlines()[-1]).parent
+    (row,) = load_results(run_dir).rows
+    single = next(result for result in row.measurement.scenarios if result.scenario == "single_stream")
+    assert row.status == "ok" and single.valid, (row.reason, single.invalid_reason)
+    log_dir = Path(single.log_dir)
+    assert log_dir.is_relative_to(run_dir) and "Result is : VALID" in (log_dir / "mlperf_log_summary.txt").read_text()
+    assert (log_dir / "mlperf_log_detail.txt").is_file()
+
+
 def test_token_inputs_are_timed_at_their_own_lengths_on_a_device_too(agents, remote_run: Path, tmp_path: Path) -> None:
     """The agent is sent the token inputs' sequence axis (a layout otherwise plain): its ring holds each text at
     its own length, with the padded figure and the latency by length beside, as a local row has them."""

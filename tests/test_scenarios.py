@@ -159,7 +159,9 @@ def test_a_scenario_whose_system_under_test_fails_fails_its_row_not_the_run(tmp_
     assert "multi_stream: the system under test failed" in row.reason and "Reshape" in row.reason
 
 
-def test_a_remote_rows_scenarios_say_they_ran_on_the_device(tmp_path: Path) -> None:
+def test_a_remote_rows_scenarios_say_they_ran_on_the_device_and_bring_their_logs(tmp_path: Path) -> None:
+    """The agent deletes a job's folder once its results are fetched: the summary and detail logs travel with the
+    results into the row's folder; anything else an agent sends there is not written."""
     from edgecraft.bench.harness import MeasureJob, RemoteMeasure, _scenarios
     from edgecraft.bench.scenarios import loadgen_missing
     from edgecraft.core.results import Quality
@@ -169,11 +171,19 @@ def test_a_remote_rows_scenarios_say_they_ran_on_the_device(tmp_path: Path) -> N
         "onnxruntime", "arm", {}, tmp_path / "m.onnx", tmp_path, {}, lambda outputs: None, tmp_path, remote
     )
     missing = {"scenario": "offline", "not_measured": "not measured (LoadGen not installed (pip install x))"}
+    logs = {"mlperf_log_summary.txt": "Result is : VALID\n", "../../escape.txt": "no", "mlperf_log_detail.txt": 3}
     ran = {"scenario": "server", "valid": True, "value": 10.0, "log_dir": "/srv/jobs/1/loadgen/server/run-0"}
+    offline = {"scenario": "offline", "valid": True, "value": 5.0, "log_dir": "/srv/jobs/1/loadgen/offline"}
     accuracy = {"scenario": "accuracy", "valid": True, "log_dir": "/srv/jobs/1/loadgen/accuracy"}
     quality = Quality(evaluator="classification", metric="top-1 accuracy", value=0.9)
-    (not_installed, server, logged) = _scenarios(job, [missing, ran, accuracy], quality)
-    assert logged.value is None and logged.not_measured == "not measured (LoadGen's accuracy log stays on device box)"
+    entries = [missing, ran | {"logs": logs}, offline | {"logs": "not a mapping"}, accuracy | {"logs": {}}]
+    (not_installed, server, unlogged, scored) = _scenarios(job, entries, quality)
+    assert scored.value is None
+    assert scored.not_measured == "not measured (LoadGen's accuracy run on device box is not scored here)"
     assert not_installed.not_measured == "not measured (LoadGen not installed on device box (pip install x))"
-    assert server.log_dir == "on device box: /srv/jobs/1/loadgen/server/run-0" and server.value == 10.0
+    assert server.log_dir == str(tmp_path / "loadgen" / "server") and server.value == 10.0
+    written = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file())
+    assert written == ["loadgen/server/mlperf_log_summary.txt"]
+    assert (tmp_path / written[0]).read_text() == "Result is : VALID\n"
+    assert unlogged.log_dir == "on device box: /srv/jobs/1/loadgen/offline"
     assert loadgen_missing() is None  # here it is installed: the message above is the agent's on a board without it

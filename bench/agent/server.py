@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgecraft.bench import scenarios
 from edgecraft.bench.agent import serving, tls
 from edgecraft.bench.agent.http_app import Refused, application
 from edgecraft.bench.agent.limits import MIB, Limits, in_bytes
@@ -589,6 +590,8 @@ class Agent:
             except MeasurementFailed as exc:
                 limit = " (the rest of this agent's job time limit)" if capped.timeout_s < settings.timeout_s else ""
                 raise MeasurementFailed(f"{where}{exc}{limit}") from None
+            for entry in raw.get("scenarios") or []:
+                entry["logs"] = scenarios.read_logs(entry.get("log_dir"), folder)
             raws.append(raw | {"index": repetition, "order": 0})
         finished_at = time.time()
         if not (folder / OUTPUTS_FILE).is_file():
