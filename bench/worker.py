@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgecraft.targets import feeds
+from edgecraft.targets.base import Requests
 
 # Single samples the timed loop cycles through: at most RING of them and RING_BYTES together (at least one), so
 # that large inputs (224×224 images) add no more than a deployed model's own input would.
@@ -111,15 +112,15 @@ def run_phase(
 def throughput(
     target: Any,
     session: Any,
-    requests: Any,
+    requests: Requests | None,
     parallel: int,
     inputs: dict[str, np.ndarray],
     batch_size: int,
     seconds: float,
     layout: feeds.Layout,
 ) -> dict:
-    """Items per second running batches of ``batch_size`` for ``seconds``: one request, ``session`` called in a
-    loop; several, ``requests`` (the target's, in flight side by side) kept ``parallel`` deep."""
+    """Items per second running batches of ``batch_size`` for ``seconds``: without ``requests`` (one request),
+    ``session`` called in a loop; with them, the target's ``parallel`` requests kept in flight side by side."""
     count = max(1, min(RING, feeds.count(inputs)) // batch_size)
     batches = [
         layout.to_model(
@@ -131,7 +132,7 @@ def throughput(
         for i in range(count)
     ]
     target.run(session, batches[0])  # fails here if the model cannot take this batch
-    if parallel == 1:
+    if requests is None:
         done = 0
         start = time.perf_counter()
         deadline = start + seconds

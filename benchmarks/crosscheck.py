@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.reference import DEFAULT_FOLDER, Reference, build
+from benchmarks.reference import DEFAULT_FOLDER, VARIANTS, Reference, build
 from edgecraft.bench.evaluators import EvaluatorSpec, evaluate
 from edgecraft.bench.harness import MeasureJob, measure
 from edgecraft.bench.settings import profile_settings
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument(
         "--variant",
         default="onnx-fp32",
-        choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"),
+        choices=list(VARIANTS),
     )
     cost.add_argument("--runs", type=int, default=100, help="runs per block (short blocks: drift hits both alike)")
     cost.add_argument("--rounds", type=int, default=200, help="alternating blocks of each")
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         default=["onnx-int8", "ov-int8"],
-        choices=("onnx-fp32", "onnx-int8", "ov-fp32", "ov-int8", "tflite-fp32", "tflite-int8"),
+        choices=list(VARIANTS),
     )
     profiled.add_argument("--seconds", type=float, default=1.0, help="timed seconds per bench")
     profiled.add_argument("--rounds", type=int, default=6, help="alternating rounds (on, off / off, on)")
