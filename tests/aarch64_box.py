@@ -45,6 +45,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 import tomllib
@@ -634,6 +636,51 @@ def stop_agent(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextmanager
+def serving_agent(prefix: str, venv: str = VENV) -> Iterator[tuple[BoxAgent, Path, Path]]:
+    """The box with this tree's edgecraft in ``venv``, its agent listening over TLS from a fresh folder under the
+    root's ``/srv`` (the agent sees only the root): (agent, token file, root); stopped and removed afterwards."""
+    root = ensure_root(venv=venv)
+    (root / "srv").mkdir(exist_ok=True)
+    here = Path(tempfile.mkdtemp(prefix=prefix, dir=root / "srv"))
+    token_file = here / "token"
+    write_token(token_file)
+    agent = start_agent(root, token_file, 0, here / "folder", venv=venv)
+    try:
+        yield agent, token_file, root
+    finally:
+        stop_agent(agent.process)
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def box_recipe(head: str, agent: BoxAgent, token_file: Path) -> str:
+    """A recipe measured on the box: ``head`` (its name, models, variants and targets, unindented), then the box
+    as device ``box`` and a handful of runs on 180 evaluation images. Emulation is ~300x slower than native: the
+    point of a remote row here is that it is a real row, not its timings."""
+    return head + textwrap.dedent(f"""\
+        data:
+          splits: {{train: 0.6, calibration: 0.2, evaluation: 0.1}}   # 180 images: evaluating is emulated too
+        devices:
+          box:
+            url: {agent.url}
+            token_file: {token_file}
+            fingerprint: {agent.fingerprint}
+        benchmark:
+          profile: quick
+          threads: 2
+          warmup_runs: 1
+          warmup_s: 0
+          runs: 3
+          measure_s: 0
+          max_runs: 20
+          max_s: 5
+          repetitions: 1
+          batch_sizes: [1]
+          throughput_s: 0
+          operator_profile: false
+        """)
 
 
 def write_token(path: Path) -> str:

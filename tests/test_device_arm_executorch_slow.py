@@ -14,8 +14,6 @@ ExecuTorch ~1 min, training digits-mobilenet and exporting here, then 1-2 min pe
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -53,17 +51,8 @@ def box_agent():
     reason = aarch64_box.why_unavailable(venv=venv)
     if reason:
         pytest.skip(f"no emulated aarch64 box: {reason}")
-    root = aarch64_box.ensure_root(venv=venv)
-    (root / "srv").mkdir(exist_ok=True)
-    here = Path(tempfile.mkdtemp(prefix="test-et-agent-", dir=root / "srv"))  # the agent sees only the root
-    token_file = here / "token"
-    aarch64_box.write_token(token_file)
-    agent = aarch64_box.start_agent(root, token_file, 0, here / "folder", venv=venv)
-    try:
-        yield agent, token_file, root
-    finally:
-        aarch64_box.stop_agent(agent.process)
-        shutil.rmtree(here, ignore_errors=True)
+    with aarch64_box.serving_agent("test-et-agent-", venv=venv) as started:
+        yield started
 
 
 def test_arm_recipe_pte_rows_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> None:
@@ -71,7 +60,8 @@ def test_arm_recipe_pte_rows_on_an_emulated_aarch64_agent(box_agent, tmp_path: P
     assert agent.url.startswith("https://") and agent.fingerprint
     recipe = tmp_path / "arm-et-box.yaml"
     recipe.write_text(
-        textwrap.dedent(f"""\
+        aarch64_box.box_recipe(
+            textwrap.dedent(f"""\
         name: arm-et-box
         models:
           - builtin: digits-mobilenet
@@ -83,27 +73,10 @@ def test_arm_recipe_pte_rows_on_an_emulated_aarch64_agent(box_agent, tmp_path: P
         targets:
           - {TARGET}
           - {NATIVE}
-        data:
-          splits: {{train: 0.6, calibration: 0.2, evaluation: 0.1}}   # 180 images: evaluating is emulated too
-        devices:
-          box:
-            url: {agent.url}
-            token_file: {token_file}
-            fingerprint: {agent.fingerprint}
-        benchmark:
-          profile: quick
-          threads: 2
-          warmup_runs: 1
-          warmup_s: 0
-          runs: 3
-          measure_s: 0
-          max_runs: 20
-          max_s: 5
-          repetitions: 1
-          batch_sizes: [1]
-          throughput_s: 0
-          operator_profile: false
-        """)
+        """),
+            agent,
+            token_file,
+        )
     )
     completed = edgecraft("run", str(recipe), "--output-dir", str(tmp_path / "runs"))
     agent_log = "\n".join(agent.output)

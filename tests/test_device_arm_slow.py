@@ -47,17 +47,8 @@ def box_agent():
     reason = aarch64_box.why_unavailable()
     if reason:
         pytest.skip(f"no emulated aarch64 box: {reason}")
-    root = aarch64_box.ensure_root()
-    (root / "srv").mkdir(exist_ok=True)
-    here = Path(tempfile.mkdtemp(prefix="test-agent-", dir=root / "srv"))  # the agent sees only the root
-    token_file = here / "token"
-    aarch64_box.write_token(token_file)
-    agent = aarch64_box.start_agent(root, token_file, 0, here / "folder")
-    try:
+    with aarch64_box.serving_agent("test-agent-") as (agent, token_file, _):
         yield agent, token_file
-    finally:
-        aarch64_box.stop_agent(agent.process)
-        shutil.rmtree(here, ignore_errors=True)
 
 
 def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> None:
@@ -65,38 +56,22 @@ def test_arm_recipe_on_an_emulated_aarch64_agent(box_agent, tmp_path: Path) -> N
     assert agent.url.startswith("https://") and agent.fingerprint
     recipe = tmp_path / "arm-box.yaml"
     recipe.write_text(
-        textwrap.dedent("""\
-        name: arm-box
-        models:
-          - builtin: digits-mobilenet
-        """)
-        + VARIANTS
-        + textwrap.dedent(f"""\
-        targets:
-          - onnxruntime:arm@box
-          - litert:arm@box
-          - onnxruntime:cpu
-        data:
-          splits: {{train: 0.6, calibration: 0.2, evaluation: 0.1}}   # 180 images: evaluating is emulated too
-        devices:
-          box:
-            url: {agent.url}
-            token_file: {token_file}
-            fingerprint: {agent.fingerprint}
-        benchmark:
-          profile: quick
-          threads: 2
-          warmup_runs: 1
-          warmup_s: 0
-          runs: 3
-          measure_s: 0
-          max_runs: 20
-          max_s: 5
-          repetitions: 1
-          batch_sizes: [1]
-          throughput_s: 0
-          operator_profile: false
-        """)
+        aarch64_box.box_recipe(
+            textwrap.dedent("""\
+            name: arm-box
+            models:
+              - builtin: digits-mobilenet
+            """)
+            + VARIANTS
+            + textwrap.dedent("""\
+            targets:
+              - onnxruntime:arm@box
+              - litert:arm@box
+              - onnxruntime:cpu
+            """),
+            agent,
+            token_file,
+        )
     )
     completed = edgecraft("run", recipe, "--output-dir", tmp_path / "runs")
     agent_log = "\n".join(agent.output)
